@@ -1,0 +1,87 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.h"
+#include "common/result.h"
+
+namespace staple::store {
+
+// One row of the `messages` table.
+struct StoredMessage {
+  std::int64_t id = 0;
+  std::string user_id;
+  std::string timestamp;  // UTC, "YYYY-MM-DD HH:MM:SS.ffffff"
+  std::string role;       // "user" | "assistant"
+  std::string content;
+  std::string request_id;
+  std::string model;
+  std::optional<std::int64_t> prompt_tokens;
+  std::optional<std::int64_t> completion_tokens;
+  std::optional<std::int64_t> latency_ms;
+};
+
+// One completed exchange: the user's prompt and the assistant's answer. Stored as two rows
+// (role "user" then "assistant") in one transaction.
+struct Turn {
+  std::string user_id;
+  std::string request_id;
+  std::string model;
+  std::string prompt;
+  std::string completion;
+  std::chrono::system_clock::time_point prompt_time;      // when the request arrived
+  std::chrono::system_clock::time_point completion_time;  // when the answer was complete
+  std::optional<std::int64_t> prompt_tokens;      // as the upstream reported, on the assistant row
+  std::optional<std::int64_t> completion_tokens;  // as the upstream reported, on the assistant row
+  std::int64_t latency_ms = 0;                    // upstream latency, on the assistant row
+};
+
+struct MessagePage {
+  std::vector<StoredMessage> messages;  // oldest first
+  bool has_more = false;                // more rows exist after the last one returned
+};
+
+// Formats a time point as the `timestamp` column does: UTC "YYYY-MM-DD HH:MM:SS.ffffff".
+std::string FormatTimestamp(std::chrono::system_clock::time_point t);
+
+// Durable conversation storage. Implementations: SqliteConversationStore (store/sqlite),
+// PostgresConversationStore (store/postgres). All coroutine methods are thread-safe, never block
+// the awaiting I/O thread, and resume the awaiting coroutine on its own executor.
+class ConversationStore {
+ public:
+  virtual ~ConversationStore() = default;
+
+  // Appends both rows of `turn` in one transaction and completes only after that transaction is
+  // durably committed (many turns may share one commit). Errors: kUnavailable when the database
+  // cannot be written or the store is closed.
+  virtual net::awaitable<Status> AppendTurn(Turn turn) = 0;
+
+  // The most recent `max_messages` messages of `user_id` (0 = all of them), oldest first.
+  // An unknown user has an empty history.
+  virtual net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
+      std::string user_id, std::size_t max_messages) = 0;
+
+  // Up to `limit` messages of `user_id` with id > `after_id`, oldest first.
+  virtual net::awaitable<Result<MessagePage>> ListMessages(std::string user_id,
+                                                           std::int64_t after_id,
+                                                           std::size_t limit) = 0;
+
+  // Deletes every message of `user_id`; returns how many rows were deleted. Durable on return.
+  virtual net::awaitable<Result<std::int64_t>> DeleteMessages(std::string user_id) = 0;
+
+  // Whether the database answers (for /readyz).
+  virtual net::awaitable<Status> Ping() = 0;
+
+  // Writes accepted but not yet committed (for metrics). Thread-safe.
+  virtual std::size_t PendingWrites() const = 0;
+
+  // Commits everything queued, then stops the store's threads; later calls fail with
+  // kUnavailable. Blocking: call once, from a non-I/O thread, after in-flight requests finished.
+  virtual void Close() = 0;
+};
+
+}  // namespace staple::store

@@ -1,0 +1,77 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/net.h"
+#include "common/result.h"
+
+namespace staple::upstream {
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+struct Settings {
+  std::string base_url = "https://api.openai.com/v1";  // no trailing slash
+  std::string api_key;                                 // empty: no Authorization header
+  std::chrono::milliseconds connect_timeout{10'000};
+  std::chrono::milliseconds first_byte_timeout{60'000};  // request sent -> first response byte
+  std::chrono::milliseconds idle_timeout{60'000};        // between two chunks of a stream
+  std::chrono::milliseconds total_timeout{120'000};      // whole exchange, non-streaming
+  int max_retries = 2;  // extra attempts after the first, on connect errors, 429 and 5xx
+  std::chrono::milliseconds backoff_base{200};  // attempt n waits base * 2^(n-1), full jitter
+  std::chrono::milliseconds backoff_max{2'000};
+  std::size_t max_response_bytes = 16 * 1024 * 1024;  // non-streaming body limit
+  std::size_t stream_buffer_bytes = 256 * 1024;       // paused above this until the reader catches up
+};
+
+struct Request {
+  std::string method = "POST";
+  std::string path;  // appended to base_url, e.g. "/chat/completions"
+  std::string body;  // sent as application/json when non-empty
+  Headers headers;   // extra request headers (never Authorization: the client adds the key)
+  bool retry = true;
+};
+
+struct Response {
+  long status = 0;
+  std::string content_type;
+  Headers headers;  // response headers as received (lower-case names)
+  std::string body;
+  int attempts = 1;
+  std::chrono::milliseconds elapsed{0};
+};
+
+// A streaming response: the status and headers have arrived; the body is read chunk by chunk.
+// Destroying it cancels the transfer. Not thread-safe: use from the coroutine that opened it.
+class Stream {
+ public:
+  virtual ~Stream() = default;
+  virtual long status() const = 0;
+  virtual const std::string& content_type() const = 0;
+  virtual const Headers& headers() const = 0;
+  // The next body bytes as they arrived; std::nullopt at the end of the body. Errors: kTimeout
+  // (idle timeout), kUnavailable (connection reset). While the caller does not call Next(), the
+  // transfer pauses once stream_buffer_bytes are buffered.
+  virtual net::awaitable<Result<std::optional<std::string>>> Next() = 0;
+};
+
+// An OpenAI-compatible HTTP client. Thread-safe: each I/O thread uses its own connection pool.
+// Errors: kUnavailable (cannot connect, reset, TLS failure), kTimeout (a deadline passed),
+// kCancelled (shutdown). An HTTP error status is not an Error: it is a Response with that status.
+// No error message ever contains the API key.
+class Client {
+ public:
+  virtual ~Client() = default;
+  // Sends a request and reads the whole response, retrying per Settings when `request.retry`.
+  virtual net::awaitable<Result<Response>> Send(Request request) = 0;
+  // Sends a request and returns once the response headers arrived. Retries (per Settings) happen
+  // only before the status is returned, never after body bytes were handed out.
+  virtual net::awaitable<Result<std::unique_ptr<Stream>>> OpenStream(Request request) = 0;
+};
+
+}  // namespace staple::upstream
