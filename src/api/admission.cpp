@@ -1,0 +1,134 @@
+#include "api/admission.h"
+
+#include <cmath>
+
+#include <boost/asio/ip/network_v4.hpp>
+#include <boost/asio/ip/network_v6.hpp>
+
+#include "api/errors.h"
+#include "observe/log.h"
+
+namespace staple::api {
+namespace {
+
+std::string Trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string_view::npos) return {};
+  const auto last = text.find_last_not_of(" \t");
+  return std::string(text.substr(first, last - first + 1));
+}
+
+}  // namespace
+
+Admission::Admission(ratelimit::RateLimiter& limiter, observe::Metrics& metrics,
+                     AdmissionSettings settings)
+    : limiter_(limiter), metrics_(metrics), settings_(std::move(settings)) {
+  for (const auto& entry : settings_.trusted_proxies) {
+    boost::system::error_code ec;
+    std::string text = entry;
+    if (text.find('/') == std::string::npos) {
+      const auto address = net::ip::make_address(text, ec);
+      if (ec) continue;
+      text += address.is_v4() ? "/32" : "/128";
+    }
+    auto v4 = net::ip::make_network_v4(text, ec);
+    if (!ec) {
+      networks_v4_.push_back(v4);
+      continue;
+    }
+    ec.clear();
+    auto v6 = net::ip::make_network_v6(text, ec);
+    if (!ec) networks_v6_.push_back(v6);
+  }
+}
+
+bool Admission::Trusted(const std::string& address) const {
+  if (networks_v4_.empty() && networks_v6_.empty()) return false;
+  boost::system::error_code ec;
+  auto parsed = net::ip::make_address(address, ec);
+  if (ec) return false;
+  if (parsed.is_v6() && parsed.to_v6().is_v4_mapped()) {
+    parsed = net::ip::make_address_v4(net::ip::v4_mapped, parsed.to_v6());
+  }
+  if (parsed.is_v4()) {
+    const auto host = net::ip::network_v4(parsed.to_v4(), 32);
+    for (const auto& network : networks_v4_) {
+      if (host == network || host.is_subnet_of(network)) return true;
+    }
+  } else {
+    const auto host = net::ip::network_v6(parsed.to_v6(), 128);
+    for (const auto& network : networks_v6_) {
+      if (host == network || host.is_subnet_of(network)) return true;
+    }
+  }
+  return false;
+}
+
+std::string Admission::ClientOf(const http::Request& request) const {
+  if (!Trusted(request.peer_address)) return request.peer_address;
+  const auto forwarded = request.headers.Get("X-Forwarded-For");
+  if (!forwarded) return request.peer_address;
+  // Right to left: the last hop was added by the nearest proxy; skip every trusted one.
+  std::string_view list = *forwarded;
+  std::string candidate = request.peer_address;
+  while (!list.empty()) {
+    const auto comma = list.rfind(',');
+    const auto entry = Trim(comma == std::string_view::npos ? list : list.substr(comma + 1));
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(0, comma);
+    if (entry.empty()) continue;
+    candidate = entry;
+    if (!Trusted(entry)) break;
+  }
+  return candidate;
+}
+
+net::awaitable<Admission::Outcome> Admission::Admit(
+    const http::Request& request, const std::vector<ratelimit::RateLimitItem>& route_limits,
+    std::string route_key, ErrorStyle style) const {
+  Outcome outcome;
+  if (settings_.default_limits.empty() && route_limits.empty()) co_return outcome;
+  const auto client = ClientOf(request);
+  std::vector<ratelimit::Check> checks;
+  checks.reserve(settings_.default_limits.size() + route_limits.size());
+  for (const auto& item : settings_.default_limits) checks.push_back({item, "global:" + client});
+  for (const auto& item : route_limits) checks.push_back({item, route_key + ":" + client});
+
+  auto asked = checks;  // a named argument: see the co_await note in docs/STYLE.md
+  auto decision = co_await limiter_.Acquire(std::move(asked), 1);
+  if (!decision) {
+    metrics_.CountLimiterError();
+    observe::Warn("rate limiter unavailable", {{"error", decision.error().message},
+                                               {"policy", settings_.fail_open ? "open" : "closed"}});
+    if (settings_.fail_open) co_return outcome;
+    const std::string message = "Rate limiting is unavailable; try again later";
+    outcome.rejection = style == ErrorStyle::kSeed
+                            ? SeedError(503, message, "ratelimit_unavailable")
+                            : OpenAIError(503, message, "server_error", "ratelimit_unavailable");
+    co_return outcome;
+  }
+  metrics_.CountLimiterDecision(decision->allowed);
+  const auto& state = decision->state;
+  outcome.headers.Add("X-RateLimit-Limit", std::to_string(state.limit));
+  outcome.headers.Add("X-RateLimit-Remaining", std::to_string(state.remaining));
+  outcome.headers.Add("X-RateLimit-Reset",
+                      std::to_string(static_cast<std::int64_t>(std::ceil(state.reset_at))));
+  if (decision->allowed) co_return outcome;
+
+  const auto limit_text = checks[decision->deciding].item.ToString();
+  http::Response response =
+      style == ErrorStyle::kSeed
+          ? http::JsonResponse(429, {{"error", "Rate limit exceeded"}, {"message", limit_text}})
+          : OpenAIError(429, "Rate limit exceeded: " + limit_text, "requests",
+                        "rate_limit_exceeded");
+  AddHeaders(response, outcome.headers);
+  const auto retry = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(decision->retry_after)));
+  response.headers.Add("Retry-After", std::to_string(retry));
+  outcome.rejection = std::move(response);
+  co_return outcome;
+}
+
+void AddHeaders(http::Response& response, const http::Headers& headers) {
+  for (const auto& [name, value] : headers.fields()) response.headers.Add(name, value);
+}
+
+}  // namespace staple::api

@@ -1,0 +1,58 @@
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.h"
+#include "http/message.h"
+#include "observe/metrics.h"
+#include "ratelimit/rate_limiter.h"
+
+namespace staple::api {
+
+struct AdmissionSettings {
+  std::vector<ratelimit::RateLimitItem> default_limits;  // per client, shared by all API routes
+  bool fail_open = false;                  // limiter storage failure: admit (true) or 503
+  std::vector<std::string> trusted_proxies;  // IPs or CIDR networks (validated by config)
+};
+
+// Which API family a route belongs to, for the shape of its 429/503 bodies.
+enum class ErrorStyle { kSeed, kOpenAI };
+
+// The rate-limit gate in front of API routes: identifies the client, asks the limiter for the
+// global limits plus the route's own, and produces either the X-RateLimit-* headers for the answer
+// or the 429/503 answer itself. Thread-safe.
+class Admission {
+ public:
+  Admission(ratelimit::RateLimiter& limiter, observe::Metrics& metrics, AdmissionSettings settings);
+
+  struct Outcome {
+    std::optional<http::Response> rejection;  // send this instead of handling the request
+    http::Headers headers;                    // X-RateLimit-* for the eventual answer
+  };
+
+  // `route_key` scopes the route's limits (e.g. "/openai-completion").
+  net::awaitable<Outcome> Admit(const http::Request& request,
+                                const std::vector<ratelimit::RateLimitItem>& route_limits,
+                                std::string route_key, ErrorStyle style) const;
+
+  // The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
+  // untrusted address of X-Forwarded-For (read right to left).
+  std::string ClientOf(const http::Request& request) const;
+
+ private:
+  bool Trusted(const std::string& address) const;
+
+  // Constant after construction.
+  ratelimit::RateLimiter& limiter_;
+  observe::Metrics& metrics_;
+  const AdmissionSettings settings_;
+  std::vector<net::ip::network_v4> networks_v4_;
+  std::vector<net::ip::network_v6> networks_v6_;
+};
+
+// Copies `headers` into `response`.
+void AddHeaders(http::Response& response, const http::Headers& headers);
+
+}  // namespace staple::api

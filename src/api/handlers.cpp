@@ -1,0 +1,250 @@
+#include "api/handlers.h"
+
+#include <charconv>
+
+#include <uuid/uuid.h>
+
+#include "api/errors.h"
+
+namespace staple::api {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::size_t kMaxUserIdLength = 256;
+constexpr std::size_t kDefaultPageSize = 100;
+constexpr std::size_t kMaxPageSize = 1000;
+const std::vector<ratelimit::RateLimitItem> kNoLimits;
+
+std::string NewUserId() {
+  uuid_t id;
+  uuid_generate_random(id);
+  char text[37];
+  uuid_unparse_lower(id, text);
+  return text;
+}
+
+bool IsJsonContentType(std::string_view value) {
+  const auto semicolon = value.find(';');
+  auto type = value.substr(0, semicolon);
+  while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
+  while (!type.empty() && type.front() == ' ') type.remove_prefix(1);
+  return http::EqualsIgnoreCase(type, "application/json");
+}
+
+// The value of `key` in a query string, not decoded (ids and numbers only).
+std::optional<std::string_view> QueryValue(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const auto pair = query.substr(0, amp);
+    const auto equals = pair.find('=');
+    if (pair.substr(0, equals) == key) {
+      return equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1);
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::int64_t> ParseNonNegative(std::string_view text) {
+  std::int64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value < 0) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+json MessageJson(const store::StoredMessage& m) {
+  json out = {{"id", m.id},         {"role", m.role},         {"content", m.content},
+              {"timestamp", m.timestamp}, {"request_id", m.request_id}, {"model", m.model}};
+  out["prompt_tokens"] = m.prompt_tokens ? json(*m.prompt_tokens) : json(nullptr);
+  out["completion_tokens"] = m.completion_tokens ? json(*m.completion_tokens) : json(nullptr);
+  out["latency_ms"] = m.latency_ms ? json(*m.latency_ms) : json(nullptr);
+  return out;
+}
+
+http::Response CompletionError(const Error& error) {
+  switch (error.kind) {
+    case ErrorKind::kTimeout:
+      return SeedError(500, error.message, "upstream_timeout");
+    case ErrorKind::kUpstream:
+      return SeedError(500, error.message, "upstream_error");
+    case ErrorKind::kUnavailable:
+      return SeedError(503, error.message, "storage_error");
+    default:
+      return SeedError(500, error.message, "configuration_error");
+  }
+}
+
+}  // namespace
+
+std::string DecodePathSegment(std::string_view segment) {
+  std::string out;
+  out.reserve(segment.size());
+  for (std::size_t i = 0; i < segment.size(); ++i) {
+    if (segment[i] == '%' && i + 2 < segment.size()) {
+      unsigned value = 0;
+      const auto [end, ec] = std::from_chars(segment.data() + i + 1, segment.data() + i + 3, value, 16);
+      if (ec == std::errc() && end == segment.data() + i + 3) {
+        out += static_cast<char>(value);
+        i += 2;
+        continue;
+      }
+    }
+    out += segment[i];
+  }
+  return out;
+}
+
+std::optional<http::Response> ParseSeedRequest(const http::Request& request, SeedRequest& parsed) {
+  const auto content_type = request.headers.Get("Content-Type");
+  if (!content_type || !IsJsonContentType(*content_type)) {
+    return SeedError(415, "Content-Type must be application/json");
+  }
+  if (request.body.empty()) {
+    return SeedError(400, "Request body must be a JSON object");
+  }
+  auto body = json::parse(request.body, nullptr, false);
+  if (body.is_discarded()) {
+    return SeedError(400, "Request body is not valid JSON");
+  }
+  if (!body.is_object()) {
+    return SeedError(400, "Request body must be a JSON object");
+  }
+  const auto prompt = body.find("prompt");
+  if (prompt == body.end() || prompt->is_null() ||
+      (prompt->is_string() && prompt->get_ref<const std::string&>().empty())) {
+    return SeedError(400, "Prompt is required");
+  }
+  if (!prompt->is_string()) {
+    return SeedError(400, "prompt must be a string");
+  }
+  parsed.prompt = prompt->get<std::string>();
+  const auto user_id = body.find("user_id");
+  if (user_id != body.end() && !user_id->is_null()) {
+    if (!user_id->is_string()) {
+      return SeedError(400, "user_id must be a string");
+    }
+    parsed.user_id = user_id->get<std::string>();
+    if (parsed.user_id.size() > kMaxUserIdLength) {
+      return SeedError(400, "user_id is too long (at most " + std::to_string(kMaxUserIdLength) +
+                           " bytes)");
+    }
+  }
+  return std::nullopt;
+}
+
+void RegisterRoutes(http::Router& router, Dependencies deps) {
+  auto shared = std::make_shared<Dependencies>(std::move(deps));
+
+  router.Add("POST", "/openai-completion", observe::Route::kCompletion,
+             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+               const auto received_at = std::chrono::system_clock::now();
+               // Limits first, as Flask-Limiter does: rejected requests never cost an upstream call.
+               std::string scope = "route:/openai-completion";
+               auto admission = co_await d->admission.Admit(request, d->completion_limits,
+                                                            std::move(scope), ErrorStyle::kSeed);
+               if (admission.rejection) co_return std::move(*admission.rejection);
+
+               SeedRequest parsed;
+               auto invalid = ParseSeedRequest(request, parsed);
+               http::Response response;
+               if (invalid) {
+                 response = std::move(*invalid);
+               } else {
+                 auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
+                 // Arguments are built before the co_await: g++ 12 destroys temporaries of a
+                 // co_await expression twice.
+                 chat::CompletionRequest ask{user_id, std::move(parsed.prompt),
+                                             request.request_id, received_at};
+                 auto completion = co_await d->conversations.Complete(std::move(ask));
+                 response = completion ? http::JsonResponse(
+                                             200, {{"user_id", user_id},
+                                                   {"completion", completion->text}})
+                                       : CompletionError(completion.error());
+               }
+               AddHeaders(response, admission.headers);
+               co_return response;
+             });
+
+  router.Add("GET", "/users/{user_id}/messages", observe::Route::kMessages,
+             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+               std::string scope = "route:messages";
+               auto admission = co_await d->admission.Admit(request, kNoLimits, std::move(scope),
+                                                            ErrorStyle::kSeed);
+               if (admission.rejection) co_return std::move(*admission.rejection);
+               const auto user_id = DecodePathSegment(request.path_params.at(0));
+               std::int64_t after = 0;
+               std::size_t limit = kDefaultPageSize;
+               if (auto text = QueryValue(request.query, "after")) {
+                 auto value = ParseNonNegative(*text);
+                 if (!value) co_return SeedError(400, "after must be a non-negative integer");
+                 after = *value;
+               }
+               if (auto text = QueryValue(request.query, "limit")) {
+                 auto value = ParseNonNegative(*text);
+                 if (!value || *value < 1 || static_cast<std::size_t>(*value) > kMaxPageSize) {
+                   co_return SeedError(400, "limit must be an integer from 1 to " +
+                                                std::to_string(kMaxPageSize));
+                 }
+                 limit = static_cast<std::size_t>(*value);
+               }
+               std::string owner = user_id;
+               auto page = co_await d->store.ListMessages(std::move(owner), after, limit);
+               if (!page) co_return SeedError(503, page.error().message, "storage_error");
+               json messages = json::array();
+               for (const auto& m : page->messages) messages.push_back(MessageJson(m));
+               json body = {{"user_id", user_id}, {"messages", std::move(messages)},
+                            {"has_more", page->has_more}};
+               body["next_after"] = page->has_more && !page->messages.empty()
+                                        ? json(page->messages.back().id)
+                                        : json(nullptr);
+               auto response = http::JsonResponse(200, body);
+               AddHeaders(response, admission.headers);
+               co_return response;
+             });
+
+  router.Add("DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
+             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+               std::string scope = "route:messages";
+               auto admission = co_await d->admission.Admit(request, kNoLimits, std::move(scope),
+                                                            ErrorStyle::kSeed);
+               if (admission.rejection) co_return std::move(*admission.rejection);
+               const auto user_id = DecodePathSegment(request.path_params.at(0));
+               std::string owner = user_id;
+               auto deleted = co_await d->store.DeleteMessages(std::move(owner));
+               if (!deleted) co_return SeedError(503, deleted.error().message, "storage_error");
+               auto response = http::JsonResponse(200, {{"user_id", user_id}, {"deleted", *deleted}});
+               AddHeaders(response, admission.headers);
+               co_return response;
+             });
+
+  router.Add("GET", "/healthz", observe::Route::kHealth,
+             [](http::Request&) -> net::awaitable<http::Response> {
+               co_return http::JsonResponse(200, {{"status", "ok"}});
+             });
+
+  router.Add("GET", "/readyz", observe::Route::kHealth,
+             [d = shared](http::Request&) -> net::awaitable<http::Response> {
+               auto store = co_await d->store.Ping();
+               auto limiter = co_await d->limiter.Ping();
+               const bool ready = store.ok() && limiter.ok();
+               co_return http::JsonResponse(
+                   ready ? 200 : 503,
+                   {{"status", ready ? "ready" : "unavailable"},
+                    {"store", store ? std::string("ok") : store.error().message},
+                    {"limiter", limiter ? std::string("ok") : limiter.error().message}});
+             });
+
+  router.Add("GET", "/metrics", observe::Route::kMetrics,
+             [d = shared](http::Request&) -> net::awaitable<http::Response> {
+               http::Response response;
+               response.headers.Add("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+               response.body = d->metrics.Render();
+               co_return response;
+             });
+}
+
+}  // namespace staple::api

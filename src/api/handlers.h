@@ -1,0 +1,39 @@
+#pragma once
+
+#include <vector>
+
+#include "api/admission.h"
+#include "chat/conversation_service.h"
+#include "http/router.h"
+#include "observe/metrics.h"
+#include "ratelimit/rate_limiter.h"
+#include "store/conversation_store.h"
+
+namespace staple::api {
+
+// What the handlers need, chosen once at start-up. All references outlive the router.
+struct Dependencies {
+  chat::ConversationService& conversations;
+  store::ConversationStore& store;
+  ratelimit::RateLimiter& limiter;
+  observe::Metrics& metrics;
+  const Admission& admission;
+  std::vector<ratelimit::RateLimitItem> completion_limits;  // per client on /openai-completion
+};
+
+// Adds every route: POST /openai-completion, GET/DELETE /users/{user_id}/messages, GET /healthz,
+// GET /readyz, GET /metrics.
+void RegisterRoutes(http::Router& router, Dependencies deps);
+
+// Request-body checks of the seed endpoint, as plain functions (tested without a server).
+struct SeedRequest {
+  std::string prompt;
+  std::string user_id;  // empty when the client sent none
+};
+// Validates Content-Type and body into `parsed`; when invalid, returns the 400/415 answer instead.
+std::optional<http::Response> ParseSeedRequest(const http::Request& request, SeedRequest& parsed);
+
+// Percent-decodes a path segment; invalid escapes are kept as they are.
+std::string DecodePathSegment(std::string_view segment);
+
+}  // namespace staple::api

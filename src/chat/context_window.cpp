@@ -1,0 +1,44 @@
+#include "chat/context_window.h"
+
+namespace staple::chat {
+
+std::size_t CountChars(std::string_view utf8) {
+  std::size_t count = 0;
+  for (char c : utf8) {
+    if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++count;
+  }
+  return count;
+}
+
+std::vector<ChatMessage> BuildContext(const std::vector<store::StoredMessage>& history,
+                                      const WindowLimits& limits, std::string_view system_prompt,
+                                      std::string_view prompt) {
+  // Walk turns from the newest back, keeping whole turns while both budgets hold.
+  std::size_t first_kept = history.size();
+  std::size_t messages = 0;
+  std::size_t chars = 0;
+  std::size_t turn_end = history.size();
+  for (std::size_t i = history.size(); i-- > 0;) {
+    if (history[i].role != "user") continue;  // a turn starts at a user message
+    std::size_t turn_messages = turn_end - i;
+    std::size_t turn_chars = 0;
+    for (std::size_t j = i; j < turn_end; ++j) turn_chars += CountChars(history[j].content);
+    if (limits.max_messages != 0 && messages + turn_messages > limits.max_messages) break;
+    if (limits.max_chars != 0 && chars + turn_chars > limits.max_chars) break;
+    messages += turn_messages;
+    chars += turn_chars;
+    first_kept = i;
+    turn_end = i;
+  }
+
+  std::vector<ChatMessage> context;
+  context.reserve(history.size() - first_kept + 2);
+  if (!system_prompt.empty()) context.push_back({"system", std::string(system_prompt)});
+  for (std::size_t i = first_kept; i < history.size(); ++i) {
+    context.push_back({history[i].role, history[i].content});
+  }
+  context.push_back({"user", std::string(prompt)});
+  return context;
+}
+
+}  // namespace staple::chat

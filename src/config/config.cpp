@@ -1,0 +1,345 @@
+#include "config/config.h"
+
+#include <charconv>
+#include <thread>
+
+#include <boost/asio/ip/network_v4.hpp>
+#include <boost/asio/ip/network_v6.hpp>
+
+#include "common/net.h"
+
+namespace staple::config {
+namespace {
+
+using Lookup = std::function<const std::string&(const char*)>;
+
+Error Invalid(const char* name, const std::string& value, const std::string& why) {
+  return MakeError(ErrorKind::kInvalidArgument,
+                   std::string("invalid ") + name + "='" + value + "': " + why);
+}
+
+std::string Trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos) return {};
+  const auto last = text.find_last_not_of(" \t\r\n");
+  return std::string(text.substr(first, last - first + 1));
+}
+
+Result<std::int64_t> ParseInteger(const char* name, const std::string& value, std::int64_t min,
+                                  std::int64_t max) {
+  const auto text = Trim(value);
+  std::int64_t parsed = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), parsed);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || parsed < min ||
+      parsed > max) {
+    return Invalid(name, value,
+                   "expected a whole number from " + std::to_string(min) + " to " +
+                       std::to_string(max));
+  }
+  return parsed;
+}
+
+Result<std::chrono::milliseconds> ParseSeconds(const char* name, const std::string& value,
+                                               double min, double max) {
+  const auto text = Trim(value);
+  double parsed = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), parsed);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || parsed < min ||
+      parsed > max) {
+    return Invalid(name, value, "expected seconds (e.g. 30 or 2.5)");
+  }
+  return std::chrono::milliseconds(static_cast<std::int64_t>(parsed * 1000));
+}
+
+Result<std::vector<ratelimit::RateLimitItem>> ParseLimitList(const char* name,
+                                                             const std::string& value) {
+  if (Trim(value).empty()) return std::vector<ratelimit::RateLimitItem>{};
+  auto parsed = ratelimit::ParseLimits(value);
+  if (!parsed) return Invalid(name, value, parsed.error().message);
+  return std::move(parsed).value();
+}
+
+Result<bool> ParseBool(const char* name, const std::string& value) {
+  const auto text = Trim(value);
+  if (text == "1" || text == "true" || text == "on" || text == "yes") return true;
+  if (text == "0" || text == "false" || text == "off" || text == "no") return false;
+  return Invalid(name, value, "expected true or false");
+}
+
+bool ValidProxy(const std::string& entry) {
+  boost::system::error_code ec;
+  if (entry.find('/') != std::string::npos) {
+    net::ip::make_network_v4(entry, ec);
+    if (!ec) return true;
+    ec.clear();
+    net::ip::make_network_v6(entry, ec);
+    return !ec;
+  }
+  net::ip::make_address(entry, ec);
+  return !ec;
+}
+
+}  // namespace
+
+const std::vector<Variable>& Variables() {
+  static const std::vector<Variable> kVariables = {
+      {"OPENAI_API_KEY", "--api-key", "", "API key sent to the upstream", true},
+      {"OPENAI_BASE_URL", "--base-url", "https://api.openai.com/v1",
+       "OpenAI-compatible upstream base URL", false},
+      {"OPENAI_MODEL", "--model", "gpt-4o-mini", "model for /openai-completion", false},
+      {"STAPLE_HOST", "--host", "127.0.0.1", "listen address", false},
+      {"STAPLE_PORT", "--port", "5000", "listen port (0 picks a free one)", false},
+      {"STAPLE_THREADS", "--threads", "0", "I/O threads (0 = one per core)", false},
+      {"STAPLE_DATABASE_URL", "--database-url", "sqlite:///instance/chat_history.db",
+       "conversation store", true},
+      {"STAPLE_SQLITE_SYNCHRONOUS", "--sqlite-synchronous", "full",
+       "SQLite synchronous level: full or normal", false},
+      {"STAPLE_RATELIMIT_STORAGE", "--ratelimit-storage", "memory://", "limit counters storage",
+       true},
+      {"STAPLE_DEFAULT_LIMITS", "--default-limits", "200 per day;50 per hour",
+       "per-client limits across all API routes (empty = none)", false},
+      {"STAPLE_COMPLETION_LIMIT", "--completion-limit", "10 per minute",
+       "per-client limit of /openai-completion (empty = none)", false},
+      {"STAPLE_V1_LIMIT", "--v1-limit", "", "per-client limit of /v1/chat/completions", false},
+      {"STAPLE_TOKEN_LIMITS", "--token-limits", "", "per-client token limits", false},
+      {"STAPLE_RATELIMIT_STRATEGY", "--ratelimit-strategy", "fixed-window",
+       "fixed-window, moving-window or sliding-window-counter", false},
+      {"STAPLE_RATELIMIT_FAILURE", "--ratelimit-failure", "closed",
+       "when limiter storage fails: closed (503) or open (admit)", false},
+      {"STAPLE_TRUSTED_PROXIES", "--trusted-proxies", "",
+       "proxies whose X-Forwarded-For is trusted (IPs/CIDRs, comma-separated)", false},
+      {"STAPLE_SYSTEM_PROMPT", "--system-prompt", "", "system message sent first", false},
+      {"STAPLE_HISTORY_MAX_MESSAGES", "--history-max-messages", "100",
+       "stored messages sent with a prompt (0 = no limit)", false},
+      {"STAPLE_HISTORY_MAX_CHARS", "--history-max-chars", "200000",
+       "characters of stored messages sent with a prompt (0 = no limit)", false},
+      {"STAPLE_UPSTREAM_TIMEOUT", "--upstream-timeout", "120", "upstream total timeout, seconds",
+       false},
+      {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "--upstream-connect-timeout", "10",
+       "upstream connect timeout, seconds", false},
+      {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", "2",
+       "extra attempts on connect errors, 429 and 5xx", false},
+      {"STAPLE_MAX_BODY_BYTES", "--max-body-bytes", "1048576", "largest request body", false},
+      {"STAPLE_SHUTDOWN_TIMEOUT", "--shutdown-timeout", "30",
+       "seconds in-flight requests get at shutdown", false},
+      {"STAPLE_LOG_FORMAT", "--log-format", "text", "text or json", false},
+      {"STAPLE_ACCESS_LOG", "--access-log", "true", "one log line per request", false},
+  };
+  return kVariables;
+}
+
+std::string MaskSecret(const std::string& secret) {
+  if (secret.empty()) return "(not set)";
+  if (secret.size() < 12) return "***";
+  return secret.substr(0, 3) + "..." + secret.substr(secret.size() - 4);
+}
+
+std::string MaskUrlPassword(const std::string& url) {
+  const auto scheme = url.find("://");
+  const auto at = url.find('@');
+  if (scheme == std::string::npos || at == std::string::npos || at < scheme) return url;
+  const auto colon = url.find(':', scheme + 3);
+  if (colon == std::string::npos || colon > at) return url;
+  return url.substr(0, colon + 1) + "***" + url.substr(at);
+}
+
+Result<std::map<std::string, std::string>> ParseDotenv(const std::string& text) {
+  std::map<std::string, std::string> entries;
+  std::size_t line_number = 0;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    auto end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    std::string line = Trim(std::string_view(text).substr(pos, end - pos));
+    pos = end + 1;
+    ++line_number;
+    if (line.empty() || line.front() == '#') continue;
+    if (line.rfind("export ", 0) == 0) line = Trim(std::string_view(line).substr(7));
+    const auto equals = line.find('=');
+    const std::string key = equals == std::string::npos ? "" : Trim(line.substr(0, equals));
+    if (key.empty() || key.find_first_of(" \t") != std::string::npos) {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       ".env line " + std::to_string(line_number) + ": expected KEY=VALUE");
+    }
+    std::string raw = Trim(line.substr(equals + 1));
+    std::string value;
+    if (!raw.empty() && (raw.front() == '"' || raw.front() == '\'')) {
+      const char quote = raw.front();
+      std::size_t i = 1;
+      bool closed = false;
+      for (; i < raw.size(); ++i) {
+        const char c = raw[i];
+        if (c == quote) {
+          closed = true;
+          break;
+        }
+        if (quote == '"' && c == '\\' && i + 1 < raw.size()) {
+          const char next = raw[++i];
+          value += next == 'n' ? '\n' : next == 't' ? '\t' : next;
+        } else {
+          value += c;
+        }
+      }
+      if (!closed) {
+        return MakeError(ErrorKind::kInvalidArgument,
+                         ".env line " + std::to_string(line_number) + ": unterminated quote");
+      }
+    } else {
+      const auto comment = raw.find(" #");
+      value = Trim(raw.substr(0, comment));
+    }
+    entries[key] = value;
+  }
+  return entries;
+}
+
+Result<Config> Load(const Sources& sources) {
+  // 1. Resolve every variable's raw text by priority.
+  std::map<std::string, std::string> raw;
+  Config config;
+  for (const auto& variable : Variables()) {
+    std::string value = variable.fallback;
+    if (auto it = sources.flags.find(variable.name); it != sources.flags.end()) {
+      value = it->second;
+    } else if (auto env = sources.environment ? sources.environment(variable.name) : std::nullopt) {
+      value = *env;
+    } else if (auto dot = sources.dotenv.find(variable.name); dot != sources.dotenv.end()) {
+      value = dot->second;
+    }
+    config.effective.emplace_back(variable.name, !variable.secret ? value
+                                                 : value.find("://") != std::string::npos
+                                                     ? MaskUrlPassword(value)
+                                                     : MaskSecret(value));
+    raw[variable.name] = std::move(value);
+  }
+  const auto get = [&raw](const char* name) -> const std::string& { return raw.at(name); };
+
+  // 2. Parse and validate each subsystem's settings.
+  auto& server = config.server;
+  server.host = Trim(get("STAPLE_HOST"));
+  {
+    boost::system::error_code ec;
+    net::ip::make_address(server.host == "localhost" ? "127.0.0.1" : server.host, ec);
+    if (ec) return Invalid("STAPLE_HOST", get("STAPLE_HOST"), "expected an IP address");
+  }
+  auto port = ParseInteger("STAPLE_PORT", get("STAPLE_PORT"), 0, 65535);
+  if (!port) return port.error();
+  server.port = static_cast<std::uint16_t>(*port);
+  auto threads = ParseInteger("STAPLE_THREADS", get("STAPLE_THREADS"), 0, 256);
+  if (!threads) return threads.error();
+  server.threads = *threads == 0 ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))
+                                 : static_cast<int>(*threads);
+  auto body = ParseInteger("STAPLE_MAX_BODY_BYTES", get("STAPLE_MAX_BODY_BYTES"), 1024,
+                           std::int64_t{1} << 30);
+  if (!body) return body.error();
+  server.max_body_bytes = static_cast<std::size_t>(*body);
+  auto grace = ParseSeconds("STAPLE_SHUTDOWN_TIMEOUT", get("STAPLE_SHUTDOWN_TIMEOUT"), 0, 3600);
+  if (!grace) return grace.error();
+  server.shutdown_grace = *grace;
+  const auto log_format = Trim(get("STAPLE_LOG_FORMAT"));
+  if (log_format != "text" && log_format != "json") {
+    return Invalid("STAPLE_LOG_FORMAT", get("STAPLE_LOG_FORMAT"), "expected text or json");
+  }
+  server.json_logs = log_format == "json";
+  auto access_log = ParseBool("STAPLE_ACCESS_LOG", get("STAPLE_ACCESS_LOG"));
+  if (!access_log) return access_log.error();
+  server.access_log = *access_log;
+
+  auto& store = config.store;
+  store.url = Trim(get("STAPLE_DATABASE_URL"));
+  if (store.url.rfind("sqlite:///", 0) == 0 && store.url.size() > 10) {
+    // SQLAlchemy's form: three slashes then a relative path, four for an absolute one.
+    store.sqlite_path = store.url.substr(10);
+  } else if (store.url.rfind("postgresql://", 0) == 0 || store.url.rfind("postgres://", 0) == 0) {
+    return Invalid("STAPLE_DATABASE_URL", "postgresql://...",
+                   "PostgreSQL storage is not available in this build; use sqlite:///PATH");
+  } else {
+    return Invalid("STAPLE_DATABASE_URL", store.url, "expected sqlite:///PATH");
+  }
+  const auto synchronous = Trim(get("STAPLE_SQLITE_SYNCHRONOUS"));
+  if (synchronous != "full" && synchronous != "normal") {
+    return Invalid("STAPLE_SQLITE_SYNCHRONOUS", synchronous, "expected full or normal");
+  }
+  store.sqlite_synchronous_full = synchronous == "full";
+
+  auto& limits = config.limits;
+  auto defaults = ParseLimitList("STAPLE_DEFAULT_LIMITS", get("STAPLE_DEFAULT_LIMITS"));
+  if (!defaults) return defaults.error();
+  limits.default_limits = std::move(defaults).value();
+  auto completion = ParseLimitList("STAPLE_COMPLETION_LIMIT", get("STAPLE_COMPLETION_LIMIT"));
+  if (!completion) return completion.error();
+  limits.completion_limits = std::move(completion).value();
+  auto v1 = ParseLimitList("STAPLE_V1_LIMIT", get("STAPLE_V1_LIMIT"));
+  if (!v1) return v1.error();
+  limits.v1_limits = std::move(v1).value();
+  if (!Trim(get("STAPLE_TOKEN_LIMITS")).empty()) {
+    return Invalid("STAPLE_TOKEN_LIMITS", get("STAPLE_TOKEN_LIMITS"),
+                   "token limits are not available in this build yet");
+  }
+  auto strategy = ratelimit::ParseStrategy(Trim(get("STAPLE_RATELIMIT_STRATEGY")));
+  if (!strategy) {
+    return Invalid("STAPLE_RATELIMIT_STRATEGY", get("STAPLE_RATELIMIT_STRATEGY"),
+                   strategy.error().message);
+  }
+  limits.strategy = *strategy;
+  limits.storage_url = Trim(get("STAPLE_RATELIMIT_STORAGE"));
+  if (limits.storage_url != "memory://") {
+    return Invalid("STAPLE_RATELIMIT_STORAGE", limits.storage_url,
+                   "only memory:// is available in this build");
+  }
+  const auto failure = Trim(get("STAPLE_RATELIMIT_FAILURE"));
+  if (failure != "closed" && failure != "open") {
+    return Invalid("STAPLE_RATELIMIT_FAILURE", failure, "expected closed or open");
+  }
+  limits.fail_open = failure == "open";
+  {
+    const auto& text = get("STAPLE_TRUSTED_PROXIES");
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      auto end = text.find(',', start);
+      if (end == std::string::npos) end = text.size();
+      auto entry = Trim(std::string_view(text).substr(start, end - start));
+      start = end + 1;
+      if (entry.empty()) continue;
+      if (!ValidProxy(entry)) {
+        return Invalid("STAPLE_TRUSTED_PROXIES", text,
+                       "'" + entry + "' is not an IP address or CIDR network");
+      }
+      limits.trusted_proxies.push_back(entry);
+    }
+  }
+
+  auto& chat = config.chat;
+  chat.model = Trim(get("OPENAI_MODEL"));
+  if (chat.model.empty()) return Invalid("OPENAI_MODEL", "", "a model name is required");
+  chat.system_prompt = get("STAPLE_SYSTEM_PROMPT");
+  auto max_messages = ParseInteger("STAPLE_HISTORY_MAX_MESSAGES",
+                                   get("STAPLE_HISTORY_MAX_MESSAGES"), 0, 1'000'000);
+  if (!max_messages) return max_messages.error();
+  chat.history_max_messages = static_cast<std::size_t>(*max_messages);
+  auto max_chars = ParseInteger("STAPLE_HISTORY_MAX_CHARS", get("STAPLE_HISTORY_MAX_CHARS"), 0,
+                                std::int64_t{1} << 40);
+  if (!max_chars) return max_chars.error();
+  chat.history_max_chars = static_cast<std::size_t>(*max_chars);
+
+  auto& upstream = config.upstream;
+  upstream.base_url = Trim(get("OPENAI_BASE_URL"));
+  while (!upstream.base_url.empty() && upstream.base_url.back() == '/') upstream.base_url.pop_back();
+  if (upstream.base_url.rfind("http://", 0) != 0 && upstream.base_url.rfind("https://", 0) != 0) {
+    return Invalid("OPENAI_BASE_URL", upstream.base_url, "expected an http:// or https:// URL");
+  }
+  upstream.api_key = Trim(get("OPENAI_API_KEY"));
+  auto total = ParseSeconds("STAPLE_UPSTREAM_TIMEOUT", get("STAPLE_UPSTREAM_TIMEOUT"), 0.05, 3600);
+  if (!total) return total.error();
+  upstream.total_timeout = *total;
+  auto connect = ParseSeconds("STAPLE_UPSTREAM_CONNECT_TIMEOUT",
+                              get("STAPLE_UPSTREAM_CONNECT_TIMEOUT"), 0.05, 600);
+  if (!connect) return connect.error();
+  upstream.connect_timeout = *connect;
+  auto retries = ParseInteger("STAPLE_UPSTREAM_RETRIES", get("STAPLE_UPSTREAM_RETRIES"), 0, 10);
+  if (!retries) return retries.error();
+  upstream.max_retries = static_cast<int>(*retries);
+  return config;
+}
+
+}  // namespace staple::config

@@ -1,0 +1,103 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+#include "ratelimit/limit.h"
+#include "ratelimit/rate_limiter.h"
+
+namespace staple::config {
+
+// One configuration variable: its environment name, its command-line flag and its default.
+struct Variable {
+  const char* name;     // e.g. "STAPLE_PORT"
+  const char* flag;     // e.g. "--port"
+  const char* fallback; // the default, as text
+  const char* help;
+  bool secret;          // masked in the start-up banner
+};
+
+// Every variable Staple reads, in banner order.
+const std::vector<Variable>& Variables();
+
+struct ServerSettings {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 5000;
+  int threads = 1;
+  std::size_t max_body_bytes = 1024 * 1024;
+  std::chrono::milliseconds shutdown_grace{30'000};
+  bool json_logs = false;
+  bool access_log = true;
+};
+
+struct StoreSettings {
+  std::string url;          // as configured
+  std::string sqlite_path;  // for sqlite:/// URLs
+  bool sqlite_synchronous_full = true;
+};
+
+struct LimitSettings {
+  std::vector<ratelimit::RateLimitItem> default_limits;     // per client, across routes
+  std::vector<ratelimit::RateLimitItem> completion_limits;  // per client, /openai-completion
+  std::vector<ratelimit::RateLimitItem> v1_limits;          // per client, /v1/chat/completions
+  ratelimit::Strategy strategy = ratelimit::Strategy::kFixedWindow;
+  std::string storage_url = "memory://";
+  bool fail_open = false;
+  std::vector<std::string> trusted_proxies;  // IP addresses or CIDR networks
+};
+
+struct ChatSettings {
+  std::string model = "gpt-4o-mini";
+  std::string system_prompt;
+  std::size_t history_max_messages = 100;  // 0 = no limit
+  std::size_t history_max_chars = 200'000; // 0 = no limit
+};
+
+struct UpstreamSettings {
+  std::string base_url = "https://api.openai.com/v1";
+  std::string api_key;
+  std::chrono::milliseconds total_timeout{120'000};
+  std::chrono::milliseconds connect_timeout{10'000};
+  int max_retries = 2;
+};
+
+struct Config {
+  ServerSettings server;
+  StoreSettings store;
+  LimitSettings limits;
+  ChatSettings chat;
+  UpstreamSettings upstream;
+  // Every variable's effective value with secrets masked, for the start-up banner.
+  std::vector<std::pair<std::string, std::string>> effective;
+};
+
+// Where raw values come from, highest priority first: command-line flags (name -> value, only the
+// flags given), the environment, the `.env` file's entries, then the defaults. An empty value
+// counts as set (e.g. STAPLE_COMPLETION_LIMIT= disables that limit).
+struct Sources {
+  std::map<std::string, std::string> flags;
+  std::function<std::optional<std::string>(const std::string&)> environment;
+  std::map<std::string, std::string> dotenv;
+};
+
+// Validates everything once. The error message is one line naming the variable, e.g.
+// "invalid STAPLE_PORT='x': expected a port number 1-65535".
+Result<Config> Load(const Sources& sources);
+
+// Parses a `.env` file's text: KEY=VALUE lines, optional `export `, # comments, single- or
+// double-quoted values (double quotes understand \n \t \" \\). Errors name the line number.
+Result<std::map<std::string, std::string>> ParseDotenv(const std::string& text);
+
+// Shows the start and end of a secret only: "sk-a…wxyz"; short secrets become "***".
+std::string MaskSecret(const std::string& secret);
+// Replaces the password of "scheme://user:password@host/..." with "***".
+std::string MaskUrlPassword(const std::string& url);
+
+}  // namespace staple::config

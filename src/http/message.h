@@ -1,0 +1,72 @@
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/net.h"
+#include "common/result.h"
+#include "observe/metrics.h"
+
+namespace staple::http {
+
+// Header fields in arrival order. Names compare case-insensitively.
+class Headers {
+ public:
+  void Add(std::string name, std::string value) {
+    fields_.emplace_back(std::move(name), std::move(value));
+  }
+  // Replaces every field of that name.
+  void Set(std::string_view name, std::string value);
+  // The first value of `name`, if any.
+  std::optional<std::string_view> Get(std::string_view name) const;
+  const std::vector<std::pair<std::string, std::string>>& fields() const { return fields_; }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> fields_;
+};
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+
+// A request as the handlers see it: no Beast types, so handlers are plain testable functions.
+struct Request {
+  std::string method;  // "GET", "POST", ...
+  std::string target;  // as received, with the query
+  std::string path;    // target without the query, percent-decoding not applied
+  std::string query;   // after '?', may be empty
+  Headers headers;
+  std::string body;
+  std::string peer_address;  // the TCP peer, e.g. "127.0.0.1"
+  std::string request_id;    // from X-Request-Id when given, else generated
+  observe::Route route = observe::Route::kOther;  // set by the router, for metrics
+  std::vector<std::string> path_params;          // captures of "{name}" segments, in order
+};
+
+// Writes the body of a streamed response chunk by chunk (chunked transfer encoding).
+class BodyWriter {
+ public:
+  virtual ~BodyWriter() = default;
+  // Sends `data` to the client now. Fails with kCancelled when the client went away or the write
+  // deadline passed; the producer then stops.
+  virtual net::awaitable<Status> Write(std::string data) = 0;
+};
+
+struct Response {
+  int status = 200;
+  Headers headers;
+  std::string body;
+  // When set, the headers are sent at once and this produces the body through the writer; `body`
+  // is ignored. Used for server-sent events.
+  std::function<net::awaitable<void>(BodyWriter&)> stream;
+};
+
+// A JSON response with Content-Type application/json.
+Response JsonResponse(int status, const nlohmann::json& body);
+
+}  // namespace staple::http

@@ -1,0 +1,47 @@
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "http/message.h"
+
+namespace staple::http {
+
+using Handler = std::function<net::awaitable<Response>(Request&)>;
+
+// Maps (method, path) to a handler. Patterns are literal paths whose segments may be "{name}"
+// captures, e.g. "/users/{user_id}/messages"; captures land in Request::path_params in order.
+// Routes are added at start-up only; Dispatch is then thread-safe.
+class Router {
+ public:
+  // Builds the JSON error body for 404/405 (and for the server's own 400/413 answers), so each API
+  // family keeps its own error shape. Gets the status, a message and the request path.
+  using ErrorFormatter = std::function<Response(int status, std::string_view message,
+                                                std::string_view path)>;
+
+  explicit Router(ErrorFormatter format_error);
+
+  void Add(std::string method, std::string pattern, observe::Route route, Handler handler);
+
+  // Runs the matching handler; 404 when no pattern matches the path, 405 with `Allow` when the
+  // path matches but the method does not.
+  net::awaitable<Response> Dispatch(Request& request) const;
+
+  const ErrorFormatter& format_error() const { return format_error_; }
+
+ private:
+  struct Entry {
+    std::string method;
+    std::vector<std::string> segments;
+    observe::Route route;
+    Handler handler;
+  };
+  static bool Match(const Entry& entry, std::string_view path, std::vector<std::string>* params);
+
+  ErrorFormatter format_error_;
+  std::vector<Entry> entries_;
+};
+
+}  // namespace staple::http

@@ -1,0 +1,351 @@
+#include "http/server.h"
+
+#include <cmath>
+#include <list>
+#include <optional>
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+namespace staple::http {
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+
+using ReusePort = net::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+
+void LogIfFailed(std::exception_ptr error) {
+  if (!error) return;
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    observe::Error("connection task failed", {{"error", e.what()}});
+  }
+}
+
+// A client-supplied request id is echoed only when it is short and plain, so it cannot break a
+// header or a log line.
+bool UsableRequestId(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (c <= ' ' || c >= 127 || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+Request ToRequest(bhttp::request<bhttp::string_body>&& message, const std::string& peer) {
+  Request request;
+  request.method = std::string(message.method_string());
+  request.target = std::string(message.target());
+  const auto question = request.target.find('?');
+  request.path = request.target.substr(0, question);
+  if (question != std::string::npos) request.query = request.target.substr(question + 1);
+  for (const auto& field : message) {
+    request.headers.Add(std::string(field.name_string()), std::string(field.value()));
+  }
+  request.body = std::move(message.body());
+  request.peer_address = peer;
+  const auto given = request.headers.Get("X-Request-Id");
+  request.request_id = given && UsableRequestId(*given) ? std::string(*given)
+                                                        : observe::NewRequestId();
+  return request;
+}
+
+template <typename Message>
+void CopyHeaders(const Response& response, const Request& request, Message& message) {
+  message.set(bhttp::field::server, "staple");
+  for (const auto& [name, value] : response.headers.fields()) message.insert(name, value);
+  message.set("X-Request-Id", request.request_id);
+}
+
+// Streams a chunked body: one HTTP chunk per Write, each with its own write deadline.
+class ChunkWriter final : public BodyWriter {
+ public:
+  ChunkWriter(beast::tcp_stream& stream, std::chrono::milliseconds timeout)
+      : stream_(stream), timeout_(timeout) {}
+
+  net::awaitable<Status> Write(std::string data) override {
+    if (failed_) co_return MakeError(ErrorKind::kCancelled, "client connection closed");
+    if (data.empty()) co_return Ok();
+    beast::error_code ec;
+    stream_.expires_after(timeout_);
+    co_await net::async_write(stream_, bhttp::make_chunk(net::buffer(data)),
+                              net::redirect_error(net::use_awaitable, ec));
+    stream_.expires_never();
+    if (ec) {
+      failed_ = true;
+      co_return MakeError(ErrorKind::kCancelled, "client connection closed");
+    }
+    co_return Ok();
+  }
+
+  bool failed() const { return failed_; }
+
+ private:
+  beast::tcp_stream& stream_;
+  std::chrono::milliseconds timeout_;
+  bool failed_ = false;
+};
+
+}  // namespace
+
+// One open connection, as the worker's shutdown sees it. Touched only on the worker's thread.
+struct Server::Session {
+  beast::tcp_stream* stream = nullptr;
+  bool busy = false;  // a request is being handled: let it finish
+};
+
+struct Server::Worker {
+  net::io_context context{1};
+  tcp::acceptor acceptor{context};
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
+  std::list<Session*> sessions;  // guarded by being touched only on `thread`
+  std::thread thread;
+};
+
+Server::Server(ServerOptions options, const Router& router, observe::Metrics& metrics)
+    : options_(std::move(options)), router_(router), metrics_(metrics) {}
+
+Server::~Server() {
+  for (auto& worker : workers_) {
+    if (worker->thread.joinable()) {
+      worker->guard.reset();
+      worker->context.stop();
+      worker->thread.join();
+    }
+  }
+}
+
+Status Server::Bind() {
+  beast::error_code ec;
+  auto address = net::ip::make_address(options_.host == "localhost" ? "127.0.0.1" : options_.host, ec);
+  if (ec) return MakeError(ErrorKind::kInvalidArgument, "invalid listen address '" + options_.host + "'");
+  std::uint16_t port = options_.port;
+  const int threads = options_.threads < 1 ? 1 : options_.threads;
+  for (int i = 0; i < threads; ++i) {
+    auto worker = std::make_unique<Worker>();
+    auto& acceptor = worker->acceptor;
+    const tcp::endpoint endpoint(address, port);
+    acceptor.open(endpoint.protocol(), ec);
+    if (!ec) acceptor.set_option(net::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor.set_option(ReusePort(true), ec);
+    if (!ec) acceptor.bind(endpoint, ec);
+    if (!ec) acceptor.listen(net::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return MakeError(ErrorKind::kUnavailable, "cannot listen on " + options_.host + ":" +
+                                                    std::to_string(port) + ": " + ec.message());
+    }
+    // With port 0 the first listener picks the port and the others join it.
+    port = acceptor.local_endpoint().port();
+    workers_.push_back(std::move(worker));
+  }
+  port_ = port;
+  return Ok();
+}
+
+std::vector<net::io_context*> Server::contexts() {
+  std::vector<net::io_context*> result;
+  for (auto& worker : workers_) result.push_back(&worker->context);
+  return result;
+}
+
+void Server::Start() {
+  for (auto& worker : workers_) {
+    worker->guard.emplace(worker->context.get_executor());
+    net::co_spawn(worker->context, Accept(*worker), LogIfFailed);
+    worker->thread = std::thread([w = worker.get()] { w->context.run(); });
+  }
+}
+
+net::awaitable<void> Server::Accept(Worker& worker) {
+  net::steady_timer backoff(worker.context);
+  for (;;) {
+    beast::error_code ec;
+    auto socket = co_await worker.acceptor.async_accept(net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      if (!worker.acceptor.is_open() || ec == net::error::operation_aborted) co_return;
+      // Out of descriptors or a transient failure: wait a little instead of spinning.
+      backoff.expires_after(std::chrono::milliseconds(10));
+      co_await backoff.async_wait(net::redirect_error(net::use_awaitable, ec));
+      continue;
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    net::co_spawn(worker.context, Serve(worker, std::move(socket)), LogIfFailed);
+  }
+}
+
+net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
+  beast::error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  const std::string peer = ec ? std::string("unknown") : remote.address().to_string();
+  beast::tcp_stream stream(std::move(socket));
+
+  // Registration for graceful shutdown, undone however this coroutine ends.
+  Session session{&stream, false};
+  worker.sessions.push_back(&session);
+  const auto registration = std::prev(worker.sessions.end());
+  sessions_.fetch_add(1);
+  metrics_.ConnectionOpened();
+  struct Unregister {
+    Server* server;
+    Worker* worker;
+    std::list<Session*>::iterator it;
+    ~Unregister() {
+      worker->sessions.erase(it);
+      server->metrics_.ConnectionClosed();
+      server->sessions_.fetch_sub(1);
+    }
+  } unregister{this, &worker, registration};
+
+  beast::flat_buffer buffer;
+  while (!stopping_.load(std::memory_order_relaxed)) {
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(options_.max_header_bytes));
+    parser.body_limit(options_.max_body_bytes);
+
+    // 1. Wait for the next request head (idle keep-alive wait).
+    stream.expires_after(options_.idle_timeout);
+    co_await bhttp::async_read_header(stream, buffer, parser,
+                                      net::redirect_error(net::use_awaitable, ec));
+    if (ec == bhttp::error::end_of_stream || ec == net::error::operation_aborted ||
+        ec == beast::error::timeout || ec == net::error::connection_reset || ec == net::error::eof) {
+      break;
+    }
+    session.busy = true;
+    const auto started = std::chrono::steady_clock::now();
+
+    // 2. Read the body, unless the head already shows a problem.
+    int early_status = 0;
+    std::string early_message;
+    if (ec == bhttp::error::header_limit) {
+      early_status = 431;
+      early_message = "Request header fields too large";
+    } else if (ec) {
+      early_status = 400;
+      early_message = "Malformed HTTP request";
+    } else if (parser.content_length() && *parser.content_length() > options_.max_body_bytes) {
+      early_status = 413;
+    } else {
+      const auto expect = parser.get()[bhttp::field::expect];
+      if (EqualsIgnoreCase(expect, "100-continue")) {
+        // curl waits a second for this before sending a large body.
+        static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        stream.expires_after(options_.write_timeout);
+        co_await net::async_write(stream, net::buffer(kContinue.data(), kContinue.size()),
+                                  net::redirect_error(net::use_awaitable, ec));
+        if (ec) break;
+      }
+      stream.expires_after(options_.read_timeout);
+      co_await bhttp::async_read(stream, buffer, parser,
+                                 net::redirect_error(net::use_awaitable, ec));
+      if (ec == bhttp::error::body_limit) {
+        early_status = 413;
+      } else if (ec && ec.category() == bhttp::make_error_code(bhttp::error::body_limit).category() &&
+                 ec != bhttp::error::partial_message) {
+        early_status = 400;
+        early_message = "Malformed HTTP request";
+      } else if (ec) {
+        break;  // the client went away or was too slow
+      }
+    }
+    stream.expires_never();
+    if (early_status == 413) {
+      early_message = "Request body too large: the limit is " +
+                      std::to_string(options_.max_body_bytes) + " bytes";
+    }
+
+    // 3. Handle it.
+    const bool parsed = early_status == 0;
+    Request request = ToRequest(parser.release(), peer);
+    // (No co_await inside a conditional expression: g++ 12 miscompiles it.)
+    Response response;
+    if (parsed) {
+      response = co_await router_.Dispatch(request);
+    } else {
+      response = router_.format_error()(early_status, early_message, request.path);
+    }
+    const bool keep_alive = parsed && parser.keep_alive() &&
+                            !stopping_.load(std::memory_order_relaxed);
+
+    // 4. Write the answer.
+    bool write_failed = false;
+    if (!response.stream) {
+      bhttp::response<bhttp::string_body> message{static_cast<bhttp::status>(response.status), 11};
+      CopyHeaders(response, request, message);
+      message.keep_alive(keep_alive);
+      message.body() = std::move(response.body);
+      message.prepare_payload();
+      stream.expires_after(options_.write_timeout);
+      co_await bhttp::async_write(stream, message, net::redirect_error(net::use_awaitable, ec));
+      write_failed = static_cast<bool>(ec);
+    } else {
+      bhttp::response<bhttp::empty_body> message{static_cast<bhttp::status>(response.status), 11};
+      CopyHeaders(response, request, message);
+      message.keep_alive(keep_alive);
+      message.chunked(true);
+      bhttp::response_serializer<bhttp::empty_body> serializer{message};
+      stream.expires_after(options_.write_timeout);
+      co_await bhttp::async_write_header(stream, serializer,
+                                         net::redirect_error(net::use_awaitable, ec));
+      stream.expires_never();
+      write_failed = static_cast<bool>(ec);
+      if (!write_failed) {
+        ChunkWriter writer(stream, options_.write_timeout);
+        co_await response.stream(writer);
+        write_failed = writer.failed();
+        if (!write_failed) {
+          stream.expires_after(options_.write_timeout);
+          co_await net::async_write(stream, bhttp::make_chunk_last(),
+                                    net::redirect_error(net::use_awaitable, ec));
+          write_failed = static_cast<bool>(ec);
+        }
+      }
+    }
+    stream.expires_never();
+
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    metrics_.CountRequest(request.route, response.status, seconds);
+    if (options_.access_log) {
+      observe::Info("request", {{"method", request.method},
+                                {"path", request.path},
+                                {"status", response.status},
+                                {"latency_ms", std::round(seconds * 1e6) / 1e3},
+                                {"request_id", request.request_id},
+                                {"client", peer}});
+    }
+    session.busy = false;
+    if (write_failed || !keep_alive) break;
+  }
+  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+}
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  stopping_.store(true);
+  for (auto& worker : workers_) {
+    net::post(worker->context, [w = worker.get()] {
+      beast::error_code ignored;
+      w->acceptor.close(ignored);
+      for (Session* session : w->sessions) {
+        if (!session->busy) session->stream->socket().cancel(ignored);
+      }
+    });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  while (sessions_.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (sessions_.load() > 0) {
+    observe::Warn("shutdown grace period over; closing remaining connections",
+                  {{"connections", sessions_.load()}});
+  }
+  for (auto& worker : workers_) {
+    worker->guard.reset();
+    worker->context.stop();
+    if (worker->thread.joinable()) worker->thread.join();
+  }
+}
+
+}  // namespace staple::http

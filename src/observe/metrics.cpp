@@ -1,0 +1,129 @@
+#include "observe/metrics.h"
+
+#include <fmt/format.h>
+
+namespace staple::observe {
+
+const char* RouteName(Route route) {
+  switch (route) {
+    case Route::kCompletion:
+      return "/openai-completion";
+    case Route::kChatCompletions:
+      return "/v1/chat/completions";
+    case Route::kModels:
+      return "/v1/models";
+    case Route::kMessages:
+      return "/users/{user_id}/messages";
+    case Route::kHealth:
+      return "health";
+    case Route::kMetrics:
+      return "/metrics";
+    case Route::kPlayground:
+      return "/";
+    case Route::kOther:
+    case Route::kCount:
+      break;
+  }
+  return "other";
+}
+
+Histogram::Histogram() = default;
+
+void Histogram::Observe(double seconds) {
+  std::size_t i = 0;
+  while (i < kBounds.size() && seconds > kBounds[i]) ++i;
+  buckets_[i].fetch_add(1, std::memory_order_relaxed);
+  count_.fetch_add(1, std::memory_order_relaxed);
+  const double micros = seconds > 0 ? seconds * 1e6 : 0;
+  sum_micros_.fetch_add(static_cast<std::uint64_t>(micros), std::memory_order_relaxed);
+}
+
+void Histogram::Render(std::string& out, std::string_view name, std::string_view labels) const {
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < kBounds.size(); ++i) {
+    cumulative += buckets_[i].load(std::memory_order_relaxed);
+    out += fmt::format("{}_bucket{{{}le=\"{}\"}} {}\n", name, labels, kBounds[i], cumulative);
+  }
+  cumulative += buckets_[kBounds.size()].load(std::memory_order_relaxed);
+  out += fmt::format("{}_bucket{{{}le=\"+Inf\"}} {}\n", name, labels, cumulative);
+  std::string plain_labels(labels);
+  if (!plain_labels.empty() && plain_labels.back() == ',') plain_labels.pop_back();
+  const auto braces = plain_labels.empty() ? std::string() : "{" + plain_labels + "}";
+  out += fmt::format("{}_sum{} {}\n", name, braces,
+                     static_cast<double>(sum_micros_.load(std::memory_order_relaxed)) / 1e6);
+  out += fmt::format("{}_count{} {}\n", name, braces, count_.load(std::memory_order_relaxed));
+}
+
+void Metrics::CountRequest(Route route, int status, double seconds) {
+  const auto r = static_cast<std::size_t>(route);
+  const auto s = static_cast<std::size_t>(status >= 0 && status < kStatuses ? status : 0);
+  requests_[r][s].fetch_add(1, std::memory_order_relaxed);
+  latency_[r].Observe(seconds);
+}
+
+void Metrics::CountTokens(std::int64_t prompt, std::int64_t completion) {
+  if (prompt > 0) prompt_tokens_.fetch_add(static_cast<std::uint64_t>(prompt));
+  if (completion > 0) completion_tokens_.fetch_add(static_cast<std::uint64_t>(completion));
+}
+
+void Metrics::CountLimiterDecision(bool allowed) {
+  (allowed ? limiter_allowed_ : limiter_denied_).fetch_add(1, std::memory_order_relaxed);
+}
+
+void Metrics::AddGauge(std::string name, std::string help, std::function<double()> read) {
+  gauges_.push_back(Gauge{std::move(name), std::move(help), std::move(read)});
+}
+
+std::string Metrics::Render() const {
+  std::string out;
+  out.reserve(16 * 1024);
+  out += "# HELP staple_http_requests_total HTTP requests answered, by route and status.\n";
+  out += "# TYPE staple_http_requests_total counter\n";
+  for (std::size_t r = 0; r < requests_.size(); ++r) {
+    for (std::size_t s = 0; s < requests_[r].size(); ++s) {
+      const auto n = requests_[r][s].load(std::memory_order_relaxed);
+      if (n == 0) continue;
+      out += fmt::format("staple_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n",
+                         RouteName(static_cast<Route>(r)), s, n);
+    }
+  }
+  out += "# HELP staple_http_request_duration_seconds Time from request read to response written.\n";
+  out += "# TYPE staple_http_request_duration_seconds histogram\n";
+  for (std::size_t r = 0; r < latency_.size(); ++r) {
+    latency_[r].Render(out, "staple_http_request_duration_seconds",
+                       fmt::format("route=\"{}\",", RouteName(static_cast<Route>(r))));
+  }
+  out += "# HELP staple_upstream_duration_seconds Time spent waiting for the upstream.\n";
+  out += "# TYPE staple_upstream_duration_seconds histogram\n";
+  upstream_latency_.Render(out, "staple_upstream_duration_seconds", "");
+  const auto counter = [&out](std::string_view name, std::string_view help, std::string_view labels,
+                              std::uint64_t value) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} counter\n{}{} {}\n", name, help, name, name, labels,
+                       value);
+  };
+  counter("staple_upstream_errors_total", "Upstream exchanges that failed.", "",
+          upstream_errors_.load());
+  out += "# HELP staple_tokens_total Tokens reported by the upstream.\n";
+  out += "# TYPE staple_tokens_total counter\n";
+  out += fmt::format("staple_tokens_total{{kind=\"prompt\"}} {}\n", prompt_tokens_.load());
+  out += fmt::format("staple_tokens_total{{kind=\"completion\"}} {}\n", completion_tokens_.load());
+  out += "# HELP staple_ratelimit_decisions_total Rate limiter decisions.\n";
+  out += "# TYPE staple_ratelimit_decisions_total counter\n";
+  out += fmt::format("staple_ratelimit_decisions_total{{decision=\"allowed\"}} {}\n",
+                     limiter_allowed_.load());
+  out += fmt::format("staple_ratelimit_decisions_total{{decision=\"denied\"}} {}\n",
+                     limiter_denied_.load());
+  counter("staple_ratelimit_errors_total", "Limiter storage failures.", "", limiter_errors_.load());
+  counter("staple_failed_turns_total", "Turns that failed and were not stored.", "",
+          failed_turns_.load());
+  out += "# HELP staple_open_connections Client connections currently open.\n";
+  out += "# TYPE staple_open_connections gauge\n";
+  out += fmt::format("staple_open_connections {}\n", open_connections_.load());
+  for (const auto& gauge : gauges_) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", gauge.name, gauge.help, gauge.name,
+                       gauge.name, gauge.read());
+  }
+  return out;
+}
+
+}  // namespace staple::observe

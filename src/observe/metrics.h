@@ -1,0 +1,84 @@
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace staple::observe {
+
+// Routes known to the metrics, so counters are plain arrays (no lookups on the hot path).
+enum class Route : std::size_t {
+  kCompletion,      // POST /openai-completion
+  kChatCompletions, // POST /v1/chat/completions
+  kModels,          // GET /v1/models
+  kMessages,        // /users/{id}/messages
+  kHealth,          // /healthz, /readyz
+  kMetrics,         // /metrics
+  kPlayground,      // /
+  kOther,           // anything else (404s)
+  kCount
+};
+const char* RouteName(Route route);
+
+// A fixed-bucket latency histogram in seconds. Thread-safe, lock-free.
+class Histogram {
+ public:
+  Histogram();
+  void Observe(double seconds);
+  // Appends Prometheus text lines for `name` with extra `labels` ("" or `route="x",`).
+  void Render(std::string& out, std::string_view name, std::string_view labels) const;
+
+ private:
+  static constexpr std::array<double, 14> kBounds = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                     0.05,   0.1,   0.25,   0.5,   1,    2.5,
+                                                     5,      10};
+  std::array<std::atomic<std::uint64_t>, kBounds.size() + 1> buckets_{};
+  std::atomic<std::uint64_t> count_{0};
+  std::atomic<std::uint64_t> sum_micros_{0};
+};
+
+// The process's metrics, rendered in the Prometheus text format by Render(). Thread-safe.
+class Metrics {
+ public:
+  void CountRequest(Route route, int status, double seconds);
+  void ObserveUpstream(double seconds) { upstream_latency_.Observe(seconds); }
+  void CountUpstreamError() { upstream_errors_.fetch_add(1, std::memory_order_relaxed); }
+  void CountTokens(std::int64_t prompt, std::int64_t completion);
+  void CountLimiterDecision(bool allowed);
+  void CountLimiterError() { limiter_errors_.fetch_add(1, std::memory_order_relaxed); }
+  void CountFailedTurn() { failed_turns_.fetch_add(1, std::memory_order_relaxed); }
+  void ConnectionOpened() { open_connections_.fetch_add(1, std::memory_order_relaxed); }
+  void ConnectionClosed() { open_connections_.fetch_sub(1, std::memory_order_relaxed); }
+
+  // A gauge read at render time (e.g. the store's queue depth). Register before serving.
+  void AddGauge(std::string name, std::string help, std::function<double()> read);
+
+  std::string Render() const;
+
+ private:
+  static constexpr int kStatuses = 600;
+  std::array<std::array<std::atomic<std::uint64_t>, kStatuses>, static_cast<std::size_t>(Route::kCount)>
+      requests_{};
+  std::array<Histogram, static_cast<std::size_t>(Route::kCount)> latency_;
+  Histogram upstream_latency_;
+  std::atomic<std::uint64_t> upstream_errors_{0};
+  std::atomic<std::uint64_t> prompt_tokens_{0};
+  std::atomic<std::uint64_t> completion_tokens_{0};
+  std::atomic<std::uint64_t> limiter_allowed_{0};
+  std::atomic<std::uint64_t> limiter_denied_{0};
+  std::atomic<std::uint64_t> limiter_errors_{0};
+  std::atomic<std::uint64_t> failed_turns_{0};
+  std::atomic<std::int64_t> open_connections_{0};
+  struct Gauge {
+    std::string name;
+    std::string help;
+    std::function<double()> read;
+  };
+  std::vector<Gauge> gauges_;  // constant after start-up
+};
+
+}  // namespace staple::observe

@@ -1,0 +1,537 @@
+#include "ratelimit/memory/memory_rate_limiter.h"
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace staple::ratelimit {
+
+namespace {
+
+constexpr std::uint64_t kMaxU64 = std::numeric_limits<std::uint64_t>::max();
+constexpr double kNever = -std::numeric_limits<double>::infinity();
+
+// A shard is swept on time at most this often (seconds of the limiter's clock).
+constexpr double kMinSweepInterval = 1.0;
+// A shard is swept at once when it grew to twice its size after the last sweep, and at least this.
+constexpr std::size_t kGrowthSweepMinSize = 256;
+// See Window::RetryAfter.
+constexpr double kSlidingBoundaryStep = 0.001;
+
+std::uint64_t SaturateAmount(Amount amount) {
+  return amount > kMaxU64 ? kMaxU64 : static_cast<std::uint64_t>(amount);
+}
+
+// `units` of cost recorded at time `at` in a moving-window log.
+struct Hit {
+  double at;
+  std::uint64_t units;
+};
+
+// The stored state of one key. Which fields matter depends on the strategy; one type keeps the
+// map simple and costs a few unused words.
+struct Entry {
+  // From this instant on the entry holds no hit that counts, and a sweep may remove it.
+  double expires_at = kNever;
+  // Fixed window: start of the current window. Sliding window: index of the current window.
+  double window_start = 0;
+  std::int64_t window = 0;
+  // Fixed window: units in the window. Sliding: units in the current window. Moving: units in
+  // the log.
+  std::uint64_t count = 0;
+  // Sliding window: units in the previous window.
+  std::uint64_t previous = 0;
+  // Moving window: hits oldest first, starting at log_head (dropping from the front is an index
+  // increment; the vector is compacted once the dead prefix dominates).
+  std::vector<Hit> log;
+  std::size_t log_head = 0;
+};
+
+const Entry kEmptyEntry{};
+
+// The strategy arithmetic on one entry. Every function assumes Advance() ran at `now` first.
+class Window {
+ public:
+  Window(Strategy strategy, double now, double period)
+      : strategy_(strategy), now_(now), period_(period) {}
+
+  // Brings the entry to `now`: ends an expired fixed window, rolls sliding windows, drops log
+  // hits that left the moving window.
+  void Advance(Entry& e) const {
+    switch (strategy_) {
+      case Strategy::kFixedWindow:
+        if (now_ >= e.expires_at) e.count = 0;
+        break;
+      case Strategy::kMovingWindow:
+        while (e.log_head < e.log.size() && e.log[e.log_head].at + period_ <= now_) {
+          e.count -= e.log[e.log_head].units;
+          ++e.log_head;
+        }
+        if (e.log_head == e.log.size()) {
+          e.log.clear();
+          e.log_head = 0;
+        } else if (e.log_head >= 16 && e.log_head * 2 >= e.log.size()) {
+          e.log.erase(e.log.begin(), e.log.begin() + static_cast<std::ptrdiff_t>(e.log_head));
+          e.log_head = 0;
+        }
+        break;
+      case Strategy::kSlidingWindowCounter: {
+        // A clock that stepped back stays in the stored window rather than rewinding it.
+        const std::int64_t index = WindowIndex();
+        if (index == e.window + 1) {
+          e.previous = e.count;
+          e.count = 0;
+          e.window = index;
+        } else if (index > e.window + 1) {
+          e.previous = 0;
+          e.count = 0;
+          e.window = index;
+        }
+        break;
+      }
+    }
+  }
+
+  // Units currently counted against the limit.
+  std::uint64_t Used(const Entry& e) const {
+    if (strategy_ != Strategy::kSlidingWindowCounter) return e.count;
+    return WeightedPrevious(e) + e.count;
+  }
+
+  // When the entry next frees capacity (see the header); `now` when it holds nothing.
+  double ResetAt(const Entry& e) const {
+    switch (strategy_) {
+      case Strategy::kFixedWindow:
+        return now_ < e.expires_at ? e.window_start + period_ : now_;
+      case Strategy::kMovingWindow:
+        return e.count > 0 ? e.log[e.log_head].at + period_ : now_;
+      case Strategy::kSlidingWindowCounter: {
+        const double left = period_ - Elapsed(e);
+        double reset = std::numeric_limits<double>::infinity();
+        if (e.previous > 0) {
+          reset = now_ + std::fmod(left, period_ / static_cast<double>(e.previous));
+        }
+        if (e.count > 0) reset = std::min(reset, now_ + left);
+        return std::isinf(reset) ? now_ : reset;
+      }
+    }
+    return now_;
+  }
+
+  // Seconds until `need` units fit under `limit`, for an entry where they do not fit now.
+  double RetryAfter(const Entry& e, std::uint64_t limit, std::uint64_t need) const {
+    if (limit == 0 || need > limit) return period_;
+    const std::uint64_t room = limit - need;  // what may stay in use when the retry comes
+    double wait = 0;
+    switch (strategy_) {
+      case Strategy::kFixedWindow:
+        wait = e.window_start + period_ - now_;
+        break;
+      case Strategy::kMovingWindow: {
+        // Oldest hits leave first; wait for the one whose departure brings usage down to `room`.
+        const std::uint64_t excess = e.count - room;
+        std::uint64_t freed = 0;
+        for (std::size_t i = e.log_head; i < e.log.size(); ++i) {
+          freed += e.log[i].units;
+          if (freed >= excess) {
+            wait = e.log[i].at + period_ - now_;
+            break;
+          }
+        }
+        break;
+      }
+      case Strategy::kSlidingWindowCounter: {
+        const double elapsed = Elapsed(e);
+        const double p = period_;
+        if (e.count <= room) {
+          // Within this window: wait until floor(previous * (p - t) / p) <= room - count, i.e.
+          // previous * (p - t) / p < room - count + 1.
+          if (e.previous == 0) return 0;
+          const double allowed = static_cast<double>(room - e.count) + 1;
+          wait = p - allowed * p / static_cast<double>(e.previous) - elapsed;
+        } else {
+          // This window's hits alone are too many: wait for the next window, where they become
+          // the previous count and decay the same way.
+          const double allowed = static_cast<double>(room) + 1;
+          wait = (p - elapsed) + std::max(0.0, p - allowed * p / static_cast<double>(e.count));
+        }
+        // The floored count admits only strictly after that boundary: report the first
+        // millisecond past it, so that a retry at now + retry_after succeeds.
+        wait += kSlidingBoundaryStep;
+        break;
+      }
+    }
+    return std::max(0.0, wait);
+  }
+
+  void Consume(Entry& e, std::uint64_t units) const {
+    switch (strategy_) {
+      case Strategy::kFixedWindow:
+        if (now_ >= e.expires_at) {
+          e.window_start = now_;
+          e.expires_at = now_ + period_;
+        }
+        e.count += units;
+        break;
+      case Strategy::kMovingWindow: {
+        // A clock that stepped back records at the newest time so the log stays ordered.
+        const double at = e.log.size() > e.log_head ? std::max(now_, e.log.back().at) : now_;
+        if (e.log.size() > e.log_head && e.log.back().at == at) {
+          e.log.back().units += units;
+        } else {
+          e.log.push_back(Hit{at, units});
+        }
+        e.count += units;
+        e.expires_at = at + period_;
+        break;
+      }
+      case Strategy::kSlidingWindowCounter:
+        e.count += units;
+        // The current window's hits weigh on the next window too.
+        e.expires_at = static_cast<double>(e.window + 2) * period_;
+        break;
+    }
+  }
+
+  void GiveBack(Entry& e, std::uint64_t units) const {
+    if (strategy_ != Strategy::kMovingWindow) {
+      e.count -= std::min(e.count, units);
+      return;
+    }
+    while (units > 0 && e.log.size() > e.log_head) {
+      Hit& newest = e.log.back();
+      const std::uint64_t taken = std::min(newest.units, units);
+      newest.units -= taken;
+      e.count -= taken;
+      units -= taken;
+      if (newest.units == 0) e.log.pop_back();
+    }
+    if (e.log.size() == e.log_head) {
+      e.log.clear();
+      e.log_head = 0;
+    }
+  }
+
+ private:
+  std::int64_t WindowIndex() const { return static_cast<std::int64_t>(std::floor(now_ / period_)); }
+
+  // Seconds since the start of the entry's current sliding window, within [0, period].
+  double Elapsed(const Entry& e) const {
+    return std::clamp(now_ - static_cast<double>(e.window) * period_, 0.0, period_);
+  }
+
+  std::uint64_t WeightedPrevious(const Entry& e) const {
+    if (e.previous == 0) return 0;
+    const double weighted =
+        std::floor(static_cast<double>(e.previous) * (period_ - Elapsed(e)) / period_);
+    if (weighted >= static_cast<double>(e.previous)) return e.previous;
+    return weighted <= 0 ? 0 : static_cast<std::uint64_t>(weighted);
+  }
+
+  Strategy strategy_;
+  double now_;
+  double period_;
+};
+
+struct KeyHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view key) const noexcept {
+    return std::hash<std::string_view>{}(key);
+  }
+};
+
+using EntryMap = std::unordered_map<std::string, Entry, KeyHash, std::equal_to<>>;
+
+// Fibonacci hashing of the key's hash picks the shard, so the shard index does not correlate with
+// the bucket index inside the shard's map (which uses the same hash modulo a prime).
+std::size_t ShardOf(std::string_view key) {
+  const std::uint64_t h = static_cast<std::uint64_t>(KeyHash{}(key));
+  return static_cast<std::size_t>((h * 0x9E3779B97F4A7C15ull) >> 58) %
+         MemoryRateLimiter::kShardCount;
+}
+
+void AppendUnsigned(std::string& out, std::uint64_t value) {
+  char buffer[24];
+  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
+  out.append(buffer, end);
+}
+
+// check.key + "/" + item.Key(), written into a reused buffer.
+void BuildKey(const Check& check, std::string& out) {
+  out.clear();
+  out.append(check.key);
+  out.push_back('/');
+  if (check.item.amount <= kMaxU64) {
+    AppendUnsigned(out, static_cast<std::uint64_t>(check.item.amount));
+  } else {
+    out.append(AmountToString(check.item.amount));
+  }
+  out.push_back('/');
+  AppendUnsigned(out, static_cast<std::uint64_t>(check.item.multiples));
+  out.push_back('/');
+  out.append(GranularityName(check.item.granularity));
+}
+
+// Per-thread buffers for one operation, reused so the hot path does not allocate once warm.
+struct Scratch {
+  std::vector<std::string> keys;
+  std::vector<std::size_t> shard_of;
+  std::vector<std::size_t> shards;  // sorted, unique: the lock order
+  std::vector<Entry*> entries;
+  std::vector<std::uint64_t> charged_before;  // units of earlier checks on the same key
+  std::vector<LimitState> states;
+
+  void Prepare(const std::vector<Check>& checks) {
+    const std::size_t n = checks.size();
+    if (keys.size() < n) keys.resize(n);
+    shard_of.resize(n);
+    entries.assign(n, nullptr);
+    charged_before.assign(n, 0);
+    states.resize(n);
+    shards.clear();
+    for (std::size_t i = 0; i < n; ++i) {
+      BuildKey(checks[i], keys[i]);
+      shard_of[i] = ShardOf(keys[i]);
+      shards.push_back(shard_of[i]);
+    }
+    std::sort(shards.begin(), shards.end());
+    shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
+  }
+};
+
+Scratch& ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+}  // namespace
+
+struct alignas(64) MemoryRateLimiter::Shard {
+  std::mutex mutex;
+  // Guarded by mutex.
+  EntryMap entries;
+  double earliest_expiry = std::numeric_limits<double>::infinity();  // a lower bound
+  double last_sweep = kNever;
+  std::size_t size_after_sweep = 0;
+  // When a time-based sweep is next due: written under mutex, read without it as a hint.
+  std::atomic<double> next_sweep_at{std::numeric_limits<double>::infinity()};
+
+  void NoteExpiry(double expires_at) {
+    if (expires_at < earliest_expiry) {
+      earliest_expiry = expires_at;
+      next_sweep_at.store(std::max(earliest_expiry, last_sweep + kMinSweepInterval),
+                          std::memory_order_relaxed);
+    }
+  }
+
+  // Removes expired entries; requires mutex. Returns how many were removed.
+  std::size_t SweepLocked(double now) {
+    const std::size_t before = entries.size();
+    earliest_expiry = std::numeric_limits<double>::infinity();
+    for (auto it = entries.begin(); it != entries.end();) {
+      if (it->second.expires_at <= now) {
+        it = entries.erase(it);
+      } else {
+        earliest_expiry = std::min(earliest_expiry, it->second.expires_at);
+        ++it;
+      }
+    }
+    last_sweep = now;
+    size_after_sweep = entries.size();
+    next_sweep_at.store(std::max(earliest_expiry, now + kMinSweepInterval),
+                        std::memory_order_relaxed);
+    return before - entries.size();
+  }
+};
+
+namespace {
+
+// Locks a sorted list of shards in order and unlocks them all on scope exit.
+template <typename Shards>
+class ShardLocks {
+ public:
+  ShardLocks(Shards& shards, const std::vector<std::size_t>& order)
+      : shards_(shards), order_(order) {
+    for (std::size_t index : order_) shards_[index].mutex.lock();
+  }
+  ~ShardLocks() {
+    for (auto it = order_.rbegin(); it != order_.rend(); ++it) shards_[*it].mutex.unlock();
+  }
+  ShardLocks(const ShardLocks&) = delete;
+  ShardLocks& operator=(const ShardLocks&) = delete;
+
+ private:
+  Shards& shards_;
+  const std::vector<std::size_t>& order_;
+};
+
+}  // namespace
+
+MemoryRateLimiter::MemoryRateLimiter(const Clock& clock, Strategy strategy)
+    : clock_(clock), strategy_(strategy), shards_(std::make_unique<Shard[]>(kShardCount)) {}
+
+MemoryRateLimiter::~MemoryRateLimiter() = default;
+
+Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::uint64_t cost) {
+  Decision decision;
+  if (checks.empty()) return decision;
+  Scratch& scratch = ThreadScratch();
+  scratch.Prepare(checks);
+  const std::size_t n = checks.size();
+
+  // A check listed twice (same key, same item) is one counter charged twice: each occurrence
+  // must find room for what the earlier ones take.
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (scratch.shard_of[j] == scratch.shard_of[i] && scratch.keys[j] == scratch.keys[i]) {
+        scratch.charged_before[i] += cost;
+      }
+    }
+  }
+
+  double now = 0;
+  {
+    ShardLocks locks(shards_, scratch.shards);
+    now = clock_.Now();
+
+    // Phase 1: look at every check without changing what it counts.
+    for (std::size_t i = 0; i < n; ++i) {
+      Shard& shard = shards_[scratch.shard_of[i]];
+      const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
+      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
+      if (found != shard.entries.end()) {
+        scratch.entries[i] = &found->second;
+        window.Advance(found->second);
+      }
+      const Entry& entry = scratch.entries[i] ? *scratch.entries[i] : kEmptyEntry;
+      const std::uint64_t limit = SaturateAmount(checks[i].item.amount);
+      const std::uint64_t used = window.Used(entry);
+      const std::uint64_t before = scratch.charged_before[i];
+      const bool fits =
+          limit > 0 && before <= limit && cost <= limit - before && used <= limit - before - cost;
+      if (fits) continue;
+      const std::uint64_t need = before > kMaxU64 - cost ? kMaxU64 : before + cost;
+      const double retry = window.RetryAfter(entry, limit, need);
+      if (decision.allowed) {
+        decision.allowed = false;
+        decision.deciding = i;
+        decision.state.limit = limit;
+        decision.state.remaining = used < limit ? limit - used : 0;
+        decision.state.reset_at = window.ResetAt(entry);
+      }
+      decision.retry_after = std::max(decision.retry_after, retry);
+    }
+
+    // Phase 2: every check has room, so charge each and report the tightest.
+    if (decision.allowed) {
+      for (std::size_t i = 0; i < n; ++i) {
+        Shard& shard = shards_[scratch.shard_of[i]];
+        const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
+        if (cost > 0) {
+          if (scratch.entries[i] == nullptr) {
+            // Map references stay valid across rehashing, so earlier pointers remain usable.
+            auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
+            scratch.entries[i] = &it->second;
+            if (inserted) window.Advance(it->second);
+          }
+          window.Consume(*scratch.entries[i], cost);
+          shard.NoteExpiry(scratch.entries[i]->expires_at);
+        }
+      }
+      for (std::size_t i = 0; i < n; ++i) {
+        const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
+        const Entry& entry = scratch.entries[i] ? *scratch.entries[i] : kEmptyEntry;
+        const std::uint64_t limit = SaturateAmount(checks[i].item.amount);
+        const std::uint64_t used = window.Used(entry);
+        scratch.states[i] =
+            LimitState{limit, used < limit ? limit - used : 0, window.ResetAt(entry)};
+        const LimitState& best = scratch.states[decision.deciding];
+        const LimitState& candidate = scratch.states[i];
+        if (i == 0 || candidate.remaining < best.remaining ||
+            (candidate.remaining == best.remaining && candidate.reset_at < best.reset_at)) {
+          decision.deciding = i;
+        }
+      }
+      decision.state = scratch.states[decision.deciding];
+      decision.retry_after = 0;
+
+      // A shard that doubled since its last sweep is swept now, keeping growth amortized O(1).
+      for (std::size_t index : scratch.shards) {
+        Shard& shard = shards_[index];
+        if (shard.entries.size() >= std::max(kGrowthSweepMinSize, 2 * shard.size_after_sweep)) {
+          shard.SweepLocked(now);
+        }
+      }
+    }
+  }
+  MaybeSweepOne(now);
+  return decision;
+}
+
+void MemoryRateLimiter::RefundNow(const std::vector<Check>& checks, std::uint64_t amount) {
+  if (checks.empty() || amount == 0) return;
+  Scratch& scratch = ThreadScratch();
+  scratch.Prepare(checks);
+  double now = 0;
+  {
+    ShardLocks locks(shards_, scratch.shards);
+    now = clock_.Now();
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+      Shard& shard = shards_[scratch.shard_of[i]];
+      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
+      if (found == shard.entries.end()) continue;
+      const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
+      window.Advance(found->second);
+      window.GiveBack(found->second, amount);
+    }
+  }
+  MaybeSweepOne(now);
+}
+
+std::size_t MemoryRateLimiter::EntryCount() const {
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < kShardCount; ++i) {
+    std::lock_guard lock(shards_[i].mutex);
+    total += shards_[i].entries.size();
+  }
+  return total;
+}
+
+std::size_t MemoryRateLimiter::Sweep() {
+  std::size_t removed = 0;
+  for (std::size_t i = 0; i < kShardCount; ++i) {
+    std::lock_guard lock(shards_[i].mutex);
+    removed += shards_[i].SweepLocked(clock_.Now());
+  }
+  return removed;
+}
+
+void MemoryRateLimiter::MaybeSweepOne(double now) {
+  // Round robin per thread: no shared counter to contend on, and every thread visits every shard.
+  thread_local std::size_t cursor = 0;
+  Shard& shard = shards_[cursor++ % kShardCount];
+  if (now < shard.next_sweep_at.load(std::memory_order_relaxed)) return;
+  std::lock_guard lock(shard.mutex);
+  if (now >= shard.next_sweep_at.load(std::memory_order_relaxed)) shard.SweepLocked(now);
+}
+
+net::awaitable<Result<Decision>> MemoryRateLimiter::Acquire(std::vector<Check> checks,
+                                                            std::uint64_t cost) {
+  co_return AcquireNow(checks, cost);
+}
+
+net::awaitable<Status> MemoryRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount) {
+  RefundNow(checks, amount);
+  co_return Ok();
+}
+
+net::awaitable<Status> MemoryRateLimiter::Ping() { co_return Ok(); }
+
+}  // namespace staple::ratelimit

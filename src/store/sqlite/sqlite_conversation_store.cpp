@@ -1,0 +1,685 @@
+#include "store/sqlite/sqlite_conversation_store.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <array>
+#include <exception>
+#include <filesystem>
+#include <limits>
+#include <optional>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include "common/await.h"
+#include "store/sqlite/sqlite_db.h"
+
+namespace staple::store {
+
+using sqlite::Database;
+using sqlite::Statement;
+using sqlite::StatementReset;
+
+namespace {
+
+Error Unavailable(std::string message) {
+  return MakeError(ErrorKind::kUnavailable, std::move(message));
+}
+
+Error ClosedError() { return Unavailable("conversation store is closed"); }
+
+// Prefixes a back-end error with what was being done, keeping its kind.
+Error Context(std::string_view what, const Error& error) {
+  return MakeError(error.kind, std::string(what) + ": " + error.message);
+}
+
+// ---- Schema ----
+//
+// Every schema change is one migration that moves PRAGMA user_version from `version - 1` to
+// `version`. A migration runs inside the same IMMEDIATE transaction as the version bump, so a
+// crash or a concurrent opener never sees a half-migrated file.
+
+// The seed's columns, which every `messages` table must already have.
+constexpr std::array<std::string_view, 5> kSeedColumns = {"id", "user_id", "timestamp", "role",
+                                                          "content"};
+
+struct AddedColumn {
+  std::string_view name;
+  std::string_view type;
+};
+
+// Staple's columns, added to a seed-era table by ALTER TABLE.
+constexpr std::array<AddedColumn, 5> kStapleColumns = {{{"request_id", "TEXT"},
+                                                        {"model", "TEXT"},
+                                                        {"prompt_tokens", "INTEGER"},
+                                                        {"completion_tokens", "INTEGER"},
+                                                        {"latency_ms", "INTEGER"}}};
+
+constexpr std::string_view kCreateMessages = R"sql(
+CREATE TABLE messages (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  user_id TEXT NOT NULL,
+  timestamp DATETIME NOT NULL,
+  role TEXT NOT NULL,
+  content TEXT NOT NULL,
+  request_id TEXT,
+  model TEXT,
+  prompt_tokens INTEGER,
+  completion_tokens INTEGER,
+  latency_ms INTEGER
+))sql";
+
+Result<std::vector<std::string>> TableColumns(Database& db, std::string_view table) {
+  auto info = db.Prepare("SELECT name FROM pragma_table_info(?1)");
+  if (!info) return info.error();
+  if (auto bound = info->BindText(1, table); !bound) return bound.error();
+  std::vector<std::string> columns;
+  for (;;) {
+    auto row = info->Step();
+    if (!row) return row.error();
+    if (!*row) break;
+    columns.push_back(info->ColumnText(0));
+  }
+  return columns;
+}
+
+// "table", "view", "index"… or empty when no schema object has that name.
+Result<std::string> SchemaObjectType(Database& db, std::string_view name) {
+  auto query = db.Prepare("SELECT type FROM sqlite_master WHERE name = ?1");
+  if (!query) return query.error();
+  if (auto bound = query->BindText(1, name); !bound) return bound.error();
+  auto row = query->Step();
+  if (!row) return row.error();
+  if (!*row) return std::string();
+  return query->ColumnText(0);
+}
+
+// Version 1: the `messages` table with Staple's columns, its (user_id, id) index and the seed's
+// `message` view. A seed-era file (a five-column `messages` table, user_version 0) keeps its rows
+// and gains the new columns.
+Status MigrateToVersion1(Database& db) {
+  auto messages_type = SchemaObjectType(db, "messages");
+  if (!messages_type) return messages_type.error();
+  if (messages_type->empty()) {
+    if (auto created = db.Exec(kCreateMessages); !created) return created;
+  } else if (*messages_type != "table") {
+    return Unavailable("`messages` is a " + *messages_type + ", expected a table");
+  } else {
+    auto columns = TableColumns(db, "messages");
+    if (!columns) return columns.error();
+    const auto has = [&](std::string_view name) {
+      return std::find(columns->begin(), columns->end(), name) != columns->end();
+    };
+    for (std::string_view name : kSeedColumns) {
+      if (!has(name)) {
+        return Unavailable("table `messages` has no column `" + std::string(name) +
+                           "`; it is not a conversation table this build can migrate");
+      }
+    }
+    for (const AddedColumn& column : kStapleColumns) {
+      if (has(column.name)) continue;
+      std::string sql = "ALTER TABLE messages ADD COLUMN ";
+      sql.append(column.name).append(" ").append(column.type);
+      if (auto added = db.Exec(sql); !added) return added;
+    }
+  }
+  if (auto indexed =
+          db.Exec("CREATE INDEX IF NOT EXISTS messages_user_id_id ON messages (user_id, id)");
+      !indexed) {
+    return indexed;
+  }
+  auto view_type = SchemaObjectType(db, "message");
+  if (!view_type) return view_type.error();
+  if (view_type->empty()) {
+    return db.Exec(
+        "CREATE VIEW message AS SELECT id, user_id, timestamp, role, content FROM messages");
+  }
+  if (*view_type != "view") {
+    return Unavailable("`message` is a " + *view_type + ", expected the view over `messages`");
+  }
+  return Ok();
+}
+
+struct Migration {
+  std::int64_t version;  // the user_version after this migration
+  Status (*apply)(Database&);
+};
+
+constexpr std::array<Migration, 1> kMigrations = {{{1, &MigrateToVersion1}}};
+static_assert(kMigrations.back().version == SqliteConversationStore::kSchemaVersion);
+
+Status MigrateInTransaction(Database& db) {
+  auto version = db.QueryInt("PRAGMA user_version");
+  if (!version) return version.error();
+  if (*version > SqliteConversationStore::kSchemaVersion) {
+    return Unavailable(
+        "schema version " + std::to_string(*version) + " is newer than this build supports (" +
+        std::to_string(SqliteConversationStore::kSchemaVersion) + "); refusing to open it");
+  }
+  for (const Migration& migration : kMigrations) {
+    if (migration.version <= *version) continue;
+    if (auto applied = migration.apply(db); !applied) {
+      return Context("migration to schema version " + std::to_string(migration.version),
+                     applied.error());
+    }
+    if (auto bumped = db.Exec("PRAGMA user_version = " + std::to_string(migration.version));
+        !bumped) {
+      return bumped;
+    }
+  }
+  return Ok();
+}
+
+Status Migrate(Database& db) {
+  // IMMEDIATE takes the write lock before reading user_version, so two processes opening the
+  // same new file migrate it once.
+  if (auto begun = db.Exec("BEGIN IMMEDIATE"); !begun) return begun;
+  Status migrated = MigrateInTransaction(db);
+  if (!migrated) {
+    (void)db.Exec("ROLLBACK");
+    return migrated;
+  }
+  return db.Exec("COMMIT");
+}
+
+// Settings every connection gets once, right after opening.
+Status ConfigureConnection(Database& db, const SqliteStoreOptions& options) {
+  db.SetBusyTimeout(static_cast<int>(std::min<std::chrono::milliseconds::rep>(
+      options.busy_timeout.count(), std::numeric_limits<int>::max())));
+  return db.Exec("PRAGMA mmap_size = " + std::to_string(options.mmap_size));
+}
+
+constexpr std::string_view kSelectColumns =
+    "SELECT id, user_id, timestamp, role, content, request_id, model, prompt_tokens, "
+    "completion_tokens, latency_ms FROM messages ";
+
+StoredMessage ReadMessage(const Statement& row) {
+  StoredMessage message;
+  message.id = row.ColumnInt64(0);
+  message.user_id = row.ColumnText(1);
+  message.timestamp = row.ColumnText(2);
+  message.role = row.ColumnText(3);
+  message.content = row.ColumnText(4);
+  message.request_id = row.ColumnText(5);
+  message.model = row.ColumnText(6);
+  message.prompt_tokens = row.ColumnOptionalInt64(7);
+  message.completion_tokens = row.ColumnOptionalInt64(8);
+  message.latency_ms = row.ColumnOptionalInt64(9);
+  return message;
+}
+
+// SQLite's LIMIT takes a signed 64-bit value; a negative one means "no limit".
+std::int64_t SqlLimit(std::size_t n) {
+  constexpr auto kMax = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+  return n >= kMax ? -1 : static_cast<std::int64_t>(n);
+}
+
+}  // namespace
+
+// ---- Writer: the read-write connection, used only by the writer thread after Open() ----
+
+class SqliteConversationStore::Writer {
+ public:
+  static Result<std::unique_ptr<Writer>> Open(const SqliteStoreOptions& options) {
+    auto db = Database::Open(options.path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    if (!db) return db.error();
+    auto writer = std::unique_ptr<Writer>(new Writer(std::move(db).value()));
+    if (auto ok = writer->Configure(options); !ok) {
+      return Context("cannot open SQLite database '" + options.path + "'", ok.error());
+    }
+    if (auto ok = Migrate(writer->db_); !ok) {
+      return Context("cannot migrate SQLite database '" + options.path + "'", ok.error());
+    }
+    if (auto ok = writer->PrepareStatements(); !ok) {
+      return Context("cannot prepare statements on SQLite database '" + options.path + "'",
+                     ok.error());
+    }
+    return writer;
+  }
+
+  Status Begin() { return Run(begin_); }
+  Status Commit() { return Run(commit_); }
+  void Rollback() {
+    // After a failed COMMIT SQLite may already have rolled back; then there is nothing to do.
+    if (sqlite3_get_autocommit(db_.handle()) == 0) (void)Run(rollback_);
+  }
+
+  Status InsertTurn(const Turn& turn) {
+    const std::string prompt_time = FormatTimestamp(turn.prompt_time);
+    if (auto ok = InsertRow(turn, prompt_time, "user", turn.prompt, std::nullopt, std::nullopt,
+                            std::nullopt);
+        !ok) {
+      return ok;
+    }
+    const std::string completion_time = FormatTimestamp(turn.completion_time);
+    return InsertRow(turn, completion_time, "assistant", turn.completion, turn.prompt_tokens,
+                     turn.completion_tokens, turn.latency_ms);
+  }
+
+  Result<std::int64_t> DeleteUser(const std::string& user_id) {
+    StatementReset reset(delete_);
+    if (auto ok = delete_.BindText(1, user_id); !ok) return ok.error();
+    if (auto done = delete_.Step(); !done) return done.error();
+    return db_.Changes();
+  }
+
+ private:
+  explicit Writer(Database db) : db_(std::move(db)) {}
+
+  Status Configure(const SqliteStoreOptions& options) {
+    if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
+    // The first statement that reads the file: a non-database file fails here.
+    auto mode = db_.QueryText("PRAGMA journal_mode = WAL");
+    if (!mode) return mode.error();
+    if (*mode != "wal") return Unavailable("cannot switch to WAL journal mode (got " + *mode + ")");
+    const char* synchronous = options.synchronous == SqliteSynchronous::kFull ? "FULL" : "NORMAL";
+    if (auto ok = db_.Exec(std::string("PRAGMA synchronous = ") + synchronous); !ok) return ok;
+    return db_.Exec("PRAGMA foreign_keys = ON");
+  }
+
+  Status PrepareStatements() {
+    struct Item {
+      Statement* statement;
+      std::string_view sql;
+    };
+    const std::array<Item, 5> items = {{
+        {&begin_, "BEGIN IMMEDIATE"},
+        {&commit_, "COMMIT"},
+        {&rollback_, "ROLLBACK"},
+        {&insert_,
+         "INSERT INTO messages (user_id, timestamp, role, content, request_id, model, "
+         "prompt_tokens, completion_tokens, latency_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+         "?9)"},
+        {&delete_, "DELETE FROM messages WHERE user_id = ?1"},
+    }};
+    for (const Item& item : items) {
+      auto statement = db_.Prepare(item.sql);
+      if (!statement) return statement.error();
+      *item.statement = std::move(statement).value();
+    }
+    return Ok();
+  }
+
+  static Status Run(Statement& statement) {
+    StatementReset reset(statement);
+    auto done = statement.Step();
+    if (!done) return done.error();
+    return Ok();
+  }
+
+  Status InsertRow(const Turn& turn, const std::string& timestamp, std::string_view role,
+                   const std::string& content, std::optional<std::int64_t> prompt_tokens,
+                   std::optional<std::int64_t> completion_tokens,
+                   std::optional<std::int64_t> latency_ms) {
+    StatementReset reset(insert_);
+    const std::array<Status, 9> bound = {
+        insert_.BindText(1, turn.user_id),
+        insert_.BindText(2, timestamp),
+        insert_.BindText(3, role),
+        insert_.BindText(4, content),
+        insert_.BindTextOrNull(5, turn.request_id),
+        insert_.BindTextOrNull(6, turn.model),
+        insert_.BindInt64OrNull(7, prompt_tokens),
+        insert_.BindInt64OrNull(8, completion_tokens),
+        insert_.BindInt64OrNull(9, latency_ms),
+    };
+    for (const Status& status : bound) {
+      if (!status) return status;
+    }
+    auto done = insert_.Step();
+    if (!done) return done.error();
+    return Ok();
+  }
+
+  // Statements are declared after the connection so that they are finalized before it closes.
+  Database db_;
+  Statement begin_;
+  Statement commit_;
+  Statement rollback_;
+  Statement insert_;
+  Statement delete_;
+};
+
+// ---- Reader: one read-only connection, used only by its reader thread after Open() ----
+
+class SqliteConversationStore::Reader {
+ public:
+  static Result<std::unique_ptr<Reader>> Open(const SqliteStoreOptions& options) {
+    auto db = Database::Open(options.path, SQLITE_OPEN_READONLY);
+    if (!db) return db.error();
+    auto reader = std::unique_ptr<Reader>(new Reader(std::move(db).value()));
+    if (auto ok = reader->Prepare(options); !ok) {
+      return Context("cannot open SQLite database '" + options.path + "' for reading", ok.error());
+    }
+    return reader;
+  }
+
+  Result<std::vector<StoredMessage>> Recent(const std::string& user_id, std::size_t max) {
+    // Newest first with a LIMIT uses the (user_id, id) index backwards; the page is then
+    // reversed to the oldest-first order callers want.
+    StatementReset reset(recent_);
+    if (auto ok = recent_.BindText(1, user_id); !ok) return ok.error();
+    if (auto ok = recent_.BindInt64(2, max == 0 ? -1 : SqlLimit(max)); !ok) return ok.error();
+    std::vector<StoredMessage> messages;
+    for (;;) {
+      auto row = recent_.Step();
+      if (!row) return Context("database read failed", row.error());
+      if (!*row) break;
+      messages.push_back(ReadMessage(recent_));
+    }
+    std::reverse(messages.begin(), messages.end());
+    return messages;
+  }
+
+  Result<MessagePage> List(const std::string& user_id, std::int64_t after_id, std::size_t limit) {
+    // One row more than asked tells whether another page exists.
+    StatementReset reset(list_);
+    const std::int64_t sql_limit =
+        SqlLimit(limit == std::numeric_limits<std::size_t>::max() ? limit : limit + 1);
+    if (auto ok = list_.BindText(1, user_id); !ok) return ok.error();
+    if (auto ok = list_.BindInt64(2, after_id); !ok) return ok.error();
+    if (auto ok = list_.BindInt64(3, sql_limit); !ok) return ok.error();
+    MessagePage page;
+    for (;;) {
+      auto row = list_.Step();
+      if (!row) return Context("database read failed", row.error());
+      if (!*row) break;
+      if (page.messages.size() == limit) {
+        page.has_more = true;
+        break;
+      }
+      page.messages.push_back(ReadMessage(list_));
+    }
+    return page;
+  }
+
+  Status Ping() {
+    StatementReset reset(ping_);
+    auto row = ping_.Step();
+    if (!row) return Context("database read failed", row.error());
+    return Ok();
+  }
+
+ private:
+  explicit Reader(Database db) : db_(std::move(db)) {}
+
+  Status Prepare(const SqliteStoreOptions& options) {
+    if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
+    auto recent =
+        db_.Prepare(std::string(kSelectColumns) + "WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2");
+    if (!recent) return recent.error();
+    recent_ = std::move(recent).value();
+    auto list = db_.Prepare(std::string(kSelectColumns) +
+                            "WHERE user_id = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3");
+    if (!list) return list.error();
+    list_ = std::move(list).value();
+    auto ping = db_.Prepare("SELECT 1 FROM messages LIMIT 1");
+    if (!ping) return ping.error();
+    ping_ = std::move(ping).value();
+    return Ok();
+  }
+
+  Database db_;
+  Statement recent_;
+  Statement list_;
+  Statement ping_;
+};
+
+// ---- Opening and closing ----
+
+Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
+    SqliteStoreOptions options) {
+  if (options.path.empty() || options.path == ":memory:") {
+    return MakeError(ErrorKind::kInvalidArgument,
+                     "SQLite database path must name a file, got '" + options.path + "'");
+  }
+  if (options.max_batch == 0 || options.reader_threads == 0 || options.busy_timeout.count() < 0 ||
+      options.mmap_size < 0) {
+    return MakeError(ErrorKind::kInvalidArgument,
+                     "SQLite store options need max_batch >= 1, reader_threads >= 1 and "
+                     "non-negative busy_timeout and mmap_size");
+  }
+
+  const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(parent, ec);
+    if (ec) {
+      return Unavailable("cannot create directory '" + parent.string() + "' for SQLite database '" +
+                         options.path + "': " + ec.message());
+    }
+  }
+
+  // The writer creates and migrates the schema first; readers open read-only afterwards.
+  auto writer = Writer::Open(options);
+  if (!writer) return writer.error();
+  std::vector<std::unique_ptr<Reader>> readers;
+  for (std::size_t i = 0; i < options.reader_threads; ++i) {
+    auto reader = Reader::Open(options);
+    if (!reader) return reader.error();
+    readers.push_back(std::move(reader).value());
+  }
+  auto store = std::unique_ptr<SqliteConversationStore>(new SqliteConversationStore(
+      std::move(options), std::move(writer).value(), std::move(readers)));
+  if (auto started = store->StartThreads(); !started) return started.error();
+  return store;
+}
+
+SqliteConversationStore::SqliteConversationStore(SqliteStoreOptions options,
+                                                 std::unique_ptr<Writer> writer,
+                                                 std::vector<std::unique_ptr<Reader>> readers)
+    : options_(std::move(options)), writer_(std::move(writer)), readers_(std::move(readers)) {}
+
+Status SqliteConversationStore::StartThreads() {
+  try {
+    writer_thread_ = std::thread([this] { WriterLoop(); });
+    reader_threads_.reserve(readers_.size());
+    for (auto& reader : readers_) {
+      reader_threads_.emplace_back([this, r = reader.get()] { ReaderLoop(*r); });
+    }
+  } catch (const std::system_error& e) {
+    // Close() joins the threads that did start.
+    Close();
+    return MakeError(ErrorKind::kInternal,
+                     std::string("cannot start the SQLite store's threads: ") + e.what());
+  }
+  return Ok();
+}
+
+SqliteConversationStore::~SqliteConversationStore() { Close(); }
+
+void SqliteConversationStore::Close() {
+  std::lock_guard close_lock(close_mu_);
+  if (closed_) return;
+  closed_ = true;
+
+  // Stop accepting first; the threads then drain their queues and exit.
+  {
+    std::lock_guard lock(write_mu_);
+    write_closed_ = true;
+  }
+  write_cv_.notify_all();
+  {
+    std::lock_guard lock(read_mu_);
+    read_closed_ = true;
+  }
+  read_cv_.notify_all();
+
+  if (writer_thread_.joinable()) writer_thread_.join();
+  for (std::thread& thread : reader_threads_) {
+    if (thread.joinable()) thread.join();
+  }
+  // Readers close before the writer, so the writer's connection is the last one and SQLite
+  // checkpoints the WAL into the main file as it closes.
+  readers_.clear();
+  writer_.reset();
+}
+
+// ---- Writes ----
+
+void SqliteConversationStore::SubmitWrite(WriteOp op) {
+  {
+    std::lock_guard lock(write_mu_);
+    if (!write_closed_) {
+      write_queue_.push_back(std::move(op));
+      pending_writes_.fetch_add(1, std::memory_order_relaxed);
+      write_cv_.notify_one();
+      return;
+    }
+  }
+  op.complete(ClosedError());
+}
+
+void SqliteConversationStore::WriterLoop() {
+  std::vector<WriteOp> batch;
+  batch.reserve(options_.max_batch);
+  for (;;) {
+    {
+      std::unique_lock lock(write_mu_);
+      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_closed_; });
+      if (write_queue_.empty()) return;  // closed and drained
+      // Group commit: whatever queued up while the previous commit was syncing goes in one
+      // transaction, so one fsync serves many turns without any added wait.
+      const std::size_t n = std::min(options_.max_batch, write_queue_.size());
+      for (std::size_t i = 0; i < n; ++i) {
+        batch.push_back(std::move(write_queue_.front()));
+        write_queue_.pop_front();
+      }
+    }
+    CommitBatch(batch);
+    batch.clear();
+  }
+}
+
+void SqliteConversationStore::CommitBatch(std::vector<WriteOp>& batch) {
+  Writer& writer = *writer_;
+  Status status = writer.Begin();
+  try {
+    for (WriteOp& op : batch) {
+      if (!status) break;
+      status = op.apply(writer);
+    }
+  } catch (const std::exception& e) {
+    status = MakeError(ErrorKind::kInternal, e.what());
+  }
+  if (status) status = writer.Commit();
+  if (!status) {
+    writer.Rollback();
+    status = Unavailable("database write failed: " + status.error().message);
+  }
+  // Not pending any more: a resumed caller sees its own write counted out.
+  pending_writes_.fetch_sub(batch.size(), std::memory_order_relaxed);
+  for (WriteOp& op : batch) op.complete(status);
+}
+
+// The operations below are plain functions returning the awaitable that AwaitCallback builds,
+// not coroutines: nothing runs until the caller awaits it, and no lambda is ever passed by value
+// into a coroutine inside a co_await expression (g++ 12 then copies its captures bitwise and
+// destroys them twice).
+
+net::awaitable<Status> SqliteConversationStore::AppendTurn(Turn turn) {
+  auto start = [this, turn = std::move(turn)](auto done) mutable {
+    WriteOp op;
+    op.apply = [turn = std::move(turn)](Writer& writer) { return writer.InsertTurn(turn); };
+    op.complete = [done](Status status) { done(std::move(status)); };
+    SubmitWrite(std::move(op));
+  };
+  return AwaitCallback<Status>(std::move(start));
+}
+
+net::awaitable<Result<std::int64_t>> SqliteConversationStore::DeleteMessages(std::string user_id) {
+  using Deleted = Result<std::int64_t>;
+  auto start = [this, user_id = std::move(user_id)](auto done) mutable {
+    // Written by apply and read by complete, both on the writer thread.
+    auto count = std::make_shared<std::int64_t>(0);
+    WriteOp op;
+    op.apply = [count, user_id = std::move(user_id)](Writer& writer) -> Status {
+      auto deleted = writer.DeleteUser(user_id);
+      if (!deleted) return deleted.error();
+      *count = *deleted;
+      return Ok();
+    };
+    op.complete = [count, done](Status status) {
+      done(status ? Deleted(*count) : Deleted(status.error()));
+    };
+    SubmitWrite(std::move(op));
+  };
+  return AwaitCallback<Deleted>(std::move(start));
+}
+
+std::size_t SqliteConversationStore::PendingWrites() const {
+  return pending_writes_.load(std::memory_order_relaxed);
+}
+
+// ---- Reads ----
+
+void SqliteConversationStore::SubmitRead(ReadJob job) {
+  {
+    std::lock_guard lock(read_mu_);
+    if (!read_closed_) {
+      read_queue_.push_back(std::move(job));
+      read_cv_.notify_one();
+      return;
+    }
+  }
+  job(nullptr);
+}
+
+void SqliteConversationStore::ReaderLoop(Reader& reader) {
+  for (;;) {
+    ReadJob job;
+    {
+      std::unique_lock lock(read_mu_);
+      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_closed_; });
+      if (read_queue_.empty()) return;  // closed and drained
+      job = std::move(read_queue_.front());
+      read_queue_.pop_front();
+    }
+    job(&reader);
+  }
+}
+
+template <typename R, typename Query>
+net::awaitable<R> SqliteConversationStore::RunRead(Query query) {
+  auto start = [this, query = std::move(query)](auto done) mutable {
+    SubmitRead([query, done](Reader* reader) {
+      if (reader == nullptr) {
+        done(R(ClosedError()));
+        return;
+      }
+      std::optional<R> result;
+      try {
+        result.emplace(query(*reader));
+      } catch (const std::exception& e) {
+        result.emplace(MakeError(ErrorKind::kInternal, e.what()));
+      }
+      done(std::move(*result));
+    });
+  };
+  return AwaitCallback<R>(std::move(start));
+}
+
+net::awaitable<Result<std::vector<StoredMessage>>> SqliteConversationStore::RecentMessages(
+    std::string user_id, std::size_t max_messages) {
+  auto query = [user_id = std::move(user_id), max_messages](Reader& reader) {
+    return reader.Recent(user_id, max_messages);
+  };
+  return RunRead<Result<std::vector<StoredMessage>>>(std::move(query));
+}
+
+net::awaitable<Result<MessagePage>> SqliteConversationStore::ListMessages(std::string user_id,
+                                                                          std::int64_t after_id,
+                                                                          std::size_t limit) {
+  auto query = [user_id = std::move(user_id), after_id, limit](Reader& reader) {
+    return reader.List(user_id, after_id, limit);
+  };
+  return RunRead<Result<MessagePage>>(std::move(query));
+}
+
+net::awaitable<Status> SqliteConversationStore::Ping() {
+  auto query = [](Reader& reader) { return reader.Ping(); };
+  return RunRead<Status>(std::move(query));
+}
+
+}  // namespace staple::store

@@ -1,0 +1,220 @@
+#include "upstream/curl_multi.h"
+
+#include <stdexcept>
+#include <utility>
+
+#include "upstream/curl_transfer.h"
+
+namespace staple::upstream {
+namespace {
+
+// Idle connections kept per I/O thread. Transfers themselves are not limited: a request never
+// queues inside libcurl, where none of our deadlines would watch it.
+constexpr long kMaxCachedConnections = 256;
+
+}  // namespace
+
+net::execution_context::id CurlMulti::id;
+
+// A socket libcurl asked us to watch. `descriptor` borrows the fd: libcurl owns it and closes it
+// itself, after telling us CURL_POLL_REMOVE, at which point we release() it (never close()).
+struct CurlMulti::Socket {
+  explicit Socket(const net::any_io_executor& executor) : descriptor(executor) {}
+  net::posix::stream_descriptor descriptor;
+  int wanted = CURL_POLL_NONE;  // what libcurl wants to know: CURL_POLL_IN / _OUT / _INOUT
+  bool reading = false;         // an async_wait(wait_read) is pending
+  bool writing = false;         // an async_wait(wait_write) is pending
+  bool closed = false;          // released: pending waits are stale
+};
+
+void CurlMulti::GlobalInit() {
+  static const CURLcode code = curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (code != CURLE_OK) throw std::runtime_error("curl_global_init failed");
+}
+
+CurlMulti& CurlMulti::Of(const net::any_io_executor& executor) {
+  GlobalInit();
+  using IoExecutor = net::io_context::executor_type;
+  if (const auto* io = executor.target<IoExecutor>()) {
+    return net::use_service<CurlMulti>(io->context());
+  }
+  if (const auto* strand = executor.target<net::strand<IoExecutor>>()) {
+    return net::use_service<CurlMulti>(strand->get_inner_executor().context());
+  }
+  throw std::logic_error("the upstream client needs a net::io_context executor");
+}
+
+CurlMulti::CurlMulti(net::io_context& io)
+    : net::execution_context::service(io), executor_(io.get_executor()), timer_(io) {
+  multi_ = curl_multi_init();
+  if (multi_ == nullptr) throw std::runtime_error("curl_multi_init failed");
+  bool ok = true;
+  auto check = [&ok](CURLMcode code) { ok = ok && code == CURLM_OK; };
+  check(curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &CurlMulti::SocketCallback));
+  check(curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this));
+  check(curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &CurlMulti::TimerCallback));
+  check(curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this));
+  check(curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX));
+  check(curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, kMaxCachedConnections));
+  if (!ok) {
+    curl_multi_cleanup(multi_);
+    throw std::runtime_error("curl_multi_setopt failed");
+  }
+}
+
+CurlMulti::~CurlMulti() { Cleanup(); }
+
+// The io_context is being destroyed. It runs no more handlers, and the coroutines that wait for
+// our transfers are destroyed after this (with the handlers that hold them), so every transfer is
+// finished here without resuming anyone, and libcurl's sockets are handed back before libcurl
+// closes them.
+void CurlMulti::shutdown() { Cleanup(); }
+
+void CurlMulti::Cleanup() {
+  if (multi_ == nullptr) return;
+  shut_down_ = true;
+  auto running = std::move(running_);
+  running_.clear();
+  for (auto& [easy, transfer] : running) {
+    curl_multi_remove_handle(multi_, easy);
+    transfer->OnAbandoned();
+  }
+  for (auto& [fd, socket] : sockets_) {
+    socket->closed = true;
+    socket->descriptor.release();
+  }
+  sockets_.clear();
+  timer_.cancel();
+  curl_multi_cleanup(multi_);
+  multi_ = nullptr;
+  running.clear();  // may destroy transfers: their easy handles are out of the multi by now
+}
+
+Status CurlMulti::Start(std::shared_ptr<CurlTransfer> transfer) {
+  if (shut_down_) {
+    return MakeError(ErrorKind::kCancelled, "the I/O context of the upstream request stopped");
+  }
+  CURL* easy = transfer->easy();
+  // libcurl only arms its timer here (TimerCallback); the transfer begins on the next turn.
+  if (curl_multi_add_handle(multi_, easy) != CURLM_OK) {
+    return MakeError(ErrorKind::kInternal, "could not start the upstream transfer");
+  }
+  transfer->OnStarted(this);
+  running_.emplace(easy, std::move(transfer));
+  return Ok();
+}
+
+void CurlMulti::Stop(CurlTransfer& transfer) {
+  auto it = running_.find(transfer.easy());
+  if (it == running_.end()) return;
+  // The caller holds its own reference, so `transfer` outlives `keep`.
+  auto keep = std::move(it->second);
+  running_.erase(it);
+  curl_multi_remove_handle(multi_, transfer.easy());
+}
+
+int CurlMulti::SocketCallback(CURL*, curl_socket_t fd, int what, void* self, void*) {
+  static_cast<CurlMulti*>(self)->Watch(fd, what);
+  return 0;
+}
+
+int CurlMulti::TimerCallback(CURLM*, long timeout_ms, void* self) {
+  auto* multi = static_cast<CurlMulti*>(self);
+  if (multi->shut_down_) return 0;
+  if (timeout_ms < 0) {
+    multi->timer_.cancel();
+    return 0;
+  }
+  // Never call libcurl back from inside its callback: even a 0 ms timeout goes through the
+  // io_context. A handler that already expired may still run once; a spurious call is harmless.
+  multi->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
+  multi->timer_.async_wait([multi](const boost::system::error_code& ec) {
+    if (!ec) multi->OnTimer();
+  });
+  return 0;
+}
+
+void CurlMulti::Watch(curl_socket_t fd, int what) {
+  auto it = sockets_.find(fd);
+  if (what == CURL_POLL_REMOVE) {
+    if (it != sockets_.end()) {
+      // release() deregisters the fd from the reactor and aborts pending waits; libcurl may close
+      // or reuse the fd right after this callback.
+      it->second->closed = true;
+      it->second->descriptor.release();
+      sockets_.erase(it);
+    }
+    return;
+  }
+  if (shut_down_) return;
+  if (it == sockets_.end()) {
+    auto socket = std::make_shared<Socket>(executor_);
+    boost::system::error_code ec;
+    socket->descriptor.assign(fd, ec);
+    // Not watchable (cannot happen for a socket): libcurl's own timeouts end the transfer.
+    if (ec) return;
+    it = sockets_.emplace(fd, std::move(socket)).first;
+  }
+  it->second->wanted = what;
+  Arm(fd, it->second);
+}
+
+// Starts the waits libcurl wants that are not pending yet. A wait that libcurl no longer wants
+// stays pending and is ignored when it completes (cancelling would abort the wanted one too).
+void CurlMulti::Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket) {
+  if (socket->closed) return;
+  if ((socket->wanted & CURL_POLL_IN) != 0 && !socket->reading) {
+    socket->reading = true;
+    socket->descriptor.async_wait(net::posix::descriptor_base::wait_read,
+                                  [this, fd, socket](const boost::system::error_code& ec) {
+                                    socket->reading = false;
+                                    if (!ec) OnReady(fd, socket, CURL_CSELECT_IN);
+                                  });
+  }
+  if ((socket->wanted & CURL_POLL_OUT) != 0 && !socket->writing) {
+    socket->writing = true;
+    socket->descriptor.async_wait(net::posix::descriptor_base::wait_write,
+                                  [this, fd, socket](const boost::system::error_code& ec) {
+                                    socket->writing = false;
+                                    if (!ec) OnReady(fd, socket, CURL_CSELECT_OUT);
+                                  });
+  }
+}
+
+void CurlMulti::OnReady(curl_socket_t fd, const std::shared_ptr<Socket>& socket, int event) {
+  if (socket->closed || shut_down_) return;
+  const int wanted_bit = event == CURL_CSELECT_IN ? CURL_POLL_IN : CURL_POLL_OUT;
+  if ((socket->wanted & wanted_bit) == 0) return;  // a stale wait
+  int running = 0;
+  curl_multi_socket_action(multi_, fd, event, &running);
+  CollectDone();
+  // libcurl only calls SocketCallback when its interest changes: wait again for what it still
+  // wants (the wait is level-triggered: Asio re-arms the fd on each new wait).
+  Arm(fd, socket);
+}
+
+void CurlMulti::OnTimer() {
+  if (shut_down_) return;
+  int running = 0;
+  curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
+  CollectDone();
+}
+
+// Hands finished transfers back: out of the multi handle first (the connection returns to the
+// pool or is closed), then the transfer wakes its coroutine through the io_context.
+void CurlMulti::CollectDone() {
+  int left = 0;
+  while (CURLMsg* message = curl_multi_info_read(multi_, &left)) {
+    if (message->msg != CURLMSG_DONE) continue;
+    CURL* easy = message->easy_handle;
+    const CURLcode code = message->data.result;  // `message` dies with the removal below
+    auto it = running_.find(easy);
+    if (it == running_.end()) continue;
+    auto transfer = std::move(it->second);
+    running_.erase(it);
+    curl_multi_remove_handle(multi_, easy);
+    transfer->OnDone(code);
+  }
+}
+
+}  // namespace staple::upstream

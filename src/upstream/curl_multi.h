@@ -1,0 +1,75 @@
+#pragma once
+
+#include <curl/curl.h>
+
+#include <memory>
+#include <unordered_map>
+
+#include "common/net.h"
+#include "common/result.h"
+
+namespace staple::upstream {
+
+class CurlTransfer;
+
+// The libcurl multi handle of one io_context: its connection pool (keep-alive, HTTP/2
+// multiplexing) and the transfers it runs, driven by that io_context through libcurl's
+// multi_socket API: libcurl says which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to
+// call back (CURLMOPT_TIMERFUNCTION); Asio waits and calls curl_multi_socket_action.
+//
+// It is an Asio service of the io_context: created on first use by Of(), shut down and
+// destroyed with the io_context. Every CurlClient shares it, so all upstream connections of one
+// I/O thread form one pool.
+//
+// Threading: the io_context must be run by one thread; every member is used on that thread.
+class CurlMulti : public net::execution_context::service {
+ public:
+  static net::execution_context::id id;
+
+  explicit CurlMulti(net::io_context& io);
+  ~CurlMulti() override;
+  CurlMulti(const CurlMulti&) = delete;
+  CurlMulti& operator=(const CurlMulti&) = delete;
+
+  // Initialises libcurl for the process (once; later calls do nothing). Throws std::runtime_error
+  // when libcurl cannot be initialised. Of() calls it; calling it at start-up keeps the cost there.
+  static void GlobalInit();
+
+  // The multi of the io_context behind `executor` (an io_context executor or a strand of one),
+  // created on first use. Throws std::logic_error for any other executor (a programming error).
+  static CurlMulti& Of(const net::any_io_executor& executor);
+
+  net::any_io_executor executor() const { return executor_; }
+
+  // Hands the transfer to libcurl, which starts it on the next turn of the io_context. The multi
+  // keeps a reference until the transfer finishes or Stop(). Errors: kCancelled (the io_context is
+  // shutting down), kInternal.
+  Status Start(std::shared_ptr<CurlTransfer> transfer);
+
+  // Takes a running transfer away from libcurl; no effect if it is not running. Must not be called
+  // from inside a libcurl callback.
+  void Stop(CurlTransfer& transfer);
+
+ private:
+  struct Socket;
+
+  void shutdown() override;
+  void Cleanup();
+
+  static int SocketCallback(CURL* easy, curl_socket_t fd, int what, void* self, void* socket_data);
+  static int TimerCallback(CURLM* multi, long timeout_ms, void* self);
+  void Watch(curl_socket_t fd, int what);
+  void Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket);
+  void OnReady(curl_socket_t fd, const std::shared_ptr<Socket>& socket, int event);
+  void OnTimer();
+  void CollectDone();
+
+  net::any_io_executor executor_;
+  CURLM* multi_ = nullptr;
+  net::steady_timer timer_;
+  std::unordered_map<curl_socket_t, std::shared_ptr<Socket>> sockets_;
+  std::unordered_map<CURL*, std::shared_ptr<CurlTransfer>> running_;
+  bool shut_down_ = false;
+};
+
+}  // namespace staple::upstream

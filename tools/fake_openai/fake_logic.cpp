@@ -1,0 +1,278 @@
+#include "fake_logic.h"
+
+#include <algorithm>
+#include <charconv>
+
+namespace staple::fake {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr std::string_view kMarker = "FAULT:";
+
+// Client text may hold anything; never let a bad byte turn into an exception while answering.
+std::string Dump(const Json& json) {
+  return json.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+bool IsNameChar(char c) { return (c >= 'a' && c <= 'z') || c == '-'; }
+
+bool IsValueChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || c == '-';
+}
+
+template <typename T>
+std::optional<T> ParseNumber(std::string_view text) {
+  T value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// The text of a message's `content`: a string, or the text parts of an array of parts.
+std::string ContentText(const Json& message) {
+  auto it = message.find("content");
+  if (it == message.end()) return {};
+  if (it->is_string()) return it->get<std::string>();
+  std::string text;
+  if (it->is_array()) {
+    for (const auto& part : *it) {
+      if (!part.is_object()) continue;
+      auto type = part.find("type");
+      auto part_text = part.find("text");
+      if (type != part.end() && *type == "text" && part_text != part.end() &&
+          part_text->is_string()) {
+        text += part_text->get<std::string>();
+      }
+    }
+  }
+  return text;
+}
+
+Json Usage(const ChatPlan& plan) {
+  return Json{{"prompt_tokens", plan.prompt_tokens},
+              {"completion_tokens", plan.completion_tokens},
+              {"total_tokens", plan.prompt_tokens + plan.completion_tokens}};
+}
+
+Json ChunkObject(const ChatPlan& plan, std::string_view id, std::int64_t created) {
+  return Json{
+      {"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", plan.model}};
+}
+
+std::string Event(const Json& json) { return "data: " + Dump(json) + "\n\n"; }
+
+}  // namespace
+
+void ParseFaultMarkers(std::string_view text, Fault& fault) {
+  for (std::size_t pos = text.find(kMarker); pos != std::string_view::npos;
+       pos = text.find(kMarker, pos)) {
+    pos += kMarker.size();
+    std::size_t name_end = pos;
+    while (name_end < text.size() && IsNameChar(text[name_end])) ++name_end;
+    std::string_view name = text.substr(pos, name_end - pos);
+    std::string_view value;
+    std::size_t end = name_end;
+    if (end < text.size() && text[end] == '=') {
+      std::size_t value_end = end + 1;
+      while (value_end < text.size() && IsValueChar(text[value_end])) ++value_end;
+      value = text.substr(end + 1, value_end - end - 1);
+      end = value_end;
+    }
+    pos = end;
+
+    if (name == "drop") {
+      fault.drop = true;
+    } else if (name == "hang") {
+      fault.hang = true;
+    } else if (name == "invalid-json") {
+      fault.invalid_json = true;
+    } else if (name == "status") {
+      auto status = ParseNumber<int>(value);
+      if (status && *status >= 100 && *status <= 599) fault.status = *status;
+    } else if (name == "sleep") {
+      auto ms = ParseNumber<std::int64_t>(value);
+      if (ms && *ms >= 0) fault.sleep += std::chrono::milliseconds(*ms);
+    } else if (name == "flaky") {
+      if (!value.empty()) fault.flaky_keys.emplace_back(value);
+    } else if (name == "stream-drop-after") {
+      auto count = ParseNumber<std::size_t>(value);
+      if (count) fault.stream_drop_after = *count;
+    }
+  }
+}
+
+std::size_t CountUtf8Chars(std::string_view text) {
+  return static_cast<std::size_t>(std::count_if(text.begin(), text.end(), [](char c) {
+    return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  }));
+}
+
+std::vector<std::string> SplitUtf8(std::string_view text, int pieces) {
+  // Byte offsets where each character starts, plus the end.
+  std::vector<std::size_t> starts;
+  starts.reserve(text.size() + 1);
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) starts.push_back(i);
+  }
+  const std::size_t chars = starts.size();
+  starts.push_back(text.size());
+  if (chars == 0 || pieces < 1) return {std::string(text)};
+
+  const std::size_t count = std::min(static_cast<std::size_t>(pieces), chars);
+  std::vector<std::string> parts;
+  parts.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    std::size_t from = starts[i * chars / count];
+    std::size_t to = starts[(i + 1) * chars / count];
+    parts.emplace_back(text.substr(from, to - from));
+  }
+  return parts;
+}
+
+std::string ErrorBody(std::string_view message, std::string_view type) {
+  return Dump(Json{{"error", {{"message", message}, {"type", type}, {"code", nullptr}}}});
+}
+
+ChatParse ParseChatRequest(std::string_view body) {
+  Json request = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (request.is_discarded()) {
+    return {std::nullopt, "We could not parse the JSON body of your request."};
+  }
+  if (!request.is_object()) return {std::nullopt, "The request body must be a JSON object."};
+  auto messages = request.find("messages");
+  if (messages == request.end()) {
+    return {std::nullopt, "Missing required parameter: 'messages'."};
+  }
+  if (!messages->is_array() || messages->empty()) {
+    return {std::nullopt, "Invalid 'messages': expected a non-empty array."};
+  }
+
+  ChatPlan plan;
+  std::size_t prompt_chars = 0;
+  std::string last_user;
+  for (const auto& message : *messages) {
+    const Json* role = message.is_object() && message.contains("role") ? &message["role"] : nullptr;
+    if (role == nullptr || !role->is_string()) {
+      return {std::nullopt, "Invalid 'messages': every message needs a string 'role'."};
+    }
+    std::string content = ContentText(message);
+    prompt_chars += CountUtf8Chars(content);
+    if (*role == "user") last_user = std::move(content);
+  }
+
+  auto model = request.find("model");
+  plan.model = model != request.end() && model->is_string() ? model->get<std::string>()
+                                                            : std::string("fake-model");
+  auto stream = request.find("stream");
+  plan.stream = stream != request.end() && stream->is_boolean() && stream->get<bool>();
+  auto options = request.find("stream_options");
+  if (options != request.end() && options->is_object()) {
+    auto usage = options->find("include_usage");
+    plan.include_usage = usage != options->end() && usage->is_boolean() && usage->get<bool>();
+  }
+
+  ParseFaultMarkers(last_user, plan.fault);
+  plan.reply = "echo(" + std::to_string(messages->size()) + "): " + last_user;
+  plan.prompt_tokens = (prompt_chars + 3) / 4;
+  plan.completion_tokens = (CountUtf8Chars(plan.reply) + 3) / 4;
+  return {std::move(plan), {}};
+}
+
+std::string CompletionBody(const ChatPlan& plan, std::string_view id, std::int64_t created) {
+  Json choice{{"index", 0},
+              {"message", {{"role", "assistant"}, {"content", plan.reply}}},
+              {"finish_reason", "stop"}};
+  return Dump(Json{{"id", id},
+                   {"object", "chat.completion"},
+                   {"created", created},
+                   {"model", plan.model},
+                   {"choices", Json::array({std::move(choice)})},
+                   {"usage", Usage(plan)}});
+}
+
+StreamEvents BuildStreamEvents(const ChatPlan& plan, std::string_view id, std::int64_t created,
+                               int chunks) {
+  StreamEvents out;
+  auto with_delta = [&](Json delta, Json finish_reason) {
+    Json chunk = ChunkObject(plan, id, created);
+    chunk["choices"] = Json::array({Json{
+        {"index", 0}, {"delta", std::move(delta)}, {"finish_reason", std::move(finish_reason)}}});
+    return Event(chunk);
+  };
+
+  out.events.push_back(with_delta(Json{{"role", "assistant"}, {"content", ""}}, nullptr));
+  out.first_content = out.events.size();
+  for (auto& piece : SplitUtf8(plan.reply, chunks)) {
+    out.events.push_back(with_delta(Json{{"content", std::move(piece)}}, nullptr));
+  }
+  out.content_count = out.events.size() - out.first_content;
+  out.events.push_back(with_delta(Json::object(), "stop"));
+  if (plan.include_usage) {
+    Json chunk = ChunkObject(plan, id, created);
+    chunk["choices"] = Json::array();
+    chunk["usage"] = Usage(plan);
+    out.events.push_back(Event(chunk));
+  }
+  out.events.emplace_back("data: [DONE]\n\n");
+  return out;
+}
+
+const std::string& ModelsBody() {
+  static const std::string body = [] {
+    auto model = [](const char* id) {
+      return Json{{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", "staple"}};
+    };
+    return Dump(Json{{"object", "list"}, {"data", {model("fake-model"), model("gpt-4o-mini")}}});
+  }();
+  return body;
+}
+
+void RequestLog::Add(RecordedRequest request) {
+  if (capacity_ == 0) return;
+  std::lock_guard lock(mutex_);
+  if (requests_.size() == capacity_) requests_.pop_front();
+  requests_.push_back(std::move(request));
+}
+
+void RequestLog::Clear() {
+  std::lock_guard lock(mutex_);
+  requests_.clear();
+}
+
+std::string RequestLog::ToJson() const {
+  Json out = Json::array();
+  std::lock_guard lock(mutex_);
+  for (const auto& request : requests_) {
+    Json headers = Json::object();
+    for (const auto& [name, value] : request.headers) {
+      auto it = headers.find(name);
+      if (it == headers.end()) {
+        headers[name] = value;
+      } else {
+        *it = it->get<std::string>() + ", " + value;
+      }
+    }
+    out.push_back(Json{{"method", request.method},
+                       {"path", request.path},
+                       {"headers", std::move(headers)},
+                       {"body", request.body}});
+  }
+  return Dump(out);
+}
+
+std::string Stats::ToJson() const {
+  return Dump(Json{{"requests", requests.load()},
+                   {"streams_started", streams_started.load()},
+                   {"streams_completed", streams_completed.load()},
+                   {"streams_aborted", streams_aborted.load()},
+                   {"streams_dropped", streams_dropped.load()}});
+}
+
+bool FlakyKeys::FirstSeen(const std::string& key) {
+  std::lock_guard lock(mutex_);
+  return seen_.insert(key).second;
+}
+
+}  // namespace staple::fake

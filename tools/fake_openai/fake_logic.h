@@ -1,0 +1,137 @@
+#pragma once
+
+// The behaviour of fake_openai without any I/O: fault markers, the deterministic echo reply, the
+// chat.completion objects and SSE events it sends, and the thread-safe request log and counters
+// behind its /_fake endpoints. fake_server.cpp only moves bytes according to what this decides.
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace staple::fake {
+
+// Faults requested by a client. Markers may appear anywhere in the last user message or in the
+// `X-Fake-Fault` header, several at once, separated by anything that is not part of a marker:
+//   FAULT:status=NNN             answer NNN with an OpenAI error body
+//   FAULT:invalid-json           answer 200 with a body that is not JSON
+//   FAULT:drop                   close the connection without answering
+//   FAULT:hang                   never answer; keep reading until the client closes
+//   FAULT:sleep=MS               answer normally after MS milliseconds
+//   FAULT:flaky=KEY              503 for the first request carrying KEY, normal afterwards
+//   FAULT:stream-drop-after=K    streaming only: close after K content chunks
+// KEY is a run of [A-Za-z0-9_.-]. Unknown or malformed markers are ignored.
+struct Fault {
+  bool drop = false;
+  bool hang = false;
+  bool invalid_json = false;
+  std::optional<int> status;
+  std::chrono::milliseconds sleep{0};
+  std::vector<std::string> flaky_keys;
+  std::optional<std::size_t> stream_drop_after;
+};
+
+// Adds the markers found in `text` to `fault` (sleep values add up).
+void ParseFaultMarkers(std::string_view text, Fault& fault);
+
+// Number of Unicode code points in UTF-8 `text` (continuation bytes are not counted).
+std::size_t CountUtf8Chars(std::string_view text);
+
+// Splits UTF-8 `text` into min(pieces, chars) parts of nearly equal character counts, cutting only
+// between characters. Returns one (possibly empty) part when `text` is empty or pieces < 1.
+std::vector<std::string> SplitUtf8(std::string_view text, int pieces);
+
+// Body of an OpenAI-style error: {"error":{"message","type","code":null}}.
+std::string ErrorBody(std::string_view message, std::string_view type);
+
+// A validated POST /v1/chat/completions request and the answer it deserves.
+struct ChatPlan {
+  std::string model;
+  bool stream = false;
+  bool include_usage = false;
+  std::string reply;  // "echo(N): <content of the last user message>"
+  std::size_t prompt_tokens = 0;
+  std::size_t completion_tokens = 0;
+  Fault fault;  // markers of the last user message (the header's are added by the caller)
+};
+
+// Parses and validates a chat request body. On failure returns the error message for a 400.
+struct ChatParse {
+  std::optional<ChatPlan> plan;
+  std::string error;
+};
+ChatParse ParseChatRequest(std::string_view body);
+
+// The complete non-streaming `chat.completion` response body.
+std::string CompletionBody(const ChatPlan& plan, std::string_view id, std::int64_t created);
+
+// The SSE events of a streamed answer, each "data: ...\n\n": the role chunk, the content chunks,
+// the finish chunk, the usage chunk when asked for, and "data: [DONE]".
+struct StreamEvents {
+  std::vector<std::string> events;
+  std::size_t first_content = 1;  // index of the first content event
+  std::size_t content_count = 0;  // number of content events
+};
+StreamEvents BuildStreamEvents(const ChatPlan& plan, std::string_view id, std::int64_t created,
+                               int chunks);
+
+// Body of GET /v1/models.
+const std::string& ModelsBody();
+
+// One request as received on /v1/*.
+struct RecordedRequest {
+  std::string method;
+  std::string path;
+  std::vector<std::pair<std::string, std::string>> headers;  // lower-case names, in order
+  std::string body;
+};
+
+// The last `capacity` requests, oldest first. All members are thread-safe.
+class RequestLog {
+ public:
+  explicit RequestLog(std::size_t capacity) : capacity_(capacity) {}
+
+  bool enabled() const { return capacity_ > 0; }
+  void Add(RecordedRequest request);
+  void Clear();
+  // JSON array of {method, path, headers: {name: value}, body}; repeated headers are joined
+  // with ", ".
+  std::string ToJson() const;
+
+ private:
+  const std::size_t capacity_;
+  mutable std::mutex mutex_;
+  std::deque<RecordedRequest> requests_;  // guarded by mutex_
+};
+
+// Counters behind GET /_fake/stats. Lock-free; read as a snapshot per field.
+struct Stats {
+  std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> streams_started{0};
+  std::atomic<std::uint64_t> streams_completed{0};
+  std::atomic<std::uint64_t> streams_aborted{0};  // the client closed before the end
+  std::atomic<std::uint64_t> streams_dropped{0};  // FAULT:stream-drop-after closed it
+  std::string ToJson() const;
+};
+
+// Remembers which FAULT:flaky keys were already seen. Thread-safe.
+class FlakyKeys {
+ public:
+  // True when `key` had not been seen before (and records it).
+  bool FirstSeen(const std::string& key);
+
+ private:
+  std::mutex mutex_;
+  std::set<std::string> seen_;  // guarded by mutex_
+};
+
+}  // namespace staple::fake
