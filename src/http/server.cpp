@@ -219,14 +219,14 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     // 2. Read the body, unless the head already shows a problem.
     int early_status = 0;
     std::string early_message;
-    if (ec == bhttp::error::header_limit) {
+    if (ec == bhttp::error::body_limit) {
+      early_status = 413;  // the declared Content-Length is over the limit
+    } else if (ec == bhttp::error::header_limit) {
       early_status = 431;
       early_message = "Request header fields too large";
     } else if (ec) {
       early_status = 400;
       early_message = "Malformed HTTP request";
-    } else if (parser.content_length() && *parser.content_length() > options_.max_body_bytes) {
-      early_status = 413;
     } else {
       const auto expect = parser.get()[bhttp::field::expect];
       if (EqualsIgnoreCase(expect, "100-continue")) {

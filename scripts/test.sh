@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Debian packages, the pinned npm packages), builds Staple,
+# and runs every test: unit, contract, integration (real binaries over HTTP, real SQLite, Redis and
+# PostgreSQL servers the tests start themselves) and the official OpenAI SDK client test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAPLE_SETUP_TEST=1 scripts/setup.sh build
+
+if [ -f tests/sdk/package-lock.json ]; then
+  echo "test: installing the pinned npm packages of tests/sdk"
+  npm ci --prefix tests/sdk --no-audit --no-fund --loglevel=error
+  # The SDK test is registered when node_modules exists: configure again to pick it up.
+  cmake -S . -B build > /dev/null
+fi
+
+ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 300
+
+# The micro benchmarks only have to run (timing belongs in bench/, not in tests).
+micro_bench=$(find build -maxdepth 2 -name staple_micro_bench -type f | head -n 1)
+if [ -n "$micro_bench" ]; then
+  echo "test: micro benchmark smoke run"
+  "$micro_bench" --benchmark_min_time=0.001 > /dev/null
+fi

@@ -1,0 +1,85 @@
+// Replicas sharing one PostgreSQL database: a conversation moves freely between them, its rows
+// are in PostgreSQL, and the database password shows up nowhere.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+
+#include "support/gateway_test.h"
+#include "support/postgres_server.h"
+
+namespace staple::testing {
+namespace {
+
+using nlohmann::json;
+
+class PostgresReplicasTest : public GatewayTest {
+ protected:
+  void SetUp() override { postgres_.CreateDatabase("staple"); }
+
+  std::map<std::string, std::string> DatabaseEnv() {
+    return {{"STAPLE_DATABASE_URL", postgres_.Url("staple")}};
+  }
+
+  PostgresServer postgres_;
+};
+
+TEST_F(PostgresReplicasTest, ConversationContinuesOnAnotherReplica) {
+  auto a = StartStaple(DatabaseEnv());
+  auto b = StartStaple(DatabaseEnv());
+
+  json first = Turn(*a, "first question");
+  ASSERT_FALSE(first.empty());
+  const std::string user_id = first["user_id"];
+  EXPECT_EQ(first.value("completion", ""), "echo(1): first question");
+
+  // Replica B sends the whole history (two stored messages plus the new prompt) upstream.
+  json second = Turn(*b, "second question", user_id);
+  ASSERT_FALSE(second.empty());
+  EXPECT_EQ(second.value("completion", ""), "echo(3): second question");
+
+  json third = Turn(*a, "third question", user_id);
+  ASSERT_FALSE(third.empty());
+  EXPECT_EQ(third.value("completion", ""), "echo(5): third question");
+
+  // The rows are in PostgreSQL, in order, also through the seed's view.
+  EXPECT_EQ(
+      postgres_.Psql("staple", "SELECT role || ':' || content FROM messages WHERE user_id = '" +
+                                   user_id + "' ORDER BY id"),
+      "user:first question\n"
+      "assistant:echo(1): first question\n"
+      "user:second question\n"
+      "assistant:echo(3): second question\n"
+      "user:third question\n"
+      "assistant:echo(5): third question\n");
+  EXPECT_EQ(
+      postgres_.Psql("staple", "SELECT count(*) FROM message WHERE user_id = '" + user_id + "'"),
+      "6\n");
+
+  // Both replicas report ready, and neither logged the database password.
+  HttpClient client;
+  EXPECT_EQ(client.Get(a->url() + "/readyz").status, 200);
+  EXPECT_EQ(client.Get(b->url() + "/readyz").status, 200);
+  for (StapleServer* staple : {a.get(), b.get()}) {
+    const std::string output = staple->Stdout() + staple->AllStderr();
+    EXPECT_EQ(output.find(PostgresServer::password()), std::string::npos) << output;
+  }
+}
+
+TEST_F(PostgresReplicasTest, UnreachableDatabaseStopsStartupWithoutThePassword) {
+  TempDir dir;
+  const std::string url = "postgresql://staple:" + PostgresServer::password() +
+                          "@127.0.0.1:" + std::to_string(FreePort()) + "/staple";
+  RunResult result =
+      RunStaple({"serve", "--host", "127.0.0.1", "--port", "0"}, {{"STAPLE_DATABASE_URL", url}},
+                dir.path(), std::chrono::seconds(20));
+  ASSERT_TRUE(result.status.has_value()) << "staple did not exit";
+  EXPECT_FALSE(result.status->Success());
+  const std::string output = result.out + result.err;
+  EXPECT_NE(output.find("conversation store"), std::string::npos) << output;
+  EXPECT_EQ(output.find(PostgresServer::password()), std::string::npos) << output;
+}
+
+}  // namespace
+}  // namespace staple::testing

@@ -1,0 +1,85 @@
+#include "chat/context_window.h"
+
+#include <gtest/gtest.h>
+
+namespace staple::chat {
+namespace {
+
+std::vector<store::StoredMessage> Turns(int count, std::size_t content_chars = 5) {
+  std::vector<store::StoredMessage> history;
+  for (int i = 0; i < count; ++i) {
+    store::StoredMessage question;
+    question.role = "user";
+    question.content = "q" + std::to_string(i) + std::string(content_chars - 2, 'x');
+    store::StoredMessage answer;
+    answer.role = "assistant";
+    answer.content = "a" + std::to_string(i) + std::string(content_chars - 2, 'y');
+    history.push_back(question);
+    history.push_back(answer);
+  }
+  return history;
+}
+
+std::vector<std::string> Roles(const std::vector<ChatMessage>& messages) {
+  std::vector<std::string> roles;
+  for (const auto& m : messages) roles.push_back(m.role);
+  return roles;
+}
+
+TEST(ContextWindowTest, EmptyHistorySendsThePromptOnly) {
+  auto context = BuildContext({}, {}, "", "hello");
+  ASSERT_EQ(context.size(), 1u);
+  EXPECT_EQ(context[0].role, "user");
+  EXPECT_EQ(context[0].content, "hello");
+}
+
+TEST(ContextWindowTest, SystemPromptComesFirst) {
+  auto context = BuildContext(Turns(1), {}, "be brief", "next");
+  EXPECT_EQ(Roles(context), (std::vector<std::string>{"system", "user", "assistant", "user"}));
+  EXPECT_EQ(context[0].content, "be brief");
+  EXPECT_EQ(context.back().content, "next");
+}
+
+TEST(ContextWindowTest, MessageLimitKeepsTheNewestWholeTurns) {
+  auto context = BuildContext(Turns(5), {3, 0}, "", "next");
+  // 3 messages allow one whole turn only (two would need 4).
+  ASSERT_EQ(context.size(), 3u);
+  EXPECT_EQ(context[0].content.substr(0, 2), "q4");
+  EXPECT_EQ(context[1].content.substr(0, 2), "a4");
+}
+
+TEST(ContextWindowTest, CharLimitDropsOldestTurnsFirst) {
+  // Each turn is 2 x 10 characters.
+  auto context = BuildContext(Turns(4, 10), {0, 45}, "", "next");
+  ASSERT_EQ(context.size(), 5u);
+  EXPECT_EQ(context[0].content.substr(0, 2), "q2");
+  EXPECT_EQ(context[2].content.substr(0, 2), "q3");
+}
+
+TEST(ContextWindowTest, ZeroMeansNoLimit) {
+  auto context = BuildContext(Turns(200), {0, 0}, "", "next");
+  EXPECT_EQ(context.size(), 401u);
+}
+
+TEST(ContextWindowTest, ThePromptAlwaysGoesEvenWhenNothingElseFits) {
+  auto context = BuildContext(Turns(3, 100), {100, 10}, "", std::string(1000, 'p'));
+  ASSERT_EQ(context.size(), 1u);
+  EXPECT_EQ(context[0].content.size(), 1000u);
+}
+
+TEST(ContextWindowTest, LeadingReplyWithoutItsQuestionIsDropped) {
+  auto history = Turns(2);
+  history.erase(history.begin());  // starts with "a0"
+  auto context = BuildContext(history, {}, "", "next");
+  EXPECT_EQ(Roles(context), (std::vector<std::string>{"user", "assistant", "user"}));
+  EXPECT_EQ(context[0].content.substr(0, 2), "q1");
+}
+
+TEST(ContextWindowTest, CharactersAreCodePoints) {
+  EXPECT_EQ(CountChars("héllo"), 5u);
+  EXPECT_EQ(CountChars("你好🎉"), 3u);
+  EXPECT_EQ(CountChars(""), 0u);
+}
+
+}  // namespace
+}  // namespace staple::chat

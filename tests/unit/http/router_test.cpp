@@ -1,0 +1,89 @@
+#include "http/router.h"
+
+#include <gtest/gtest.h>
+
+namespace staple::http {
+namespace {
+
+Response Error(int status, std::string_view message, std::string_view) {
+  return JsonResponse(status, {{"error", message}});
+}
+
+Response RunDispatch(const Router& router, Request& request) {
+  net::io_context io;
+  Response result;
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> { result = co_await router.Dispatch(request); },
+      net::detached);
+  io.run();
+  return result;
+}
+
+Router MakeRouter() {
+  Router router(Error);
+  router.Add("POST", "/openai-completion", observe::Route::kCompletion,
+             [](Request&) -> net::awaitable<Response> { co_return JsonResponse(200, {{"ok", 1}}); });
+  router.Add("GET", "/users/{user_id}/messages", observe::Route::kMessages,
+             [](Request& r) -> net::awaitable<Response> {
+               co_return JsonResponse(200, {{"user", r.path_params.at(0)}});
+             });
+  router.Add("DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
+             [](Request&) -> net::awaitable<Response> { co_return JsonResponse(200, {}); });
+  return router;
+}
+
+TEST(RouterTest, DispatchesByMethodAndPath) {
+  auto router = MakeRouter();
+  Request request;
+  request.method = "POST";
+  request.path = "/openai-completion";
+  auto response = RunDispatch(router, request);
+  EXPECT_EQ(response.status, 200);
+  EXPECT_EQ(request.route, observe::Route::kCompletion);
+}
+
+TEST(RouterTest, CapturesPathParameters) {
+  auto router = MakeRouter();
+  Request request;
+  request.method = "GET";
+  request.path = "/users/abc-123/messages";
+  auto response = RunDispatch(router, request);
+  EXPECT_EQ(response.status, 200);
+  EXPECT_EQ(nlohmann::json::parse(response.body)["user"], "abc-123");
+}
+
+TEST(RouterTest, WrongMethodIs405WithAllow) {
+  auto router = MakeRouter();
+  Request request;
+  request.method = "PUT";
+  request.path = "/users/x/messages";
+  auto response = RunDispatch(router, request);
+  EXPECT_EQ(response.status, 405);
+  EXPECT_EQ(response.headers.Get("Allow").value_or(""), "GET, DELETE");
+}
+
+TEST(RouterTest, UnknownPathIs404) {
+  auto router = MakeRouter();
+  for (std::string path : {"/", "/openai-completion/extra", "/users//messages", "/nope"}) {
+    Request request;
+    request.method = "GET";
+    request.path = path;
+    auto response = RunDispatch(router, request);
+    EXPECT_EQ(response.status, 404) << path;
+    EXPECT_EQ(request.route, observe::Route::kOther);
+  }
+}
+
+TEST(HeadersTest, NamesAreCaseInsensitive) {
+  Headers headers;
+  headers.Add("Content-Type", "application/json");
+  EXPECT_EQ(headers.Get("content-type").value_or(""), "application/json");
+  headers.Set("CONTENT-TYPE", "text/plain");
+  EXPECT_EQ(headers.fields().size(), 1u);
+  EXPECT_EQ(headers.Get("Content-Type").value_or(""), "text/plain");
+  EXPECT_FALSE(headers.Get("X-Missing").has_value());
+}
+
+}  // namespace
+}  // namespace staple::http
