@@ -1,21 +1,23 @@
 #include "app/app.h"
 
+#include <fmt/format.h>
 #include <pthread.h>
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
-
 #include "api/admission.h"
 #include "api/errors.h"
 #include "api/handlers.h"
+#include "api/openai_handlers.h"
+#include "api/playground.h"
 #include "chat/conversation_service.h"
+#include "chat/openai_proxy.h"
 #include "config/config.h"
 #include "http/router.h"
 #include "http/server.h"
@@ -23,6 +25,8 @@
 #include "observe/metrics.h"
 #include "ratelimit/clock.h"
 #include "ratelimit/memory/memory_rate_limiter.h"
+#include "ratelimit/redis/redis_rate_limiter.h"
+#include "store/postgres/postgres_conversation_store.h"
 #include "store/sqlite/sqlite_conversation_store.h"
 #include "upstream/curl_client.h"
 
@@ -42,6 +46,28 @@ Result<std::map<std::string, std::string>> ReadDotenv(const std::string& path) {
   return parsed;
 }
 
+// The conversation store the configuration names: PostgreSQL for postgresql:// and postgres://
+// URLs, else the SQLite file.
+Result<std::unique_ptr<store::ConversationStore>> OpenStore(const config::StoreSettings& settings) {
+  if (settings.url.rfind("postgresql://", 0) == 0 || settings.url.rfind("postgres://", 0) == 0) {
+    store::PostgresStoreOptions options;
+    options.url = settings.url;
+    auto opened = store::PostgresConversationStore::Open(options);
+    if (!opened) return opened.error();
+    return std::unique_ptr<store::ConversationStore>(std::move(opened).value());
+  }
+  store::SqliteStoreOptions options;
+  options.path = settings.sqlite_path;
+  options.synchronous = settings.sqlite_synchronous_full ? store::SqliteSynchronous::kFull
+                                                         : store::SqliteSynchronous::kNormal;
+  // The file grows with every commit, and mapped readers then keep remapping it (munmap showed up
+  // in the profile of the seed endpoint): plain reads are cheaper here.
+  options.mmap_size = 0;
+  auto opened = store::SqliteConversationStore::Open(options);
+  if (!opened) return opened.error();
+  return std::unique_ptr<store::ConversationStore>(std::move(opened).value());
+}
+
 // Runs the gateway with a validated configuration until a stop signal arrives.
 int Serve(const config::Config& config, const sigset_t& stop_signals) {
   const auto started = std::chrono::steady_clock::now();
@@ -50,12 +76,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   observe::Metrics metrics;
 
   // 1. Back ends: the conversation store, the limiter, the upstream client.
-  store::SqliteStoreOptions store_options;
-  store_options.path = config.store.sqlite_path;
-  store_options.synchronous = config.store.sqlite_synchronous_full
-                                  ? store::SqliteSynchronous::kFull
-                                  : store::SqliteSynchronous::kNormal;
-  auto opened = store::SqliteConversationStore::Open(store_options);
+  auto opened = OpenStore(config.store);
   if (!opened) {
     observe::Error("cannot open the conversation store", {{"error", opened.error().message}});
     return 1;
@@ -65,20 +86,31 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
                    [s = store.get()] { return static_cast<double>(s->PendingWrites()); });
 
   ratelimit::SystemClock clock;
-  ratelimit::MemoryRateLimiter limiter(clock, config.limits.strategy);
+  std::unique_ptr<ratelimit::RateLimiter> limiter_storage;
+  if (config.limits.storage_url == "memory://") {
+    limiter_storage = std::make_unique<ratelimit::MemoryRateLimiter>(clock, config.limits.strategy);
+  } else {
+    // Validated with the configuration. Redis being down at start is not fatal: calls fail with
+    // kUnavailable (the fail-open/closed policy applies, /readyz says 503) until it answers.
+    auto redis_options = ratelimit::ParseRedisUrl(config.limits.storage_url);
+    limiter_storage = std::make_unique<ratelimit::RedisRateLimiter>(
+        clock, config.limits.strategy, std::move(redis_options).value());
+  }
+  ratelimit::RateLimiter& limiter = *limiter_storage;
 
   upstream::Settings upstream_settings;
   upstream_settings.base_url = config.upstream.base_url;
   upstream_settings.api_key = config.upstream.api_key;
   upstream_settings.total_timeout = config.upstream.total_timeout;
-  upstream_settings.first_byte_timeout = config.upstream.total_timeout;
+  upstream_settings.first_byte_timeout = config.upstream.first_byte_timeout;
+  upstream_settings.idle_timeout = config.upstream.idle_timeout;
   upstream_settings.connect_timeout = config.upstream.connect_timeout;
   upstream_settings.max_retries = config.upstream.max_retries;
   upstream::CurlClient upstream_client(upstream_settings);
 
   // 2. Services and routes.
-  const bool key_missing = config.upstream.api_key.empty() &&
-                           config.upstream.base_url == kOpenAIBaseUrl;
+  const bool key_missing =
+      config.upstream.api_key.empty() && config.upstream.base_url == kOpenAIBaseUrl;
   chat::ServiceSettings chat_settings;
   chat_settings.model = config.chat.model;
   chat_settings.system_prompt = config.chat.system_prompt;
@@ -86,6 +118,11 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   chat_settings.key_missing = key_missing;
   chat_settings.api_key = config.upstream.api_key;
   chat::ConversationService conversations(*store, upstream_client, metrics, chat_settings);
+  chat::ProxySettings proxy_settings;
+  proxy_settings.window = chat_settings.window;
+  proxy_settings.key_missing = key_missing;
+  proxy_settings.api_key = config.upstream.api_key;
+  chat::OpenAIProxy openai_proxy(*store, upstream_client, metrics, proxy_settings);
 
   api::AdmissionSettings admission_settings;
   admission_settings.default_limits = config.limits.default_limits;
@@ -96,6 +133,9 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   http::Router router(api::FormatError);
   api::RegisterRoutes(router, api::Dependencies{conversations, *store, limiter, metrics, admission,
                                                 config.limits.completion_limits});
+  api::RegisterPlayground(router);
+  api::RegisterOpenAIRoutes(
+      router, api::OpenAIDependencies{openai_proxy, admission, config.limits.v1_limits});
 
   // 3. Listen and serve.
   http::ServerOptions server_options;
@@ -149,9 +189,9 @@ int Main(int argc, char** argv) {
   std::map<std::string, std::string> flag_values;
   std::vector<std::pair<std::string, CLI::Option*>> flag_options;
   for (const auto& variable : config::Variables()) {
-    auto* option = serve->add_option(variable.flag, flag_values[variable.name],
-                                     fmt::format("{} [env {}, default '{}']", variable.help,
-                                                 variable.name, variable.fallback));
+    auto* option = serve->add_option(
+        variable.flag, flag_values[variable.name],
+        fmt::format("{} [env {}, default '{}']", variable.help, variable.name, variable.fallback));
     flag_options.emplace_back(variable.name, option);
   }
   try {

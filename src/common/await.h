@@ -23,9 +23,8 @@ net::awaitable<T> AwaitCallback(Start start) {
                                     net::execution::outstanding_work.tracked);
         auto shared = std::make_shared<Handler>(std::move(handler));
         start([shared, executor](T value) {
-          net::post(executor, [shared, value = std::move(value)]() mutable {
-            (*shared)(std::move(value));
-          });
+          net::post(executor,
+                    [shared, value = std::move(value)]() mutable { (*shared)(std::move(value)); });
         });
       },
       net::use_awaitable);

@@ -10,11 +10,11 @@ namespace staple {
 enum class ErrorKind {
   kInvalidArgument,  // the caller's input is wrong
   kNotFound,
-  kUnavailable,      // a back end (database, limiter storage, upstream) cannot be reached
-  kTimeout,          // a deadline passed
-  kUpstream,         // the upstream answered, but with an error status or an invalid body
-  kCancelled,        // the operation was abandoned (client went away, shutdown)
-  kInternal,         // a bug or an unexpected library failure
+  kUnavailable,  // a back end (database, limiter storage, upstream) cannot be reached
+  kTimeout,      // a deadline passed
+  kUpstream,     // the upstream answered, but with an error status or an invalid body
+  kCancelled,    // the operation was abandoned (client went away, shutdown)
+  kInternal,     // a bug or an unexpected library failure
 };
 
 const char* ErrorKindName(ErrorKind kind);
@@ -24,7 +24,9 @@ struct Error {
   std::string message;  // safe to show to a client: never contains secrets
 };
 
-inline Error MakeError(ErrorKind kind, std::string message) { return Error{kind, std::move(message)}; }
+inline Error MakeError(ErrorKind kind, std::string message) {
+  return Error{kind, std::move(message)};
+}
 
 // A value or an Error. Expected failures travel as values; exceptions are for bugs and start-up.
 template <typename T>

@@ -1,12 +1,12 @@
 #include "config/config.h"
 
+#include <boost/asio/ip/network_v4.hpp>
+#include <boost/asio/ip/network_v6.hpp>
 #include <charconv>
 #include <thread>
 
-#include <boost/asio/ip/network_v4.hpp>
-#include <boost/asio/ip/network_v6.hpp>
-
 #include "common/net.h"
+#include "ratelimit/redis/redis_rate_limiter.h"
 
 namespace staple::config {
 namespace {
@@ -32,9 +32,9 @@ Result<std::int64_t> ParseInteger(const char* name, const std::string& value, st
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), parsed);
   if (text.empty() || ec != std::errc() || end != text.data() + text.size() || parsed < min ||
       parsed > max) {
-    return Invalid(name, value,
-                   "expected a whole number from " + std::to_string(min) + " to " +
-                       std::to_string(max));
+    return Invalid(
+        name, value,
+        "expected a whole number from " + std::to_string(min) + " to " + std::to_string(max));
   }
   return parsed;
 }
@@ -94,8 +94,8 @@ const std::vector<Variable>& Variables() {
        "conversation store", true},
       {"STAPLE_SQLITE_SYNCHRONOUS", "--sqlite-synchronous", "full",
        "SQLite synchronous level: full or normal", false},
-      {"STAPLE_RATELIMIT_STORAGE", "--ratelimit-storage", "memory://", "limit counters storage",
-       true},
+      {"STAPLE_RATELIMIT_STORAGE", "--ratelimit-storage", "memory://",
+       "limit counters storage: memory:// or redis://host:port[/db]", true},
       {"STAPLE_DEFAULT_LIMITS", "--default-limits", "200 per day;50 per hour",
        "per-client limits across all API routes (empty = none)", false},
       {"STAPLE_COMPLETION_LIMIT", "--completion-limit", "10 per minute",
@@ -117,6 +117,10 @@ const std::vector<Variable>& Variables() {
        false},
       {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "--upstream-connect-timeout", "10",
        "upstream connect timeout, seconds", false},
+      {"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "--upstream-first-byte-timeout", "60",
+       "upstream time to first byte (first token when streaming), seconds", false},
+      {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "--upstream-idle-timeout", "60",
+       "upstream stream idle time between chunks, seconds", false},
       {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", "2",
        "extra attempts on connect errors, 429 and 5xx", false},
       {"STAPLE_MAX_BODY_BYTES", "--max-body-bytes", "1048576", "largest request body", false},
@@ -227,8 +231,9 @@ Result<Config> Load(const Sources& sources) {
   server.port = static_cast<std::uint16_t>(*port);
   auto threads = ParseInteger("STAPLE_THREADS", get("STAPLE_THREADS"), 0, 256);
   if (!threads) return threads.error();
-  server.threads = *threads == 0 ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))
-                                 : static_cast<int>(*threads);
+  server.threads = *threads == 0
+                       ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))
+                       : static_cast<int>(*threads);
   auto body = ParseInteger("STAPLE_MAX_BODY_BYTES", get("STAPLE_MAX_BODY_BYTES"), 1024,
                            std::int64_t{1} << 30);
   if (!body) return body.error();
@@ -250,11 +255,12 @@ Result<Config> Load(const Sources& sources) {
   if (store.url.rfind("sqlite:///", 0) == 0 && store.url.size() > 10) {
     // SQLAlchemy's form: three slashes then a relative path, four for an absolute one.
     store.sqlite_path = store.url.substr(10);
-  } else if (store.url.rfind("postgresql://", 0) == 0 || store.url.rfind("postgres://", 0) == 0) {
-    return Invalid("STAPLE_DATABASE_URL", "postgresql://...",
-                   "PostgreSQL storage is not available in this build; use sqlite:///PATH");
+  } else if ((store.url.rfind("postgresql://", 0) == 0 && store.url.size() > 13) ||
+             (store.url.rfind("postgres://", 0) == 0 && store.url.size() > 11)) {
+    // Kept whole for libpq, which validates the rest when the store opens.
   } else {
-    return Invalid("STAPLE_DATABASE_URL", store.url, "expected sqlite:///PATH");
+    return Invalid("STAPLE_DATABASE_URL", MaskUrlPassword(store.url),
+                   "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB");
   }
   const auto synchronous = Trim(get("STAPLE_SQLITE_SYNCHRONOUS"));
   if (synchronous != "full" && synchronous != "normal") {
@@ -284,8 +290,11 @@ Result<Config> Load(const Sources& sources) {
   limits.strategy = *strategy;
   limits.storage_url = Trim(get("STAPLE_RATELIMIT_STORAGE"));
   if (limits.storage_url != "memory://") {
-    return Invalid("STAPLE_RATELIMIT_STORAGE", limits.storage_url,
-                   "only memory:// is available in this build");
+    auto redis = ratelimit::ParseRedisUrl(limits.storage_url);
+    if (!redis) {
+      return Invalid("STAPLE_RATELIMIT_STORAGE", limits.storage_url,
+                     "expected memory:// or redis://host:port[/db]: " + redis.error().message);
+    }
   }
   const auto failure = Trim(get("STAPLE_RATELIMIT_FAILURE"));
   if (failure != "closed" && failure != "open") {
@@ -313,8 +322,8 @@ Result<Config> Load(const Sources& sources) {
   chat.model = Trim(get("OPENAI_MODEL"));
   if (chat.model.empty()) return Invalid("OPENAI_MODEL", "", "a model name is required");
   chat.system_prompt = get("STAPLE_SYSTEM_PROMPT");
-  auto max_messages = ParseInteger("STAPLE_HISTORY_MAX_MESSAGES",
-                                   get("STAPLE_HISTORY_MAX_MESSAGES"), 0, 1'000'000);
+  auto max_messages =
+      ParseInteger("STAPLE_HISTORY_MAX_MESSAGES", get("STAPLE_HISTORY_MAX_MESSAGES"), 0, 1'000'000);
   if (!max_messages) return max_messages.error();
   chat.history_max_messages = static_cast<std::size_t>(*max_messages);
   auto max_chars = ParseInteger("STAPLE_HISTORY_MAX_CHARS", get("STAPLE_HISTORY_MAX_CHARS"), 0,
@@ -324,7 +333,8 @@ Result<Config> Load(const Sources& sources) {
 
   auto& upstream = config.upstream;
   upstream.base_url = Trim(get("OPENAI_BASE_URL"));
-  while (!upstream.base_url.empty() && upstream.base_url.back() == '/') upstream.base_url.pop_back();
+  while (!upstream.base_url.empty() && upstream.base_url.back() == '/')
+    upstream.base_url.pop_back();
   if (upstream.base_url.rfind("http://", 0) != 0 && upstream.base_url.rfind("https://", 0) != 0) {
     return Invalid("OPENAI_BASE_URL", upstream.base_url, "expected an http:// or https:// URL");
   }
@@ -336,6 +346,14 @@ Result<Config> Load(const Sources& sources) {
                               get("STAPLE_UPSTREAM_CONNECT_TIMEOUT"), 0.05, 600);
   if (!connect) return connect.error();
   upstream.connect_timeout = *connect;
+  auto first_byte = ParseSeconds("STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT",
+                                 get("STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT"), 0.05, 3600);
+  if (!first_byte) return first_byte.error();
+  upstream.first_byte_timeout = *first_byte;
+  auto idle =
+      ParseSeconds("STAPLE_UPSTREAM_IDLE_TIMEOUT", get("STAPLE_UPSTREAM_IDLE_TIMEOUT"), 0.05, 3600);
+  if (!idle) return idle.error();
+  upstream.idle_timeout = *idle;
   auto retries = ParseInteger("STAPLE_UPSTREAM_RETRIES", get("STAPLE_UPSTREAM_RETRIES"), 0, 10);
   if (!retries) return retries.error();
   upstream.max_retries = static_cast<int>(*retries);

@@ -17,11 +17,11 @@ namespace staple::config {
 
 // One configuration variable: its environment name, its command-line flag and its default.
 struct Variable {
-  const char* name;     // e.g. "STAPLE_PORT"
-  const char* flag;     // e.g. "--port"
-  const char* fallback; // the default, as text
+  const char* name;      // e.g. "STAPLE_PORT"
+  const char* flag;      // e.g. "--port"
+  const char* fallback;  // the default, as text
   const char* help;
-  bool secret;          // masked in the start-up banner
+  bool secret;  // masked in the start-up banner
 };
 
 // Every variable Staple reads, in banner order.
@@ -56,8 +56,8 @@ struct LimitSettings {
 struct ChatSettings {
   std::string model = "gpt-4o-mini";
   std::string system_prompt;
-  std::size_t history_max_messages = 100;  // 0 = no limit
-  std::size_t history_max_chars = 200'000; // 0 = no limit
+  std::size_t history_max_messages = 100;   // 0 = no limit
+  std::size_t history_max_chars = 200'000;  // 0 = no limit
 };
 
 struct UpstreamSettings {
@@ -65,6 +65,8 @@ struct UpstreamSettings {
   std::string api_key;
   std::chrono::milliseconds total_timeout{120'000};
   std::chrono::milliseconds connect_timeout{10'000};
+  std::chrono::milliseconds first_byte_timeout{60'000};  // request sent -> first response byte
+  std::chrono::milliseconds idle_timeout{60'000};        // between two chunks of a stream
   int max_retries = 2;
 };
 

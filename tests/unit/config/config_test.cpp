@@ -35,7 +35,8 @@ TEST(ConfigTest, DefaultsMatchTheSeed) {
 
 TEST(ConfigTest, FlagsBeatEnvironmentBeatDotenv) {
   auto sources = EnvOnly({{"STAPLE_PORT", "6000"}, {"OPENAI_MODEL", "from-env"}});
-  sources.dotenv = {{"STAPLE_PORT", "7000"}, {"OPENAI_MODEL", "from-dotenv"},
+  sources.dotenv = {{"STAPLE_PORT", "7000"},
+                    {"OPENAI_MODEL", "from-dotenv"},
                     {"STAPLE_SYSTEM_PROMPT", "be brief"}};
   sources.flags = {{"STAPLE_PORT", "8000"}};
   auto config = Load(sources);
@@ -101,6 +102,21 @@ TEST(ConfigTest, TrailingSlashOfBaseUrlIsDropped) {
   auto config = Load(EnvOnly({{"OPENAI_BASE_URL", "http://127.0.0.1:8080/v1/"}}));
   ASSERT_TRUE(config.ok());
   EXPECT_EQ(config->upstream.base_url, "http://127.0.0.1:8080/v1");
+}
+
+TEST(ConfigTest, StreamingTimeoutsDefaultTo60SecondsAndAreConfigurable) {
+  auto defaults = Load(EnvOnly({}));
+  ASSERT_TRUE(defaults.ok()) << defaults.error().message;
+  EXPECT_EQ(defaults->upstream.first_byte_timeout, std::chrono::milliseconds(60'000));
+  EXPECT_EQ(defaults->upstream.idle_timeout, std::chrono::milliseconds(60'000));
+  auto set = Load(EnvOnly(
+      {{"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "2.5"}, {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "7"}}));
+  ASSERT_TRUE(set.ok()) << set.error().message;
+  EXPECT_EQ(set->upstream.first_byte_timeout, std::chrono::milliseconds(2'500));
+  EXPECT_EQ(set->upstream.idle_timeout, std::chrono::milliseconds(7'000));
+  auto invalid = Load(EnvOnly({{"STAPLE_UPSTREAM_IDLE_TIMEOUT", "soon"}}));
+  ASSERT_FALSE(invalid.ok());
+  EXPECT_NE(invalid.error().message.find("STAPLE_UPSTREAM_IDLE_TIMEOUT"), std::string::npos);
 }
 
 TEST(DotenvTest, ParsesTheUsualForms) {

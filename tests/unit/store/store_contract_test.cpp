@@ -16,7 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "postgres_test_util.h"
 #include "store/conversation_store.h"
+#include "store/postgres/postgres_conversation_store.h"
 #include "store/sqlite/sqlite_conversation_store.h"
 #include "store_test_util.h"
 
@@ -373,13 +375,28 @@ StoreFactory SqliteFactory(SqliteSynchronous synchronous, std::size_t max_batch,
   };
 }
 
+// Each store gets a fresh database on the binary's shared throwaway server.
+StoreFactory PostgresFactory(std::size_t max_batch, std::size_t reader_threads) {
+  return [=](const std::string&) -> std::unique_ptr<ConversationStore> {
+    PostgresStoreOptions options;
+    options.url = testing::FreshPostgresDatabase();
+    options.max_batch = max_batch;
+    options.reader_threads = reader_threads;
+    auto store = PostgresConversationStore::Open(options);
+    if (!store.ok()) throw std::runtime_error(store.error().message);
+    return std::move(store).value();
+  };
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Stores, ConversationStoreContract,
     ::testing::Values(
         ContractParam{"Sqlite", SqliteFactory(SqliteSynchronous::kFull, 256, 2)},
         ContractParam{"SqliteNormalSync", SqliteFactory(SqliteSynchronous::kNormal, 256, 2)},
         // One turn per transaction and one reader: the degenerate configuration still holds.
-        ContractParam{"SqliteUnbatched", SqliteFactory(SqliteSynchronous::kNormal, 1, 1)}),
+        ContractParam{"SqliteUnbatched", SqliteFactory(SqliteSynchronous::kNormal, 1, 1)},
+        ContractParam{"Postgres", PostgresFactory(256, 2)},
+        ContractParam{"PostgresUnbatched", PostgresFactory(1, 1)}),
     [](const ::testing::TestParamInfo<ContractParam>& param) { return param.param.name; });
 
 }  // namespace
