@@ -1,8 +1,8 @@
 #include "api/handlers.h"
 
-#include <charconv>
-
 #include <uuid/uuid.h>
+
+#include <charconv>
 
 #include "api/errors.h"
 
@@ -15,22 +15,6 @@ constexpr std::size_t kMaxUserIdLength = 256;
 constexpr std::size_t kDefaultPageSize = 100;
 constexpr std::size_t kMaxPageSize = 1000;
 const std::vector<ratelimit::RateLimitItem> kNoLimits;
-
-std::string NewUserId() {
-  uuid_t id;
-  uuid_generate_random(id);
-  char text[37];
-  uuid_unparse_lower(id, text);
-  return text;
-}
-
-bool IsJsonContentType(std::string_view value) {
-  const auto semicolon = value.find(';');
-  auto type = value.substr(0, semicolon);
-  while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
-  while (!type.empty() && type.front() == ' ') type.remove_prefix(1);
-  return http::EqualsIgnoreCase(type, "application/json");
-}
 
 // The value of `key` in a query string, not decoded (ids and numbers only).
 std::optional<std::string_view> QueryValue(std::string_view query, std::string_view key) {
@@ -57,8 +41,12 @@ std::optional<std::int64_t> ParseNonNegative(std::string_view text) {
 }
 
 json MessageJson(const store::StoredMessage& m) {
-  json out = {{"id", m.id},         {"role", m.role},         {"content", m.content},
-              {"timestamp", m.timestamp}, {"request_id", m.request_id}, {"model", m.model}};
+  json out = {{"id", m.id},
+              {"role", m.role},
+              {"content", m.content},
+              {"timestamp", m.timestamp},
+              {"request_id", m.request_id},
+              {"model", m.model}};
   out["prompt_tokens"] = m.prompt_tokens ? json(*m.prompt_tokens) : json(nullptr);
   out["completion_tokens"] = m.completion_tokens ? json(*m.completion_tokens) : json(nullptr);
   out["latency_ms"] = m.latency_ms ? json(*m.latency_ms) : json(nullptr);
@@ -78,7 +66,78 @@ http::Response CompletionError(const Error& error) {
   }
 }
 
+std::string SseData(const json& value) {
+  return "data: " + value.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+}
+
+const char* StreamErrorType(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kTimeout:
+      return "upstream_timeout";
+    case ErrorKind::kUnavailable:
+      return "storage_error";
+    default:
+      return "upstream_error";
+  }
+}
+
+net::awaitable<Status> WriteDelta(http::BodyWriter* writer, std::string delta) {
+  std::string event = SseData({{"delta", std::move(delta)}});
+  Status written = co_await writer->Write(std::move(event));
+  co_return written;
+}
+
+// The body of a streamed seed answer: one event per upstream content piece, then (once the turn
+// is durable) the seed's usual object and "[DONE]". A failure after the headers went out ends the
+// stream with an error event instead; a client that went away ends it silently.
+net::awaitable<void> RelaySeedStream(std::shared_ptr<chat::CompletionStream> stream,
+                                     std::string user_id, http::BodyWriter* writer) {
+  chat::CompletionStream::DeltaSink sink = [writer](std::string delta) {
+    return WriteDelta(writer, std::move(delta));
+  };
+  auto completion = co_await stream->Run(std::move(sink));
+  std::string tail;
+  if (completion) {
+    tail = SseData({{"user_id", user_id}, {"completion", completion->text}}) + "data: [DONE]\n\n";
+  } else if (completion.error().kind != ErrorKind::kCancelled) {
+    tail = SseData({{"error", completion.error().message},
+                    {"type", StreamErrorType(completion.error().kind)}});
+  }
+  if (!tail.empty()) {
+    Status written = co_await writer->Write(std::move(tail));
+    (void)written;  // the client may be gone: nothing left to do either way
+  }
+}
+
+http::Response SeedStreamResponse(std::unique_ptr<chat::CompletionStream> stream,
+                                  std::string user_id) {
+  http::Response response;
+  response.headers.Add("Content-Type", "text/event-stream; charset=utf-8");
+  response.headers.Add("Cache-Control", "no-cache");
+  std::shared_ptr<chat::CompletionStream> shared = std::move(stream);
+  response.stream = [shared, user_id](http::BodyWriter& writer) {
+    return RelaySeedStream(shared, user_id, &writer);
+  };
+  return response;
+}
+
 }  // namespace
+
+std::string NewUserId() {
+  uuid_t id;
+  uuid_generate_random(id);
+  char text[37];
+  uuid_unparse_lower(id, text);
+  return text;
+}
+
+bool IsJsonContentType(std::string_view value) {
+  const auto semicolon = value.find(';');
+  auto type = value.substr(0, semicolon);
+  while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
+  while (!type.empty() && type.front() == ' ') type.remove_prefix(1);
+  return http::EqualsIgnoreCase(type, "application/json");
+}
 
 std::string DecodePathSegment(std::string_view segment) {
   std::string out;
@@ -86,7 +145,8 @@ std::string DecodePathSegment(std::string_view segment) {
   for (std::size_t i = 0; i < segment.size(); ++i) {
     if (segment[i] == '%' && i + 2 < segment.size()) {
       unsigned value = 0;
-      const auto [end, ec] = std::from_chars(segment.data() + i + 1, segment.data() + i + 3, value, 16);
+      const auto [end, ec] =
+          std::from_chars(segment.data() + i + 1, segment.data() + i + 3, value, 16);
       if (ec == std::errc() && end == segment.data() + i + 3) {
         out += static_cast<char>(value);
         i += 2;
@@ -129,9 +189,16 @@ std::optional<http::Response> ParseSeedRequest(const http::Request& request, See
     }
     parsed.user_id = user_id->get<std::string>();
     if (parsed.user_id.size() > kMaxUserIdLength) {
-      return SeedError(400, "user_id is too long (at most " + std::to_string(kMaxUserIdLength) +
-                           " bytes)");
+      return SeedError(
+          400, "user_id is too long (at most " + std::to_string(kMaxUserIdLength) + " bytes)");
     }
+  }
+  const auto stream = body.find("stream");
+  if (stream != body.end() && !stream->is_null()) {
+    if (!stream->is_boolean()) {
+      return SeedError(400, "stream must be a boolean");
+    }
+    parsed.stream = stream->get<bool>();
   }
   return std::nullopt;
 }
@@ -142,7 +209,8 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
   router.Add("POST", "/openai-completion", observe::Route::kCompletion,
              [d = shared](http::Request& request) -> net::awaitable<http::Response> {
                const auto received_at = std::chrono::system_clock::now();
-               // Limits first, as Flask-Limiter does: rejected requests never cost an upstream call.
+               // Limits first, as Flask-Limiter does: rejected requests never cost an upstream
+               // call.
                std::string scope = "route:/openai-completion";
                auto admission = co_await d->admission.Admit(request, d->completion_limits,
                                                             std::move(scope), ErrorStyle::kSeed);
@@ -157,69 +225,80 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
                  auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
                  // Arguments are built before the co_await: g++ 12 destroys temporaries of a
                  // co_await expression twice.
-                 chat::CompletionRequest ask{user_id, std::move(parsed.prompt),
-                                             request.request_id, received_at};
-                 auto completion = co_await d->conversations.Complete(std::move(ask));
-                 response = completion ? http::JsonResponse(
-                                             200, {{"user_id", user_id},
-                                                   {"completion", completion->text}})
-                                       : CompletionError(completion.error());
-               }
-               AddHeaders(response, admission.headers);
-               co_return response;
-             });
-
-  router.Add("GET", "/users/{user_id}/messages", observe::Route::kMessages,
-             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
-               std::string scope = "route:messages";
-               auto admission = co_await d->admission.Admit(request, kNoLimits, std::move(scope),
-                                                            ErrorStyle::kSeed);
-               if (admission.rejection) co_return std::move(*admission.rejection);
-               const auto user_id = DecodePathSegment(request.path_params.at(0));
-               std::int64_t after = 0;
-               std::size_t limit = kDefaultPageSize;
-               if (auto text = QueryValue(request.query, "after")) {
-                 auto value = ParseNonNegative(*text);
-                 if (!value) co_return SeedError(400, "after must be a non-negative integer");
-                 after = *value;
-               }
-               if (auto text = QueryValue(request.query, "limit")) {
-                 auto value = ParseNonNegative(*text);
-                 if (!value || *value < 1 || static_cast<std::size_t>(*value) > kMaxPageSize) {
-                   co_return SeedError(400, "limit must be an integer from 1 to " +
-                                                std::to_string(kMaxPageSize));
+                 chat::CompletionRequest ask{user_id, std::move(parsed.prompt), request.request_id,
+                                             received_at, parsed.user_id.empty()};
+                 if (parsed.stream) {
+                   auto opened = co_await d->conversations.OpenStream(std::move(ask));
+                   if (opened) {
+                     response = SeedStreamResponse(std::move(opened).value(), std::move(user_id));
+                   } else {
+                     response = CompletionError(opened.error());
+                   }
+                 } else {
+                   auto completion = co_await d->conversations.Complete(std::move(ask));
+                   response = completion
+                                  ? http::JsonResponse(200, {{"user_id", user_id},
+                                                             {"completion", completion->text}})
+                                  : CompletionError(completion.error());
                  }
-                 limit = static_cast<std::size_t>(*value);
                }
-               std::string owner = user_id;
-               auto page = co_await d->store.ListMessages(std::move(owner), after, limit);
-               if (!page) co_return SeedError(503, page.error().message, "storage_error");
-               json messages = json::array();
-               for (const auto& m : page->messages) messages.push_back(MessageJson(m));
-               json body = {{"user_id", user_id}, {"messages", std::move(messages)},
-                            {"has_more", page->has_more}};
-               body["next_after"] = page->has_more && !page->messages.empty()
-                                        ? json(page->messages.back().id)
-                                        : json(nullptr);
-               auto response = http::JsonResponse(200, body);
                AddHeaders(response, admission.headers);
                co_return response;
              });
 
-  router.Add("DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
-             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
-               std::string scope = "route:messages";
-               auto admission = co_await d->admission.Admit(request, kNoLimits, std::move(scope),
-                                                            ErrorStyle::kSeed);
-               if (admission.rejection) co_return std::move(*admission.rejection);
-               const auto user_id = DecodePathSegment(request.path_params.at(0));
-               std::string owner = user_id;
-               auto deleted = co_await d->store.DeleteMessages(std::move(owner));
-               if (!deleted) co_return SeedError(503, deleted.error().message, "storage_error");
-               auto response = http::JsonResponse(200, {{"user_id", user_id}, {"deleted", *deleted}});
-               AddHeaders(response, admission.headers);
-               co_return response;
-             });
+  router.Add(
+      "GET", "/users/{user_id}/messages", observe::Route::kMessages,
+      [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+        std::string scope = "route:messages";
+        auto admission =
+            co_await d->admission.Admit(request, kNoLimits, std::move(scope), ErrorStyle::kSeed);
+        if (admission.rejection) co_return std::move(*admission.rejection);
+        const auto user_id = DecodePathSegment(request.path_params.at(0));
+        std::int64_t after = 0;
+        std::size_t limit = kDefaultPageSize;
+        if (auto text = QueryValue(request.query, "after")) {
+          auto value = ParseNonNegative(*text);
+          if (!value) co_return SeedError(400, "after must be a non-negative integer");
+          after = *value;
+        }
+        if (auto text = QueryValue(request.query, "limit")) {
+          auto value = ParseNonNegative(*text);
+          if (!value || *value < 1 || static_cast<std::size_t>(*value) > kMaxPageSize) {
+            co_return SeedError(
+                400, "limit must be an integer from 1 to " + std::to_string(kMaxPageSize));
+          }
+          limit = static_cast<std::size_t>(*value);
+        }
+        std::string owner = user_id;
+        auto page = co_await d->store.ListMessages(std::move(owner), after, limit);
+        if (!page) co_return SeedError(503, page.error().message, "storage_error");
+        json messages = json::array();
+        for (const auto& m : page->messages) messages.push_back(MessageJson(m));
+        json body = {
+            {"user_id", user_id}, {"messages", std::move(messages)}, {"has_more", page->has_more}};
+        body["next_after"] = page->has_more && !page->messages.empty()
+                                 ? json(page->messages.back().id)
+                                 : json(nullptr);
+        auto response = http::JsonResponse(200, body);
+        AddHeaders(response, admission.headers);
+        co_return response;
+      });
+
+  router.Add(
+      "DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
+      [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+        std::string scope = "route:messages";
+        auto admission =
+            co_await d->admission.Admit(request, kNoLimits, std::move(scope), ErrorStyle::kSeed);
+        if (admission.rejection) co_return std::move(*admission.rejection);
+        const auto user_id = DecodePathSegment(request.path_params.at(0));
+        std::string owner = user_id;
+        auto deleted = co_await d->store.DeleteMessages(std::move(owner));
+        if (!deleted) co_return SeedError(503, deleted.error().message, "storage_error");
+        auto response = http::JsonResponse(200, {{"user_id", user_id}, {"deleted", *deleted}});
+        AddHeaders(response, admission.headers);
+        co_return response;
+      });
 
   router.Add("GET", "/healthz", observe::Route::kHealth,
              [](http::Request&) -> net::awaitable<http::Response> {

@@ -29,9 +29,16 @@ void RegisterRoutes(http::Router& router, Dependencies deps);
 struct SeedRequest {
   std::string prompt;
   std::string user_id;  // empty when the client sent none
+  bool stream = false;  // "stream": true asks for server-sent events
 };
 // Validates Content-Type and body into `parsed`; when invalid, returns the 400/415 answer instead.
 std::optional<http::Response> ParseSeedRequest(const http::Request& request, SeedRequest& parsed);
+
+// Whether a Content-Type value names application/json (parameters such as charset allowed).
+bool IsJsonContentType(std::string_view value);
+
+// A new conversation id: a lower-case RFC 4122 version-4 UUID.
+std::string NewUserId();
 
 // Percent-decodes a path segment; invalid escapes are kept as they are.
 std::string DecodePathSegment(std::string_view segment);

@@ -10,9 +10,8 @@ std::size_t CountChars(std::string_view utf8) {
   return count;
 }
 
-std::vector<ChatMessage> BuildContext(const std::vector<store::StoredMessage>& history,
-                                      const WindowLimits& limits, std::string_view system_prompt,
-                                      std::string_view prompt) {
+std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& history,
+                                       const WindowLimits& limits) {
   // Walk turns from the newest back, keeping whole turns while both budgets hold.
   std::size_t first_kept = history.size();
   std::size_t messages = 0;
@@ -31,12 +30,22 @@ std::vector<ChatMessage> BuildContext(const std::vector<store::StoredMessage>& h
     turn_end = i;
   }
 
-  std::vector<ChatMessage> context;
-  context.reserve(history.size() - first_kept + 2);
-  if (!system_prompt.empty()) context.push_back({"system", std::string(system_prompt)});
+  std::vector<ChatMessage> kept;
+  kept.reserve(history.size() - first_kept);
   for (std::size_t i = first_kept; i < history.size(); ++i) {
-    context.push_back({history[i].role, history[i].content});
+    kept.push_back({history[i].role, history[i].content});
   }
+  return kept;
+}
+
+std::vector<ChatMessage> BuildContext(const std::vector<store::StoredMessage>& history,
+                                      const WindowLimits& limits, std::string_view system_prompt,
+                                      std::string_view prompt) {
+  auto kept = HistoryWindow(history, limits);
+  std::vector<ChatMessage> context;
+  context.reserve(kept.size() + 2);
+  if (!system_prompt.empty()) context.push_back({"system", std::string(system_prompt)});
+  for (auto& message : kept) context.push_back(std::move(message));
   context.push_back({"user", std::string(prompt)});
   return context;
 }

@@ -15,12 +15,18 @@ struct ChatMessage {
 };
 
 struct WindowLimits {
-  std::size_t max_messages = 100;  // stored messages sent along; 0 = no limit
-  std::size_t max_chars = 200'000; // characters (code points) of those messages; 0 = no limit
+  std::size_t max_messages = 100;   // stored messages sent along; 0 = no limit
+  std::size_t max_chars = 200'000;  // characters (code points) of those messages; 0 = no limit
 };
 
 // Number of Unicode code points in UTF-8 text (invalid bytes count as one each).
 std::size_t CountChars(std::string_view utf8);
+
+// The most recent whole turns of `history` (oldest first; a turn is a user message and the replies
+// after it) that fit both limits, oldest first. Older turns are dropped first; a history that
+// starts with a reply (its question was cut off) loses that reply.
+std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& history,
+                                       const WindowLimits& limits);
 
 // The messages sent upstream for a new prompt: the optional system prompt, then the most recent
 // whole turns of `history` (oldest first; a turn is a user message and the replies after it) that

@@ -2,12 +2,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat/openai_proxy.h"
+#include "chat/sse.h"
 #include "observe/log.h"
 
 namespace staple::chat {
 namespace {
 
 using nlohmann::json;
+
+constexpr std::size_t kMaxErrorBodyBytes = 64 * 1024;
 
 // The upstream's own error text, when its body is OpenAI's error shape.
 std::string UpstreamErrorMessage(const std::string& body) {
@@ -37,52 +41,88 @@ ConversationService::ConversationService(store::ConversationStore& store,
     : store_(store), upstream_(upstream), metrics_(metrics), settings_(std::move(settings)) {}
 
 std::string ConversationService::Scrub(std::string text) const {
-  if (settings_.api_key.size() >= 4) {
-    for (auto pos = text.find(settings_.api_key); pos != std::string::npos;
-         pos = text.find(settings_.api_key, pos)) {
-      text.replace(pos, settings_.api_key.size(), "***");
-    }
-  }
-  return text;
+  return ScrubSecret(std::move(text), settings_.api_key);
 }
 
-net::awaitable<Result<Completion>> ConversationService::Complete(CompletionRequest request) {
+Error ConversationService::UpstreamFailure(const Error& error) {
+  metrics_.CountUpstreamError();
+  metrics_.CountFailedTurn();
+  const auto kind = error.kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
+  // upstream::Client messages already name the upstream ("upstream request failed: ...").
+  return MakeError(kind, Scrub(error.message));
+}
+
+net::awaitable<Result<std::string>> ConversationService::RequestBody(CompletionRequest request,
+                                                                     bool stream) {
   if (settings_.key_missing) {
     co_return MakeError(ErrorKind::kInternal,
                         "OPENAI_API_KEY is not set: completions are unavailable until it is");
   }
-
-  // 1. The conversation so far.
-  std::string owner = request.user_id;
-  auto history = co_await store_.RecentMessages(std::move(owner), settings_.window.max_messages);
+  Result<std::vector<store::StoredMessage>> history = std::vector<store::StoredMessage>{};
+  if (!request.new_conversation) {
+    std::string owner = request.user_id;
+    history = co_await store_.RecentMessages(std::move(owner), settings_.window.max_messages);
+  }
   if (!history) {
     co_return MakeError(ErrorKind::kUnavailable,
                         "could not read the conversation: " + history.error().message);
   }
   const auto context =
       BuildContext(*history, settings_.window, settings_.system_prompt, request.prompt);
-
-  // 2. Ask the upstream.
   json body = {{"model", settings_.model}, {"messages", json::array()}};
   auto& messages = body["messages"];
   for (const auto& message : context) {
     messages.push_back({{"role", message.role}, {"content", message.content}});
   }
+  if (stream) {
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};  // token counts for the log
+  }
+  co_return body.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+net::awaitable<Status> ConversationService::StoreTurn(
+    CompletionRequest request, Completion completion, std::string model,
+    std::chrono::steady_clock::duration upstream_time) {
+  metrics_.CountTokens(completion.prompt_tokens.value_or(0),
+                       completion.completion_tokens.value_or(0));
+  store::Turn turn;
+  turn.user_id = std::move(request.user_id);
+  turn.request_id = std::move(request.request_id);
+  turn.model = model.empty() ? settings_.model : std::move(model);
+  turn.prompt = std::move(request.prompt);
+  turn.completion = std::move(completion.text);
+  turn.prompt_time = request.received_at;
+  turn.completion_time = std::chrono::system_clock::now();
+  turn.prompt_tokens = completion.prompt_tokens;
+  turn.completion_tokens = completion.completion_tokens;
+  turn.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(upstream_time).count();
+  auto stored = co_await store_.AppendTurn(std::move(turn));
+  if (!stored) {
+    metrics_.CountFailedTurn();
+    observe::Error("turn not stored", {{"error", stored.error().message}});
+    co_return MakeError(ErrorKind::kUnavailable,
+                        "the conversation could not be stored: " + stored.error().message);
+  }
+  co_return Ok();
+}
+
+net::awaitable<Result<Completion>> ConversationService::Complete(CompletionRequest request) {
+  // 1. The conversation so far, and the new prompt.
+  CompletionRequest for_body = request;
+  auto body = co_await RequestBody(std::move(for_body), false);
+  if (!body) co_return body.error();
+
+  // 2. Ask the upstream.
   upstream::Request upstream_request;
   upstream_request.path = "/chat/completions";
-  upstream_request.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  upstream_request.body = std::move(body).value();
   upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
   const auto asked_at = std::chrono::steady_clock::now();
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
   metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
-  if (!response) {
-    metrics_.CountUpstreamError();
-    metrics_.CountFailedTurn();
-    const auto kind = response.error().kind == ErrorKind::kTimeout ? ErrorKind::kTimeout
-                                                                    : ErrorKind::kUpstream;
-    co_return MakeError(kind, Scrub("upstream request failed: " + response.error().message));
-  }
+  if (!response) co_return UpstreamFailure(response.error());
   if (response->status < 200 || response->status > 299) {
     metrics_.CountUpstreamError();
     metrics_.CountFailedTurn();
@@ -111,31 +151,105 @@ net::awaitable<Result<Completion>> ConversationService::Complete(CompletionReque
   if (parsed.contains("usage")) {
     completion.prompt_tokens = OptionalInt(parsed["usage"], "prompt_tokens");
     completion.completion_tokens = OptionalInt(parsed["usage"], "completion_tokens");
-    metrics_.CountTokens(completion.prompt_tokens.value_or(0),
-                         completion.completion_tokens.value_or(0));
   }
+  std::string model = parsed.contains("model") && parsed["model"].is_string()
+                          ? parsed["model"].get<std::string>()
+                          : std::string();
 
   // 3. Store the turn; the answer goes out only once it is durable.
-  store::Turn turn;
-  turn.user_id = std::move(request.user_id);
-  turn.request_id = std::move(request.request_id);
-  turn.model = parsed.contains("model") && parsed["model"].is_string()
-                   ? parsed["model"].get<std::string>()
-                   : settings_.model;
-  turn.prompt = std::move(request.prompt);
-  turn.completion = completion.text;
-  turn.prompt_time = request.received_at;
-  turn.completion_time = std::chrono::system_clock::now();
-  turn.prompt_tokens = completion.prompt_tokens;
-  turn.completion_tokens = completion.completion_tokens;
-  turn.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(upstream_time).count();
-  auto stored = co_await store_.AppendTurn(std::move(turn));
-  if (!stored) {
+  Completion stored_completion = completion;
+  auto stored = co_await StoreTurn(std::move(request), std::move(stored_completion),
+                                   std::move(model), upstream_time);
+  if (!stored) co_return stored.error();
+  co_return completion;
+}
+
+net::awaitable<Result<std::unique_ptr<CompletionStream>>> ConversationService::OpenStream(
+    CompletionRequest request) {
+  CompletionRequest for_body = request;
+  auto body = co_await RequestBody(std::move(for_body), true);
+  if (!body) co_return body.error();
+
+  upstream::Request upstream_request;
+  upstream_request.path = "/chat/completions";
+  upstream_request.body = std::move(body).value();
+  upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
+  upstream_request.headers.emplace_back("Accept", "text/event-stream");
+  const auto asked_at = std::chrono::steady_clock::now();
+  auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
+  if (!opened) co_return UpstreamFailure(opened.error());
+  std::unique_ptr<upstream::Stream> stream = std::move(opened).value();
+  if (stream->status() < 200 || stream->status() > 299) {
+    // Read the error body (bounded) for its message; the transfer ends with `stream`.
+    std::string error_body;
+    for (;;) {
+      auto next = co_await stream->Next();
+      if (!next || !next->has_value() || error_body.size() > kMaxErrorBodyBytes) break;
+      error_body += **next;
+    }
+    metrics_.CountUpstreamError();
     metrics_.CountFailedTurn();
-    observe::Error("turn not stored", {{"error", stored.error().message}});
-    co_return MakeError(ErrorKind::kUnavailable,
-                        "the conversation could not be stored: " + stored.error().message);
+    auto detail = UpstreamErrorMessage(error_body);
+    co_return MakeError(ErrorKind::kUpstream,
+                        Scrub("upstream returned HTTP " + std::to_string(stream->status()) +
+                              (detail.empty() ? std::string() : ": " + detail)));
   }
+  std::unique_ptr<CompletionStream> completion(
+      new CompletionStream(*this, std::move(request), std::move(stream), asked_at));
+  co_return completion;
+}
+
+CompletionStream::CompletionStream(ConversationService& service, CompletionRequest request,
+                                   std::unique_ptr<upstream::Stream> stream,
+                                   std::chrono::steady_clock::time_point asked_at)
+    : service_(service),
+      request_(std::move(request)),
+      stream_(std::move(stream)),
+      asked_at_(asked_at) {}
+
+net::awaitable<Result<Completion>> CompletionStream::Run(DeltaSink sink) {
+  // The transfer ends with this call: returning early destroys the stream, which cancels it.
+  std::unique_ptr<upstream::Stream> stream = std::move(stream_);
+  if (!stream) co_return MakeError(ErrorKind::kInternal, "the upstream stream was already used");
+  SseParser parser;
+  StreamTranscript transcript;
+  while (!transcript.done()) {
+    auto next = co_await stream->Next();
+    if (!next) co_return service_.UpstreamFailure(next.error());
+    if (!next->has_value()) break;
+    std::vector<SseEvent> events;
+    if (Status fed = parser.Feed(**next, events); !fed) {
+      co_return service_.UpstreamFailure(fed.error());
+    }
+    for (const auto& event : events) {
+      std::string delta = transcript.Add(event.data);
+      if (transcript.error()) {
+        co_return service_.UpstreamFailure(
+            MakeError(ErrorKind::kUpstream, "upstream reported an error: " + *transcript.error()));
+      }
+      if (delta.empty()) continue;
+      Status written = co_await sink(std::move(delta));
+      if (!written) co_return written.error();
+    }
+  }
+  if (!transcript.complete()) {
+    co_return service_.UpstreamFailure(
+        MakeError(ErrorKind::kUpstream, "upstream stream ended before the answer was complete"));
+  }
+  stream.reset();  // "[DONE]" arrived: nothing more to read
+
+  const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
+  service_.metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
+  const ChatAnswer& answer = transcript.answer();
+  Completion completion;
+  completion.text = answer.text;
+  completion.prompt_tokens = answer.prompt_tokens;
+  completion.completion_tokens = answer.completion_tokens;
+  Completion stored_completion = completion;
+  std::string model = answer.model;
+  auto stored = co_await service_.StoreTurn(std::move(request_), std::move(stored_completion),
+                                            std::move(model), upstream_time);
+  if (!stored) co_return stored.error();
   co_return completion;
 }
 

@@ -19,7 +19,9 @@ struct Settings {
   std::string base_url = "https://api.openai.com/v1";  // no trailing slash
   std::string api_key;                                 // empty: no Authorization header
   std::chrono::milliseconds connect_timeout{10'000};
-  std::chrono::milliseconds first_byte_timeout{60'000};  // request sent -> first response byte
+  // Per attempt: request sent -> first response byte. For a non-streaming answer that byte comes
+  // when the answer is complete; for a stream it is the time to the first token.
+  std::chrono::milliseconds first_byte_timeout{60'000};
   std::chrono::milliseconds idle_timeout{60'000};        // between two chunks of a stream
   std::chrono::milliseconds total_timeout{120'000};      // whole exchange, non-streaming
   int max_retries = 2;  // extra attempts after the first, on connect errors, 429 and 5xx

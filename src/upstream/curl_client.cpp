@@ -232,7 +232,10 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<CurlClientState> state
     call->Track(transfer);
     if (Status begun = multi.Start(transfer); !begun) co_return begun.error();
 
-    co_await AwaitTransfer(transfer, LimitsOf(settings), Goal::kComplete, Clock::now(), total);
+    // Named arguments only: g++ 12 mishandles temporaries in a co_await call (docs/STYLE.md).
+    const Limits limits = LimitsOf(settings);
+    const auto attempt_started = Clock::now();
+    co_await AwaitTransfer(transfer, limits, Goal::kComplete, attempt_started, total);
 
     const bool by_status = !transfer->failure();
     if (auto wait = RetryWait(*transfer, settings, attempt, request.retry, by_status)) {
@@ -271,8 +274,10 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
     call->Track(transfer);
     if (Status begun = multi.Start(transfer); !begun) co_return begun.error();
 
-    co_await AwaitTransfer(transfer, LimitsOf(settings), Goal::kHeaders, Clock::now(),
-                           std::nullopt);
+    const Limits limits = LimitsOf(settings);
+    const auto attempt_started = Clock::now();
+    const std::optional<Clock::time_point> no_total;
+    co_await AwaitTransfer(transfer, limits, Goal::kHeaders, attempt_started, no_total);
 
     // Retries happen only here, before any body byte was handed out.
     const bool by_status = transfer->headers_complete();

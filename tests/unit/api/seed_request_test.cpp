@@ -32,7 +32,8 @@ TEST(SeedRequestTest, AcceptsPromptAndOptionalUserId) {
 }
 
 TEST(SeedRequestTest, MissingNullOrEmptyPromptIsTheSeedMessage) {
-  for (const char* body : {R"({})", R"({"prompt":null})", R"({"prompt":""})", R"({"user_id":"x"})"}) {
+  for (const char* body :
+       {R"({})", R"({"prompt":null})", R"({"prompt":""})", R"({"user_id":"x"})"}) {
     SeedRequest parsed;
     auto error = ParseSeedRequest(JsonRequest(body), parsed);
     ASSERT_TRUE(error) << body;

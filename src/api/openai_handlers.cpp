@@ -1,0 +1,214 @@
+#include "api/openai_handlers.h"
+
+#include <memory>
+
+#include "api/errors.h"
+#include "api/handlers.h"
+
+namespace staple::api {
+namespace {
+
+using nlohmann::json;
+
+const std::vector<ratelimit::RateLimitItem> kNoLimits;
+
+// Upstream response headers worth handing on: the content type, and the hints SDKs use to pace
+// their retries.
+constexpr const char* kPassedHeaders[] = {"retry-after", "retry-after-ms"};
+
+bool IsOpenAIErrorBody(const std::string& body) {
+  auto parsed = json::parse(body, nullptr, false);
+  if (!parsed.is_object()) return false;
+  auto error = parsed.find("error");
+  return error != parsed.end() && error->is_object() && error->contains("message");
+}
+
+void CopyUpstreamHeaders(const upstream::Headers& from, http::Response& to) {
+  for (const auto& [name, value] : from) {
+    for (const char* passed : kPassedHeaders) {
+      if (http::EqualsIgnoreCase(name, passed)) to.headers.Add(passed, value);
+    }
+  }
+}
+
+const char* ErrorTypeFor(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kTimeout:
+      return "upstream_timeout";
+    case ErrorKind::kUnavailable:
+      return "storage_error";
+    case ErrorKind::kInternal:
+      return "configuration_error";
+    default:
+      return "upstream_error";
+  }
+}
+
+// Relays an upstream event stream to the client; a failure after the headers went out ends it
+// with an error event, a client that went away ends it silently (the upstream transfer is
+// cancelled by then).
+net::awaitable<void> RelayChatStream(std::shared_ptr<chat::ProxyStream> stream,
+                                     http::BodyWriter* writer) {
+  chat::ProxyStream::ByteSink sink = [writer](std::string bytes) {
+    return writer->Write(std::move(bytes));
+  };
+  Status relayed = co_await stream->Relay(std::move(sink));
+  if (relayed || relayed.error().kind == ErrorKind::kCancelled) co_return;
+  json error = {{"message", relayed.error().message},
+                {"type", ErrorTypeFor(relayed.error().kind)},
+                {"code", nullptr}};
+  std::string event =
+      "data: " + json({{"error", error}}).dump(-1, ' ', false, json::error_handler_t::replace) +
+      "\n\n";
+  Status written = co_await writer->Write(std::move(event));
+  (void)written;  // the client may be gone: nothing left to do either way
+}
+
+http::Response StreamResponse(std::unique_ptr<chat::ProxyStream> stream) {
+  http::Response response;
+  response.status = static_cast<int>(stream->status());
+  response.headers.Add("Content-Type", stream->content_type().empty()
+                                           ? std::string("text/event-stream; charset=utf-8")
+                                           : stream->content_type());
+  response.headers.Add("Cache-Control", "no-cache");
+  std::shared_ptr<chat::ProxyStream> shared = std::move(stream);
+  response.stream = [shared](http::BodyWriter& writer) { return RelayChatStream(shared, &writer); };
+  return response;
+}
+
+}  // namespace
+
+std::optional<http::Response> ParseOpenAIChatRequest(const http::Request& request,
+                                                     OpenAIChatRequest& parsed) {
+  const auto content_type = request.headers.Get("Content-Type");
+  if (!content_type || !IsJsonContentType(*content_type)) {
+    return OpenAIError(415, "Content-Type must be application/json", "invalid_request_error");
+  }
+  if (auto id = request.headers.Get(kConversationHeader); id && !id->empty()) {
+    if (id->size() > kMaxConversationIdLength) {
+      return OpenAIError(400,
+                         std::string(kConversationHeader) + " is too long (at most " +
+                             std::to_string(kMaxConversationIdLength) + " bytes)",
+                         "invalid_request_error");
+    }
+    parsed.conversation_id = std::string(*id);
+  }
+  auto body = chat::ParseChatBody(request.body);
+  if (!body) return OpenAIError(400, body.error().message, "invalid_request_error");
+  parsed.body = std::move(body).value();
+  return std::nullopt;
+}
+
+http::Response PassThrough(const upstream::Response& upstream) {
+  const int status = static_cast<int>(upstream.status);
+  http::Response response;
+  if ((status < 200 || status > 299) && !IsOpenAIErrorBody(upstream.body)) {
+    std::string detail = upstream.body.substr(0, 500);
+    response = OpenAIError(status,
+                           "upstream returned HTTP " + std::to_string(status) +
+                               (detail.empty() ? std::string() : ": " + detail),
+                           "upstream_error");
+  } else {
+    response.status = status;
+    response.headers.Add("Content-Type", upstream.content_type.empty()
+                                             ? std::string("application/json")
+                                             : upstream.content_type);
+    response.body = upstream.body;
+  }
+  CopyUpstreamHeaders(upstream.headers, response);
+  return response;
+}
+
+http::Response ProxyError(const Error& error) {
+  switch (error.kind) {
+    case ErrorKind::kTimeout:
+      return OpenAIError(504, error.message, ErrorTypeFor(error.kind));
+    case ErrorKind::kUnavailable:
+      return OpenAIError(503, error.message, ErrorTypeFor(error.kind));
+    case ErrorKind::kInternal:
+      return OpenAIError(500, error.message, ErrorTypeFor(error.kind));
+    default:
+      return OpenAIError(502, error.message, ErrorTypeFor(error.kind));
+  }
+}
+
+void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
+  auto shared = std::make_shared<OpenAIDependencies>(std::move(deps));
+
+  router.Add("POST", "/v1/chat/completions", observe::Route::kChatCompletions,
+             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+               const auto received_at = std::chrono::system_clock::now();
+               std::string scope = "route:/v1/chat/completions";
+               auto admission = co_await d->admission.Admit(request, d->chat_limits,
+                                                            std::move(scope), ErrorStyle::kOpenAI);
+               if (admission.rejection) co_return std::move(*admission.rejection);
+
+               OpenAIChatRequest parsed;
+               if (auto invalid = ParseOpenAIChatRequest(request, parsed)) {
+                 AddHeaders(*invalid, admission.headers);
+                 co_return std::move(*invalid);
+               }
+               chat::ProxyRequest ask;
+               ask.remember = parsed.conversation_id.has_value();
+               ask.conversation_id = parsed.conversation_id.value_or(NewUserId());
+               ask.body = std::move(request.body);
+               ask.parsed = std::move(parsed.body);
+               ask.request_id = request.request_id;
+               ask.received_at = received_at;
+               const std::string conversation_id = ask.conversation_id;
+               const bool stream = ask.parsed.stream;
+
+               http::Response response;
+               if (stream) {
+                 auto opened = co_await d->proxy.OpenStream(std::move(ask));
+                 if (!opened) {
+                   response = ProxyError(opened.error());
+                 } else if (!(*opened)->success()) {
+                   // An error answer to a stream request is an ordinary response.
+                   upstream::Response failed;
+                   failed.status = (*opened)->status();
+                   failed.content_type = (*opened)->content_type();
+                   failed.headers = (*opened)->headers();
+                   auto body = co_await (*opened)->ReadBody();
+                   if (body) {
+                     failed.body = std::move(body).value();
+                     response = PassThrough(failed);
+                   } else {
+                     response = ProxyError(body.error());
+                   }
+                 } else {
+                   response = StreamResponse(std::move(opened).value());
+                 }
+               } else {
+                 auto answered = co_await d->proxy.Complete(std::move(ask));
+                 if (answered) {
+                   response = PassThrough(*answered);
+                 } else {
+                   response = ProxyError(answered.error());
+                 }
+               }
+               response.headers.Add(kConversationHeader, conversation_id);
+               AddHeaders(response, admission.headers);
+               co_return response;
+             });
+
+  router.Add("GET", "/v1/models", observe::Route::kModels,
+             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+               std::string scope = "route:/v1/models";
+               auto admission = co_await d->admission.Admit(request, kNoLimits, std::move(scope),
+                                                            ErrorStyle::kOpenAI);
+               if (admission.rejection) co_return std::move(*admission.rejection);
+               std::string request_id = request.request_id;
+               auto answered = co_await d->proxy.Models(std::move(request_id));
+               http::Response response;
+               if (answered) {
+                 response = PassThrough(*answered);
+               } else {
+                 response = ProxyError(answered.error());
+               }
+               AddHeaders(response, admission.headers);
+               co_return response;
+             });
+}
+
+}  // namespace staple::api

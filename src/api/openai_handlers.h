@@ -1,0 +1,48 @@
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "api/admission.h"
+#include "chat/openai_proxy.h"
+#include "http/router.h"
+#include "ratelimit/rate_limiter.h"
+#include "upstream/client.h"
+
+namespace staple::api {
+
+// The request header naming a stored conversation, and the response header returning it.
+inline constexpr const char* kConversationHeader = "X-Staple-Conversation";
+inline constexpr std::size_t kMaxConversationIdLength = 256;
+
+// What the OpenAI-compatible handlers need, chosen once at start-up. References outlive the
+// router.
+struct OpenAIDependencies {
+  chat::OpenAIProxy& proxy;
+  const Admission& admission;
+  std::vector<ratelimit::RateLimitItem> chat_limits;  // per client on /v1/chat/completions
+};
+
+// Adds POST /v1/chat/completions and GET /v1/models. Every error they produce has OpenAI's shape.
+void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps);
+
+// Request checks of POST /v1/chat/completions, as a plain function (tested without a server).
+struct OpenAIChatRequest {
+  chat::ChatBody body;
+  std::optional<std::string> conversation_id;  // the X-Staple-Conversation header, when given
+};
+// Validates Content-Type, the conversation header and the body into `parsed`; when invalid,
+// returns the 400/415 answer instead.
+std::optional<http::Response> ParseOpenAIChatRequest(const http::Request& request,
+                                                     OpenAIChatRequest& parsed);
+
+// The client's answer for an upstream response: its status, body and content type. An error status
+// whose body is not OpenAI's error shape gets that shape (same status) so that SDKs can read it.
+http::Response PassThrough(const upstream::Response& upstream);
+
+// The answer for a failure of chat::OpenAIProxy: 502 (upstream unreachable or invalid), 504
+// (upstream timeout), 503 (store), 500 (configuration), in OpenAI's shape.
+http::Response ProxyError(const Error& error);
+
+}  // namespace staple::api

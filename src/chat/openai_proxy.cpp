@@ -1,0 +1,427 @@
+#include "chat/openai_proxy.h"
+
+#include "observe/log.h"
+
+namespace staple::chat {
+namespace {
+
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+// Relayed even without an event boundary once this much is held (an upstream that is not sending
+// an event stream).
+constexpr std::size_t kMaxPendingBytes = 64 * 1024;
+
+// Client and upstream text may hold invalid UTF-8: never let it turn into an exception.
+std::string Dump(const ordered_json& value) {
+  return value.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
+}
+
+std::optional<std::int64_t> OptionalInt(const json& object, const char* key) {
+  if (!object.is_object()) return std::nullopt;
+  auto it = object.find(key);
+  if (it == object.end() || !it->is_number_integer()) return std::nullopt;
+  return it->get<std::int64_t>();
+}
+
+void ReadUsage(const json& body, ChatAnswer& answer) {
+  auto usage = body.find("usage");
+  if (usage == body.end() || !usage->is_object()) return;
+  answer.prompt_tokens = OptionalInt(*usage, "prompt_tokens");
+  answer.completion_tokens = OptionalInt(*usage, "completion_tokens");
+}
+
+// choices[0] of a completion or chunk, or nullptr.
+const json* FirstChoice(const json& body) {
+  auto choices = body.find("choices");
+  if (choices == body.end() || !choices->is_array() || choices->empty()) return nullptr;
+  const json& first = (*choices)[0];
+  return first.is_object() ? &first : nullptr;
+}
+
+// The string member `key` of a JSON object, or "".
+std::string StringMember(const ordered_json& object, const char* key) {
+  if (!object.is_object()) return {};
+  auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::string ErrorText(const json& error) {
+  if (error.is_string()) return error.get<std::string>();
+  if (error.is_object()) {
+    auto message = error.find("message");
+    if (message != error.end() && message->is_string()) return message->get<std::string>();
+  }
+  return "the upstream reported an error";
+}
+
+}  // namespace
+
+Result<ChatBody> ParseChatBody(std::string_view body) {
+  ChatBody parsed;
+  parsed.json = ordered_json::parse(body, nullptr, false);
+  if (parsed.json.is_discarded()) {
+    return MakeError(ErrorKind::kInvalidArgument, "Request body is not valid JSON");
+  }
+  if (!parsed.json.is_object()) {
+    return MakeError(ErrorKind::kInvalidArgument, "Request body must be a JSON object");
+  }
+  auto messages = parsed.json.find("messages");
+  if (messages == parsed.json.end()) {
+    return MakeError(ErrorKind::kInvalidArgument, "Missing required parameter: 'messages'");
+  }
+  if (!messages->is_array()) {
+    return MakeError(ErrorKind::kInvalidArgument, "Invalid 'messages': expected an array");
+  }
+  auto stream = parsed.json.find("stream");
+  parsed.stream = stream != parsed.json.end() && stream->is_boolean() && stream->get<bool>();
+  auto model = parsed.json.find("model");
+  if (model != parsed.json.end() && model->is_string()) parsed.model = model->get<std::string>();
+  for (auto it = messages->rbegin(); it != messages->rend(); ++it) {
+    if (StringMember(*it, "role") == "user") {
+      parsed.prompt = MessageText(*it);
+      break;
+    }
+  }
+  return parsed;
+}
+
+std::string MessageText(const ordered_json& message) {
+  if (!message.is_object()) return {};
+  auto content = message.find("content");
+  if (content == message.end()) return {};
+  if (content->is_string()) return content->get<std::string>();
+  std::string text;
+  if (content->is_array()) {
+    for (const auto& part : *content) {
+      if (StringMember(part, "type") != "text") continue;
+      auto part_text = part.find("text");
+      if (part_text != part.end() && part_text->is_string()) {
+        text += part_text->get<std::string>();
+      }
+    }
+  }
+  return text;
+}
+
+void InsertHistory(ordered_json& messages, const std::vector<ChatMessage>& history) {
+  if (!messages.is_array() || history.empty()) return;
+  auto position = messages.begin();
+  while (position != messages.end()) {
+    const auto role = StringMember(*position, "role");
+    if (role != "system" && role != "developer") break;
+    ++position;
+  }
+  ordered_json inserted = ordered_json::array();
+  for (const auto& message : history) {
+    inserted.push_back({{"role", message.role}, {"content", message.content}});
+  }
+  messages.insert(position, inserted.begin(), inserted.end());
+}
+
+std::optional<ChatAnswer> AnswerOf(std::string_view body) {
+  auto parsed = json::parse(body, nullptr, false);
+  if (!parsed.is_object()) return std::nullopt;
+  ChatAnswer answer;
+  if (const json* choice = FirstChoice(parsed)) {
+    auto message = choice->find("message");
+    if (message != choice->end() && message->is_object()) {
+      auto content = message->find("content");
+      if (content != message->end() && content->is_string()) {
+        answer.text = content->get<std::string>();
+      }
+    }
+  }
+  auto model = parsed.find("model");
+  if (model != parsed.end() && model->is_string()) answer.model = model->get<std::string>();
+  ReadUsage(parsed, answer);
+  return answer;
+}
+
+std::string StreamTranscript::Add(std::string_view data) {
+  if (done_) return {};
+  if (data == "[DONE]") {
+    done_ = true;
+    return {};
+  }
+  auto chunk = json::parse(data, nullptr, false);
+  if (!chunk.is_object()) return {};
+  if (auto error = chunk.find("error"); error != chunk.end() && !error->is_null()) {
+    error_ = ErrorText(*error);
+    return {};
+  }
+  if (auto model = chunk.find("model"); model != chunk.end() && model->is_string()) {
+    answer_.model = model->get<std::string>();
+  }
+  ReadUsage(chunk, answer_);
+  const json* choice = FirstChoice(chunk);
+  if (choice == nullptr) return {};
+  // Only choices[0] is recorded (a request with n > 1 still relays every choice).
+  if (auto index = choice->find("index");
+      index != choice->end() && index->is_number_integer() && index->get<std::int64_t>() != 0) {
+    return {};
+  }
+  if (auto reason = choice->find("finish_reason"); reason != choice->end() && !reason->is_null()) {
+    finished_ = true;
+  }
+  auto delta = choice->find("delta");
+  if (delta == choice->end() || !delta->is_object()) return {};
+  auto content = delta->find("content");
+  if (content == delta->end() || !content->is_string()) return {};
+  std::string piece = content->get<std::string>();
+  answer_.text += piece;
+  return piece;
+}
+
+std::string ScrubSecret(std::string text, std::string_view secret) {
+  if (secret.size() < 4) return text;
+  for (auto pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos)) {
+    text.replace(pos, secret.size(), "***");
+  }
+  return text;
+}
+
+OpenAIProxy::OpenAIProxy(store::ConversationStore& store, upstream::Client& upstream,
+                         observe::Metrics& metrics, ProxySettings settings)
+    : store_(store), upstream_(upstream), metrics_(metrics), settings_(std::move(settings)) {}
+
+Error OpenAIProxy::UpstreamFailure(const Error& error) {
+  metrics_.CountUpstreamError();
+  metrics_.CountFailedTurn();
+  const auto kind = error.kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
+  return MakeError(kind, ScrubSecret(error.message, settings_.api_key));
+}
+
+net::awaitable<Result<std::string>> OpenAIProxy::UpstreamBody(ProxyRequest& request) {
+  if (!request.remember) co_return std::move(request.body);
+  std::string owner = request.conversation_id;
+  auto stored = co_await store_.RecentMessages(std::move(owner), settings_.window.max_messages);
+  if (!stored) {
+    co_return MakeError(ErrorKind::kUnavailable,
+                        "could not read the conversation: " + stored.error().message);
+  }
+  auto history = HistoryWindow(*stored, settings_.window);
+  if (history.empty()) co_return std::move(request.body);
+  ordered_json body = request.parsed.json;
+  InsertHistory(body["messages"], history);
+  co_return Dump(body);
+}
+
+net::awaitable<Status> OpenAIProxy::StoreTurn(const ProxyRequest& request, const ChatAnswer& answer,
+                                              std::chrono::steady_clock::duration upstream_time) {
+  metrics_.CountTokens(answer.prompt_tokens.value_or(0), answer.completion_tokens.value_or(0));
+  store::Turn turn;
+  turn.user_id = request.conversation_id;
+  turn.request_id = request.request_id;
+  turn.model = answer.model.empty() ? request.parsed.model : answer.model;
+  turn.prompt = request.parsed.prompt;
+  turn.completion = answer.text;
+  turn.prompt_time = request.received_at;
+  turn.completion_time = std::chrono::system_clock::now();
+  turn.prompt_tokens = answer.prompt_tokens;
+  turn.completion_tokens = answer.completion_tokens;
+  turn.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(upstream_time).count();
+  auto stored = co_await store_.AppendTurn(std::move(turn));
+  if (!stored) {
+    metrics_.CountFailedTurn();
+    observe::Error("turn not stored",
+                   {{"error", stored.error().message}, {"request_id", request.request_id}});
+    co_return MakeError(ErrorKind::kUnavailable,
+                        "the conversation could not be stored: " + stored.error().message);
+  }
+  co_return Ok();
+}
+
+net::awaitable<Result<upstream::Response>> OpenAIProxy::Complete(ProxyRequest request) {
+  if (settings_.key_missing) {
+    co_return MakeError(ErrorKind::kInternal,
+                        "OPENAI_API_KEY is not set: completions are unavailable until it is");
+  }
+  auto body = co_await UpstreamBody(request);
+  if (!body) co_return body.error();
+
+  upstream::Request upstream_request;
+  upstream_request.path = "/chat/completions";
+  upstream_request.body = std::move(body).value();
+  upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
+  const auto asked_at = std::chrono::steady_clock::now();
+  auto response = co_await upstream_.Send(std::move(upstream_request));
+  const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
+  metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
+  if (!response) co_return UpstreamFailure(response.error());
+
+  if (response->status < 200 || response->status > 299) {
+    metrics_.CountUpstreamError();
+    metrics_.CountFailedTurn();
+    response->body = ScrubSecret(std::move(response->body), settings_.api_key);
+    co_return std::move(response).value();
+  }
+  auto answer = AnswerOf(response->body);
+  if (!answer) {
+    metrics_.CountUpstreamError();
+    metrics_.CountFailedTurn();
+    co_return MakeError(ErrorKind::kUpstream, "upstream returned an invalid completion body");
+  }
+  // The answer goes out only once its turn is durable.
+  auto stored = co_await StoreTurn(request, *answer, upstream_time);
+  if (!stored) co_return stored.error();
+  co_return std::move(response).value();
+}
+
+net::awaitable<Result<std::unique_ptr<ProxyStream>>> OpenAIProxy::OpenStream(ProxyRequest request) {
+  if (settings_.key_missing) {
+    co_return MakeError(ErrorKind::kInternal,
+                        "OPENAI_API_KEY is not set: completions are unavailable until it is");
+  }
+  auto body = co_await UpstreamBody(request);
+  if (!body) co_return body.error();
+
+  upstream::Request upstream_request;
+  upstream_request.path = "/chat/completions";
+  upstream_request.body = std::move(body).value();
+  upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
+  upstream_request.headers.emplace_back("Accept", "text/event-stream");
+  const auto asked_at = std::chrono::steady_clock::now();
+  auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
+  if (!opened) co_return UpstreamFailure(opened.error());
+  std::unique_ptr<ProxyStream> stream(
+      new ProxyStream(*this, std::move(request), std::move(opened).value(), asked_at));
+  if (!stream->success()) {
+    metrics_.CountUpstreamError();
+    metrics_.CountFailedTurn();
+  }
+  co_return stream;
+}
+
+net::awaitable<Result<upstream::Response>> OpenAIProxy::Models(std::string request_id) {
+  upstream::Request upstream_request;
+  upstream_request.method = "GET";
+  upstream_request.path = "/models";
+  upstream_request.headers.emplace_back("X-Request-Id", std::move(request_id));
+  auto response = co_await upstream_.Send(std::move(upstream_request));
+  if (!response) {
+    metrics_.CountUpstreamError();
+    const auto kind =
+        response.error().kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
+    co_return MakeError(kind, ScrubSecret(response.error().message, settings_.api_key));
+  }
+  response->body = ScrubSecret(std::move(response->body), settings_.api_key);
+  co_return std::move(response).value();
+}
+
+ProxyStream::ProxyStream(OpenAIProxy& proxy, ProxyRequest request,
+                         std::unique_ptr<upstream::Stream> stream,
+                         std::chrono::steady_clock::time_point asked_at)
+    : proxy_(proxy),
+      request_(std::move(request)),
+      stream_(std::move(stream)),
+      asked_at_(asked_at),
+      status_(stream_->status()),
+      content_type_(stream_->content_type()),
+      headers_(stream_->headers()) {}
+
+net::awaitable<Result<std::string>> ProxyStream::ReadBody() {
+  // The transfer ends with this call, whatever happens.
+  std::unique_ptr<upstream::Stream> stream = std::move(stream_);
+  if (!stream) co_return MakeError(ErrorKind::kInternal, "the upstream stream was already used");
+  std::string body;
+  for (;;) {
+    auto next = co_await stream->Next();
+    if (!next) co_return proxy_.UpstreamFailure(next.error());
+    if (!next->has_value()) break;
+    body += **next;
+    if (body.size() > proxy_.settings_.max_error_body_bytes) {
+      co_return MakeError(ErrorKind::kUpstream, "upstream error body is too large");
+    }
+  }
+  co_return ScrubSecret(std::move(body), proxy_.settings_.api_key);
+}
+
+net::awaitable<Status> ProxyStream::Relay(ByteSink sink) {
+  // The transfer ends with this call: returning early (client gone, upstream broken) destroys the
+  // stream, which cancels the upstream transfer at once.
+  std::unique_ptr<upstream::Stream> stream = std::move(stream_);
+  if (!stream) co_return MakeError(ErrorKind::kInternal, "the upstream stream was already used");
+  SseParser parser;
+  StreamTranscript transcript;
+  bool stored = false;
+  // Bytes received but not relayed yet: the unfinished event. Relaying whole events only keeps an
+  // error event that follows a break readable.
+  std::string pending;
+
+  for (;;) {
+    auto next = co_await stream->Next();
+    if (!next) {
+      proxy_.metrics_.CountUpstreamError();
+      proxy_.metrics_.CountFailedTurn();
+      const auto kind =
+          next.error().kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
+      co_return MakeError(kind, ScrubSecret(next.error().message, proxy_.settings_.api_key));
+    }
+    if (!next->has_value()) break;
+
+    std::vector<SseEvent> events;
+    if (Status fed = parser.Feed(**next, events); !fed) {
+      proxy_.metrics_.CountUpstreamError();
+      proxy_.metrics_.CountFailedTurn();
+      co_return fed.error();
+    }
+    const std::size_t base = pending.size();
+    pending += **next;
+
+    // Where "[DONE]" starts, to store the turn just before relaying it.
+    std::optional<std::size_t> done_at;
+    for (std::size_t i = 0; i < events.size() && !transcript.done(); ++i) {
+      transcript.Add(events[i].data);
+      if (transcript.done() && !stored) done_at = i == 0 ? 0 : base + events[i - 1].end;
+    }
+    std::size_t flush = 0;
+    if (parser.boundary()) flush = base + *parser.boundary();
+    if (pending.size() > kMaxPendingBytes) flush = pending.size();  // not an event stream
+
+    if (done_at) {
+      if (*done_at > 0) {
+        std::string head = pending.substr(0, *done_at);
+        Status written = co_await sink(std::move(head));
+        if (!written) co_return written;
+        pending.erase(0, *done_at);
+        flush -= *done_at;
+      }
+      if (transcript.complete()) {
+        const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
+        proxy_.metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
+        Status committed = co_await proxy_.StoreTurn(request_, transcript.answer(), upstream_time);
+        if (!committed) co_return committed;
+        stored = true;
+      }
+    }
+    if (flush > 0) {
+      std::string whole = pending.substr(0, flush);
+      pending.erase(0, flush);
+      Status written = co_await sink(std::move(whole));
+      if (!written) co_return written;
+    }
+  }
+
+  // The body ended. An upstream that sends no "[DONE]" still ends a whole answer with a finish
+  // reason; anything else broke off.
+  if (!stored && !transcript.error() && !transcript.complete()) {
+    proxy_.metrics_.CountUpstreamError();
+    proxy_.metrics_.CountFailedTurn();
+    co_return MakeError(ErrorKind::kUpstream,
+                        "upstream stream ended before the answer was complete");
+  }
+  if (!stored && !transcript.error()) {
+    const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
+    proxy_.metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
+    Status committed = co_await proxy_.StoreTurn(request_, transcript.answer(), upstream_time);
+    if (!committed) co_return committed;
+  }
+  if (!pending.empty()) {
+    Status written = co_await sink(std::move(pending));
+    if (!written) co_return written;
+  }
+  co_return Ok();
+}
+
+}  // namespace staple::chat

@@ -1,0 +1,194 @@
+// The official `openai` npm package against Staple in front of tools/fake_openai.
+// Run: STAPLE_BIN=build/staple FAKE_OPENAI_BIN=build/fake_openai node --test tests/sdk
+// (ctest runs it as sdk.openai_node once `npm ci --prefix tests/sdk` installed the package).
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, openSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import OpenAI from 'openai';
+
+const STAPLE_BIN = process.env.STAPLE_BIN;
+const FAKE_OPENAI_BIN = process.env.FAKE_OPENAI_BIN;
+const API_KEY = 'sk-sdk-test-SECRET-0123456789';
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForHttp(url, child, timeoutMs = 10000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${url}: process exited with ${child.exitCode}`);
+    try {
+      const response = await fetch(url);
+      if (response.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${url} did not answer within ${timeoutMs} ms`);
+}
+
+// A child process whose output goes to files in `dir`; killed by PID in after().
+function start(executable, args, env, dir, name) {
+  const out = openSync(join(dir, `${name}.stdout.log`), 'w');
+  const err = openSync(join(dir, `${name}.stderr.log`), 'w');
+  return spawn(executable, args, { cwd: dir, env, stdio: ['ignore', out, err] });
+}
+
+// The environment without the variables that would configure Staple or route through a proxy.
+function cleanEnv() {
+  const env = {};
+  for (const [name, value] of Object.entries(process.env)) {
+    if (/^(OPENAI_|STAPLE_)/.test(name) || /_proxy$/i.test(name)) continue;
+    env[name] = value;
+  }
+  return env;
+}
+
+describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENAI_BIN }, () => {
+  let dir;
+  let fake;
+  let staple;
+  let baseURL;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'staple-sdk-'));
+    const fakePort = await freePort();
+    fake = start(FAKE_OPENAI_BIN, ['--host', '127.0.0.1', '--port', String(fakePort)], cleanEnv(),
+                 dir, 'fake_openai');
+    await waitForHttp(`http://127.0.0.1:${fakePort}/_fake/stats`, fake);
+
+    const staplePort = await freePort();
+    const env = {
+      ...cleanEnv(),
+      OPENAI_BASE_URL: `http://127.0.0.1:${fakePort}/v1`,
+      OPENAI_API_KEY: API_KEY,
+      STAPLE_UPSTREAM_RETRIES: '0',
+      STAPLE_THREADS: '1',
+    };
+    staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(staplePort)], env,
+                   dir, 'staple');
+    await waitForHttp(`http://127.0.0.1:${staplePort}/healthz`, staple);
+    baseURL = `http://127.0.0.1:${staplePort}/v1`;
+  });
+
+  after(() => {
+    for (const child of [staple, fake]) {
+      if (child && child.exitCode === null && child.pid) process.kill(child.pid, 'SIGTERM');
+    }
+    if (dir && process.env.STAPLE_KEEP_TEST_DIRS !== '1') {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  const client = (options = {}) =>
+    new OpenAI({ apiKey: 'client-own-key', baseURL, maxRetries: 0, timeout: 10000, ...options });
+
+  test('non-streaming completion', async () => {
+    const { data, response } = await client()
+      .chat.completions.create({
+        model: 'fake-model',
+        temperature: 0.2,
+        messages: [{ role: 'user', content: 'hello' }],
+      })
+      .withResponse();
+    assert.equal(data.object, 'chat.completion');
+    assert.equal(data.choices[0].message.content, 'echo(1): hello');
+    assert.ok(data.usage.total_tokens > 0);
+    assert.match(response.headers.get('x-staple-conversation') ?? '', /^[0-9a-f-]{36}$/);
+  });
+
+  test('streaming completion arrives in chunks', async () => {
+    const stream = await client().chat.completions.create({
+      model: 'fake-model',
+      stream: true,
+      stream_options: { include_usage: true },
+      messages: [{ role: 'user', content: 'hi there' }],
+    });
+    let text = '';
+    let chunks = 0;
+    let usage = null;
+    for await (const chunk of stream) {
+      chunks += 1;
+      if (chunk.usage) usage = chunk.usage;
+      text += chunk.choices[0]?.delta?.content ?? '';
+    }
+    assert.equal(text, 'echo(1): hi there');
+    assert.ok(chunks > 2, `only ${chunks} chunks`);
+    assert.ok(usage && usage.completion_tokens > 0);
+  });
+
+  test('server-side memory through X-Staple-Conversation', async () => {
+    const id = `sdk-${Date.now()}`;
+    const remembering = client({ defaultHeaders: { 'X-Staple-Conversation': id } });
+    const first = await remembering.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'one' }],
+    });
+    assert.equal(first.choices[0].message.content, 'echo(1): one');
+    const second = await remembering.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'two' }],
+    });
+    assert.equal(second.choices[0].message.content, 'echo(3): two');
+
+    // Per-request headers work too, streaming included.
+    const stream = await client().chat.completions.create(
+      { model: 'fake-model', stream: true, messages: [{ role: 'user', content: 'three' }] },
+      { headers: { 'X-Staple-Conversation': id } },
+    );
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+    assert.equal(text, 'echo(5): three');
+  });
+
+  test('upstream 400 becomes BadRequestError', async () => {
+    await assert.rejects(
+      client().chat.completions.create({
+        model: 'fake-model',
+        messages: [{ role: 'user', content: 'FAULT:status=400' }],
+      }),
+      (error) => {
+        assert.ok(error instanceof OpenAI.BadRequestError, error.constructor.name);
+        assert.equal(error.status, 400);
+        assert.equal(error.message.includes(API_KEY), false);
+        return true;
+      },
+    );
+  });
+
+  test('upstream 503 becomes a server error', async () => {
+    await assert.rejects(
+      client().chat.completions.create({
+        model: 'fake-model',
+        messages: [{ role: 'user', content: 'FAULT:status=503' }],
+      }),
+      (error) => {
+        assert.ok(error instanceof OpenAI.APIError, error.constructor.name);
+        assert.ok(error instanceof OpenAI.InternalServerError, error.constructor.name);
+        assert.equal(error.status, 503);
+        return true;
+      },
+    );
+  });
+
+  test('models are listed', async () => {
+    const ids = [];
+    for await (const model of client().models.list()) ids.push(model.id);
+    assert.ok(ids.includes('fake-model'), ids.join(','));
+  });
+});

@@ -1,0 +1,171 @@
+#include "chat/openai_proxy.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace staple::chat {
+namespace {
+
+using nlohmann::ordered_json;
+
+std::vector<std::string> Roles(const ordered_json& messages) {
+  std::vector<std::string> roles;
+  for (const auto& m : messages) roles.push_back(m.at("role").get<std::string>());
+  return roles;
+}
+
+TEST(ParseChatBodyTest, AcceptsAnObjectWithMessages) {
+  auto parsed =
+      ParseChatBody(R"({"model":"m1","stream":true,"temperature":0.25,"messages":[)"
+                    R"({"role":"user","content":"first"},{"role":"assistant","content":"a"},)"
+                    R"({"role":"user","content":[{"type":"text","text":"se"},{"type":"image_url"},)"
+                    R"({"type":"text","text":"cond"}]}]})");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  EXPECT_TRUE(parsed->stream);
+  EXPECT_EQ(parsed->model, "m1");
+  EXPECT_EQ(parsed->prompt, "second");
+  // Key order is the client's.
+  EXPECT_EQ(parsed->json.begin().key(), "model");
+}
+
+TEST(ParseChatBodyTest, StreamIsOnlyTrueWhenTheBooleanIsTrue) {
+  EXPECT_FALSE(ParseChatBody(R"({"messages":[]})")->stream);
+  EXPECT_FALSE(ParseChatBody(R"({"messages":[],"stream":false})")->stream);
+  EXPECT_FALSE(ParseChatBody(R"({"messages":[],"stream":"yes"})")->stream);
+}
+
+TEST(ParseChatBodyTest, RejectsWhatIsNotAChatRequest) {
+  for (const char* body : {"", "not json", "[]", "42", R"({"model":"m"})", R"({"messages":"hi"})",
+                           R"({"messages":{}})"}) {
+    auto parsed = ParseChatBody(body);
+    ASSERT_FALSE(parsed.ok()) << body;
+    EXPECT_EQ(parsed.error().kind, ErrorKind::kInvalidArgument);
+    EXPECT_FALSE(parsed.error().message.empty());
+  }
+}
+
+TEST(ParseChatBodyTest, PromptIsEmptyWithoutAUserMessage) {
+  auto parsed = ParseChatBody(R"({"messages":[{"role":"system","content":"s"}]})");
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->prompt, "");
+}
+
+TEST(InsertHistoryTest, GoesAfterLeadingSystemMessages) {
+  auto messages =
+      ordered_json::parse(R"([{"role":"system","content":"s1"},{"role":"developer","content":"d"},)"
+                          R"({"role":"user","content":"new"},{"role":"system","content":"late"}])");
+  InsertHistory(messages, {{"user", "old q"}, {"assistant", "old a"}});
+  EXPECT_EQ(Roles(messages), (std::vector<std::string>{"system", "developer", "user", "assistant",
+                                                       "user", "system"}));
+  EXPECT_EQ(messages[2]["content"], "old q");
+  EXPECT_EQ(messages[3]["content"], "old a");
+  EXPECT_EQ(messages[4]["content"], "new");
+}
+
+TEST(InsertHistoryTest, GoesFirstWithoutSystemMessages) {
+  auto messages = ordered_json::parse(R"([{"role":"user","content":"new"}])");
+  InsertHistory(messages, {{"user", "q"}, {"assistant", "a"}});
+  EXPECT_EQ(Roles(messages), (std::vector<std::string>{"user", "assistant", "user"}));
+  EXPECT_EQ(messages[2]["content"], "new");
+}
+
+TEST(InsertHistoryTest, EmptyHistoryChangesNothing) {
+  auto messages = ordered_json::parse(R"([{"role":"system","content":"s"}])");
+  const auto before = messages;
+  InsertHistory(messages, {});
+  EXPECT_EQ(messages, before);
+  auto only_system = ordered_json::parse(R"([{"role":"system","content":"s"}])");
+  InsertHistory(only_system, {{"user", "q"}});
+  EXPECT_EQ(Roles(only_system), (std::vector<std::string>{"system", "user"}));
+}
+
+TEST(AnswerOfTest, ReadsContentModelAndUsage) {
+  auto answer = AnswerOf(
+      R"({"model":"m2","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],)"
+      R"("usage":{"prompt_tokens":3,"completion_tokens":1}})");
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(answer->text, "hi");
+  EXPECT_EQ(answer->model, "m2");
+  EXPECT_EQ(answer->prompt_tokens, 3);
+  EXPECT_EQ(answer->completion_tokens, 1);
+}
+
+TEST(AnswerOfTest, ToolCallsOnlyGiveEmptyText) {
+  auto answer = AnswerOf(R"({"choices":[{"message":{"content":null,"tool_calls":[]}}]})");
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(answer->text, "");
+  EXPECT_FALSE(answer->prompt_tokens.has_value());
+}
+
+TEST(AnswerOfTest, NotJsonIsNoAnswer) {
+  EXPECT_FALSE(AnswerOf("<html>").has_value());
+  EXPECT_FALSE(AnswerOf("[1]").has_value());
+}
+
+TEST(StreamTranscriptTest, AssemblesTheDeltasOfChoiceZero) {
+  StreamTranscript transcript;
+  EXPECT_EQ(transcript.Add(R"({"model":"m","choices":[{"index":0,"delta":{"role":"assistant",)"
+                           R"("content":""}}]})"),
+            "");
+  EXPECT_EQ(transcript.Add(R"({"choices":[{"index":0,"delta":{"content":"Hel"}}]})"), "Hel");
+  EXPECT_EQ(transcript.Add(R"({"choices":[{"index":1,"delta":{"content":"other"}}]})"), "");
+  EXPECT_EQ(transcript.Add(R"({"choices":[{"index":0,"delta":{"content":"lo"}}]})"), "lo");
+  EXPECT_FALSE(transcript.complete());
+  transcript.Add(R"({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})");
+  EXPECT_TRUE(transcript.finished());
+  transcript.Add(R"({"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}})");
+  EXPECT_FALSE(transcript.done());
+  transcript.Add("[DONE]");
+  EXPECT_TRUE(transcript.done());
+  EXPECT_TRUE(transcript.complete());
+  EXPECT_EQ(transcript.Add(R"({"choices":[{"index":0,"delta":{"content":"late"}}]})"), "");
+  EXPECT_EQ(transcript.answer().text, "Hello");
+  EXPECT_EQ(transcript.answer().model, "m");
+  EXPECT_EQ(transcript.answer().prompt_tokens, 5);
+  EXPECT_EQ(transcript.answer().completion_tokens, 2);
+}
+
+TEST(StreamTranscriptTest, AnErrorEventMakesItIncomplete) {
+  StreamTranscript transcript;
+  transcript.Add(R"({"choices":[{"index":0,"delta":{"content":"a"}}]})");
+  transcript.Add(R"({"error":{"message":"overloaded","type":"server_error"}})");
+  transcript.Add("[DONE]");
+  ASSERT_TRUE(transcript.error().has_value());
+  EXPECT_EQ(*transcript.error(), "overloaded");
+  EXPECT_FALSE(transcript.complete());
+}
+
+TEST(StreamTranscriptTest, IgnoresDataThatIsNotJson) {
+  StreamTranscript transcript;
+  EXPECT_EQ(transcript.Add("garbage"), "");
+  EXPECT_FALSE(transcript.error().has_value());
+  EXPECT_EQ(transcript.answer().text, "");
+}
+
+TEST(StreamTranscriptTest, TurnFromAParsedEventStream) {
+  const std::string body =
+      "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"echo(1): \"}}]}\r\n\r\n"
+      ": keep-alive\r\n\r\n"
+      "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},"
+      "\"finish_reason\":\"stop\"}]}\n\n"
+      "data: [DONE]\n\n";
+  SseParser parser;
+  StreamTranscript transcript;
+  for (std::size_t i = 0; i < body.size(); i += 7) {
+    std::vector<SseEvent> events;
+    ASSERT_TRUE(parser.Feed(body.substr(i, 7), events).ok());
+    for (const auto& event : events) transcript.Add(event.data);
+  }
+  EXPECT_TRUE(transcript.complete());
+  EXPECT_EQ(transcript.answer().text, "echo(1): hi");
+}
+
+TEST(ScrubSecretTest, ReplacesEveryOccurrence) {
+  EXPECT_EQ(ScrubSecret("key sk-abc and sk-abc", "sk-abc"), "key *** and ***");
+  EXPECT_EQ(ScrubSecret("short", "abc"), "short");  // too short to be a key
+}
+
+}  // namespace
+}  // namespace staple::chat
