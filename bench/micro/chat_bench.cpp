@@ -1,0 +1,53 @@
+// The context window sent upstream: BuildContext over a stored history.
+//
+//   build/staple_micro_bench --benchmark_filter=BuildContext
+
+#include <benchmark/benchmark.h>
+
+#include <string>
+#include <vector>
+
+#include "chat/context_window.h"
+#include "store/conversation_store.h"
+
+namespace staple::chat {
+namespace {
+
+// `messages` stored messages alternating user/assistant, of chat-typical sizes.
+std::vector<store::StoredMessage> History(std::size_t messages) {
+  std::vector<store::StoredMessage> history;
+  history.reserve(messages);
+  for (std::size_t i = 0; i < messages; ++i) {
+    store::StoredMessage m;
+    m.id = static_cast<std::int64_t>(i + 1);
+    m.user_id = "bench-user-1";
+    m.timestamp = "2026-01-01 12:00:00.000000";
+    const bool user = i % 2 == 0;
+    m.role = user ? "user" : "assistant";
+    m.content = user ? std::string(120, 'q') : std::string(600, 'a');
+    m.request_id = "req-" + std::to_string(i);
+    m.model = "gpt-4o-mini";
+    history.push_back(std::move(m));
+  }
+  return history;
+}
+
+// range(0): stored messages; range(1): 1 = the default limits (100 messages, 200000 chars),
+// 0 = a 10-message window (most of the history is dropped).
+void BM_BuildContext(benchmark::State& state) {
+  const auto history = History(static_cast<std::size_t>(state.range(0)));
+  WindowLimits limits;
+  if (state.range(1) == 0) limits.max_messages = 10;
+  std::size_t sent = 0;
+  for (auto _ : state) {
+    auto context = BuildContext(history, limits, "You are a helpful assistant.",
+                                "What did I ask you before?");
+    sent = context.size();
+    benchmark::DoNotOptimize(context);
+  }
+  state.counters["messages_sent"] = static_cast<double>(sent);
+}
+BENCHMARK(BM_BuildContext)->ArgNames({"stored", "default_limits"})->Args({100, 1})->Args({100, 0});
+
+}  // namespace
+}  // namespace staple::chat

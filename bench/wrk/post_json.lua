@@ -1,0 +1,7 @@
+-- POST a fixed JSON body. Environment: BENCH_BODY (the body), BENCH_PATH (the path).
+dofile(os.getenv("BENCH_LUA_DIR") .. "/report.lua")
+
+wrk.method = "POST"
+wrk.path = os.getenv("BENCH_PATH") or "/"
+wrk.body = os.getenv("BENCH_BODY") or "{}"
+wrk.headers["Content-Type"] = "application/json"
