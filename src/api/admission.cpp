@@ -1,9 +1,8 @@
 #include "api/admission.h"
 
-#include <cmath>
-
 #include <boost/asio/ip/network_v4.hpp>
 #include <boost/asio/ip/network_v6.hpp>
+#include <cmath>
 
 #include "api/errors.h"
 #include "observe/log.h"
@@ -97,8 +96,9 @@ net::awaitable<Admission::Outcome> Admission::Admit(
   auto decision = co_await limiter_.Acquire(std::move(asked), 1);
   if (!decision) {
     metrics_.CountLimiterError();
-    observe::Warn("rate limiter unavailable", {{"error", decision.error().message},
-                                               {"policy", settings_.fail_open ? "open" : "closed"}});
+    observe::Warn(
+        "rate limiter unavailable",
+        {{"error", decision.error().message}, {"policy", settings_.fail_open ? "open" : "closed"}});
     if (settings_.fail_open) co_return outcome;
     const std::string message = "Rate limiting is unavailable; try again later";
     outcome.rejection = style == ErrorStyle::kSeed
@@ -121,7 +121,8 @@ net::awaitable<Admission::Outcome> Admission::Admit(
           : OpenAIError(429, "Rate limit exceeded: " + limit_text, "requests",
                         "rate_limit_exceeded");
   AddHeaders(response, outcome.headers);
-  const auto retry = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(decision->retry_after)));
+  const auto retry =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(decision->retry_after)));
   response.headers.Add("Retry-After", std::to_string(retry));
   outcome.rejection = std::move(response);
   co_return outcome;

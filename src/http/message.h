@@ -2,13 +2,12 @@
 
 #include <chrono>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/net.h"
 #include "common/result.h"
@@ -42,10 +41,10 @@ struct Request {
   std::string query;   // after '?', may be empty
   Headers headers;
   std::string body;
-  std::string peer_address;  // the TCP peer, e.g. "127.0.0.1"
-  std::string request_id;    // from X-Request-Id when given, else generated
+  std::string peer_address;                       // the TCP peer, e.g. "127.0.0.1"
+  std::string request_id;                         // from X-Request-Id when given, else generated
   observe::Route route = observe::Route::kOther;  // set by the router, for metrics
-  std::vector<std::string> path_params;          // captures of "{name}" segments, in order
+  std::vector<std::string> path_params;           // captures of "{name}" segments, in order
 };
 
 // Writes the body of a streamed response chunk by chunk (chunked transfer encoding).

@@ -59,8 +59,8 @@ net::awaitable<Response> Router::Dispatch(Request& request) const {
     allow += entry.method;
   }
   if (!allow.empty()) {
-    auto response = format_error_(405, "Method " + request.method + " is not allowed here; use " + allow,
-                                  request.path);
+    auto response = format_error_(
+        405, "Method " + request.method + " is not allowed here; use " + allow, request.path);
     response.headers.Set("Allow", allow);
     co_return response;
   }

@@ -18,8 +18,8 @@ class Router {
  public:
   // Builds the JSON error body for 404/405 (and for the server's own 400/413 answers), so each API
   // family keeps its own error shape. Gets the status, a message and the request path.
-  using ErrorFormatter = std::function<Response(int status, std::string_view message,
-                                                std::string_view path)>;
+  using ErrorFormatter =
+      std::function<Response(int status, std::string_view message, std::string_view path)>;
 
   explicit Router(ErrorFormatter format_error);
 

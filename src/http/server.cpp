@@ -1,11 +1,10 @@
 #include "http/server.h"
 
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <cmath>
 #include <list>
 #include <optional>
-
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 
 namespace staple::http {
 namespace beast = boost::beast;
@@ -48,8 +47,8 @@ Request ToRequest(bhttp::request<bhttp::string_body>&& message, const std::strin
   request.body = std::move(message.body());
   request.peer_address = peer;
   const auto given = request.headers.Get("X-Request-Id");
-  request.request_id = given && UsableRequestId(*given) ? std::string(*given)
-                                                        : observe::NewRequestId();
+  request.request_id =
+      given && UsableRequestId(*given) ? std::string(*given) : observe::NewRequestId();
   return request;
 }
 
@@ -120,8 +119,10 @@ Server::~Server() {
 
 Status Server::Bind() {
   beast::error_code ec;
-  auto address = net::ip::make_address(options_.host == "localhost" ? "127.0.0.1" : options_.host, ec);
-  if (ec) return MakeError(ErrorKind::kInvalidArgument, "invalid listen address '" + options_.host + "'");
+  auto address =
+      net::ip::make_address(options_.host == "localhost" ? "127.0.0.1" : options_.host, ec);
+  if (ec)
+    return MakeError(ErrorKind::kInvalidArgument, "invalid listen address '" + options_.host + "'");
   std::uint16_t port = options_.port;
   const int threads = options_.threads < 1 ? 1 : options_.threads;
   for (int i = 0; i < threads; ++i) {
@@ -163,7 +164,8 @@ net::awaitable<void> Server::Accept(Worker& worker) {
   net::steady_timer backoff(worker.context);
   for (;;) {
     beast::error_code ec;
-    auto socket = co_await worker.acceptor.async_accept(net::redirect_error(net::use_awaitable, ec));
+    auto socket =
+        co_await worker.acceptor.async_accept(net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       if (!worker.acceptor.is_open() || ec == net::error::operation_aborted) co_return;
       // Out of descriptors or a transient failure: wait a little instead of spinning.
@@ -210,7 +212,8 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     co_await bhttp::async_read_header(stream, buffer, parser,
                                       net::redirect_error(net::use_awaitable, ec));
     if (ec == bhttp::error::end_of_stream || ec == net::error::operation_aborted ||
-        ec == beast::error::timeout || ec == net::error::connection_reset || ec == net::error::eof) {
+        ec == beast::error::timeout || ec == net::error::connection_reset ||
+        ec == net::error::eof) {
       break;
     }
     session.busy = true;
@@ -237,12 +240,17 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
                                   net::redirect_error(net::use_awaitable, ec));
         if (ec) break;
       }
-      stream.expires_after(options_.read_timeout);
+      // The body usually arrived with the head: re-arm the deadline only when it must be waited
+      // for (every re-arm is a timerfd_settime system call).
+      if (buffer.size() < parser.content_length().value_or(0) || parser.chunked()) {
+        stream.expires_after(options_.read_timeout);
+      }
       co_await bhttp::async_read(stream, buffer, parser,
                                  net::redirect_error(net::use_awaitable, ec));
       if (ec == bhttp::error::body_limit) {
         early_status = 413;
-      } else if (ec && ec.category() == bhttp::make_error_code(bhttp::error::body_limit).category() &&
+      } else if (ec &&
+                 ec.category() == bhttp::make_error_code(bhttp::error::body_limit).category() &&
                  ec != bhttp::error::partial_message) {
         early_status = 400;
         early_message = "Malformed HTTP request";
@@ -266,8 +274,8 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     } else {
       response = router_.format_error()(early_status, early_message, request.path);
     }
-    const bool keep_alive = parsed && parser.keep_alive() &&
-                            !stopping_.load(std::memory_order_relaxed);
+    const bool keep_alive =
+        parsed && parser.keep_alive() && !stopping_.load(std::memory_order_relaxed);
 
     // 4. Write the answer.
     bool write_failed = false;
@@ -303,7 +311,7 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
         }
       }
     }
-    stream.expires_never();
+    // No expires_never() here: the next iteration arms the idle deadline before its read.
 
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -87,7 +87,8 @@ std::string Metrics::Render() const {
                          RouteName(static_cast<Route>(r)), s, n);
     }
   }
-  out += "# HELP staple_http_request_duration_seconds Time from request read to response written.\n";
+  out +=
+      "# HELP staple_http_request_duration_seconds Time from request read to response written.\n";
   out += "# TYPE staple_http_request_duration_seconds histogram\n";
   for (std::size_t r = 0; r < latency_.size(); ++r) {
     latency_[r].Render(out, "staple_http_request_duration_seconds",

@@ -12,14 +12,14 @@ namespace staple::observe {
 
 // Routes known to the metrics, so counters are plain arrays (no lookups on the hot path).
 enum class Route : std::size_t {
-  kCompletion,      // POST /openai-completion
-  kChatCompletions, // POST /v1/chat/completions
-  kModels,          // GET /v1/models
-  kMessages,        // /users/{id}/messages
-  kHealth,          // /healthz, /readyz
-  kMetrics,         // /metrics
-  kPlayground,      // /
-  kOther,           // anything else (404s)
+  kCompletion,       // POST /openai-completion
+  kChatCompletions,  // POST /v1/chat/completions
+  kModels,           // GET /v1/models
+  kMessages,         // /users/{id}/messages
+  kHealth,           // /healthz, /readyz
+  kMetrics,          // /metrics
+  kPlayground,       // /
+  kOther,            // anything else (404s)
   kCount
 };
 const char* RouteName(Route route);
@@ -33,9 +33,8 @@ class Histogram {
   void Render(std::string& out, std::string_view name, std::string_view labels) const;
 
  private:
-  static constexpr std::array<double, 14> kBounds = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                                     0.05,   0.1,   0.25,   0.5,   1,    2.5,
-                                                     5,      10};
+  static constexpr std::array<double, 14> kBounds = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
   std::array<std::atomic<std::uint64_t>, kBounds.size() + 1> buckets_{};
   std::atomic<std::uint64_t> count_{0};
   std::atomic<std::uint64_t> sum_micros_{0};
@@ -61,7 +60,8 @@ class Metrics {
 
  private:
   static constexpr int kStatuses = 600;
-  std::array<std::array<std::atomic<std::uint64_t>, kStatuses>, static_cast<std::size_t>(Route::kCount)>
+  std::array<std::array<std::atomic<std::uint64_t>, kStatuses>,
+             static_cast<std::size_t>(Route::kCount)>
       requests_{};
   std::array<Histogram, static_cast<std::size_t>(Route::kCount)> latency_;
   Histogram upstream_latency_;

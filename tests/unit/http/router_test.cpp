@@ -13,8 +13,7 @@ Response RunDispatch(const Router& router, Request& request) {
   net::io_context io;
   Response result;
   net::co_spawn(
-      io,
-      [&]() -> net::awaitable<void> { result = co_await router.Dispatch(request); },
+      io, [&]() -> net::awaitable<void> { result = co_await router.Dispatch(request); },
       net::detached);
   io.run();
   return result;
@@ -23,7 +22,9 @@ Response RunDispatch(const Router& router, Request& request) {
 Router MakeRouter() {
   Router router(Error);
   router.Add("POST", "/openai-completion", observe::Route::kCompletion,
-             [](Request&) -> net::awaitable<Response> { co_return JsonResponse(200, {{"ok", 1}}); });
+             [](Request&) -> net::awaitable<Response> {
+               co_return JsonResponse(200, {{"ok", 1}});
+             });
   router.Add("GET", "/users/{user_id}/messages", observe::Route::kMessages,
              [](Request& r) -> net::awaitable<Response> {
                co_return JsonResponse(200, {{"user", r.path_params.at(0)}});

@@ -1,0 +1,108 @@
+// Conversations API, readiness, metrics and the playground page, over real HTTP.
+#include <gtest/gtest.h>
+
+#include "support/gateway_test.h"
+
+namespace staple::testing {
+namespace {
+
+class OperationsTest : public GatewayTest {};
+
+TEST_F(OperationsTest, MessagesArePagedOldestFirstAndCanBeDeleted) {
+  auto staple = StartStaple({{"STAPLE_COMPLETION_LIMIT", ""}});
+  const auto first = Turn(*staple, "one");
+  const std::string user = first["user_id"];
+  Turn(*staple, "two", user);
+  Turn(*staple, "three", user);
+  Turn(*staple, "someone else's");
+
+  auto page = client_.Get(staple->url() + "/users/" + user + "/messages?limit=4");
+  ASSERT_EQ(page.status, 200) << page.body;
+  auto body = page.Json();
+  ASSERT_EQ(body["messages"].size(), 4u);
+  EXPECT_EQ(body["messages"][0]["role"], "user");
+  EXPECT_EQ(body["messages"][0]["content"], "one");
+  EXPECT_EQ(body["messages"][1]["role"], "assistant");
+  EXPECT_EQ(body["messages"][3]["content"], "echo(3): two");
+  EXPECT_TRUE(body["has_more"].get<bool>());
+  const auto next = body["next_after"].get<std::int64_t>();
+
+  auto rest =
+      client_.Get(staple->url() + "/users/" + user + "/messages?after=" + std::to_string(next));
+  ASSERT_EQ(rest.status, 200);
+  auto rest_body = rest.Json();
+  ASSERT_EQ(rest_body["messages"].size(), 2u);
+  EXPECT_EQ(rest_body["messages"][0]["content"], "three");
+  EXPECT_FALSE(rest_body["has_more"].get<bool>());
+  EXPECT_TRUE(rest_body["next_after"].is_null());
+
+  auto removed = client_.Request("DELETE", staple->url() + "/users/" + user + "/messages");
+  ASSERT_EQ(removed.status, 200);
+  EXPECT_EQ(removed.Json()["deleted"], 6);
+  auto empty = client_.Get(staple->url() + "/users/" + user + "/messages");
+  EXPECT_EQ(empty.Json()["messages"].size(), 0u);
+  // The conversation starts afresh upstream too.
+  EXPECT_EQ(Turn(*staple, "again", user)["completion"], "echo(1): again");
+}
+
+TEST_F(OperationsTest, MessagesRejectBadPaging) {
+  auto staple = StartStaple();
+  for (const char* query : {"?limit=0", "?limit=5000", "?limit=x", "?after=-1"}) {
+    auto response = client_.Get(staple->url() + "/users/u/messages" + query);
+    EXPECT_EQ(response.status, 400) << query;
+    EXPECT_FALSE(ErrorMessage(response).empty()) << query;
+  }
+}
+
+TEST_F(OperationsTest, ReadyzReportsStoreAndLimiter) {
+  auto staple = StartStaple();
+  auto ready = client_.Get(staple->url() + "/readyz");
+  ASSERT_EQ(ready.status, 200) << ready.body;
+  EXPECT_EQ(ready.Json()["store"], "ok");
+  EXPECT_EQ(ready.Json()["limiter"], "ok");
+}
+
+TEST_F(OperationsTest, MetricsCountRequestsAndTokens) {
+  auto staple = StartStaple();
+  Turn(*staple, "count me");
+  auto bad = client_.PostJson(staple->url() + "/openai-completion", std::string("{}"));
+  ASSERT_EQ(bad.status, 400);
+  auto metrics = client_.Get(staple->url() + "/metrics");
+  ASSERT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.Header("content-type").value_or("").find("text/plain"), std::string::npos);
+  const auto& text = metrics.body;
+  EXPECT_NE(text.find("staple_http_requests_total{route=\"/openai-completion\",status=\"200\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("staple_http_requests_total{route=\"/openai-completion\",status=\"400\"} 1"),
+            std::string::npos);
+  EXPECT_NE(text.find("staple_ratelimit_decisions_total{decision=\"allowed\"} 2"),
+            std::string::npos);
+  EXPECT_NE(text.find("staple_upstream_duration_seconds_count 1"), std::string::npos);
+  EXPECT_NE(text.find("staple_store_pending_writes 0"), std::string::npos);
+  EXPECT_EQ(text.find("staple_tokens_total{kind=\"completion\"} 0"), std::string::npos)
+      << "the fake reports usage, so tokens are counted";
+}
+
+TEST_F(OperationsTest, PlaygroundIsServedFromTheBinary) {
+  auto staple = StartStaple();
+  auto page = client_.Get(staple->url() + "/");
+  ASSERT_EQ(page.status, 200);
+  EXPECT_NE(page.Header("content-type").value_or("").find("text/html"), std::string::npos);
+  EXPECT_NE(page.body.find("Staple playground"), std::string::npos);
+  EXPECT_NE(page.body.find("/openai-completion"), std::string::npos);
+}
+
+TEST_F(OperationsTest, KeepAliveConnectionServesManyRequests) {
+  auto staple = StartStaple({{"STAPLE_COMPLETION_LIMIT", ""}});
+  for (int i = 0; i < 20; ++i) {
+    auto health = client_.Get(staple->url() + "/healthz");
+    ASSERT_EQ(health.status, 200);
+  }
+  auto metrics = client_.Get(staple->url() + "/metrics");
+  EXPECT_NE(metrics.body.find("staple_open_connections 1"), std::string::npos)
+      << "one reused connection";
+}
+
+}  // namespace
+}  // namespace staple::testing
