@@ -34,7 +34,8 @@ void BM_ParseSeedRequest(benchmark::State& state) {
       body = R"({"prompt": "Hello, who are you? Answer in one sentence."})";
       break;
     case 1:
-      body = R"({"prompt": "What did I ask you before?", "user_id": "6f1c2d9e-8a4b-4c3d-9e2f-1a2b3c4d5e6f"})";
+      body =
+          R"({"prompt": "What did I ask you before?", "user_id": "6f1c2d9e-8a4b-4c3d-9e2f-1a2b3c4d5e6f"})";
       break;
     default:
       body = R"({"prompt": ")" + std::string(4096, 'x') + R"(", "user_id": "bench-user-1"})";

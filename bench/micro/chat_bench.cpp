@@ -40,8 +40,8 @@ void BM_BuildContext(benchmark::State& state) {
   if (state.range(1) == 0) limits.max_messages = 10;
   std::size_t sent = 0;
   for (auto _ : state) {
-    auto context = BuildContext(history, limits, "You are a helpful assistant.",
-                                "What did I ask you before?");
+    auto context =
+        BuildContext(history, limits, "You are a helpful assistant.", "What did I ask you before?");
     sent = context.size();
     benchmark::DoNotOptimize(context);
   }

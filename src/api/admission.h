@@ -13,7 +13,7 @@ namespace staple::api {
 
 struct AdmissionSettings {
   std::vector<ratelimit::RateLimitItem> default_limits;  // per client, shared by all API routes
-  bool fail_open = false;                  // limiter storage failure: admit (true) or 503
+  bool fail_open = false;                    // limiter storage failure: admit (true) or 503
   std::vector<std::string> trusted_proxies;  // IPs or CIDR networks (validated by config)
 };
 

@@ -22,13 +22,13 @@ struct Settings {
   // Per attempt: request sent -> first response byte. For a non-streaming answer that byte comes
   // when the answer is complete; for a stream it is the time to the first token.
   std::chrono::milliseconds first_byte_timeout{60'000};
-  std::chrono::milliseconds idle_timeout{60'000};        // between two chunks of a stream
-  std::chrono::milliseconds total_timeout{120'000};      // whole exchange, non-streaming
+  std::chrono::milliseconds idle_timeout{60'000};    // between two chunks of a stream
+  std::chrono::milliseconds total_timeout{120'000};  // whole exchange, non-streaming
   int max_retries = 2;  // extra attempts after the first, on connect errors, 429 and 5xx
   std::chrono::milliseconds backoff_base{200};  // attempt n waits base * 2^(n-1), full jitter
   std::chrono::milliseconds backoff_max{2'000};
   std::size_t max_response_bytes = 16 * 1024 * 1024;  // non-streaming body limit
-  std::size_t stream_buffer_bytes = 256 * 1024;       // paused above this until the reader catches up
+  std::size_t stream_buffer_bytes = 256 * 1024;  // paused above this until the reader catches up
 };
 
 struct Request {
