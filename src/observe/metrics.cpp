@@ -117,6 +117,8 @@ std::string Metrics::Render() const {
   counter("staple_ratelimit_errors_total", "Limiter storage failures.", "", limiter_errors_.load());
   counter("staple_failed_turns_total", "Turns that failed and were not stored.", "",
           failed_turns_.load());
+  counter("staple_connections_total", "Client connections accepted.", "",
+          connections_total_.load());
   out += "# HELP staple_open_connections Client connections currently open.\n";
   out += "# TYPE staple_open_connections gauge\n";
   out += fmt::format("staple_open_connections {}\n", open_connections_.load());

@@ -50,7 +50,10 @@ class Metrics {
   void CountLimiterDecision(bool allowed);
   void CountLimiterError() { limiter_errors_.fetch_add(1, std::memory_order_relaxed); }
   void CountFailedTurn() { failed_turns_.fetch_add(1, std::memory_order_relaxed); }
-  void ConnectionOpened() { open_connections_.fetch_add(1, std::memory_order_relaxed); }
+  void ConnectionOpened() {
+    open_connections_.fetch_add(1, std::memory_order_relaxed);
+    connections_total_.fetch_add(1, std::memory_order_relaxed);
+  }
   void ConnectionClosed() { open_connections_.fetch_sub(1, std::memory_order_relaxed); }
 
   // A gauge read at render time (e.g. the store's queue depth). Register before serving.
@@ -73,6 +76,7 @@ class Metrics {
   std::atomic<std::uint64_t> limiter_errors_{0};
   std::atomic<std::uint64_t> failed_turns_{0};
   std::atomic<std::int64_t> open_connections_{0};
+  std::atomic<std::uint64_t> connections_total_{0};
   struct Gauge {
     std::string name;
     std::string help;
