@@ -4,6 +4,7 @@
 
 #include "chat/openai_proxy.h"
 #include "chat/sse.h"
+#include "chat/upstream_call.h"
 #include "observe/log.h"
 
 namespace staple::chat {
@@ -45,11 +46,7 @@ std::string ConversationService::Scrub(std::string text) const {
 }
 
 Error ConversationService::UpstreamFailure(const Error& error) {
-  metrics_.CountUpstreamError();
-  metrics_.CountFailedTurn();
-  const auto kind = error.kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
-  // upstream::Client messages already name the upstream ("upstream request failed: ...").
-  return MakeError(kind, Scrub(error.message));
+  return chat::UpstreamFailure(metrics_, error, settings_.api_key);
 }
 
 net::awaitable<Result<std::string>> ConversationService::RequestBody(CompletionRequest request,
@@ -114,10 +111,8 @@ net::awaitable<Result<Completion>> ConversationService::Complete(CompletionReque
   if (!body) co_return body.error();
 
   // 2. Ask the upstream.
-  upstream::Request upstream_request;
-  upstream_request.path = "/chat/completions";
-  upstream_request.body = std::move(body).value();
-  upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
+  auto upstream_request =
+      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/false);
   const auto asked_at = std::chrono::steady_clock::now();
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
@@ -170,11 +165,8 @@ net::awaitable<Result<std::unique_ptr<CompletionStream>>> ConversationService::O
   auto body = co_await RequestBody(std::move(for_body), true);
   if (!body) co_return body.error();
 
-  upstream::Request upstream_request;
-  upstream_request.path = "/chat/completions";
-  upstream_request.body = std::move(body).value();
-  upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
-  upstream_request.headers.emplace_back("Accept", "text/event-stream");
+  auto upstream_request =
+      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/true);
   const auto asked_at = std::chrono::steady_clock::now();
   auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
   if (!opened) co_return UpstreamFailure(opened.error());

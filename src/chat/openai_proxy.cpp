@@ -173,23 +173,12 @@ std::string StreamTranscript::Add(std::string_view data) {
   return piece;
 }
 
-std::string ScrubSecret(std::string text, std::string_view secret) {
-  if (secret.size() < 4) return text;
-  for (auto pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos)) {
-    text.replace(pos, secret.size(), "***");
-  }
-  return text;
-}
-
 OpenAIProxy::OpenAIProxy(store::ConversationStore& store, upstream::Client& upstream,
                          observe::Metrics& metrics, ProxySettings settings)
     : store_(store), upstream_(upstream), metrics_(metrics), settings_(std::move(settings)) {}
 
 Error OpenAIProxy::UpstreamFailure(const Error& error) {
-  metrics_.CountUpstreamError();
-  metrics_.CountFailedTurn();
-  const auto kind = error.kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
-  return MakeError(kind, ScrubSecret(error.message, settings_.api_key));
+  return chat::UpstreamFailure(metrics_, error, settings_.api_key);
 }
 
 net::awaitable<Result<std::string>> OpenAIProxy::UpstreamBody(ProxyRequest& request) {
@@ -240,10 +229,8 @@ net::awaitable<Result<upstream::Response>> OpenAIProxy::Complete(ProxyRequest re
   auto body = co_await UpstreamBody(request);
   if (!body) co_return body.error();
 
-  upstream::Request upstream_request;
-  upstream_request.path = "/chat/completions";
-  upstream_request.body = std::move(body).value();
-  upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
+  auto upstream_request =
+      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/false);
   const auto asked_at = std::chrono::steady_clock::now();
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
@@ -276,11 +263,8 @@ net::awaitable<Result<std::unique_ptr<ProxyStream>>> OpenAIProxy::OpenStream(Pro
   auto body = co_await UpstreamBody(request);
   if (!body) co_return body.error();
 
-  upstream::Request upstream_request;
-  upstream_request.path = "/chat/completions";
-  upstream_request.body = std::move(body).value();
-  upstream_request.headers.emplace_back("X-Request-Id", request.request_id);
-  upstream_request.headers.emplace_back("Accept", "text/event-stream");
+  auto upstream_request =
+      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/true);
   const auto asked_at = std::chrono::steady_clock::now();
   auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
   if (!opened) co_return UpstreamFailure(opened.error());

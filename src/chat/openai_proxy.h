@@ -12,6 +12,7 @@
 
 #include "chat/context_window.h"
 #include "chat/sse.h"
+#include "chat/upstream_call.h"
 #include "common/net.h"
 #include "common/result.h"
 #include "observe/metrics.h"
@@ -78,9 +79,6 @@ class StreamTranscript {
   bool finished_ = false;
   std::optional<std::string> error_;
 };
-
-// `text` with every occurrence of `secret` (when at least 4 bytes long) replaced by "***".
-std::string ScrubSecret(std::string text, std::string_view secret);
 
 // ---- The OpenAI-compatible pass-through ------------------------------------------------------
 
