@@ -206,45 +206,51 @@ std::optional<http::Response> ParseSeedRequest(const http::Request& request, See
 void RegisterRoutes(http::Router& router, Dependencies deps) {
   auto shared = std::make_shared<Dependencies>(std::move(deps));
 
-  router.Add("POST", "/openai-completion", observe::Route::kCompletion,
-             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
-               const auto received_at = std::chrono::system_clock::now();
-               // Limits first, as Flask-Limiter does: rejected requests never cost an upstream
-               // call.
-               std::string scope = "route:/openai-completion";
-               auto admission = co_await d->admission.Admit(request, d->completion_limits,
-                                                            std::move(scope), ErrorStyle::kSeed);
-               if (admission.rejection) co_return std::move(*admission.rejection);
+  router.Add(
+      "POST", "/openai-completion", observe::Route::kCompletion,
+      [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+        const auto received_at = std::chrono::system_clock::now();
+        // Limits first, as Flask-Limiter does: rejected requests never cost an upstream
+        // call.
+        std::string scope = "route:/openai-completion";
+        auto admission = co_await d->admission.Admit(request, d->completion_limits,
+                                                     std::move(scope), ErrorStyle::kSeed);
+        if (admission.rejection) co_return std::move(*admission.rejection);
 
-               SeedRequest parsed;
-               auto invalid = ParseSeedRequest(request, parsed);
-               http::Response response;
-               if (invalid) {
-                 response = std::move(*invalid);
-               } else {
-                 auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
-                 // Arguments are built before the co_await: g++ 12 destroys temporaries of a
-                 // co_await expression twice.
-                 chat::CompletionRequest ask{user_id, std::move(parsed.prompt), request.request_id,
-                                             received_at, parsed.user_id.empty()};
-                 if (parsed.stream) {
-                   auto opened = co_await d->conversations.OpenStream(std::move(ask));
-                   if (opened) {
-                     response = SeedStreamResponse(std::move(opened).value(), std::move(user_id));
-                   } else {
-                     response = CompletionError(opened.error());
-                   }
-                 } else {
-                   auto completion = co_await d->conversations.Complete(std::move(ask));
-                   response = completion
-                                  ? http::JsonResponse(200, {{"user_id", user_id},
+        SeedRequest parsed;
+        auto invalid = ParseSeedRequest(request, parsed);
+        http::Response response;
+        if (invalid) {
+          response = std::move(*invalid);
+        } else {
+          auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
+          // Arguments are built before the co_await: g++ 12 destroys temporaries of a
+          // co_await expression twice.
+          auto ticket = d->tokens.Ticket(d->admission.ClientOf(request), ErrorStyle::kSeed);
+          chat::CompletionRequest ask{user_id,     std::move(parsed.prompt), request.request_id,
+                                      received_at, parsed.user_id.empty(),   ticket};
+          auto error_answer = [&ticket](const Error& error) {
+            return error.kind == ErrorKind::kLimited && ticket ? ticket->TakeRejection()
+                                                               : CompletionError(error);
+          };
+          if (parsed.stream) {
+            auto opened = co_await d->conversations.OpenStream(std::move(ask));
+            if (opened) {
+              response = SeedStreamResponse(std::move(opened).value(), std::move(user_id));
+            } else {
+              response = error_answer(opened.error());
+            }
+          } else {
+            auto completion = co_await d->conversations.Complete(std::move(ask));
+            response = completion ? http::JsonResponse(200, {{"user_id", user_id},
                                                              {"completion", completion->text}})
-                                  : CompletionError(completion.error());
-                 }
-               }
-               AddHeaders(response, admission.headers);
-               co_return response;
-             });
+                                  : error_answer(completion.error());
+          }
+          if (ticket) AddHeaders(response, ticket->headers());
+        }
+        AddHeaders(response, admission.headers);
+        co_return response;
+      });
 
   router.Add(
       "GET", "/users/{user_id}/messages", observe::Route::kMessages,

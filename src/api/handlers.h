@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "api/admission.h"
+#include "api/token_limits.h"
 #include "chat/conversation_service.h"
 #include "http/router.h"
 #include "observe/metrics.h"
@@ -18,6 +19,7 @@ struct Dependencies {
   ratelimit::RateLimiter& limiter;
   observe::Metrics& metrics;
   const Admission& admission;
+  const TokenLimits& tokens;
   std::vector<ratelimit::RateLimitItem> completion_limits;  // per client on /openai-completion
 };
 

@@ -155,14 +155,20 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                ask.parsed = std::move(parsed.body);
                ask.request_id = request.request_id;
                ask.received_at = received_at;
+               auto ticket = d->tokens.Ticket(d->admission.ClientOf(request), ErrorStyle::kOpenAI);
+               ask.tokens = ticket;
                const std::string conversation_id = ask.conversation_id;
                const bool stream = ask.parsed.stream;
+               auto error_answer = [&ticket](const Error& error) {
+                 return error.kind == ErrorKind::kLimited && ticket ? ticket->TakeRejection()
+                                                                    : ProxyError(error);
+               };
 
                http::Response response;
                if (stream) {
                  auto opened = co_await d->proxy.OpenStream(std::move(ask));
                  if (!opened) {
-                   response = ProxyError(opened.error());
+                   response = error_answer(opened.error());
                  } else if (!(*opened)->success()) {
                    // An error answer to a stream request is an ordinary response.
                    upstream::Response failed;
@@ -184,10 +190,11 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                  if (answered) {
                    response = PassThrough(*answered);
                  } else {
-                   response = ProxyError(answered.error());
+                   response = error_answer(answered.error());
                  }
                }
                response.headers.Add(kConversationHeader, conversation_id);
+               if (ticket) AddHeaders(response, ticket->headers());
                AddHeaders(response, admission.headers);
                co_return response;
              });

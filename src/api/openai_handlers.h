@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "api/admission.h"
+#include "api/token_limits.h"
 #include "chat/openai_proxy.h"
 #include "http/router.h"
 #include "ratelimit/rate_limiter.h"
@@ -21,6 +22,7 @@ inline constexpr std::size_t kMaxConversationIdLength = 256;
 struct OpenAIDependencies {
   chat::OpenAIProxy& proxy;
   const Admission& admission;
+  const TokenLimits& tokens;
   std::vector<ratelimit::RateLimitItem> chat_limits;  // per client on /v1/chat/completions
 };
 

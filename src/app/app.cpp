@@ -129,13 +129,18 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   admission_settings.fail_open = config.limits.fail_open;
   admission_settings.trusted_proxies = config.limits.trusted_proxies;
   api::Admission admission(limiter, metrics, admission_settings);
+  api::TokenLimitSettings token_settings;
+  token_settings.limits = config.limits.token_limits;
+  token_settings.completion_reserve = config.limits.token_completion_reserve;
+  token_settings.fail_open = config.limits.fail_open;
+  api::TokenLimits token_limits(limiter, metrics, token_settings);
 
   http::Router router(api::FormatError);
   api::RegisterRoutes(router, api::Dependencies{conversations, *store, limiter, metrics, admission,
-                                                config.limits.completion_limits});
+                                                token_limits, config.limits.completion_limits});
   api::RegisterPlayground(router);
-  api::RegisterOpenAIRoutes(
-      router, api::OpenAIDependencies{openai_proxy, admission, config.limits.v1_limits});
+  api::RegisterOpenAIRoutes(router, api::OpenAIDependencies{openai_proxy, admission, token_limits,
+                                                            config.limits.v1_limits});
 
   // 3. Listen and serve.
   http::ServerOptions server_options;

@@ -34,6 +34,10 @@ std::optional<std::int64_t> OptionalInt(const json& object, const char* key) {
   return it->get<std::int64_t>();
 }
 
+TokenUsage UsageOf(const Completion& completion) {
+  return TokenUsage{completion.prompt_tokens, completion.completion_tokens, completion.text.size()};
+}
+
 }  // namespace
 
 ConversationService::ConversationService(store::ConversationStore& store,
@@ -49,8 +53,8 @@ Error ConversationService::UpstreamFailure(const Error& error) {
   return chat::UpstreamFailure(metrics_, error, settings_.api_key);
 }
 
-net::awaitable<Result<std::string>> ConversationService::RequestBody(CompletionRequest request,
-                                                                     bool stream) {
+net::awaitable<Result<ConversationService::UpstreamBody>> ConversationService::RequestBody(
+    CompletionRequest request, bool stream) {
   if (settings_.key_missing) {
     co_return MakeError(ErrorKind::kInternal,
                         "OPENAI_API_KEY is not set: completions are unavailable until it is");
@@ -73,9 +77,23 @@ net::awaitable<Result<std::string>> ConversationService::RequestBody(CompletionR
   }
   if (stream) {
     body["stream"] = true;
-    body["stream_options"] = {{"include_usage", true}};  // token counts for the log
+    body["stream_options"] = {{"include_usage", true}};  // token counts for the log and limits
   }
-  co_return body.dump(-1, ' ', false, json::error_handler_t::replace);
+  UpstreamBody out;
+  out.json = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (request.tokens) out.estimate.prompt = EstimatePromptTokens(context);
+  co_return out;
+}
+
+net::awaitable<Status> ConversationService::Reserve(const CompletionRequest& request,
+                                                    TokenEstimate estimate) {
+  if (!request.tokens) co_return Ok();
+  Status reserved = co_await request.tokens->Reserve(estimate);
+  co_return reserved;
+}
+
+net::awaitable<void> ConversationService::Release(const CompletionRequest& request) {
+  if (request.tokens) co_await request.tokens->Release();
 }
 
 net::awaitable<Status> ConversationService::StoreTurn(
@@ -109,14 +127,17 @@ net::awaitable<Result<Completion>> ConversationService::Complete(CompletionReque
   CompletionRequest for_body = request;
   auto body = co_await RequestBody(std::move(for_body), false);
   if (!body) co_return body.error();
+  Status reserved = co_await Reserve(request, body->estimate);
+  if (!reserved) co_return reserved.error();
 
   // 2. Ask the upstream.
   auto upstream_request =
-      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/false);
+      ChatCompletionsRequest(std::move(body->json), request.request_id, /*stream=*/false);
   const auto asked_at = std::chrono::steady_clock::now();
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
   metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
+  if (!response || response->status < 200 || response->status > 299) co_await Release(request);
   if (!response) co_return UpstreamFailure(response.error());
   if (response->status < 200 || response->status > 299) {
     metrics_.CountUpstreamError();
@@ -150,6 +171,10 @@ net::awaitable<Result<Completion>> ConversationService::Complete(CompletionReque
   std::string model = parsed.contains("model") && parsed["model"].is_string()
                           ? parsed["model"].get<std::string>()
                           : std::string();
+  if (request.tokens) {
+    TokenUsage usage = UsageOf(completion);
+    co_await request.tokens->Settle(usage);
+  }
 
   // 3. Store the turn; the answer goes out only once it is durable.
   Completion stored_completion = completion;
@@ -164,14 +189,20 @@ net::awaitable<Result<std::unique_ptr<CompletionStream>>> ConversationService::O
   CompletionRequest for_body = request;
   auto body = co_await RequestBody(std::move(for_body), true);
   if (!body) co_return body.error();
+  Status reserved = co_await Reserve(request, body->estimate);
+  if (!reserved) co_return reserved.error();
 
   auto upstream_request =
-      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/true);
+      ChatCompletionsRequest(std::move(body->json), request.request_id, /*stream=*/true);
   const auto asked_at = std::chrono::steady_clock::now();
   auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
-  if (!opened) co_return UpstreamFailure(opened.error());
+  if (!opened) {
+    co_await Release(request);
+    co_return UpstreamFailure(opened.error());
+  }
   std::unique_ptr<upstream::Stream> stream = std::move(opened).value();
   if (stream->status() < 200 || stream->status() > 299) {
+    co_await Release(request);
     // Read the error body (bounded) for its message; the transfer ends with `stream`.
     std::string error_body;
     for (;;) {
@@ -237,6 +268,10 @@ net::awaitable<Result<Completion>> CompletionStream::Run(DeltaSink sink) {
   completion.text = answer.text;
   completion.prompt_tokens = answer.prompt_tokens;
   completion.completion_tokens = answer.completion_tokens;
+  if (request_.tokens) {
+    TokenUsage usage = UsageOf(completion);
+    co_await request_.tokens->Settle(usage);
+  }
   Completion stored_completion = completion;
   std::string model = answer.model;
   auto stored = co_await service_.StoreTurn(std::move(request_), std::move(stored_completion),

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "chat/context_window.h"
+#include "chat/token_gate.h"
 #include "common/net.h"
 #include "common/result.h"
 #include "observe/metrics.h"
@@ -32,6 +33,8 @@ struct CompletionRequest {
   std::chrono::system_clock::time_point received_at;
   // The user_id was generated for this request, so there is no history to read.
   bool new_conversation = false;
+  // Token accounting (token limits), or null. See TokenGate for when it is called.
+  std::shared_ptr<TokenGate> tokens;
 };
 
 struct Completion {
@@ -46,7 +49,8 @@ class CompletionStream;
 // window, ask the upstream, store the turn durably, return the answer.
 // Errors: kUpstream (the upstream failed: error status, invalid body, unreachable), kTimeout (the
 // upstream did not answer in time), kUnavailable (the turn could not be stored), kInternal
-// (no API key configured). A failed turn is not stored. Thread-safe.
+// (no API key configured), kLimited (the request's TokenGate refused it). A failed turn is not
+// stored. Thread-safe.
 class ConversationService {
  public:
   ConversationService(store::ConversationStore& store, upstream::Client& upstream,
@@ -64,8 +68,15 @@ class ConversationService {
   friend class CompletionStream;
   std::string Scrub(std::string text) const;
   Error UpstreamFailure(const Error& error);
+  struct UpstreamBody {
+    std::string json;
+    TokenEstimate estimate;  // filled only when the request has a TokenGate
+  };
   // The upstream request body: the context window of the user's conversation plus the prompt.
-  net::awaitable<Result<std::string>> RequestBody(CompletionRequest request, bool stream);
+  net::awaitable<Result<UpstreamBody>> RequestBody(CompletionRequest request, bool stream);
+  // Reserves the estimate with the request's TokenGate, if any (kLimited when refused).
+  static net::awaitable<Status> Reserve(const CompletionRequest& request, TokenEstimate estimate);
+  static net::awaitable<void> Release(const CompletionRequest& request);
   // Stores the turn durably; `model` is the model that answered ("" when unknown).
   net::awaitable<Status> StoreTurn(CompletionRequest request, Completion completion,
                                    std::string model,

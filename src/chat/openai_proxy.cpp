@@ -1,5 +1,7 @@
 #include "chat/openai_proxy.h"
 
+#include <limits>
+
 #include "observe/log.h"
 
 namespace staple::chat {
@@ -55,6 +57,10 @@ std::string ErrorText(const json& error) {
   return "the upstream reported an error";
 }
 
+TokenUsage UsageOf(const ChatAnswer& answer) {
+  return TokenUsage{answer.prompt_tokens, answer.completion_tokens, answer.text.size()};
+}
+
 }  // namespace
 
 Result<ChatBody> ParseChatBody(std::string_view body) {
@@ -82,6 +88,22 @@ Result<ChatBody> ParseChatBody(std::string_view body) {
       parsed.prompt = MessageText(*it);
       break;
     }
+  }
+  for (const char* key : {"max_completion_tokens", "max_tokens"}) {
+    auto bound = parsed.json.find(key);
+    if (bound != parsed.json.end() && bound->is_number_unsigned()) {
+      parsed.max_completion_tokens = bound->get<std::uint64_t>();
+      break;
+    }
+  }
+  auto n = parsed.json.find("n");
+  if (parsed.max_completion_tokens && n != parsed.json.end() && n->is_number_unsigned() &&
+      n->get<std::uint64_t>() > 1) {
+    const std::uint64_t choices = n->get<std::uint64_t>();
+    const std::uint64_t each = *parsed.max_completion_tokens;
+    parsed.max_completion_tokens = each > std::numeric_limits<std::uint64_t>::max() / choices
+                                       ? std::numeric_limits<std::uint64_t>::max()
+                                       : each * choices;
   }
   return parsed;
 }
@@ -181,19 +203,44 @@ Error OpenAIProxy::UpstreamFailure(const Error& error) {
   return chat::UpstreamFailure(metrics_, error, settings_.api_key);
 }
 
-net::awaitable<Result<std::string>> OpenAIProxy::UpstreamBody(ProxyRequest& request) {
-  if (!request.remember) co_return std::move(request.body);
-  std::string owner = request.conversation_id;
-  auto stored = co_await store_.RecentMessages(std::move(owner), settings_.window.max_messages);
-  if (!stored) {
-    co_return MakeError(ErrorKind::kUnavailable,
-                        "could not read the conversation: " + stored.error().message);
+net::awaitable<Result<OpenAIProxy::Prepared>> OpenAIProxy::UpstreamBody(ProxyRequest& request) {
+  Prepared out;
+  std::vector<ChatMessage> history;
+  if (request.remember) {
+    std::string owner = request.conversation_id;
+    auto stored = co_await store_.RecentMessages(std::move(owner), settings_.window.max_messages);
+    if (!stored) {
+      co_return MakeError(ErrorKind::kUnavailable,
+                          "could not read the conversation: " + stored.error().message);
+    }
+    history = HistoryWindow(*stored, settings_.window);
   }
-  auto history = HistoryWindow(*stored, settings_.window);
-  if (history.empty()) co_return std::move(request.body);
-  ordered_json body = request.parsed.json;
-  InsertHistory(body["messages"], history);
-  co_return Dump(body);
+  if (request.tokens) {
+    out.estimate.prompt = EstimatePromptTokens(request.parsed.json["messages"], history);
+    out.estimate.max_completion = request.parsed.max_completion_tokens;
+  }
+  if (history.empty()) {
+    out.body = std::move(request.body);
+  } else {
+    ordered_json body = request.parsed.json;
+    InsertHistory(body["messages"], history);
+    out.body = Dump(body);
+  }
+  co_return out;
+}
+
+net::awaitable<Result<OpenAIProxy::Prepared>> OpenAIProxy::Prepare(ProxyRequest& request) {
+  if (settings_.key_missing) {
+    co_return MakeError(ErrorKind::kInternal,
+                        "OPENAI_API_KEY is not set: completions are unavailable until it is");
+  }
+  auto prepared = co_await UpstreamBody(request);
+  if (!prepared) co_return prepared.error();
+  if (request.tokens) {
+    Status reserved = co_await request.tokens->Reserve(prepared->estimate);
+    if (!reserved) co_return reserved.error();
+  }
+  co_return prepared;
 }
 
 net::awaitable<Status> OpenAIProxy::StoreTurn(const ProxyRequest& request, const ChatAnswer& answer,
@@ -222,19 +269,18 @@ net::awaitable<Status> OpenAIProxy::StoreTurn(const ProxyRequest& request, const
 }
 
 net::awaitable<Result<upstream::Response>> OpenAIProxy::Complete(ProxyRequest request) {
-  if (settings_.key_missing) {
-    co_return MakeError(ErrorKind::kInternal,
-                        "OPENAI_API_KEY is not set: completions are unavailable until it is");
-  }
-  auto body = co_await UpstreamBody(request);
-  if (!body) co_return body.error();
+  auto prepared = co_await Prepare(request);
+  if (!prepared) co_return prepared.error();
 
   auto upstream_request =
-      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/false);
+      ChatCompletionsRequest(std::move(prepared->body), request.request_id, /*stream=*/false);
   const auto asked_at = std::chrono::steady_clock::now();
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
   metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
+  if (request.tokens && (!response || response->status < 200 || response->status > 299)) {
+    co_await request.tokens->Release();
+  }
   if (!response) co_return UpstreamFailure(response.error());
 
   if (response->status < 200 || response->status > 299) {
@@ -249,6 +295,10 @@ net::awaitable<Result<upstream::Response>> OpenAIProxy::Complete(ProxyRequest re
     metrics_.CountFailedTurn();
     co_return MakeError(ErrorKind::kUpstream, "upstream returned an invalid completion body");
   }
+  if (request.tokens) {
+    TokenUsage usage = UsageOf(*answer);
+    co_await request.tokens->Settle(usage);
+  }
   // The answer goes out only once its turn is durable.
   auto stored = co_await StoreTurn(request, *answer, upstream_time);
   if (!stored) co_return stored.error();
@@ -256,17 +306,16 @@ net::awaitable<Result<upstream::Response>> OpenAIProxy::Complete(ProxyRequest re
 }
 
 net::awaitable<Result<std::unique_ptr<ProxyStream>>> OpenAIProxy::OpenStream(ProxyRequest request) {
-  if (settings_.key_missing) {
-    co_return MakeError(ErrorKind::kInternal,
-                        "OPENAI_API_KEY is not set: completions are unavailable until it is");
-  }
-  auto body = co_await UpstreamBody(request);
-  if (!body) co_return body.error();
+  auto prepared = co_await Prepare(request);
+  if (!prepared) co_return prepared.error();
 
   auto upstream_request =
-      ChatCompletionsRequest(std::move(body).value(), request.request_id, /*stream=*/true);
+      ChatCompletionsRequest(std::move(prepared->body), request.request_id, /*stream=*/true);
   const auto asked_at = std::chrono::steady_clock::now();
   auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
+  if (request.tokens && (!opened || (*opened)->status() < 200 || (*opened)->status() > 299)) {
+    co_await request.tokens->Release();
+  }
   if (!opened) co_return UpstreamFailure(opened.error());
   std::unique_ptr<ProxyStream> stream(
       new ProxyStream(*this, std::move(request), std::move(opened).value(), asked_at));
@@ -319,6 +368,16 @@ net::awaitable<Result<std::string>> ProxyStream::ReadBody() {
     }
   }
   co_return ScrubSecret(std::move(body), proxy_.settings_.api_key);
+}
+
+net::awaitable<Status> ProxyStream::Finish(const ChatAnswer& answer,
+                                           std::chrono::steady_clock::duration upstream_time) {
+  if (request_.tokens) {
+    TokenUsage usage = UsageOf(answer);
+    co_await request_.tokens->Settle(usage);
+  }
+  Status committed = co_await proxy_.StoreTurn(request_, answer, upstream_time);
+  co_return committed;
 }
 
 net::awaitable<Status> ProxyStream::Relay(ByteSink sink) {
@@ -374,7 +433,7 @@ net::awaitable<Status> ProxyStream::Relay(ByteSink sink) {
       if (transcript.complete()) {
         const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
         proxy_.metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
-        Status committed = co_await proxy_.StoreTurn(request_, transcript.answer(), upstream_time);
+        Status committed = co_await Finish(transcript.answer(), upstream_time);
         if (!committed) co_return committed;
         stored = true;
       }
@@ -398,7 +457,7 @@ net::awaitable<Status> ProxyStream::Relay(ByteSink sink) {
   if (!stored && !transcript.error()) {
     const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
     proxy_.metrics_.ObserveUpstream(std::chrono::duration<double>(upstream_time).count());
-    Status committed = co_await proxy_.StoreTurn(request_, transcript.answer(), upstream_time);
+    Status committed = co_await Finish(transcript.answer(), upstream_time);
     if (!committed) co_return committed;
   }
   if (!pending.empty()) {

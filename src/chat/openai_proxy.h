@@ -12,6 +12,7 @@
 
 #include "chat/context_window.h"
 #include "chat/sse.h"
+#include "chat/token_gate.h"
 #include "chat/upstream_call.h"
 #include "common/net.h"
 #include "common/result.h"
@@ -30,6 +31,8 @@ struct ChatBody {
   bool stream = false;  // "stream": true
   std::string model;    // "" when absent or not a string
   std::string prompt;   // text of the last user message, "" when there is none
+  // max_completion_tokens (or else max_tokens) times n, when the body sets a non-negative integer
+  std::optional<std::uint64_t> max_completion_tokens;
 };
 
 // Parses a request body: it must be a JSON object whose `messages` is an array. Anything else
@@ -98,6 +101,8 @@ struct ProxyRequest {
   bool remember = false;
   std::string request_id;
   std::chrono::system_clock::time_point received_at;
+  // Token accounting (token limits), or null. See TokenGate for when it is called.
+  std::shared_ptr<TokenGate> tokens;
 };
 
 class ProxyStream;
@@ -106,7 +111,8 @@ class ProxyStream;
 // the gateway's key, add the conversation's memory, log successful turns durably.
 // Errors of every call: kInternal (no API key configured), kUnavailable (the store could not be
 // read or written), kUpstream (the upstream could not be reached or sent something unusable),
-// kTimeout (the upstream did not answer in time). An upstream error status is not an Error.
+// kTimeout (the upstream did not answer in time), kLimited (the request's TokenGate refused it).
+// An upstream error status is not an Error.
 // Thread-safe; calls must be awaited as upstream::Client requires.
 class OpenAIProxy {
  public:
@@ -126,9 +132,15 @@ class OpenAIProxy {
 
  private:
   friend class ProxyStream;
+  struct Prepared {
+    std::string body;
+    TokenEstimate estimate;  // filled only when the request has a TokenGate
+  };
   // The body to send: unchanged (moved out of `request`), or with the conversation's history
   // inserted. Takes a reference: awaited at once by the coroutine that owns `request`.
-  net::awaitable<Result<std::string>> UpstreamBody(ProxyRequest& request);
+  net::awaitable<Result<Prepared>> UpstreamBody(ProxyRequest& request);
+  // UpstreamBody, then the reservation with the request's TokenGate (kLimited when refused).
+  net::awaitable<Result<Prepared>> Prepare(ProxyRequest& request);
   net::awaitable<Status> StoreTurn(const ProxyRequest& request, const ChatAnswer& answer,
                                    std::chrono::steady_clock::duration upstream_time);
   Error UpstreamFailure(const Error& error);
@@ -169,6 +181,9 @@ class ProxyStream {
   friend class OpenAIProxy;
   ProxyStream(OpenAIProxy& proxy, ProxyRequest request, std::unique_ptr<upstream::Stream> stream,
               std::chrono::steady_clock::time_point asked_at);
+  // The answer is complete: settles its tokens, then stores the turn.
+  net::awaitable<Status> Finish(const ChatAnswer& answer,
+                                std::chrono::steady_clock::duration upstream_time);
 
   OpenAIProxy& proxy_;
   ProxyRequest request_;

@@ -16,6 +16,8 @@ const char* ErrorKindName(ErrorKind kind) {
       return "upstream_error";
     case ErrorKind::kCancelled:
       return "cancelled";
+    case ErrorKind::kLimited:
+      return "limited";
     case ErrorKind::kInternal:
       return "internal";
   }

@@ -14,6 +14,7 @@ enum class ErrorKind {
   kTimeout,      // a deadline passed
   kUpstream,     // the upstream answered, but with an error status or an invalid body
   kCancelled,    // the operation was abandoned (client went away, shutdown)
+  kLimited,      // a limit refused the request (whoever applied it holds the answer to send)
   kInternal,     // a bug or an unexpected library failure
 };
 

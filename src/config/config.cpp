@@ -101,7 +101,10 @@ const std::vector<Variable>& Variables() {
       {"STAPLE_COMPLETION_LIMIT", "--completion-limit", "10 per minute",
        "per-client limit of /openai-completion (empty = none)", false},
       {"STAPLE_V1_LIMIT", "--v1-limit", "", "per-client limit of /v1/chat/completions", false},
-      {"STAPLE_TOKEN_LIMITS", "--token-limits", "", "per-client token limits", false},
+      {"STAPLE_TOKEN_LIMITS", "--token-limits", "",
+       "per-client token limits across chat routes, e.g. 100000 per day (empty = none)", false},
+      {"STAPLE_TOKEN_COMPLETION_RESERVE", "--token-completion-reserve", "1024",
+       "completion tokens reserved for a request that sets no max_tokens", false},
       {"STAPLE_RATELIMIT_STRATEGY", "--ratelimit-strategy", "fixed-window",
        "fixed-window, moving-window or sliding-window-counter", false},
       {"STAPLE_RATELIMIT_FAILURE", "--ratelimit-failure", "closed",
@@ -278,10 +281,13 @@ Result<Config> Load(const Sources& sources) {
   auto v1 = ParseLimitList("STAPLE_V1_LIMIT", get("STAPLE_V1_LIMIT"));
   if (!v1) return v1.error();
   limits.v1_limits = std::move(v1).value();
-  if (!Trim(get("STAPLE_TOKEN_LIMITS")).empty()) {
-    return Invalid("STAPLE_TOKEN_LIMITS", get("STAPLE_TOKEN_LIMITS"),
-                   "token limits are not available in this build yet");
-  }
+  auto tokens = ParseLimitList("STAPLE_TOKEN_LIMITS", get("STAPLE_TOKEN_LIMITS"));
+  if (!tokens) return tokens.error();
+  limits.token_limits = std::move(tokens).value();
+  auto reserve = ParseInteger("STAPLE_TOKEN_COMPLETION_RESERVE",
+                              get("STAPLE_TOKEN_COMPLETION_RESERVE"), 0, 100'000'000);
+  if (!reserve) return reserve.error();
+  limits.token_completion_reserve = static_cast<std::uint64_t>(*reserve);
   auto strategy = ratelimit::ParseStrategy(Trim(get("STAPLE_RATELIMIT_STRATEGY")));
   if (!strategy) {
     return Invalid("STAPLE_RATELIMIT_STRATEGY", get("STAPLE_RATELIMIT_STRATEGY"),

@@ -47,6 +47,8 @@ struct LimitSettings {
   std::vector<ratelimit::RateLimitItem> default_limits;     // per client, across routes
   std::vector<ratelimit::RateLimitItem> completion_limits;  // per client, /openai-completion
   std::vector<ratelimit::RateLimitItem> v1_limits;          // per client, /v1/chat/completions
+  std::vector<ratelimit::RateLimitItem> token_limits;       // tokens per client, chat routes
+  std::uint64_t token_completion_reserve = 1024;  // reserved when a request sets no max tokens
   ratelimit::Strategy strategy = ratelimit::Strategy::kFixedWindow;
   std::string storage_url = "memory://";
   bool fail_open = false;

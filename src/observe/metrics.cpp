@@ -70,6 +70,10 @@ void Metrics::CountLimiterDecision(bool allowed) {
   (allowed ? limiter_allowed_ : limiter_denied_).fetch_add(1, std::memory_order_relaxed);
 }
 
+void Metrics::CountTokenDecision(bool allowed) {
+  (allowed ? token_allowed_ : token_denied_).fetch_add(1, std::memory_order_relaxed);
+}
+
 void Metrics::AddGauge(std::string name, std::string help, std::function<double()> read) {
   gauges_.push_back(Gauge{std::move(name), std::move(help), std::move(read)});
 }
@@ -114,6 +118,12 @@ std::string Metrics::Render() const {
                      limiter_allowed_.load());
   out += fmt::format("staple_ratelimit_decisions_total{{decision=\"denied\"}} {}\n",
                      limiter_denied_.load());
+  out += "# HELP staple_token_limit_decisions_total Token limit decisions (reservations).\n";
+  out += "# TYPE staple_token_limit_decisions_total counter\n";
+  out += fmt::format("staple_token_limit_decisions_total{{decision=\"allowed\"}} {}\n",
+                     token_allowed_.load());
+  out += fmt::format("staple_token_limit_decisions_total{{decision=\"denied\"}} {}\n",
+                     token_denied_.load());
   counter("staple_ratelimit_errors_total", "Limiter storage failures.", "", limiter_errors_.load());
   counter("staple_failed_turns_total", "Turns that failed and were not stored.", "",
           failed_turns_.load());

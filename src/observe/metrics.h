@@ -48,6 +48,7 @@ class Metrics {
   void CountUpstreamError() { upstream_errors_.fetch_add(1, std::memory_order_relaxed); }
   void CountTokens(std::int64_t prompt, std::int64_t completion);
   void CountLimiterDecision(bool allowed);
+  void CountTokenDecision(bool allowed);
   void CountLimiterError() { limiter_errors_.fetch_add(1, std::memory_order_relaxed); }
   void CountFailedTurn() { failed_turns_.fetch_add(1, std::memory_order_relaxed); }
   void ConnectionOpened() {
@@ -74,6 +75,8 @@ class Metrics {
   std::atomic<std::uint64_t> limiter_allowed_{0};
   std::atomic<std::uint64_t> limiter_denied_{0};
   std::atomic<std::uint64_t> limiter_errors_{0};
+  std::atomic<std::uint64_t> token_allowed_{0};
+  std::atomic<std::uint64_t> token_denied_{0};
   std::atomic<std::uint64_t> failed_turns_{0};
   std::atomic<std::int64_t> open_connections_{0};
   std::atomic<std::uint64_t> connections_total_{0};

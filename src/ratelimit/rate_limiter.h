@@ -18,7 +18,8 @@ Result<Strategy> ParseStrategy(std::string_view text);
 const char* StrategyName(Strategy s);
 
 // One limit to enforce for one client in one scope. `key` names scope and client, e.g.
-// "global:203.0.113.9" or "route:/openai-completion:203.0.113.9"; the storage adds the item's Key().
+// "global:203.0.113.9" or "route:/openai-completion:203.0.113.9"; the storage adds the item's
+// Key().
 struct Check {
   RateLimitItem item;
   std::string key;
@@ -26,9 +27,9 @@ struct Check {
 
 // The state of one check after a decision, for the X-RateLimit-* headers.
 struct LimitState {
-  std::uint64_t limit = 0;       // the item's amount, saturated to 64 bits
-  std::uint64_t remaining = 0;   // what is left in the current window after this decision
-  double reset_at = 0;           // Unix time (seconds) at which the window frees capacity
+  std::uint64_t limit = 0;      // the item's amount, saturated to 64 bits
+  std::uint64_t remaining = 0;  // what is left in the current window after this decision
+  double reset_at = 0;          // Unix time (seconds) at which the window frees capacity
 };
 
 struct Decision {
@@ -36,8 +37,8 @@ struct Decision {
   // When denied: the first check that had no room. When allowed: the check with the least
   // remaining capacity (ties: the earliest reset), which the headers report. Index into checks.
   std::size_t deciding = 0;
-  LimitState state;           // of `deciding`
-  double retry_after = 0;     // seconds until a retry can succeed; 0 when allowed
+  LimitState state;        // of `deciding`
+  double retry_after = 0;  // seconds until a retry can succeed; 0 when allowed
 };
 
 // Enforces limits. All methods are thread-safe and may be awaited from any I/O thread.
@@ -54,6 +55,11 @@ class RateLimiter {
   // Gives back `amount` of an earlier Acquire on the same checks (token reconciliation when the
   // real usage was lower than reserved). Never drives a counter below zero.
   virtual net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount) = 0;
+
+  // Consumes `amount` from each check whether or not there is room (token reconciliation when the
+  // real usage was higher than reserved): usage may exceed the limit, and later Acquires then wait
+  // until the window has freed enough. Counts as a hit at the current time, as Acquire would.
+  virtual net::awaitable<Status> Charge(std::vector<Check> checks, std::uint64_t amount) = 0;
 
   // Whether the storage answers (for /readyz).
   virtual net::awaitable<Status> Ping() = 0;

@@ -495,6 +495,26 @@ void MemoryRateLimiter::RefundNow(const std::vector<Check>& checks, std::uint64_
   MaybeSweepOne(now);
 }
 
+void MemoryRateLimiter::ChargeNow(const std::vector<Check>& checks, std::uint64_t amount) {
+  if (checks.empty() || amount == 0) return;
+  Scratch& scratch = ThreadScratch();
+  scratch.Prepare(checks);
+  double now = 0;
+  {
+    ShardLocks locks(shards_, scratch.shards);
+    now = clock_.Now();
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+      Shard& shard = shards_[scratch.shard_of[i]];
+      const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
+      auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
+      window.Advance(it->second);
+      window.Consume(it->second, amount);
+      shard.NoteExpiry(it->second.expires_at);
+    }
+  }
+  MaybeSweepOne(now);
+}
+
 std::size_t MemoryRateLimiter::EntryCount() const {
   std::size_t total = 0;
   for (std::size_t i = 0; i < kShardCount; ++i) {
@@ -529,6 +549,11 @@ net::awaitable<Result<Decision>> MemoryRateLimiter::Acquire(std::vector<Check> c
 
 net::awaitable<Status> MemoryRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount) {
   RefundNow(checks, amount);
+  co_return Ok();
+}
+
+net::awaitable<Status> MemoryRateLimiter::Charge(std::vector<Check> checks, std::uint64_t amount) {
+  ChargeNow(checks, amount);
   co_return Ok();
 }
 

@@ -47,6 +47,8 @@ namespace staple::ratelimit {
 // - Refund: fixed window and sliding window counter decrement the current window's count (not
 //   below 0); the moving window drops its newest units. Windows that have already ended are not
 //   touched.
+// - Charge consumes like an admitted Acquire, with no room check; a check listed twice is charged
+//   twice.
 //
 // Memory: entries are keyed by check.key + "/" + item.Key() in kShardCount shards. An entry whose
 // hits have all expired is reclaimed by a sweep of its shard; each operation offers one shard
@@ -77,6 +79,9 @@ class MemoryRateLimiter final : public RateLimiter {
   // The synchronous core of Refund (same contract, never fails).
   void RefundNow(const std::vector<Check>& checks, std::uint64_t amount);
 
+  // The synchronous core of Charge (same contract, never fails).
+  void ChargeNow(const std::vector<Check>& checks, std::uint64_t amount);
+
   // Number of stored keys, expired ones not yet reclaimed included.
   std::size_t EntryCount() const;
 
@@ -87,6 +92,7 @@ class MemoryRateLimiter final : public RateLimiter {
   // RateLimiter: complete immediately with the synchronous result.
   net::awaitable<Result<Decision>> Acquire(std::vector<Check> checks, std::uint64_t cost) override;
   net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount) override;
+  net::awaitable<Status> Charge(std::vector<Check> checks, std::uint64_t amount) override;
   net::awaitable<Status> Ping() override;
 
  private:

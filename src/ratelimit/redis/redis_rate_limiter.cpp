@@ -143,14 +143,14 @@ Result<RedisOptions> ParseRedisUrl(std::string_view url) {
 
 struct RedisRateLimiter::ShaCache {
   std::mutex mutex;
-  std::string sha[2];  // guarded by mutex
+  std::string sha[kScriptCount];  // guarded by mutex
 };
 
 RedisRateLimiter::RedisRateLimiter(const Clock& clock, Strategy strategy, RedisOptions options)
     : clock_(clock),
       strategy_(strategy),
       options_(std::move(options)),
-      scripts_{AcquireScript(strategy), RefundScript(strategy)},
+      scripts_{AcquireScript(strategy), RefundScript(strategy), ChargeScript(strategy)},
       shas_(std::make_unique<ShaCache>()),
       work_(net::make_work_guard(io_)) {
   RedisConnectionSettings settings;
@@ -290,16 +290,27 @@ net::awaitable<Result<Decision>> RedisRateLimiter::Acquire(std::vector<Check> ch
   co_return decision;
 }
 
-net::awaitable<Status> RedisRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount) {
+net::awaitable<Status> RedisRateLimiter::Adjust(ScriptId id, std::vector<Check> checks,
+                                                std::uint64_t amount) {
   if (checks.empty() || amount == 0) co_return Ok();
   std::vector<std::string> keys;
   keys.reserve(checks.size());
   for (const Check& check : checks) keys.push_back(StorageKey(check));
   std::vector<std::string> args = ScriptArgs(checks, keys, clock_.Now(), amount);
-  Result<RedisReply> reply = co_await RunScript(kRefundScript, std::move(keys), std::move(args));
+  Result<RedisReply> reply = co_await RunScript(id, std::move(keys), std::move(args));
   if (!reply.ok()) co_return reply.error();
   if (reply->type != RedisReply::Type::kInteger) co_return BadReply(*reply);
   co_return Ok();
+}
+
+net::awaitable<Status> RedisRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount) {
+  Status done = co_await Adjust(kRefundScript, std::move(checks), amount);
+  co_return done;
+}
+
+net::awaitable<Status> RedisRateLimiter::Charge(std::vector<Check> checks, std::uint64_t amount) {
+  Status done = co_await Adjust(kChargeScript, std::move(checks), amount);
+  co_return done;
 }
 
 net::awaitable<Status> RedisRateLimiter::Ping() {

@@ -45,9 +45,9 @@ Result<RedisOptions> ParseRedisUrl(std::string_view url);
 // replicas using the same Redis and key prefix enforce one exact limit.
 //
 // Semantics: exactly MemoryRateLimiter's (see memory_rate_limiter.h) for every strategy: the same
-// admission, all-or-nothing, duplicate-check, refund, reset_at and retry_after rules. Each
-// Acquire or Refund is one Lua script (one per strategy), so it is atomic with respect to every
-// other operation of every replica. Differences, all outside realistic use:
+// admission, all-or-nothing, duplicate-check, refund, charge, reset_at and retry_after rules. Each
+// Acquire, Refund or Charge is one Lua script (one per strategy), so it is atomic with respect to
+// every other operation of every replica. Differences, all outside realistic use:
 // - Lua numbers are doubles: amounts and costs above 2^53 are clamped to 2^53 inside the
 //   script (the reported limit/remaining still use the 64-bit saturated amount).
 // - Keys that no longer hold a counting hit are reclaimed by Redis through a TTL instead of a
@@ -89,24 +89,27 @@ class RedisRateLimiter final : public RateLimiter {
 
   net::awaitable<Result<Decision>> Acquire(std::vector<Check> checks, std::uint64_t cost) override;
   net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount) override;
+  net::awaitable<Status> Charge(std::vector<Check> checks, std::uint64_t amount) override;
   // PING.
   net::awaitable<Status> Ping() override;
 
  private:
-  enum ScriptId { kAcquireScript = 0, kRefundScript = 1 };
+  enum ScriptId { kAcquireScript = 0, kRefundScript = 1, kChargeScript = 2, kScriptCount = 3 };
 
   // Sends one command on the limiter's thread and resumes the caller with the reply.
   net::awaitable<Result<RedisReply>> Command(std::vector<std::string> argv);
   // EVALSHA, or EVAL plus a background SCRIPT LOAD when the SHA1 is unknown or was forgotten.
   net::awaitable<Result<RedisReply>> RunScript(ScriptId id, std::vector<std::string> keys,
                                                std::vector<std::string> args);
+  // Refund or Charge: runs script `id` over the checks with `amount`; a reply of 1 is success.
+  net::awaitable<Status> Adjust(ScriptId id, std::vector<Check> checks, std::uint64_t amount);
   std::string StorageKey(const Check& check) const;
 
   // Constant after construction.
   const Clock& clock_;
   const Strategy strategy_;
   const RedisOptions options_;
-  const std::string scripts_[2];
+  const std::string scripts_[kScriptCount];
   // Owned by the limiter's thread: the connection is used only there.
   net::io_context io_;
   std::unique_ptr<RedisConnection> connection_;

@@ -327,6 +327,14 @@ save_all()
 return 1
 )lua";
 
+constexpr const char* kChargeMain = R"lua(
+if cost > 0 then
+  for i = 1, n do consume(state(i), cost) end
+end
+save_all()
+return 1
+)lua";
+
 const char* StrategySource(Strategy strategy) {
   switch (strategy) {
     case Strategy::kFixedWindow:
@@ -347,6 +355,10 @@ std::string AcquireScript(Strategy strategy) {
 
 std::string RefundScript(Strategy strategy) {
   return std::string(kPrelude) + StrategySource(strategy) + kStates + kRefundMain;
+}
+
+std::string ChargeScript(Strategy strategy) {
+  return std::string(kPrelude) + StrategySource(strategy) + kStates + kChargeMain;
 }
 
 }  // namespace staple::ratelimit

@@ -52,6 +52,46 @@ TEST(ParseChatBodyTest, PromptIsEmptyWithoutAUserMessage) {
   EXPECT_EQ(parsed->prompt, "");
 }
 
+TEST(ParseChatBodyTest, MaxCompletionTokensTimesChoices) {
+  auto none = ParseChatBody(R"({"messages":[]})");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->max_completion_tokens.has_value());
+
+  auto legacy = ParseChatBody(R"({"messages":[],"max_tokens":300})");
+  ASSERT_TRUE(legacy.ok());
+  EXPECT_EQ(legacy->max_completion_tokens, 300u);
+
+  // max_completion_tokens wins over the deprecated max_tokens; n multiplies.
+  auto both = ParseChatBody(R"({"messages":[],"max_tokens":300,"max_completion_tokens":50,"n":3})");
+  ASSERT_TRUE(both.ok());
+  EXPECT_EQ(both->max_completion_tokens, 150u);
+
+  // Values that are not non-negative integers are the upstream's to reject; no bound is taken.
+  for (const char* body :
+       {R"({"messages":[],"max_tokens":-1})", R"({"messages":[],"max_tokens":"9"})",
+        R"({"messages":[],"max_tokens":2.5})"}) {
+    auto odd = ParseChatBody(body);
+    ASSERT_TRUE(odd.ok()) << body;
+    EXPECT_FALSE(odd->max_completion_tokens.has_value()) << body;
+  }
+}
+
+TEST(EstimatePromptTokensTest, CountsFramingAndTextQuarters) {
+  EXPECT_EQ(EstimateTextTokens(""), 0u);
+  EXPECT_EQ(EstimateTextTokens("abcd"), 1u);
+  EXPECT_EQ(EstimateTextTokens("abcde"), 2u);
+  // 3 to prime the reply, 4 per message, text bytes / 4 rounded up.
+  EXPECT_EQ(EstimatePromptTokens(std::vector<ChatMessage>{}), 3u);
+  EXPECT_EQ(EstimatePromptTokens(std::vector<ChatMessage>{{"user", "hello"}}), 3u + 4u + 2u);
+  auto messages = ordered_json::parse(
+      R"([{"role":"system","content":"be brief"},)"
+      R"({"role":"user","content":[{"type":"text","text":"abc"},{"type":"image_url"}]}])");
+  // Plus one inserted history message.
+  EXPECT_EQ(EstimatePromptTokens(messages, {{"assistant", "12345678"}}),
+            3u + (4u + 2u) + (4u + 1u) + (4u + 2u));
+  EXPECT_EQ(EstimatePromptTokens(ordered_json("not an array")), 3u);
+}
+
 TEST(InsertHistoryTest, GoesAfterLeadingSystemMessages) {
   auto messages =
       ordered_json::parse(R"([{"role":"system","content":"s1"},{"role":"developer","content":"d"},)"

@@ -53,6 +53,21 @@ TEST(ConfigTest, EmptyLimitMeansNoLimit) {
   EXPECT_TRUE(config->limits.default_limits.empty());
 }
 
+TEST(ConfigTest, TokenLimitsUseTheLimitNotation) {
+  auto none = Load(EnvOnly({}));
+  ASSERT_TRUE(none.ok()) << none.error().message;
+  EXPECT_TRUE(none->limits.token_limits.empty());
+  EXPECT_EQ(none->limits.token_completion_reserve, 1024u);
+
+  auto config = Load(EnvOnly({{"STAPLE_TOKEN_LIMITS", "100000 per day; 20000/minute"},
+                              {"STAPLE_TOKEN_COMPLETION_RESERVE", "256"}}));
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  ASSERT_EQ(config->limits.token_limits.size(), 2u);
+  EXPECT_EQ(config->limits.token_limits[0].ToString(), "100000 per 1 day");
+  EXPECT_EQ(config->limits.token_limits[1].ToString(), "20000 per 1 minute");
+  EXPECT_EQ(config->limits.token_completion_reserve, 256u);
+}
+
 TEST(ConfigTest, InvalidValuesNameTheVariable) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"STAPLE_PORT", "abc"},
@@ -68,6 +83,8 @@ TEST(ConfigTest, InvalidValuesNameTheVariable) {
       {"STAPLE_LOG_FORMAT", "xml"},
       {"OPENAI_BASE_URL", "ftp://example.com"},
       {"STAPLE_DATABASE_URL", "mysql://localhost/db"},
+      {"STAPLE_TOKEN_LIMITS", "lots per day"},
+      {"STAPLE_TOKEN_COMPLETION_RESERVE", "-5"},
   };
   for (const auto& [name, value] : cases) {
     auto config = Load(EnvOnly({{name, value}}));

@@ -74,6 +74,14 @@ Status RefundOn(RateLimiter& limiter, std::vector<Check> checks, std::uint64_t a
   });
 }
 
+Status ChargeOn(RateLimiter& limiter, std::vector<Check> checks, std::uint64_t amount) {
+  return RunOn<Status>([&]() -> net::awaitable<Status> {
+    std::vector<Check> copy = checks;
+    Status result = co_await limiter.Charge(std::move(copy), amount);
+    co_return result;
+  });
+}
+
 Status PingOn(RateLimiter& limiter) {
   return RunOn<Status>([&]() -> net::awaitable<Status> {
     Status result = co_await limiter.Ping();
@@ -128,6 +136,10 @@ class RateLimiterContractTest : public ::testing::TestWithParam<std::tuple<Backe
   }
   void Give(const std::vector<Check>& checks, std::uint64_t amount) {
     Status status = RefundOn(*limiter_, checks, amount);
+    EXPECT_TRUE(status.ok()) << (status.ok() ? "" : status.error().message);
+  }
+  void Charge(const std::vector<Check>& checks, std::uint64_t amount) {
+    Status status = ChargeOn(*limiter_, checks, amount);
     EXPECT_TRUE(status.ok()) << (status.ok() ? "" : status.error().message);
   }
 
@@ -319,6 +331,37 @@ TEST_P(RateLimiterContractTest, RefundGivesCapacityBack) {
   Give(checks, 0);
   Give({}, 1);
   EXPECT_TRUE(Hit({MakeCheck("3/minute", "stranger")}).allowed);
+}
+
+TEST_P(RateLimiterContractTest, ChargeConsumesEvenWithoutRoom) {
+  const std::vector<Check> checks{MakeCheck("10/minute", "c")};
+  ASSERT_TRUE(Hit(checks, 4).allowed);
+  Charge(checks, 9);  // 13 of 10: over the limit, which only Charge can do
+  Decision d = Hit(checks);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.state.remaining, 0u);
+  EXPECT_GT(d.retry_after, 0);
+  Give(checks, 4);  // 9 left in use
+  d = Hit(checks);
+  ASSERT_TRUE(d.allowed);
+  EXPECT_EQ(d.state.remaining, 0u);
+  EXPECT_FALSE(Hit(checks).allowed);
+
+  // A key never seen is created by a charge; several checks are all charged; zero is harmless.
+  const std::vector<Check> pair{MakeCheck("3/minute", "fresh"), MakeCheck("5/hour", "fresh")};
+  Charge(pair, 3);
+  Charge(pair, 0);
+  Charge({}, 1);
+  d = Hit({pair[1]}, 2);
+  ASSERT_TRUE(d.allowed);
+  EXPECT_EQ(d.state.remaining, 0u);
+  EXPECT_FALSE(Hit({pair[0]}).allowed);
+
+  // The window still ends: capacity returns in full.
+  clock_.Advance(200);
+  d = Hit(checks);
+  ASSERT_TRUE(d.allowed);
+  EXPECT_EQ(d.state.remaining, 9u);
 }
 
 TEST_P(RateLimiterContractTest, WindowsEndAndCapacityReturns) {
@@ -533,7 +576,7 @@ TEST_P(StrategySequenceTest, SlidingWindowCounterRefundDecrementsTheCurrentWindo
 }
 
 // Both implementations decide identically, field for field, over a long pseudo-random sequence
-// of multi-check acquires, refunds and clock steps.
+// of multi-check acquires, refunds, charges and clock steps.
 TEST(RateLimiterEquivalenceTest, RedisDecidesExactlyAsMemory) {
   for (Strategy strategy :
        {Strategy::kFixedWindow, Strategy::kMovingWindow, Strategy::kSlidingWindowCounter}) {
@@ -555,9 +598,15 @@ TEST(RateLimiterEquivalenceTest, RedisDecidesExactlyAsMemory) {
       const std::uint64_t count = 1 + next(3);
       for (std::uint64_t i = 0; i < count; ++i) checks.push_back(pool[next(pool.size())]);
       const std::uint64_t cost = next(3);
-      if (next(10) == 0) {
+      const std::uint64_t operation = next(10);
+      if (operation == 0) {
         ASSERT_TRUE(RefundOn(redis, checks, cost).ok());
         memory.RefundNow(checks, cost);
+        continue;
+      }
+      if (operation == 1) {
+        ASSERT_TRUE(ChargeOn(redis, checks, cost + 1).ok());
+        memory.ChargeNow(checks, cost + 1);
         continue;
       }
       const Decision expected = memory.AcquireNow(checks, cost);

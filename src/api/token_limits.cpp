@@ -1,0 +1,128 @@
+#include "api/token_limits.h"
+
+#include <cmath>
+#include <limits>
+
+#include "api/errors.h"
+#include "observe/log.h"
+
+namespace staple::api {
+namespace {
+
+constexpr std::uint64_t kMaxToken = std::numeric_limits<std::int64_t>::max();
+
+std::uint64_t Add(std::uint64_t a, std::uint64_t b) {
+  return a > kMaxToken - std::min(b, kMaxToken) ? kMaxToken : a + b;
+}
+
+std::uint64_t Reported(const std::optional<std::int64_t>& value) {
+  return value && *value > 0 ? static_cast<std::uint64_t>(*value) : 0;
+}
+
+}  // namespace
+
+TokenLimits::TokenLimits(ratelimit::RateLimiter& limiter, observe::Metrics& metrics,
+                         TokenLimitSettings settings)
+    : limiter_(limiter), metrics_(metrics), settings_(std::move(settings)) {}
+
+std::shared_ptr<TokenTicket> TokenLimits::Ticket(std::string client, ErrorStyle style) const {
+  if (!enabled()) return nullptr;
+  return std::make_shared<TokenTicket>(*this, std::move(client), style);
+}
+
+TokenTicket::TokenTicket(const TokenLimits& limits, std::string client, ErrorStyle style)
+    : limits_(limits), style_(style) {
+  const std::string key = "tokens:" + client;
+  checks_.reserve(limits.settings_.limits.size());
+  for (const auto& item : limits.settings_.limits) checks_.push_back({item, key});
+}
+
+net::awaitable<Status> TokenTicket::Reserve(chat::TokenEstimate estimate) {
+  const auto& settings = limits_.settings_;
+  prompt_estimate_ = estimate.prompt;
+  const std::uint64_t cost =
+      Add(estimate.prompt, estimate.max_completion.value_or(settings.completion_reserve));
+  auto asked = checks_;  // a named argument: see the co_await note in docs/STYLE.md
+  auto decision = co_await limits_.limiter_.Acquire(std::move(asked), cost);
+  if (!decision) {
+    limits_.metrics_.CountLimiterError();
+    observe::Warn(
+        "rate limiter unavailable for token limits",
+        {{"error", decision.error().message}, {"policy", settings.fail_open ? "open" : "closed"}});
+    if (settings.fail_open) co_return Ok();  // admitted without accounting
+    const std::string message = "Rate limiting is unavailable; try again later";
+    rejection_ = style_ == ErrorStyle::kSeed
+                     ? SeedError(503, message, "ratelimit_unavailable")
+                     : OpenAIError(503, message, "server_error", "ratelimit_unavailable");
+    co_return MakeError(ErrorKind::kLimited, message);
+  }
+  limits_.metrics_.CountTokenDecision(decision->allowed);
+  const auto& state = decision->state;
+  headers_.Add("X-RateLimit-Limit-Tokens", std::to_string(state.limit));
+  headers_.Add("X-RateLimit-Remaining-Tokens", std::to_string(state.remaining));
+  headers_.Add("X-RateLimit-Reset-Tokens",
+               std::to_string(static_cast<std::int64_t>(std::ceil(state.reset_at))));
+  if (decision->allowed) {
+    held_ = cost;
+    accounted_ = true;
+    co_return Ok();
+  }
+
+  const auto limit_text = checks_[decision->deciding].item.ToString();
+  std::string detail = "requested " + std::to_string(cost) + " tokens, " +
+                       std::to_string(state.remaining) + " remaining";
+  if (cost > state.limit) detail += "; the request alone exceeds the limit";
+  http::Response response =
+      style_ == ErrorStyle::kSeed
+          ? http::JsonResponse(429,
+                               {{"error", "Rate limit exceeded"},
+                                {"message", "token limit " + limit_text + " (" + detail + ")"}})
+          : OpenAIError(429, "Rate limit exceeded on tokens: " + limit_text + " (" + detail + ")",
+                        "tokens", "rate_limit_exceeded");
+  AddHeaders(response, headers_);
+  const auto retry =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(decision->retry_after)));
+  response.headers.Add("Retry-After", std::to_string(retry));
+  rejection_ = std::move(response);
+  co_return MakeError(ErrorKind::kLimited, "token limit exceeded");
+}
+
+net::awaitable<void> TokenTicket::Settle(chat::TokenUsage usage) {
+  if (!accounted_) co_return;
+  // Reported counts replace the estimates; what is not reported is estimated (a stream whose
+  // client did not ask for usage reports none).
+  const std::uint64_t prompt =
+      usage.prompt_tokens ? Reported(usage.prompt_tokens) : prompt_estimate_;
+  const std::uint64_t completion =
+      usage.completion_tokens ? Reported(usage.completion_tokens) : (usage.answer_bytes + 3) / 4;
+  const std::uint64_t used = Add(prompt, completion);
+  const auto delta = static_cast<std::int64_t>(used) - static_cast<std::int64_t>(held_);
+  co_await Adjust(delta);
+  held_ = used;
+  accounted_ = false;
+}
+
+net::awaitable<void> TokenTicket::Release() {
+  if (!accounted_) co_return;
+  co_await Adjust(-static_cast<std::int64_t>(held_));
+  held_ = 0;
+  accounted_ = false;
+}
+
+net::awaitable<void> TokenTicket::Adjust(std::int64_t delta) {
+  if (delta == 0) co_return;
+  auto checks = checks_;
+  Status done = Ok();
+  if (delta < 0) {
+    done = co_await limits_.limiter_.Refund(std::move(checks), static_cast<std::uint64_t>(-delta));
+  } else {
+    done = co_await limits_.limiter_.Charge(std::move(checks), static_cast<std::uint64_t>(delta));
+  }
+  if (!done) {
+    limits_.metrics_.CountLimiterError();
+    observe::Warn("token usage not reconciled",
+                  {{"error", done.error().message}, {"tokens", std::to_string(delta)}});
+  }
+}
+
+}  // namespace staple::api

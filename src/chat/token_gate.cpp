@@ -1,0 +1,33 @@
+#include "chat/token_gate.h"
+
+#include "chat/openai_proxy.h"
+
+namespace staple::chat {
+namespace {
+
+constexpr std::uint64_t kTokensPerMessage = 4;
+constexpr std::uint64_t kReplyPriming = 3;
+
+}  // namespace
+
+std::uint64_t EstimateTextTokens(std::string_view text) { return (text.size() + 3) / 4; }
+
+std::uint64_t EstimatePromptTokens(const std::vector<ChatMessage>& messages) {
+  std::uint64_t total = kReplyPriming;
+  for (const auto& message : messages) {
+    total += kTokensPerMessage + EstimateTextTokens(message.content);
+  }
+  return total;
+}
+
+std::uint64_t EstimatePromptTokens(const nlohmann::ordered_json& messages,
+                                   const std::vector<ChatMessage>& extra) {
+  std::uint64_t total = EstimatePromptTokens(extra);
+  if (!messages.is_array()) return total;
+  for (const auto& message : messages) {
+    total += kTokensPerMessage + EstimateTextTokens(MessageText(message));
+  }
+  return total;
+}
+
+}  // namespace staple::chat
