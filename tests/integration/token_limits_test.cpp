@@ -155,6 +155,17 @@ TEST_F(TokenLimitsTest, ReservationsAreReplacedByReportedUsage) {
   EXPECT_EQ(RemainingTokens(after), 1000 - used - Reservation({hello}));
 }
 
+// A continued conversation reserves for the history that goes upstream with the new prompt.
+TEST_F(TokenLimitsTest, SeedReservationCountsTheHistorySent) {
+  auto staple = StartStaple(TokenEnv("1000 per minute"));
+  json first = Turn(*staple, "one", std::string("alice"));
+  ASSERT_TRUE(first.is_object());
+  HttpResponse second = Complete(*staple, "two", std::string("alice"));
+  ASSERT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(RemainingTokens(second),
+            1000 - FakeUsage("one") - Reservation({"one", "echo(1): one", "two"}));
+}
+
 // Streams settle too: the seed stream with the usage Staple asks for, a /v1 stream without usage
 // by the estimate of its answer's length, a /v1 stream with usage exactly.
 TEST_F(TokenLimitsTest, StreamsAreSettledWhenTheyComplete) {
