@@ -143,8 +143,11 @@ std::string MaskSecret(const std::string& secret) {
 
 std::string MaskUrlPassword(const std::string& url) {
   const auto scheme = url.find("://");
-  const auto at = url.find('@');
-  if (scheme == std::string::npos || at == std::string::npos || at < scheme) return url;
+  if (scheme == std::string::npos) return url;
+  // The credentials end at the last '@' of the authority (an unencoded '@' in a password).
+  const auto authority_end = url.find_first_of("/?#", scheme + 3);
+  const auto at = url.rfind('@', authority_end == std::string::npos ? url.size() : authority_end);
+  if (at == std::string::npos || at < scheme) return url;
   const auto colon = url.find(':', scheme + 3);
   if (colon == std::string::npos || colon > at) return url;
   return url.substr(0, colon + 1) + "***" + url.substr(at);
@@ -298,7 +301,7 @@ Result<Config> Load(const Sources& sources) {
   if (limits.storage_url != "memory://") {
     auto redis = ratelimit::ParseRedisUrl(limits.storage_url);
     if (!redis) {
-      return Invalid("STAPLE_RATELIMIT_STORAGE", limits.storage_url,
+      return Invalid("STAPLE_RATELIMIT_STORAGE", MaskUrlPassword(limits.storage_url),
                      "expected memory:// or redis://host:port[/db]: " + redis.error().message);
     }
   }

@@ -185,13 +185,30 @@ void RedisConnection::Connect() {
   context_ = context;
   // The non-blocking connect completes when the socket becomes writable.
   Watcher::AddWrite(watcher_.get());
-  if (settings_.db != 0) {
-    // Pipelined ahead of every other command on this connection.
-    auto select = std::make_shared<Pending>(io_, [this](Result<RedisReply> reply) {
-      if (!reply.ok() || reply->type == RedisReply::Type::kError) Drop();
+  setup_error_.clear();
+  // AUTH and SELECT are pipelined ahead of every other command on this connection; when either
+  // fails the connection is dropped, and the commands behind them fail with it.
+  std::vector<std::vector<std::string>> preamble;
+  if (!settings_.password.empty()) {
+    if (settings_.username.empty()) {
+      preamble.push_back({"AUTH", settings_.password});
+    } else {
+      preamble.push_back({"AUTH", settings_.username, settings_.password});
+    }
+  }
+  if (settings_.db != 0) preamble.push_back({"SELECT", std::to_string(settings_.db)});
+  for (const auto& argv : preamble) {
+    auto setup = std::make_shared<Pending>(io_, [this](Result<RedisReply> reply) {
+      if (!reply.ok() || reply->type == RedisReply::Type::kError) {
+        // The commands queued behind fail with this reason (e.g. WRONGPASS), not "lost".
+        if (reply.ok()) setup_error_ = reply->str;
+        Drop();
+      }
     });
-    const std::vector<std::string> argv{"SELECT", std::to_string(settings_.db)};
-    if (!Send(argv, select)) Drop();
+    if (!Send(argv, setup)) {
+      Drop();
+      return;
+    }
   }
 }
 
@@ -236,8 +253,12 @@ void RedisConnection::OnReply(redisAsyncContext* context, void* reply, void* pri
   pending.timer.cancel();
   if (pending.finished) return;
   if (reply == nullptr) {
+    const auto* self = static_cast<const RedisConnection*>(context->data);
     std::string message = "rate limit storage unavailable";
-    if (context->err != 0 && context->errstr != nullptr) {
+    if (self != nullptr && !self->setup_error_.empty()) {
+      message += ": the connection setup was refused: ";
+      message += self->setup_error_;
+    } else if (context->err != 0 && context->errstr != nullptr) {
       message += ": ";
       message += context->errstr;
     } else {

@@ -27,6 +27,8 @@ struct RedisConnectionSettings {
   std::string host;
   std::uint16_t port = 6379;
   int db = 0;
+  std::string username;  // AUTH username password when both are set (Redis 6 ACL users)
+  std::string password;  // AUTH password when set
   std::chrono::milliseconds timeout{500};
   std::chrono::milliseconds backoff_initial{50};
   std::chrono::milliseconds backoff_max{2000};
@@ -75,6 +77,7 @@ class RedisConnection {
   std::chrono::steady_clock::time_point next_attempt_{};
   std::chrono::milliseconds backoff_;
   bool closing_ = false;
+  std::string setup_error_;  // why AUTH or SELECT failed on the current connection
 };
 
 }  // namespace staple::ratelimit

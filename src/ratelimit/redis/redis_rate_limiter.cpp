@@ -1,5 +1,6 @@
 #include "ratelimit/redis/redis_rate_limiter.h"
 
+#include <curl/curl.h>
 #include <fmt/format.h>
 
 #include <charconv>
@@ -84,6 +85,17 @@ std::vector<std::string> ScriptArgs(const std::vector<Check>& checks,
   return args;
 }
 
+// Decodes %XX escapes with libcurl; std::nullopt when the text is not valid URL encoding.
+std::optional<std::string> PercentDecode(std::string_view text) {
+  if (text.empty()) return std::string();
+  int length = 0;
+  char* decoded = curl_easy_unescape(nullptr, text.data(), static_cast<int>(text.size()), &length);
+  if (decoded == nullptr) return std::nullopt;
+  std::string out(decoded, static_cast<std::size_t>(length));
+  curl_free(decoded);
+  return out;
+}
+
 const char* StrategyTag(Strategy strategy) {
   switch (strategy) {
     case Strategy::kFixedWindow:
@@ -100,6 +112,11 @@ const char* StrategyTag(Strategy strategy) {
 
 Result<RedisOptions> ParseRedisUrl(std::string_view url) {
   constexpr std::string_view kScheme = "redis://";
+  if (url.substr(0, 9) == "rediss://") {
+    return MakeError(ErrorKind::kInvalidArgument,
+                     "TLS (rediss://) is not supported; reach Redis over a private network or a "
+                     "TLS tunnel");
+  }
   if (url.substr(0, kScheme.size()) != kScheme) {
     return MakeError(ErrorKind::kInvalidArgument, "expected redis://host:port[/db]");
   }
@@ -120,8 +137,26 @@ Result<RedisOptions> ParseRedisUrl(std::string_view url) {
       options.db = value;
     }
   }
-  if (authority.find('@') != std::string_view::npos) {
-    return MakeError(ErrorKind::kInvalidArgument, "credentials in the URL are not supported");
+  const auto at = authority.rfind('@');
+  if (at != std::string_view::npos) {
+    // [username]:password@ (percent-encoded), as redis-cli -u reads it.
+    const std::string_view userinfo = authority.substr(0, at);
+    authority = authority.substr(at + 1);
+    const auto colon = userinfo.find(':');
+    if (colon == std::string_view::npos) {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "the credentials must be [username]:password before the '@'");
+    }
+    auto username = PercentDecode(userinfo.substr(0, colon));
+    auto password = PercentDecode(userinfo.substr(colon + 1));
+    if (!username || !password) {
+      return MakeError(ErrorKind::kInvalidArgument, "the credentials are not valid URL encoding");
+    }
+    if (password->empty()) {
+      return MakeError(ErrorKind::kInvalidArgument, "the password is empty");
+    }
+    options.username = std::move(*username);
+    options.password = std::move(*password);
   }
   std::string_view host = authority;
   const auto colon = authority.rfind(':');
@@ -157,6 +192,8 @@ RedisRateLimiter::RedisRateLimiter(const Clock& clock, Strategy strategy, RedisO
   settings.host = options_.host;
   settings.port = options_.port;
   settings.db = options_.db;
+  settings.username = options_.username;
+  settings.password = options_.password;
   settings.timeout = options_.timeout;
   settings.backoff_initial = options_.backoff_initial;
   settings.backoff_max = options_.backoff_max;

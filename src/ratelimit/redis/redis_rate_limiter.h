@@ -24,6 +24,9 @@ struct RedisOptions {
   std::string host = "127.0.0.1";
   std::uint16_t port = 6379;
   int db = 0;
+  // Sent with AUTH on every new connection when the password is set (username too when set).
+  std::string username;
+  std::string password;
   // Deadline of every command, from the moment the limiter's thread sends it. A command that
   // misses it fails with kUnavailable "rate limit storage timed out" and the connection is
   // dropped (a stalled server is treated like a lost one).
@@ -37,8 +40,9 @@ struct RedisOptions {
   std::string key_prefix = "staple:rl:";
 };
 
-// Parses "redis://host:port[/db]" (port defaults to 6379, db to 0) into the connection fields of
-// RedisOptions (others keep their defaults). Errors are kInvalidArgument naming what is wrong.
+// Parses "redis://[[username]:password@]host[:port][/db]" (port defaults to 6379, db to 0; the
+// credentials percent-encoded) into the connection fields of RedisOptions (others keep their
+// defaults). Errors are kInvalidArgument naming what is wrong, never quoting the password.
 Result<RedisOptions> ParseRedisUrl(std::string_view url);
 
 // The shared limiter (STAPLE_RATELIMIT_STORAGE=redis://...): counters live in Redis, so N

@@ -113,6 +113,14 @@ TEST(ConfigTest, UrlPasswordsAreMasked) {
   EXPECT_EQ(MaskUrlPassword("postgresql://staple:hunter2@db:5432/chat"),
             "postgresql://staple:***@db:5432/chat");
   EXPECT_EQ(MaskUrlPassword("redis://cache:6379/0"), "redis://cache:6379/0");
+  EXPECT_EQ(MaskUrlPassword("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+  EXPECT_EQ(MaskUrlPassword("redis://app:p@ss@cache/1"), "redis://app:***@cache/1");
+
+  // An invalid URL is quoted in the error without its password.
+  auto config = Load(EnvOnly({{"STAPLE_RATELIMIT_STORAGE", "redis://:hunter2@cache:notaport"}}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.error().message.find("STAPLE_RATELIMIT_STORAGE"), std::string::npos);
+  EXPECT_EQ(config.error().message.find("hunter2"), std::string::npos) << config.error().message;
 }
 
 TEST(ConfigTest, TrailingSlashOfBaseUrlIsDropped) {

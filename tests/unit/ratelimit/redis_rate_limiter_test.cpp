@@ -248,6 +248,43 @@ TEST(RedisRateLimiterTest, SelectsTheDatabaseOfTheUrl) {
   EXPECT_NE(server.Query("INFO keyspace").find("db3:keys=1"), std::string::npos);
 }
 
+// A server that requires a password: the URL's credentials are sent with AUTH on every new
+// connection; a wrong or missing password makes the limiter unavailable with Redis' reason, and
+// the password never appears in an error.
+TEST(RedisRateLimiterTest, AuthenticatesWithTheCredentialsOfTheUrl) {
+  ::staple::testing::RedisServer server;  // its own: the password is changed
+  ASSERT_EQ(server.Query("CONFIG SET requirepass s3cret@x"), "+OK\r\n");
+  FakeClock clock(kT0);
+  const std::string address = "127.0.0.1:" + std::to_string(server.port());
+
+  for (const std::string& url : {"redis://:s3cret%40x@" + address + "/2",
+                                 "redis://default:s3cret%40x@" + address}) {
+    auto options = ParseRedisUrl(url);
+    ASSERT_TRUE(options.ok()) << options.error().message;
+    RedisRateLimiter limiter(clock, Strategy::kFixedWindow, *options);
+    Result<Decision> d = AcquireOnce(limiter, {MakeCheck("5/minute", "auth")});
+    ASSERT_TRUE(d.ok()) << url << ": " << d.error().message;
+    EXPECT_TRUE(d->allowed);
+    EXPECT_TRUE(PingOnce(limiter).ok());
+  }
+
+  auto wrong = ParseRedisUrl("redis://:hunter2@" + address);
+  ASSERT_TRUE(wrong.ok());
+  RedisRateLimiter refused(clock, Strategy::kFixedWindow, *wrong);
+  Result<Decision> d = AcquireOnce(refused, {MakeCheck("5/minute", "auth")});
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().kind, ErrorKind::kUnavailable);
+  EXPECT_NE(d.error().message.find("WRONGPASS"), std::string::npos) << d.error().message;
+  EXPECT_EQ(d.error().message.find("hunter2"), std::string::npos) << d.error().message;
+
+  RedisOptions none;
+  none.port = server.port();
+  RedisRateLimiter anonymous(clock, Strategy::kFixedWindow, none);
+  Result<Decision> denied = AcquireOnce(anonymous, {MakeCheck("5/minute", "auth")});
+  ASSERT_FALSE(denied.ok());
+  EXPECT_NE(denied.error().message.find("NOAUTH"), std::string::npos) << denied.error().message;
+}
+
 TEST(RedisRateLimiterTest, NothingListensMeansUnavailableNotAHang) {
   FakeClock clock(kT0);
   RedisOptions options;
@@ -260,6 +297,27 @@ TEST(RedisRateLimiterTest, NothingListensMeansUnavailableNotAHang) {
   EXPECT_EQ(d.error().kind, ErrorKind::kUnavailable);
   EXPECT_LT(steady_clock::now() - start, milliseconds(500));
   EXPECT_FALSE(PingOnce(limiter).ok());
+}
+
+TEST(RedisUrlTest, ParsesPercentEncodedCredentials) {
+  auto password_only = ParseRedisUrl("redis://:s3cret@cache:6380/1");
+  ASSERT_TRUE(password_only.ok()) << password_only.error().message;
+  EXPECT_EQ(password_only->username, "");
+  EXPECT_EQ(password_only->password, "s3cret");
+  EXPECT_EQ(password_only->host, "cache");
+  EXPECT_EQ(password_only->port, 6380);
+  EXPECT_EQ(password_only->db, 1);
+  auto user = ParseRedisUrl("redis://app%20user:p%40ss:w@cache");
+  ASSERT_TRUE(user.ok()) << user.error().message;
+  EXPECT_EQ(user->username, "app user");
+  EXPECT_EQ(user->password, "p@ss:w");
+  EXPECT_EQ(user->host, "cache");
+  auto unencoded = ParseRedisUrl("redis://:p@ss@cache");
+  ASSERT_TRUE(unencoded.ok());
+  EXPECT_EQ(unencoded->password, "p@ss");
+  auto refused = ParseRedisUrl("redis://:hunter2@cache:notaport");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().message.find("hunter2"), std::string::npos);
 }
 
 TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
@@ -279,7 +337,8 @@ TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
   EXPECT_EQ(c->db, 0);
   for (const char* bad : {"memory://", "redis://", "redis://:6379", "redis://h:0",
                           "redis://h:70000", "redis://h:x", "redis://h:6379/x", "redis://h:6379/-1",
-                          "redis://user:pw@h:6379", "rediss://h:6379", "http://h:6379"}) {
+                          "redis://pw@h:6379", "redis://user:@h", "rediss://h:6379",
+                          "http://h:6379"}) {
     auto parsed = ParseRedisUrl(bad);
     EXPECT_FALSE(parsed.ok()) << bad;
     if (!parsed.ok()) {
