@@ -1,5 +1,5 @@
 // The official `openai` npm package against Staple in front of tools/fake_openai.
-// Run: STAPLE_BIN=build/staple FAKE_OPENAI_BIN=build/fake_openai node --test tests/sdk
+// Run: STAPLE_BIN=$PWD/build/staple FAKE_OPENAI_BIN=$PWD/build/fake_openai node --test tests/sdk
 // (ctest runs it as sdk.openai_node once `npm ci --prefix tests/sdk` installed the package).
 
 import assert from 'node:assert/strict';
@@ -79,6 +79,8 @@ describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENA
       OPENAI_API_KEY: API_KEY,
       STAPLE_UPSTREAM_RETRIES: '0',
       STAPLE_THREADS: '1',
+      // High enough never to refuse the other tests; a request asking for more is refused.
+      STAPLE_TOKEN_LIMITS: '1000000 per minute',
     };
     staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(staplePort)], env,
                    dir, 'staple');
@@ -181,6 +183,24 @@ describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENA
         assert.ok(error instanceof OpenAI.APIError, error.constructor.name);
         assert.ok(error instanceof OpenAI.InternalServerError, error.constructor.name);
         assert.equal(error.status, 503);
+        return true;
+      },
+    );
+  });
+
+  test('a token limit refusal becomes RateLimitError', async () => {
+    await assert.rejects(
+      client().chat.completions.create({
+        model: 'fake-model',
+        max_completion_tokens: 2000000,
+        messages: [{ role: 'user', content: 'too much' }],
+      }),
+      (error) => {
+        assert.ok(error instanceof OpenAI.RateLimitError, error.constructor.name);
+        assert.equal(error.status, 429);
+        assert.equal(error.type, 'tokens');
+        assert.equal(error.code, 'rate_limit_exceeded');
+        assert.match(error.message, /Rate limit exceeded on tokens: 1000000 per 1 minute/);
         return true;
       },
     );
