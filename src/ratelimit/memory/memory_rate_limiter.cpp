@@ -476,26 +476,15 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
 }
 
 void MemoryRateLimiter::RefundNow(const std::vector<Check>& checks, std::uint64_t amount) {
-  if (checks.empty() || amount == 0) return;
-  Scratch& scratch = ThreadScratch();
-  scratch.Prepare(checks);
-  double now = 0;
-  {
-    ShardLocks locks(shards_, scratch.shards);
-    now = clock_.Now();
-    for (std::size_t i = 0; i < checks.size(); ++i) {
-      Shard& shard = shards_[scratch.shard_of[i]];
-      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
-      if (found == shard.entries.end()) continue;
-      const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
-      window.Advance(found->second);
-      window.GiveBack(found->second, amount);
-    }
-  }
-  MaybeSweepOne(now);
+  AdjustNow(checks, amount, /*charge=*/false);
 }
 
 void MemoryRateLimiter::ChargeNow(const std::vector<Check>& checks, std::uint64_t amount) {
+  AdjustNow(checks, amount, /*charge=*/true);
+}
+
+void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_t amount,
+                                  bool charge) {
   if (checks.empty() || amount == 0) return;
   Scratch& scratch = ThreadScratch();
   scratch.Prepare(checks);
@@ -506,10 +495,18 @@ void MemoryRateLimiter::ChargeNow(const std::vector<Check>& checks, std::uint64_
     for (std::size_t i = 0; i < checks.size(); ++i) {
       Shard& shard = shards_[scratch.shard_of[i]];
       const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
-      auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
-      window.Advance(it->second);
-      window.Consume(it->second, amount);
-      shard.NoteExpiry(it->second.expires_at);
+      if (charge) {
+        auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
+        window.Advance(it->second);
+        window.Consume(it->second, amount);
+        shard.NoteExpiry(it->second.expires_at);
+        continue;
+      }
+      // A refund never creates an entry.
+      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
+      if (found == shard.entries.end()) continue;
+      window.Advance(found->second);
+      window.GiveBack(found->second, amount);
     }
   }
   MaybeSweepOne(now);

@@ -98,6 +98,8 @@ class MemoryRateLimiter final : public RateLimiter {
  private:
   struct Shard;
 
+  // RefundNow (charge = false) or ChargeNow (charge = true).
+  void AdjustNow(const std::vector<Check>& checks, std::uint64_t amount, bool charge);
   // Offers one shard a sweep when it is due; called with no shard lock held.
   void MaybeSweepOne(double now);
 
