@@ -64,6 +64,7 @@ net::awaitable<Status> TokenTicket::Reserve(chat::TokenEstimate estimate) {
                std::to_string(static_cast<std::int64_t>(std::ceil(state.reset_at))));
   if (decision->allowed) {
     held_ = cost;
+    acquired_at_ = decision->at;
     accounted_ = true;
     co_return Ok();
   }
@@ -114,7 +115,8 @@ net::awaitable<void> TokenTicket::Adjust(std::int64_t delta) {
   auto checks = checks_;
   Status done = Ok();
   if (delta < 0) {
-    done = co_await limits_.limiter_.Refund(std::move(checks), static_cast<std::uint64_t>(-delta));
+    const auto amount = static_cast<std::uint64_t>(-delta);
+    done = co_await limits_.limiter_.Refund(std::move(checks), amount, acquired_at_);
   } else {
     done = co_await limits_.limiter_.Charge(std::move(checks), static_cast<std::uint64_t>(delta));
   }

@@ -75,6 +75,7 @@ class TokenTicket final : public chat::TokenGate {
   std::vector<ratelimit::Check> checks_;
   std::uint64_t prompt_estimate_ = 0;
   std::uint64_t held_ = 0;
+  double acquired_at_ = 0;  // Decision::at of the reservation
   bool accounted_ = false;  // Reserve succeeded against the storage; cleared once settled
   http::Response rejection_;
   http::Headers headers_;

@@ -39,6 +39,7 @@ struct Decision {
   std::size_t deciding = 0;
   LimitState state;        // of `deciding`
   double retry_after = 0;  // seconds until a retry can succeed; 0 when allowed
+  double at = 0;           // the limiter clock (Unix seconds) when it decided; see Refund
 };
 
 // Enforces limits. All methods are thread-safe and may be awaited from any I/O thread.
@@ -52,9 +53,12 @@ class RateLimiter {
   virtual net::awaitable<Result<Decision>> Acquire(std::vector<Check> checks,
                                                    std::uint64_t cost) = 0;
 
-  // Gives back `amount` of an earlier Acquire on the same checks (token reconciliation when the
-  // real usage was lower than reserved). Never drives a counter below zero.
-  virtual net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount) = 0;
+  // Gives back `amount` of an earlier Acquire on the same checks, decided at `acquired_at` (its
+  // Decision::at): token reconciliation when the real usage was lower than reserved. The units
+  // come back to the window that counted them; when that window has ended, nothing happens (a
+  // later window never receives capacity it did not count). Never drives a counter below zero.
+  virtual net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount,
+                                        double acquired_at) = 0;
 
   // Consumes `amount` from each check whether or not there is room (token reconciliation when the
   // real usage was higher than reserved): usage may exceed the limit, and later Acquires then wait

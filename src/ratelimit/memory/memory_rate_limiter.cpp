@@ -200,19 +200,40 @@ class Window {
     }
   }
 
-  void GiveBack(Entry& e, std::uint64_t units) const {
-    if (strategy_ != Strategy::kMovingWindow) {
-      e.count -= std::min(e.count, units);
-      return;
+  // Gives back `units` charged at `acquired_at`, from the window that counted them; nothing when
+  // that window has ended (its hits no longer count anyway).
+  void GiveBack(Entry& e, std::uint64_t units, double acquired_at) const {
+    switch (strategy_) {
+      case Strategy::kFixedWindow:
+        if (now_ >= e.expires_at || acquired_at < e.window_start) return;
+        e.count -= std::min(e.count, units);
+        return;
+      case Strategy::kSlidingWindowCounter: {
+        const auto index = static_cast<std::int64_t>(std::floor(acquired_at / period_));
+        if (index == e.window) {
+          e.count -= std::min(e.count, units);
+        } else if (index == e.window - 1) {
+          e.previous -= std::min(e.previous, units);
+        }
+        return;
+      }
+      case Strategy::kMovingWindow:
+        break;
     }
-    while (units > 0 && e.log.size() > e.log_head) {
-      Hit& newest = e.log.back();
-      const std::uint64_t taken = std::min(newest.units, units);
-      newest.units -= taken;
+    if (acquired_at + period_ <= now_) return;
+    // The acquire's units are in the oldest hit recorded at or after it (a clock that stepped back
+    // records at the newest time); later hits follow when that one holds fewer.
+    std::size_t i = e.log_head;
+    while (i < e.log.size() && e.log[i].at < acquired_at) ++i;
+    std::size_t kept = i;
+    for (; i < e.log.size(); ++i) {
+      const std::uint64_t taken = std::min(e.log[i].units, units);
+      e.log[i].units -= taken;
       e.count -= taken;
       units -= taken;
-      if (newest.units == 0) e.log.pop_back();
+      if (e.log[i].units > 0) e.log[kept++] = e.log[i];
     }
+    e.log.resize(kept);
     if (e.log.size() == e.log_head) {
       e.log.clear();
       e.log_head = 0;
@@ -381,7 +402,10 @@ MemoryRateLimiter::~MemoryRateLimiter() = default;
 
 Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::uint64_t cost) {
   Decision decision;
-  if (checks.empty()) return decision;
+  if (checks.empty()) {
+    decision.at = clock_.Now();
+    return decision;
+  }
   Scratch& scratch = ThreadScratch();
   scratch.Prepare(checks);
   const std::size_t n = checks.size();
@@ -471,20 +495,22 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
       }
     }
   }
+  decision.at = now;
   MaybeSweepOne(now);
   return decision;
 }
 
-void MemoryRateLimiter::RefundNow(const std::vector<Check>& checks, std::uint64_t amount) {
-  AdjustNow(checks, amount, /*charge=*/false);
+void MemoryRateLimiter::RefundNow(const std::vector<Check>& checks, std::uint64_t amount,
+                                  double acquired_at) {
+  AdjustNow(checks, amount, /*charge=*/false, acquired_at);
 }
 
 void MemoryRateLimiter::ChargeNow(const std::vector<Check>& checks, std::uint64_t amount) {
-  AdjustNow(checks, amount, /*charge=*/true);
+  AdjustNow(checks, amount, /*charge=*/true, 0);
 }
 
 void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_t amount,
-                                  bool charge) {
+                                  bool charge, double acquired_at) {
   if (checks.empty() || amount == 0) return;
   Scratch& scratch = ThreadScratch();
   scratch.Prepare(checks);
@@ -506,7 +532,7 @@ void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_
       auto found = shard.entries.find(std::string_view(scratch.keys[i]));
       if (found == shard.entries.end()) continue;
       window.Advance(found->second);
-      window.GiveBack(found->second, amount);
+      window.GiveBack(found->second, amount, acquired_at);
     }
   }
   MaybeSweepOne(now);
@@ -544,8 +570,9 @@ net::awaitable<Result<Decision>> MemoryRateLimiter::Acquire(std::vector<Check> c
   co_return AcquireNow(checks, cost);
 }
 
-net::awaitable<Status> MemoryRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount) {
-  RefundNow(checks, amount);
+net::awaitable<Status> MemoryRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount,
+                                                 double acquired_at) {
+  RefundNow(checks, amount, acquired_at);
   co_return Ok();
 }
 

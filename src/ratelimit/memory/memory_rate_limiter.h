@@ -44,9 +44,11 @@ namespace staple::ratelimit {
 // - When no hit is held for a key, reset_at is now (as `limits` reports for an empty key).
 // - Two checks with the same key and item in one Acquire are the same counter and are charged
 //   once per check, as Flask-Limiter charges them; each must have room for all of its charges.
-// - Refund: fixed window and sliding window counter decrement the current window's count (not
-//   below 0); the moving window drops its newest units. Windows that have already ended are not
-//   touched.
+// - Refund takes the units back from the window that counted them at `acquired_at`: the fixed
+//   window only while that window lasts; the sliding window counter from the current or the
+//   previous window's count (not below 0); the moving window from the oldest hit recorded at or
+//   after `acquired_at` while it is still in the window. Units whose window has ended are not
+//   given back to a later window (that would let a client exceed the later window's limit).
 // - Charge consumes like an admitted Acquire, with no room check; a check listed twice is charged
 //   twice.
 //
@@ -77,7 +79,7 @@ class MemoryRateLimiter final : public RateLimiter {
   Decision AcquireNow(const std::vector<Check>& checks, std::uint64_t cost);
 
   // The synchronous core of Refund (same contract, never fails).
-  void RefundNow(const std::vector<Check>& checks, std::uint64_t amount);
+  void RefundNow(const std::vector<Check>& checks, std::uint64_t amount, double acquired_at);
 
   // The synchronous core of Charge (same contract, never fails).
   void ChargeNow(const std::vector<Check>& checks, std::uint64_t amount);
@@ -91,7 +93,8 @@ class MemoryRateLimiter final : public RateLimiter {
 
   // RateLimiter: complete immediately with the synchronous result.
   net::awaitable<Result<Decision>> Acquire(std::vector<Check> checks, std::uint64_t cost) override;
-  net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount) override;
+  net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount,
+                                double acquired_at) override;
   net::awaitable<Status> Charge(std::vector<Check> checks, std::uint64_t amount) override;
   net::awaitable<Status> Ping() override;
 
@@ -99,7 +102,8 @@ class MemoryRateLimiter final : public RateLimiter {
   struct Shard;
 
   // RefundNow (charge = false) or ChargeNow (charge = true).
-  void AdjustNow(const std::vector<Check>& checks, std::uint64_t amount, bool charge);
+  void AdjustNow(const std::vector<Check>& checks, std::uint64_t amount, bool charge,
+                 double acquired_at);
   // Offers one shard a sweep when it is due; called with no shard lock held.
   void MaybeSweepOne(double now);
 

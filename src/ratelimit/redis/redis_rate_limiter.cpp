@@ -278,11 +278,14 @@ std::string RedisRateLimiter::StorageKey(const Check& check) const {
 
 net::awaitable<Result<Decision>> RedisRateLimiter::Acquire(std::vector<Check> checks,
                                                            std::uint64_t cost) {
-  if (checks.empty()) co_return Decision{};
+  const double now = clock_.Now();
+  Decision decision;
+  decision.at = now;
+  if (checks.empty()) co_return decision;
   std::vector<std::string> keys;
   keys.reserve(checks.size());
   for (const Check& check : checks) keys.push_back(StorageKey(check));
-  std::vector<std::string> args = ScriptArgs(checks, keys, clock_.Now(), cost);
+  std::vector<std::string> args = ScriptArgs(checks, keys, now, cost);
   Result<RedisReply> reply = co_await RunScript(kAcquireScript, std::move(keys), std::move(args));
   if (!reply.ok()) co_return reply.error();
   const RedisReply& r = *reply;
@@ -290,7 +293,6 @@ net::awaitable<Result<Decision>> RedisRateLimiter::Acquire(std::vector<Check> ch
       r.elements[0].type != RedisReply::Type::kInteger) {
     co_return BadReply(r);
   }
-  Decision decision;
   decision.allowed = r.elements[0].integer == 1;
   if (!decision.allowed) {
     std::uint64_t used = 0;
@@ -328,25 +330,30 @@ net::awaitable<Result<Decision>> RedisRateLimiter::Acquire(std::vector<Check> ch
 }
 
 net::awaitable<Status> RedisRateLimiter::Adjust(ScriptId id, std::vector<Check> checks,
-                                                std::uint64_t amount) {
+                                                std::uint64_t amount,
+                                                std::optional<double> acquired_at) {
   if (checks.empty() || amount == 0) co_return Ok();
   std::vector<std::string> keys;
   keys.reserve(checks.size());
   for (const Check& check : checks) keys.push_back(StorageKey(check));
   std::vector<std::string> args = ScriptArgs(checks, keys, clock_.Now(), amount);
+  if (acquired_at) args.push_back(DoubleText(*acquired_at));
   Result<RedisReply> reply = co_await RunScript(id, std::move(keys), std::move(args));
   if (!reply.ok()) co_return reply.error();
   if (reply->type != RedisReply::Type::kInteger) co_return BadReply(*reply);
   co_return Ok();
 }
 
-net::awaitable<Status> RedisRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount) {
-  Status done = co_await Adjust(kRefundScript, std::move(checks), amount);
+net::awaitable<Status> RedisRateLimiter::Refund(std::vector<Check> checks, std::uint64_t amount,
+                                                double acquired_at) {
+  std::optional<double> at = acquired_at;
+  Status done = co_await Adjust(kRefundScript, std::move(checks), amount, at);
   co_return done;
 }
 
 net::awaitable<Status> RedisRateLimiter::Charge(std::vector<Check> checks, std::uint64_t amount) {
-  Status done = co_await Adjust(kChargeScript, std::move(checks), amount);
+  std::optional<double> at;
+  Status done = co_await Adjust(kChargeScript, std::move(checks), amount, at);
   co_return done;
 }
 

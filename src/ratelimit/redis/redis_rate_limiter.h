@@ -92,7 +92,8 @@ class RedisRateLimiter final : public RateLimiter {
   Strategy strategy() const { return strategy_; }
 
   net::awaitable<Result<Decision>> Acquire(std::vector<Check> checks, std::uint64_t cost) override;
-  net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount) override;
+  net::awaitable<Status> Refund(std::vector<Check> checks, std::uint64_t amount,
+                                double acquired_at) override;
   net::awaitable<Status> Charge(std::vector<Check> checks, std::uint64_t amount) override;
   // PING.
   net::awaitable<Status> Ping() override;
@@ -105,8 +106,10 @@ class RedisRateLimiter final : public RateLimiter {
   // EVALSHA, or EVAL plus a background SCRIPT LOAD when the SHA1 is unknown or was forgotten.
   net::awaitable<Result<RedisReply>> RunScript(ScriptId id, std::vector<std::string> keys,
                                                std::vector<std::string> args);
-  // Refund or Charge: runs script `id` over the checks with `amount`; a reply of 1 is success.
-  net::awaitable<Status> Adjust(ScriptId id, std::vector<Check> checks, std::uint64_t amount);
+  // Refund or Charge: runs script `id` over the checks with `amount` (and, for Refund, the time
+  // of the Acquire given back); a reply of 1 is success.
+  net::awaitable<Status> Adjust(ScriptId id, std::vector<Check> checks, std::uint64_t amount,
+                                std::optional<double> acquired_at);
   std::string StorageKey(const Check& check) const;
 
   // Constant after construction.

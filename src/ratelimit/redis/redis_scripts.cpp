@@ -51,7 +51,8 @@ local function consume(s, units)
   s.changed = true
   s.extend = true
 end
-local function give_back(s, units)
+local function give_back(s, units, at)
+  if now >= s.expires or at < s.start then return end
   if units > s.count then units = s.count end
   if units > 0 then
     s.count = s.count - units
@@ -134,21 +135,28 @@ local function consume(s, units)
   s.changed = true
   s.extend = true
 end
-local function give_back(s, units)
-  while units > 0 and s.count > 0 do
-    local last_at, last_units = parse(redis.call('LINDEX', s.k, -1))
-    local taken = last_units
-    if units < taken then taken = units end
-    last_units = last_units - taken
-    s.count = s.count - taken
-    units = units - taken
-    if last_units == 0 then
-      redis.call('RPOP', s.k)
-    else
-      redis.call('LSET', s.k, -1, fmt(last_at) .. ' ' .. fmt(last_units))
+local function give_back(s, units, at)
+  if at + s.period <= now then return end
+  local removed = false
+  for i, entry in ipairs(redis.call('LRANGE', s.k, 0, -1)) do
+    if units <= 0 then break end
+    local hit_at, hit_units = parse(entry)
+    if hit_at >= at then
+      local taken = hit_units
+      if units < taken then taken = units end
+      hit_units = hit_units - taken
+      s.count = s.count - taken
+      units = units - taken
+      s.changed = true
+      if hit_units == 0 then
+        redis.call('LSET', s.k, i - 1, '-')
+        removed = true
+      else
+        redis.call('LSET', s.k, i - 1, fmt(hit_at) .. ' ' .. fmt(hit_units))
+      end
     end
-    s.changed = true
   end
+  if removed then redis.call('LREM', s.k, 0, '-') end
 end
 local function save(s)
   if not s.changed then return end
@@ -242,10 +250,17 @@ local function consume(s, units)
   s.changed = true
   s.extend = true
 end
-local function give_back(s, units)
-  if units > s.c then units = s.c end
-  s.c = s.c - units
-  s.changed = true
+local function give_back(s, units, at)
+  local index = math.floor(at / s.period)
+  if index == s.w then
+    if units > s.c then units = s.c end
+    s.c = s.c - units
+    s.changed = true
+  elseif index == s.w - 1 then
+    if units > s.p then units = s.p end
+    s.p = s.p - units
+    s.changed = true
+  end
 end
 local function save(s)
   if not (s.extend or (s.exists and s.changed)) then return end
@@ -317,10 +332,11 @@ return out
 )lua";
 
 constexpr const char* kRefundMain = R"lua(
+local acquired_at = tonumber(ARGV[#ARGV])
 if cost > 0 then
   for i = 1, n do
     local s = state(i)
-    if s.exists then give_back(s, cost) end
+    if s.exists then give_back(s, cost, acquired_at) end
   end
 end
 save_all()

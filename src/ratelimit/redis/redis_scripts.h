@@ -14,7 +14,8 @@ namespace staple::ratelimit {
 // seconds, the limiter's clock), ARGV[2] = cost (Acquire) or amount (Refund, Charge), then three
 // values per check: ARGV[3i] = limit (the amount clamped to 2^53), ARGV[3i+1] = period in seconds,
 // ARGV[3i+2] = units charged to the same key by earlier checks of this call. Numbers are decimal
-// text that round-trips doubles exactly.
+// text that round-trips doubles exactly. Refund takes one more, last argument: the time of the
+// Acquire it gives back (Decision::at).
 //
 // Acquire returns {0, deciding (0-based), retry_after, used, reset_at} when denied and
 // {1, 0, "0", used_1, reset_at_1, ..., used_n, reset_at_n} when allowed; `used` is an integer,

@@ -215,7 +215,7 @@ TEST_P(MemoryRateLimiterTest, RefundGivesCapacityBack) {
   const std::vector<Check> checks{MakeCheck("3/minute", "c")};
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(Hit(checks).allowed);
   ASSERT_FALSE(Hit(checks).allowed);
-  limiter_.RefundNow(checks, 2);
+  limiter_.RefundNow(checks, 2, clock_.Now());
   Decision d = Hit(checks);
   ASSERT_TRUE(d.allowed);
   EXPECT_EQ(d.state.remaining, 1u);
@@ -223,13 +223,13 @@ TEST_P(MemoryRateLimiterTest, RefundGivesCapacityBack) {
   EXPECT_FALSE(Hit(checks).allowed);
 
   // Never below zero: refunding more than was taken leaves a full limit, not more.
-  limiter_.RefundNow(checks, 100);
+  limiter_.RefundNow(checks, 100, clock_.Now());
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(Hit(checks).allowed);
   EXPECT_FALSE(Hit(checks).allowed);
 
   // Refunding a key never seen stores nothing.
   const std::size_t entries = limiter_.EntryCount();
-  limiter_.RefundNow({MakeCheck("3/minute", "stranger")}, 1);
+  limiter_.RefundNow({MakeCheck("3/minute", "stranger")}, 1, clock_.Now());
   EXPECT_EQ(limiter_.EntryCount(), entries);
 }
 
@@ -328,7 +328,8 @@ TEST_P(MemoryRateLimiterTest, CoroutineInterface) {
       [&]() -> net::awaitable<void> {
         std::vector<Check> checks{MakeCheck("1/minute", "c")};
         first = co_await limiter_.Acquire(checks, 1);
-        refunded = co_await limiter_.Refund(checks, 1);
+        const double acquired_at = (*first)->at;
+        refunded = co_await limiter_.Refund(checks, 1, acquired_at);
         second = co_await limiter_.Acquire(checks, 1);
         ping = co_await limiter_.Ping();
       },
@@ -419,7 +420,7 @@ TEST(MovingWindowTest, RefundDropsTheNewestHits) {
   ASSERT_TRUE(limiter.AcquireNow(checks, 1).allowed);  // kT0
   clock.Set(kT0 + 10);
   ASSERT_TRUE(limiter.AcquireNow(checks, 1).allowed);  // kT0 + 10, refunded below
-  limiter.RefundNow(checks, 1);
+  limiter.RefundNow(checks, 1, clock.Now());
   clock.Set(kT0 + 20);
   ASSERT_TRUE(limiter.AcquireNow(checks, 1).allowed);  // kT0 + 20
   clock.Set(kT0 + 30);
@@ -478,7 +479,7 @@ TEST(SlidingWindowCounterTest, RefundDecrementsTheCurrentWindow) {
   ASSERT_TRUE(limiter.AcquireNow(checks, 1).allowed);
   ASSERT_TRUE(limiter.AcquireNow(checks, 1).allowed);
   ASSERT_FALSE(limiter.AcquireNow(checks, 1).allowed);
-  limiter.RefundNow(checks, 1);
+  limiter.RefundNow(checks, 1, clock.Now());
   ASSERT_TRUE(limiter.AcquireNow(checks, 1).allowed);
   EXPECT_FALSE(limiter.AcquireNow(checks, 1).allowed);
 }

@@ -66,10 +66,11 @@ Result<Decision> AcquireOn(RateLimiter& limiter, std::vector<Check> checks, std:
   });
 }
 
-Status RefundOn(RateLimiter& limiter, std::vector<Check> checks, std::uint64_t amount) {
+Status RefundOn(RateLimiter& limiter, std::vector<Check> checks, std::uint64_t amount,
+                double acquired_at) {
   return RunOn<Status>([&]() -> net::awaitable<Status> {
     std::vector<Check> copy = checks;
-    Status result = co_await limiter.Refund(std::move(copy), amount);
+    Status result = co_await limiter.Refund(std::move(copy), amount, acquired_at);
     co_return result;
   });
 }
@@ -134,8 +135,10 @@ class RateLimiterContractTest : public ::testing::TestWithParam<std::tuple<Backe
     EXPECT_TRUE(result.ok()) << (result.ok() ? "" : result.error().message);
     return result.ok() ? *result : Decision{};
   }
-  void Give(const std::vector<Check>& checks, std::uint64_t amount) {
-    Status status = RefundOn(*limiter_, checks, amount);
+  // Refunds an acquire made at `acquired_at` (default: now).
+  void Give(const std::vector<Check>& checks, std::uint64_t amount,
+            std::optional<double> acquired_at = std::nullopt) {
+    Status status = RefundOn(*limiter_, checks, amount, acquired_at.value_or(clock_.Now()));
     EXPECT_TRUE(status.ok()) << (status.ok() ? "" : status.error().message);
   }
   void Charge(const std::vector<Check>& checks, std::uint64_t amount) {
@@ -516,7 +519,7 @@ TEST_P(StrategySequenceTest, MovingWindowRefundDropsTheNewestHits) {
   ASSERT_TRUE(Hit(checks).allowed);
   clock_.Set(kT0 + 10);
   ASSERT_TRUE(Hit(checks).allowed);
-  ASSERT_TRUE(RefundOn(limiter, checks, 1).ok());
+  ASSERT_TRUE(RefundOn(limiter, checks, 1, clock_.Now()).ok());
   clock_.Set(kT0 + 20);
   ASSERT_TRUE(Hit(checks).allowed);
   clock_.Set(kT0 + 30);
@@ -570,9 +573,74 @@ TEST_P(StrategySequenceTest, SlidingWindowCounterRefundDecrementsTheCurrentWindo
   ASSERT_TRUE(Hit(checks).allowed);
   ASSERT_TRUE(Hit(checks).allowed);
   ASSERT_FALSE(Hit(checks).allowed);
-  ASSERT_TRUE(RefundOn(limiter, checks, 1).ok());
+  ASSERT_TRUE(RefundOn(limiter, checks, 1, clock_.Now()).ok());
   ASSERT_TRUE(Hit(checks).allowed);
   EXPECT_FALSE(Hit(checks).allowed);
+}
+
+// A refund that arrives after the window of its acquire ended gives nothing to the later window:
+// otherwise a client whose reservation straddled a boundary could exceed the next window's limit.
+TEST_P(StrategySequenceTest, FixedWindowRefundOfAnEndedWindowIsIgnored) {
+  RateLimiter& limiter = Use(Strategy::kFixedWindow);
+  const std::vector<Check> checks{MakeCheck("10/minute", "c")};
+  Decision first = Hit(checks, 6);  // the window runs kT0 .. kT0 + 60
+  ASSERT_TRUE(first.allowed);
+  EXPECT_EQ(first.at, kT0);
+  clock_.Set(kT0 + 30);
+  ASSERT_TRUE(RefundOn(limiter, checks, 2, first.at).ok());  // same window: given back
+  EXPECT_EQ(Hit(checks, 0).state.remaining, 6u);
+
+  clock_.Set(kT0 + 61);
+  ASSERT_TRUE(Hit(checks, 9).allowed);  // a new window
+  ASSERT_TRUE(RefundOn(limiter, checks, 4, first.at).ok());
+  Decision d = Hit(checks, 1);
+  ASSERT_TRUE(d.allowed);
+  EXPECT_EQ(d.state.remaining, 0u);
+  EXPECT_FALSE(Hit(checks, 1).allowed);
+}
+
+TEST_P(StrategySequenceTest, SlidingWindowCounterRefundGoesToTheWindowThatCounted) {
+  RateLimiter& limiter = Use(Strategy::kSlidingWindowCounter);
+  const std::vector<Check> checks{MakeCheck("10/minute", "c")};
+  clock_.Set(kT0 + 30);
+  Decision first = Hit(checks, 8);
+  ASSERT_TRUE(first.allowed);
+
+  // Half-way through the next window the previous 8 weigh 4; refunding 4 of them leaves 2.
+  clock_.Set(kT0 + 90);
+  ASSERT_TRUE(RefundOn(limiter, checks, 4, first.at).ok());
+  Decision d = Hit(checks, 0);
+  EXPECT_EQ(d.state.remaining, 8u);
+
+  // Two windows later the first acquire no longer counts anywhere: nothing to give back.
+  Decision current = Hit(checks, 5);
+  ASSERT_TRUE(current.allowed);
+  clock_.Set(kT0 + 125);
+  ASSERT_TRUE(Hit(checks, 1).allowed);
+  ASSERT_TRUE(RefundOn(limiter, checks, 5, first.at).ok());
+  d = Hit(checks, 0);
+  // The previous window (kT0 + 60 .. 120) holds 5, weighted by 55/60 -> 4; the current one 1.
+  EXPECT_EQ(d.state.remaining, 5u);
+}
+
+TEST_P(StrategySequenceTest, MovingWindowRefundTakesTheAcquiresOwnHit) {
+  RateLimiter& limiter = Use(Strategy::kMovingWindow);
+  const std::vector<Check> checks{MakeCheck("10/minute", "c")};
+  Decision first = Hit(checks, 5);  // kT0
+  ASSERT_TRUE(first.allowed);
+  clock_.Set(kT0 + 20);
+  ASSERT_TRUE(Hit(checks, 4).allowed);                       // kT0 + 20
+  ASSERT_TRUE(RefundOn(limiter, checks, 3, first.at).ok());  // kT0's hit keeps 2
+
+  // At kT0 + 60 the kT0 hit (now 2) leaves, the kT0 + 20 hit (4) stays.
+  clock_.Set(kT0 + 60);
+  Decision d = Hit(checks, 0);
+  EXPECT_EQ(d.state.remaining, 6u);
+  EXPECT_EQ(d.state.reset_at, kT0 + 80);
+
+  // A refund for a hit that already left the window changes nothing.
+  ASSERT_TRUE(RefundOn(limiter, checks, 2, first.at).ok());
+  EXPECT_EQ(Hit(checks, 0).state.remaining, 6u);
 }
 
 // Both implementations decide identically, field for field, over a long pseudo-random sequence
@@ -592,6 +660,7 @@ TEST(RateLimiterEquivalenceTest, RedisDecidesExactlyAsMemory) {
     };
     int allowed = 0;
     int denied = 0;
+    std::vector<double> acquired;  // times of allowed acquires
     for (int step = 0; step < 400; ++step) {
       clock.Advance(static_cast<double>(next(4000)) / 1000.0);
       std::vector<Check> checks;
@@ -600,8 +669,13 @@ TEST(RateLimiterEquivalenceTest, RedisDecidesExactlyAsMemory) {
       const std::uint64_t cost = next(3);
       const std::uint64_t operation = next(10);
       if (operation == 0) {
-        ASSERT_TRUE(RefundOn(redis, checks, cost).ok());
-        memory.RefundNow(checks, cost);
+        // Give back part of one of the recent acquires, often from a window that has moved on.
+        const double at = acquired.empty()
+                              ? clock.Now()
+                              : acquired[acquired.size() - 1 -
+                                         next(std::min<std::uint64_t>(acquired.size(), 20))];
+        ASSERT_TRUE(RefundOn(redis, checks, cost, at).ok());
+        memory.RefundNow(checks, cost, at);
         continue;
       }
       if (operation == 1) {
@@ -620,6 +694,8 @@ TEST(RateLimiterEquivalenceTest, RedisDecidesExactlyAsMemory) {
       ASSERT_EQ(got->state.reset_at, expected.state.reset_at);
       ASSERT_EQ(got->retry_after, expected.retry_after);
       ++(expected.allowed ? allowed : denied);
+      if (expected.allowed) acquired.push_back(expected.at);
+      ASSERT_EQ(got->at, expected.at);
     }
     EXPECT_GT(allowed, 50) << StrategyName(strategy);
     EXPECT_GT(denied, 50) << StrategyName(strategy);

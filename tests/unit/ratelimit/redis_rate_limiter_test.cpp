@@ -257,8 +257,8 @@ TEST(RedisRateLimiterTest, AuthenticatesWithTheCredentialsOfTheUrl) {
   FakeClock clock(kT0);
   const std::string address = "127.0.0.1:" + std::to_string(server.port());
 
-  for (const std::string& url : {"redis://:s3cret%40x@" + address + "/2",
-                                 "redis://default:s3cret%40x@" + address}) {
+  for (const std::string& url :
+       {"redis://:s3cret%40x@" + address + "/2", "redis://default:s3cret%40x@" + address}) {
     auto options = ParseRedisUrl(url);
     ASSERT_TRUE(options.ok()) << options.error().message;
     RedisRateLimiter limiter(clock, Strategy::kFixedWindow, *options);
@@ -335,10 +335,10 @@ TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->port, 7000);
   EXPECT_EQ(c->db, 0);
-  for (const char* bad : {"memory://", "redis://", "redis://:6379", "redis://h:0",
-                          "redis://h:70000", "redis://h:x", "redis://h:6379/x", "redis://h:6379/-1",
-                          "redis://pw@h:6379", "redis://user:@h", "rediss://h:6379",
-                          "http://h:6379"}) {
+  for (const char* bad :
+       {"memory://", "redis://", "redis://:6379", "redis://h:0", "redis://h:70000", "redis://h:x",
+        "redis://h:6379/x", "redis://h:6379/-1", "redis://pw@h:6379", "redis://user:@h",
+        "rediss://h:6379", "http://h:6379"}) {
     auto parsed = ParseRedisUrl(bad);
     EXPECT_FALSE(parsed.ok()) << bad;
     if (!parsed.ok()) {
