@@ -11,6 +11,8 @@ upstream::Request ChatCompletionsRequest(std::string body, std::string_view requ
   request.body = std::move(body);
   request.headers.emplace_back("X-Request-Id", std::string(request_id));
   if (stream) request.headers.emplace_back("Accept", "text/event-stream");
+  // A non-streaming answer's first byte comes when the whole answer is generated.
+  request.answer_at_once = !stream;
   return request;
 }
 

@@ -10,7 +10,8 @@
 namespace staple::chat {
 
 // The upstream request both conversation paths send: POST /chat/completions with `body`, the
-// caller's request id, and for a stream an SSE Accept header.
+// caller's request id, and for a stream an SSE Accept header. A non-streaming request is
+// answer_at_once: bounded by the total timeout, not the first-byte timeout.
 upstream::Request ChatCompletionsRequest(std::string body, std::string_view request_id,
                                          bool stream);
 

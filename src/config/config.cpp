@@ -121,7 +121,9 @@ const std::vector<Variable>& Variables() {
       {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "--upstream-connect-timeout", "10",
        "upstream connect timeout, seconds", false},
       {"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "--upstream-first-byte-timeout", "60",
-       "upstream time to first byte (first token when streaming), seconds", false},
+       "upstream time to the first byte of a stream (first token), seconds; non-streaming "
+       "completions are bounded by the total timeout",
+       false},
       {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "--upstream-idle-timeout", "60",
        "upstream stream idle time between chunks, seconds", false},
       {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", "2",

@@ -37,6 +37,10 @@ struct Request {
   std::string body;  // sent as application/json when non-empty
   Headers headers;   // extra request headers (never Authorization: the client adds the key)
   bool retry = true;
+  // The first response byte comes only with the whole answer (a non-streaming completion that
+  // may take minutes to generate): once the request is sent, no first-byte deadline applies and
+  // only the total timeout bounds the wait. Send() only.
+  bool answer_at_once = false;
 };
 
 struct Response {

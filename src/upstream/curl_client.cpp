@@ -103,6 +103,8 @@ struct Limits {
   milliseconds connect;
   milliseconds first_byte;
   milliseconds idle;
+  // Request::answer_at_once: no first-byte deadline once the request is sent.
+  bool answer_at_once = false;
 };
 
 Limits LimitsOf(const Settings& settings) {
@@ -112,7 +114,8 @@ Limits LimitsOf(const Settings& settings) {
 enum class Goal { kHeaders, kComplete };
 
 // Waits until the transfer finished or, for kHeaders, its final response headers arrived. Before
-// the first response byte the first-byte deadline applies; for kHeaders after it, the idle
+// the first response byte the first-byte deadline applies (for an answer_at_once request only
+// until the request is sent); for kHeaders after it, the idle
 // deadline; `total`, when given, caps both. A missed deadline cancels the transfer with kTimeout.
 net::awaitable<void> AwaitTransfer(std::shared_ptr<CurlTransfer> transfer, Limits limits, Goal goal,
                                    Clock::time_point started,
@@ -126,8 +129,10 @@ net::awaitable<void> AwaitTransfer(std::shared_ptr<CurlTransfer> transfer, Limit
     if (!transfer->first_byte()) {
       retryable = true;
       if (auto sent = transfer->request_sent_at()) {
-        deadline = *sent + limits.first_byte;
-        why = "upstream sent no response within " + Ms(limits.first_byte);
+        if (!limits.answer_at_once) {
+          deadline = *sent + limits.first_byte;
+          why = "upstream sent no response within " + Ms(limits.first_byte);
+        }
       } else {
         // Resolving, connecting, TLS, or waiting for a connection that can multiplex.
         deadline = started + limits.connect + limits.first_byte;
@@ -233,7 +238,8 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<CurlClientState> state
     if (Status begun = multi.Start(transfer); !begun) co_return begun.error();
 
     // Named arguments only: g++ 12 mishandles temporaries in a co_await call (docs/STYLE.md).
-    const Limits limits = LimitsOf(settings);
+    Limits limits = LimitsOf(settings);
+    limits.answer_at_once = request.answer_at_once;
     const auto attempt_started = Clock::now();
     co_await AwaitTransfer(transfer, limits, Goal::kComplete, attempt_started, total);
 

@@ -20,8 +20,9 @@ struct CurlClientState;
 //
 // Deadlines: connect_timeout (libcurl); first_byte_timeout from the moment the request goes out on
 // a ready connection (or connect_timeout + first_byte_timeout after the attempt started, if no
-// connection became ready); total_timeout bounds a whole Send() including its retries; streams
-// have no total deadline but idle_timeout between chunks.
+// connection became ready), except that a Request::answer_at_once has none once it is sent;
+// total_timeout bounds a whole Send() including its retries; streams have no total deadline but
+// idle_timeout between chunks.
 //
 // Retries (when Request::retry): on connect failures, resets and timeouts before any response byte,
 // and on 429 and 5xx responses, up to max_retries more attempts with exponential backoff and full

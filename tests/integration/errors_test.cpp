@@ -149,6 +149,21 @@ TEST_F(ErrorsTest, HangingUpstreamTimesOut) {
   EXPECT_EQ(staple->Stderr().find(kTestApiKey), std::string::npos);
 }
 
+// A non-streaming answer arrives whole, so its first byte comes late: the first-byte timeout
+// (time to first token of a stream) does not cut it off; the total timeout does.
+TEST_F(ErrorsTest, SlowWholeAnswerIsNotAFirstByteTimeout) {
+  auto staple = StartStaple({{"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "0.3"},
+                             {"STAPLE_UPSTREAM_TIMEOUT", "10"},
+                             {"STAPLE_UPSTREAM_RETRIES", "0"}});
+  HttpResponse seed = Complete(*staple, "think FAULT:sleep=1000");
+  EXPECT_EQ(seed.status, 200) << seed.error << " " << seed.body;
+  HttpResponse v1 = client_.PostJson(
+      staple->url() + "/v1/chat/completions",
+      json{{"messages", {{{"role", "user"}, {"content", "think FAULT:sleep=1000"}}}}});
+  EXPECT_EQ(v1.status, 200) << v1.error << " " << v1.body;
+  EXPECT_EQ(fake_.chat_bodies().size(), 2u);
+}
+
 TEST_F(ErrorsTest, FailedTurnIsNotPartOfTheHistory) {
   auto staple = StartStaple();
   json turn = Turn(*staple, "first");

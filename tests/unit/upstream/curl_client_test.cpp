@@ -375,6 +375,48 @@ TEST(CurlClientTest, FirstByteTimeoutIsRetried) {
   EXPECT_EQ(server.request_count(), 2);
 }
 
+// A non-streaming completion's first byte comes with the whole answer, which may take longer than
+// the first-byte timeout: only the total timeout bounds it.
+TEST(CurlClientTest, AnswerAtOnceWaitsPastTheFirstByteTimeout) {
+  TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
+    co_await test::Sleep(600ms);
+    co_await test::Write(socket, test::HttpResponse(200, "{\"slow\":true}"));
+    co_return true;
+  });
+  Settings settings = TestSettings(server.base_url());
+  settings.first_byte_timeout = 200ms;
+  settings.total_timeout = 5s;
+  CurlClient client(settings);
+  std::optional<Result<Response>> slow;
+  std::optional<Result<Response>> hung;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    Request request = Post();
+    request.answer_at_once = true;
+    slow.emplace(co_await client.Send(request));
+  });
+  ASSERT_TRUE(slow && slow->ok()) << Describe(slow->error());
+  EXPECT_EQ((*slow)->body, "{\"slow\":true}");
+  EXPECT_EQ(server.request_count(), 1);
+
+  TestServer silent(Hang);
+  Settings silent_settings = TestSettings(silent.base_url());
+  silent_settings.first_byte_timeout = 200ms;
+  silent_settings.total_timeout = 700ms;
+  CurlClient silent_client(silent_settings);
+  const auto start = Clock::now();
+  RunCoroutine([&]() -> net::awaitable<void> {
+    Request request = Post();
+    request.answer_at_once = true;
+    hung.emplace(co_await silent_client.Send(request));
+  });
+  const auto elapsed = Since(start);
+  ASSERT_TRUE(hung && !hung->ok());
+  EXPECT_EQ(hung->error().kind, ErrorKind::kTimeout) << Describe(hung->error());
+  EXPECT_GE(elapsed, 650ms);
+  EXPECT_LT(elapsed, 2000ms);
+  EXPECT_EQ(silent.request_count(), 1);
+}
+
 TEST(CurlClientTest, StalledBodyHitsTheTotalTimeout) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(socket,
