@@ -122,16 +122,51 @@ int CurlMulti::TimerCallback(CURLM*, long timeout_ms, void* self) {
   auto* multi = static_cast<CurlMulti*>(self);
   if (multi->shut_down_) return 0;
   if (timeout_ms < 0) {
-    multi->timer_.cancel();
+    // A pending wait may stay: it finds nothing due and ends.
+    multi->due_.reset();
     return 0;
   }
-  // Never call libcurl back from inside its callback: even a 0 ms timeout goes through the
-  // io_context. A handler that already expired may still run once; a spurious call is harmless.
-  multi->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
-  multi->timer_.async_wait([multi](const boost::system::error_code& ec) {
-    if (!ec) multi->OnTimer();
-  });
+  const auto now = std::chrono::steady_clock::now();
+  multi->due_ = now + std::chrono::milliseconds(timeout_ms);
+  // Never call libcurl back from inside its callback: the work goes through the io_context.
+  if (timeout_ms == 0) {
+    // "Now" (every new transfer asks for it): a posted handler instead of a timer, which would
+    // become the io_context's earliest and cost two timerfd_settime calls.
+    if (!multi->run_posted_) {
+      multi->run_posted_ = true;
+      net::post(multi->executor_, [multi] {
+        multi->run_posted_ = false;
+        multi->OnTimer();
+      });
+    }
+    return 0;
+  }
+  // A pending wait that ends no later than the new due time is kept: it re-arms for due_ when it
+  // ends early. libcurl moves its timer often, mostly later.
+  if (multi->timer_pending_ && multi->timer_at_ <= *multi->due_) return 0;
+  multi->ArmTimer(*multi->due_);
   return 0;
+}
+
+void CurlMulti::ArmTimer(std::chrono::steady_clock::time_point at) {
+  timer_pending_ = true;
+  timer_at_ = at;
+  const std::uint64_t generation = ++timer_generation_;
+  timer_.expires_at(at);
+  timer_.async_wait([this, generation](const boost::system::error_code& ec) {
+    if (generation != timer_generation_) return;  // superseded by a later ArmTimer
+    timer_pending_ = false;
+    if (!ec) OnTimerExpired();
+  });
+}
+
+void CurlMulti::OnTimerExpired() {
+  if (shut_down_ || !due_) return;
+  if (std::chrono::steady_clock::now() < *due_) {
+    ArmTimer(*due_);
+    return;
+  }
+  OnTimer();
 }
 
 void CurlMulti::Watch(curl_socket_t fd, int what) {

@@ -2,7 +2,10 @@
 
 #include <curl/curl.h>
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 
 #include "common/net.h"
@@ -61,12 +64,23 @@ class CurlMulti : public net::execution_context::service {
   void Watch(curl_socket_t fd, int what);
   void Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket);
   void OnReady(curl_socket_t fd, const std::shared_ptr<Socket>& socket, int event);
+  void ArmTimer(std::chrono::steady_clock::time_point at);
+  void OnTimerExpired();
   void OnTimer();
   void CollectDone();
 
   net::any_io_executor executor_;
   CURLM* multi_ = nullptr;
+  // libcurl's timer: when it wants curl_multi_socket_action(CURL_SOCKET_TIMEOUT); none when unset.
+  std::optional<std::chrono::steady_clock::time_point> due_;
+  bool run_posted_ = false;  // a 0 ms timeout is posted to the io_context, not waited for
+  // The wait on timer_, when one is pending. It may be earlier than due_ (libcurl moved its timer
+  // later): it then only re-arms for due_. `timer_generation_` tells the latest wait from
+  // superseded ones.
   net::steady_timer timer_;
+  bool timer_pending_ = false;
+  std::chrono::steady_clock::time_point timer_at_;
+  std::uint64_t timer_generation_ = 0;
   std::unordered_map<curl_socket_t, std::shared_ptr<Socket>> sockets_;
   std::unordered_map<CURL*, std::shared_ptr<CurlTransfer>> running_;
   bool shut_down_ = false;
