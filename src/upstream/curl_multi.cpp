@@ -1,5 +1,8 @@
 #include "upstream/curl_multi.h"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <stdexcept>
 #include <utility>
 
@@ -25,6 +28,7 @@ struct CurlMulti::Socket {
   bool reading = false;         // an async_wait(wait_read) is pending
   bool writing = false;         // an async_wait(wait_write) is pending
   bool closed = false;          // released: pending waits are stale
+  bool owned = false;           // opened by OpenSocketCallback: see CurlMulti::owned_
 };
 
 void CurlMulti::GlobalInit() {
@@ -95,6 +99,15 @@ Status CurlMulti::Start(std::shared_ptr<CurlTransfer> transfer) {
     return MakeError(ErrorKind::kCancelled, "the I/O context of the upstream request stopped");
   }
   CURL* easy = transfer->easy();
+  // Connection sockets are opened and closed through us, so that a pooled connection stays
+  // registered with the reactor between the transfers that use it.
+  bool ok = curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, &CurlMulti::OpenSocketCallback) ==
+                CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, this) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, &CurlMulti::CloseSocketCallback) ==
+                CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, this) == CURLE_OK;
+  if (!ok) return MakeError(ErrorKind::kInternal, "could not set up the upstream transfer");
   // libcurl only arms its timer here (TimerCallback); the transfer begins on the next turn.
   if (curl_multi_add_handle(multi_, easy) != CURLM_OK) {
     return MakeError(ErrorKind::kInternal, "could not start the upstream transfer");
@@ -116,6 +129,31 @@ void CurlMulti::Stop(CurlTransfer& transfer) {
 int CurlMulti::SocketCallback(CURL*, curl_socket_t fd, int what, void* self, void*) {
   static_cast<CurlMulti*>(self)->Watch(fd, what);
   return 0;
+}
+
+// What libcurl does without the callback, plus remembering the socket as ours to watch until it
+// is closed.
+curl_socket_t CurlMulti::OpenSocketCallback(void* self, curlsocktype,
+                                            struct curl_sockaddr* address) {
+  const curl_socket_t fd = ::socket(address->family, address->socktype, address->protocol);
+  if (fd != CURL_SOCKET_BAD) static_cast<CurlMulti*>(self)->owned_.insert(fd);
+  return fd;
+}
+
+// Also called while curl_multi_cleanup closes the pooled connections.
+int CurlMulti::CloseSocketCallback(void* self, curl_socket_t fd) {
+  static_cast<CurlMulti*>(self)->Forget(fd);
+  return ::close(fd);
+}
+
+void CurlMulti::Forget(curl_socket_t fd) {
+  owned_.erase(fd);
+  auto it = sockets_.find(fd);
+  if (it == sockets_.end()) return;
+  // release() deregisters the fd from the reactor and aborts pending waits, before it is closed.
+  it->second->closed = true;
+  it->second->descriptor.release();
+  sockets_.erase(it);
 }
 
 int CurlMulti::TimerCallback(CURLM*, long timeout_ms, void* self) {
@@ -172,6 +210,13 @@ void CurlMulti::OnTimerExpired() {
 void CurlMulti::Watch(curl_socket_t fd, int what) {
   auto it = sockets_.find(fd);
   if (what == CURL_POLL_REMOVE) {
+    if (it != sockets_.end() && it->second->owned) {
+      // A connection going back to the pool: it stays registered (no epoll_ctl now, nor when the
+      // next transfer reuses it) until CloseSocketCallback. A wait still pending is ignored when
+      // it completes.
+      it->second->wanted = CURL_POLL_NONE;
+      return;
+    }
     if (it != sockets_.end()) {
       // release() deregisters the fd from the reactor and aborts pending waits; libcurl may close
       // or reuse the fd right after this callback.
@@ -188,6 +233,7 @@ void CurlMulti::Watch(curl_socket_t fd, int what) {
     socket->descriptor.assign(fd, ec);
     // Not watchable (cannot happen for a socket): libcurl's own timeouts end the transfer.
     if (ec) return;
+    socket->owned = owned_.count(fd) != 0;
     it = sockets_.emplace(fd, std::move(socket)).first;
   }
   it->second->wanted = what;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/net.h"
 #include "common/result.h"
@@ -60,6 +61,11 @@ class CurlMulti : public net::execution_context::service {
   void Cleanup();
 
   static int SocketCallback(CURL* easy, curl_socket_t fd, int what, void* self, void* socket_data);
+  static curl_socket_t OpenSocketCallback(void* self, curlsocktype purpose,
+                                          struct curl_sockaddr* address);
+  static int CloseSocketCallback(void* self, curl_socket_t fd);
+  // Stops watching `fd` (libcurl is closing it).
+  void Forget(curl_socket_t fd);
   static int TimerCallback(CURLM* multi, long timeout_ms, void* self);
   void Watch(curl_socket_t fd, int what);
   void Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket);
@@ -82,6 +88,9 @@ class CurlMulti : public net::execution_context::service {
   std::chrono::steady_clock::time_point timer_at_;
   std::uint64_t timer_generation_ = 0;
   std::unordered_map<curl_socket_t, std::shared_ptr<Socket>> sockets_;
+  // Connection sockets opened through OpenSocketCallback and not closed yet: libcurl closes them
+  // through CloseSocketCallback, so their reactor registration can outlive CURL_POLL_REMOVE.
+  std::unordered_set<curl_socket_t> owned_;
   std::unordered_map<CURL*, std::shared_ptr<CurlTransfer>> running_;
   bool shut_down_ = false;
 };
