@@ -14,6 +14,11 @@ using tcp = net::ip::tcp;
 namespace {
 
 using ReusePort = net::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+using Clock = std::chrono::steady_clock;
+
+// How often a worker looks for connections whose deadline passed. A deadline therefore ends an
+// operation up to this much late, which is nothing next to timeouts of tens of seconds.
+constexpr std::chrono::milliseconds kSweepPeriod{1000};
 
 void LogIfFailed(std::exception_ptr error) {
   if (!error) return;
@@ -59,20 +64,34 @@ void CopyHeaders(const Response& response, const Request& request, Message& mess
   message.set("X-Request-Id", request.request_id);
 }
 
+}  // namespace
+
+// One open connection. Touched only on its worker's thread.
+struct Server::Session {
+  tcp::socket* socket = nullptr;
+  bool busy = false;  // a request is being handled: let it finish
+  // When the read or write in progress must be done; Clock::time_point::max() while nothing is
+  // expected from or sent to the client (the request is being handled). The worker's sweep closes
+  // the socket once it passes, which fails the pending operation.
+  Clock::time_point deadline = Clock::time_point::max();
+};
+
+namespace {
+
 // Streams a chunked body: one HTTP chunk per Write, each with its own write deadline.
 class ChunkWriter final : public BodyWriter {
  public:
-  ChunkWriter(beast::tcp_stream& stream, std::chrono::milliseconds timeout)
-      : stream_(stream), timeout_(timeout) {}
+  ChunkWriter(tcp::socket& socket, Clock::time_point& deadline, std::chrono::milliseconds timeout)
+      : socket_(socket), deadline_(deadline), timeout_(timeout) {}
 
   net::awaitable<Status> Write(std::string data) override {
     if (failed_) co_return MakeError(ErrorKind::kCancelled, "client connection closed");
     if (data.empty()) co_return Ok();
     beast::error_code ec;
-    stream_.expires_after(timeout_);
-    co_await net::async_write(stream_, bhttp::make_chunk(net::buffer(data)),
+    deadline_ = Clock::now() + timeout_;
+    co_await net::async_write(socket_, bhttp::make_chunk(net::buffer(data)),
                               net::redirect_error(net::use_awaitable, ec));
-    stream_.expires_never();
+    deadline_ = Clock::time_point::max();
     if (ec) {
       failed_ = true;
       co_return MakeError(ErrorKind::kCancelled, "client connection closed");
@@ -83,24 +102,20 @@ class ChunkWriter final : public BodyWriter {
   bool failed() const { return failed_; }
 
  private:
-  beast::tcp_stream& stream_;
+  tcp::socket& socket_;
+  Clock::time_point& deadline_;
   std::chrono::milliseconds timeout_;
   bool failed_ = false;
 };
 
 }  // namespace
 
-// One open connection, as the worker's shutdown sees it. Touched only on the worker's thread.
-struct Server::Session {
-  beast::tcp_stream* stream = nullptr;
-  bool busy = false;  // a request is being handled: let it finish
-};
-
 struct Server::Worker {
   net::io_context context{1};
   tcp::acceptor acceptor{context};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
   std::list<Session*> sessions;  // guarded by being touched only on `thread`
+  net::steady_timer sweep{context};
   std::thread thread;
 };
 
@@ -156,6 +171,7 @@ void Server::Start() {
   for (auto& worker : workers_) {
     worker->guard.emplace(worker->context.get_executor());
     net::co_spawn(worker->context, Accept(*worker), LogIfFailed);
+    net::co_spawn(worker->context, Sweep(*worker), LogIfFailed);
     worker->thread = std::thread([w = worker.get()] { w->context.run(); });
   }
 }
@@ -178,14 +194,37 @@ net::awaitable<void> Server::Accept(Worker& worker) {
   }
 }
 
+// One timer per worker enforces every connection's deadline, instead of one timer operation per
+// read and write: arming a timer that becomes the earliest one costs a timerfd_settime system
+// call, and per-operation deadlines did that several times per request. As the earliest timer of
+// the worker, the sweep also keeps longer timers (upstream deadlines) from re-arming the timerfd.
+net::awaitable<void> Server::Sweep(Worker& worker) {
+  for (;;) {
+    worker.sweep.expires_after(kSweepPeriod);
+    beast::error_code ec;
+    co_await worker.sweep.async_wait(net::redirect_error(net::use_awaitable, ec));
+    if (ec == net::error::operation_aborted) co_return;
+    const auto now = Clock::now();
+    for (Session* session : worker.sessions) {
+      if (session->deadline > now) continue;
+      // Closing fails the pending operation (operation_aborted) and every later one.
+      session->deadline = Clock::time_point::max();
+      session->socket->close(ec);
+    }
+  }
+}
+
 net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
   beast::error_code ec;
   const auto remote = socket.remote_endpoint(ec);
   const std::string peer = ec ? std::string("unknown") : remote.address().to_string();
-  beast::tcp_stream stream(std::move(socket));
-
-  // Registration for graceful shutdown, undone however this coroutine ends.
-  Session session{&stream, false};
+  // Registration for the deadline sweep and graceful shutdown, undone however this coroutine ends.
+  Session session;
+  session.socket = &socket;
+  // Deadlines cost no system call: the sweep reads them.
+  const auto expires_after = [&session](std::chrono::milliseconds timeout) {
+    session.deadline = Clock::now() + timeout;
+  };
   worker.sessions.push_back(&session);
   const auto registration = std::prev(worker.sessions.end());
   sessions_.fetch_add(1);
@@ -208,11 +247,11 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     parser.body_limit(options_.max_body_bytes);
 
     // 1. Wait for the next request head (idle keep-alive wait).
-    stream.expires_after(options_.idle_timeout);
-    co_await bhttp::async_read_header(stream, buffer, parser,
+    expires_after(options_.idle_timeout);
+    co_await bhttp::async_read_header(socket, buffer, parser,
                                       net::redirect_error(net::use_awaitable, ec));
     if (ec == bhttp::error::end_of_stream || ec == net::error::operation_aborted ||
-        ec == beast::error::timeout || ec == net::error::connection_reset ||
+        ec == net::error::bad_descriptor || ec == net::error::connection_reset ||
         ec == net::error::eof) {
       break;
     }
@@ -235,17 +274,13 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
       if (EqualsIgnoreCase(expect, "100-continue")) {
         // curl waits a second for this before sending a large body.
         static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-        stream.expires_after(options_.write_timeout);
-        co_await net::async_write(stream, net::buffer(kContinue.data(), kContinue.size()),
+        expires_after(options_.write_timeout);
+        co_await net::async_write(socket, net::buffer(kContinue.data(), kContinue.size()),
                                   net::redirect_error(net::use_awaitable, ec));
         if (ec) break;
       }
-      // The body usually arrived with the head: re-arm the deadline only when it must be waited
-      // for (every re-arm is a timerfd_settime system call).
-      if (buffer.size() < parser.content_length().value_or(0) || parser.chunked()) {
-        stream.expires_after(options_.read_timeout);
-      }
-      co_await bhttp::async_read(stream, buffer, parser,
+      expires_after(options_.read_timeout);
+      co_await bhttp::async_read(socket, buffer, parser,
                                  net::redirect_error(net::use_awaitable, ec));
       if (ec == bhttp::error::body_limit) {
         early_status = 413;
@@ -258,7 +293,7 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
         break;  // the client went away or was too slow
       }
     }
-    stream.expires_never();
+    session.deadline = Clock::time_point::max();
     if (early_status == 413) {
       early_message = "Request body too large: the limit is " +
                       std::to_string(options_.max_body_bytes) + " bytes";
@@ -285,8 +320,8 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
       message.keep_alive(keep_alive);
       message.body() = std::move(response.body);
       message.prepare_payload();
-      stream.expires_after(options_.write_timeout);
-      co_await bhttp::async_write(stream, message, net::redirect_error(net::use_awaitable, ec));
+      expires_after(options_.write_timeout);
+      co_await bhttp::async_write(socket, message, net::redirect_error(net::use_awaitable, ec));
       write_failed = static_cast<bool>(ec);
     } else {
       bhttp::response<bhttp::empty_body> message{static_cast<bhttp::status>(response.status), 11};
@@ -294,24 +329,24 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
       message.keep_alive(keep_alive);
       message.chunked(true);
       bhttp::response_serializer<bhttp::empty_body> serializer{message};
-      stream.expires_after(options_.write_timeout);
-      co_await bhttp::async_write_header(stream, serializer,
+      expires_after(options_.write_timeout);
+      co_await bhttp::async_write_header(socket, serializer,
                                          net::redirect_error(net::use_awaitable, ec));
-      stream.expires_never();
+      session.deadline = Clock::time_point::max();
       write_failed = static_cast<bool>(ec);
       if (!write_failed) {
-        ChunkWriter writer(stream, options_.write_timeout);
+        ChunkWriter writer(socket, session.deadline, options_.write_timeout);
         co_await response.stream(writer);
         write_failed = writer.failed();
         if (!write_failed) {
-          stream.expires_after(options_.write_timeout);
-          co_await net::async_write(stream, bhttp::make_chunk_last(),
+          expires_after(options_.write_timeout);
+          co_await net::async_write(socket, bhttp::make_chunk_last(),
                                     net::redirect_error(net::use_awaitable, ec));
           write_failed = static_cast<bool>(ec);
         }
       }
     }
-    // No expires_never() here: the next iteration arms the idle deadline before its read.
+    // The deadline stays: the next iteration sets the idle deadline before its read.
 
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -327,7 +362,8 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     session.busy = false;
     if (write_failed || !keep_alive) break;
   }
-  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+  session.deadline = Clock::time_point::max();
+  socket.shutdown(tcp::socket::shutdown_send, ec);
 }
 
 void Server::Shutdown(std::chrono::milliseconds grace) {
@@ -337,7 +373,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
       beast::error_code ignored;
       w->acceptor.close(ignored);
       for (Session* session : w->sessions) {
-        if (!session->busy) session->stream->socket().cancel(ignored);
+        if (!session->busy) session->socket->cancel(ignored);
       }
     });
   }

@@ -22,6 +22,8 @@ struct ServerOptions {
   int threads = 1;            // I/O threads, one io_context and one SO_REUSEPORT listener each
   std::size_t max_body_bytes = 1024 * 1024;
   std::size_t max_header_bytes = 16 * 1024;
+  // Deadlines are enforced by a sweep about once a second, so they end an operation up to a second
+  // late.
   std::chrono::milliseconds idle_timeout{60'000};   // keep-alive wait for the next request
   std::chrono::milliseconds read_timeout{30'000};   // reading one request once it started
   std::chrono::milliseconds write_timeout{30'000};  // writing one response (or one stream chunk)
@@ -60,6 +62,8 @@ class Server {
   struct Session;
 
   net::awaitable<void> Accept(Worker& worker);
+  // Closes the connections of `worker` whose read or write deadline passed, about once a second.
+  net::awaitable<void> Sweep(Worker& worker);
   net::awaitable<void> Serve(Worker& worker, net::ip::tcp::socket socket);
 
   // Constant after construction.

@@ -1,24 +1,22 @@
-#include <ctime>
-
+#include <fmt/compile.h>
 #include <fmt/format.h>
 
 #include "store/conversation_store.h"
 
 namespace staple::store {
 
+// Every turn formats two of these on the writer thread. Calendar arithmetic (no gmtime_r and its
+// process-wide time zone lock) and a format string compiled at build time.
 std::string FormatTimestamp(std::chrono::system_clock::time_point t) {
   using namespace std::chrono;
-  const auto micros = duration_cast<microseconds>(t.time_since_epoch()).count();
-  std::time_t seconds = static_cast<std::time_t>(micros / 1'000'000);
-  long fraction = static_cast<long>(micros % 1'000'000);
-  if (fraction < 0) {
-    fraction += 1'000'000;
-    --seconds;
-  }
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}", tm.tm_year + 1900, tm.tm_mon + 1,
-                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, fraction);
+  const auto micros = time_point_cast<microseconds>(t);
+  const auto day = floor<days>(micros);
+  const year_month_day date{day};
+  const hh_mm_ss time{micros - day};
+  return fmt::format(FMT_COMPILE("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}"),
+                     static_cast<int>(date.year()), static_cast<unsigned>(date.month()),
+                     static_cast<unsigned>(date.day()), time.hours().count(),
+                     time.minutes().count(), time.seconds().count(), time.subseconds().count());
 }
 
 }  // namespace staple::store

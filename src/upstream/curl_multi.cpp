@@ -1,5 +1,8 @@
 #include "upstream/curl_multi.h"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <stdexcept>
 #include <utility>
 
@@ -25,6 +28,7 @@ struct CurlMulti::Socket {
   bool reading = false;         // an async_wait(wait_read) is pending
   bool writing = false;         // an async_wait(wait_write) is pending
   bool closed = false;          // released: pending waits are stale
+  bool owned = false;           // opened by OpenSocketCallback: see CurlMulti::owned_
 };
 
 void CurlMulti::GlobalInit() {
@@ -95,6 +99,15 @@ Status CurlMulti::Start(std::shared_ptr<CurlTransfer> transfer) {
     return MakeError(ErrorKind::kCancelled, "the I/O context of the upstream request stopped");
   }
   CURL* easy = transfer->easy();
+  // Connection sockets are opened and closed through us, so that a pooled connection stays
+  // registered with the reactor between the transfers that use it.
+  bool ok = curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, &CurlMulti::OpenSocketCallback) ==
+                CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, this) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, &CurlMulti::CloseSocketCallback) ==
+                CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, this) == CURLE_OK;
+  if (!ok) return MakeError(ErrorKind::kInternal, "could not set up the upstream transfer");
   // libcurl only arms its timer here (TimerCallback); the transfer begins on the next turn.
   if (curl_multi_add_handle(multi_, easy) != CURLM_OK) {
     return MakeError(ErrorKind::kInternal, "could not start the upstream transfer");
@@ -118,25 +131,92 @@ int CurlMulti::SocketCallback(CURL*, curl_socket_t fd, int what, void* self, voi
   return 0;
 }
 
+// What libcurl does without the callback, plus remembering the socket as ours to watch until it
+// is closed.
+curl_socket_t CurlMulti::OpenSocketCallback(void* self, curlsocktype,
+                                            struct curl_sockaddr* address) {
+  const curl_socket_t fd = ::socket(address->family, address->socktype, address->protocol);
+  if (fd != CURL_SOCKET_BAD) static_cast<CurlMulti*>(self)->owned_.insert(fd);
+  return fd;
+}
+
+// Also called while curl_multi_cleanup closes the pooled connections.
+int CurlMulti::CloseSocketCallback(void* self, curl_socket_t fd) {
+  static_cast<CurlMulti*>(self)->Forget(fd);
+  return ::close(fd);
+}
+
+void CurlMulti::Forget(curl_socket_t fd) {
+  owned_.erase(fd);
+  auto it = sockets_.find(fd);
+  if (it == sockets_.end()) return;
+  // release() deregisters the fd from the reactor and aborts pending waits, before it is closed.
+  it->second->closed = true;
+  it->second->descriptor.release();
+  sockets_.erase(it);
+}
+
 int CurlMulti::TimerCallback(CURLM*, long timeout_ms, void* self) {
   auto* multi = static_cast<CurlMulti*>(self);
   if (multi->shut_down_) return 0;
   if (timeout_ms < 0) {
-    multi->timer_.cancel();
+    // A pending wait may stay: it finds nothing due and ends.
+    multi->due_.reset();
     return 0;
   }
-  // Never call libcurl back from inside its callback: even a 0 ms timeout goes through the
-  // io_context. A handler that already expired may still run once; a spurious call is harmless.
-  multi->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
-  multi->timer_.async_wait([multi](const boost::system::error_code& ec) {
-    if (!ec) multi->OnTimer();
-  });
+  const auto now = std::chrono::steady_clock::now();
+  multi->due_ = now + std::chrono::milliseconds(timeout_ms);
+  // Never call libcurl back from inside its callback: the work goes through the io_context.
+  if (timeout_ms == 0) {
+    // "Now" (every new transfer asks for it): a posted handler instead of a timer, which would
+    // become the io_context's earliest and cost two timerfd_settime calls.
+    if (!multi->run_posted_) {
+      multi->run_posted_ = true;
+      net::post(multi->executor_, [multi] {
+        multi->run_posted_ = false;
+        multi->OnTimer();
+      });
+    }
+    return 0;
+  }
+  // A pending wait that ends no later than the new due time is kept: it re-arms for due_ when it
+  // ends early. libcurl moves its timer often, mostly later.
+  if (multi->timer_pending_ && multi->timer_at_ <= *multi->due_) return 0;
+  multi->ArmTimer(*multi->due_);
   return 0;
+}
+
+void CurlMulti::ArmTimer(std::chrono::steady_clock::time_point at) {
+  timer_pending_ = true;
+  timer_at_ = at;
+  const std::uint64_t generation = ++timer_generation_;
+  timer_.expires_at(at);
+  timer_.async_wait([this, generation](const boost::system::error_code& ec) {
+    if (generation != timer_generation_) return;  // superseded by a later ArmTimer
+    timer_pending_ = false;
+    if (!ec) OnTimerExpired();
+  });
+}
+
+void CurlMulti::OnTimerExpired() {
+  if (shut_down_ || !due_) return;
+  if (std::chrono::steady_clock::now() < *due_) {
+    ArmTimer(*due_);
+    return;
+  }
+  OnTimer();
 }
 
 void CurlMulti::Watch(curl_socket_t fd, int what) {
   auto it = sockets_.find(fd);
   if (what == CURL_POLL_REMOVE) {
+    if (it != sockets_.end() && it->second->owned) {
+      // A connection going back to the pool: it stays registered (no epoll_ctl now, nor when the
+      // next transfer reuses it) until CloseSocketCallback. A wait still pending is ignored when
+      // it completes.
+      it->second->wanted = CURL_POLL_NONE;
+      return;
+    }
     if (it != sockets_.end()) {
       // release() deregisters the fd from the reactor and aborts pending waits; libcurl may close
       // or reuse the fd right after this callback.
@@ -153,6 +233,7 @@ void CurlMulti::Watch(curl_socket_t fd, int what) {
     socket->descriptor.assign(fd, ec);
     // Not watchable (cannot happen for a socket): libcurl's own timeouts end the transfer.
     if (ec) return;
+    socket->owned = owned_.count(fd) != 0;
     it = sockets_.emplace(fd, std::move(socket)).first;
   }
   it->second->wanted = what;

@@ -2,8 +2,12 @@
 
 #include <curl/curl.h>
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/net.h"
 #include "common/result.h"
@@ -57,17 +61,36 @@ class CurlMulti : public net::execution_context::service {
   void Cleanup();
 
   static int SocketCallback(CURL* easy, curl_socket_t fd, int what, void* self, void* socket_data);
+  static curl_socket_t OpenSocketCallback(void* self, curlsocktype purpose,
+                                          struct curl_sockaddr* address);
+  static int CloseSocketCallback(void* self, curl_socket_t fd);
+  // Stops watching `fd` (libcurl is closing it).
+  void Forget(curl_socket_t fd);
   static int TimerCallback(CURLM* multi, long timeout_ms, void* self);
   void Watch(curl_socket_t fd, int what);
   void Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket);
   void OnReady(curl_socket_t fd, const std::shared_ptr<Socket>& socket, int event);
+  void ArmTimer(std::chrono::steady_clock::time_point at);
+  void OnTimerExpired();
   void OnTimer();
   void CollectDone();
 
   net::any_io_executor executor_;
   CURLM* multi_ = nullptr;
+  // libcurl's timer: when it wants curl_multi_socket_action(CURL_SOCKET_TIMEOUT); none when unset.
+  std::optional<std::chrono::steady_clock::time_point> due_;
+  bool run_posted_ = false;  // a 0 ms timeout is posted to the io_context, not waited for
+  // The wait on timer_, when one is pending. It may be earlier than due_ (libcurl moved its timer
+  // later): it then only re-arms for due_. `timer_generation_` tells the latest wait from
+  // superseded ones.
   net::steady_timer timer_;
+  bool timer_pending_ = false;
+  std::chrono::steady_clock::time_point timer_at_;
+  std::uint64_t timer_generation_ = 0;
   std::unordered_map<curl_socket_t, std::shared_ptr<Socket>> sockets_;
+  // Connection sockets opened through OpenSocketCallback and not closed yet: libcurl closes them
+  // through CloseSocketCallback, so their reactor registration can outlive CURL_POLL_REMOVE.
+  std::unordered_set<curl_socket_t> owned_;
   std::unordered_map<CURL*, std::shared_ptr<CurlTransfer>> running_;
   bool shut_down_ = false;
 };

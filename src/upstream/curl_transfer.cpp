@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <utility>
+#include <vector>
 
 #include "upstream/curl_multi.h"
 
@@ -10,6 +11,47 @@ namespace staple::upstream {
 namespace {
 
 constexpr const char* kUserAgent = "staple/0.1";
+
+// Easy handles of finished transfers, kept for the next transfers of the same thread. A new handle
+// costs the allocation and initialisation of libcurl's whole transfer state, and its first
+// transfer allocates a receive buffer; curl_easy_reset keeps both. Connections are not kept here:
+// they live in the CurlMulti's pool.
+class EasyHandlePool {
+ public:
+  // Idle handles kept per thread; more are cleaned up.
+  static constexpr std::size_t kMaxIdle = 256;
+
+  EasyHandlePool() = default;
+  EasyHandlePool(const EasyHandlePool&) = delete;
+  EasyHandlePool& operator=(const EasyHandlePool&) = delete;
+  ~EasyHandlePool() {
+    for (CURL* easy : idle_) curl_easy_cleanup(easy);
+  }
+
+  // A handle with every option at its default, or nullptr when libcurl cannot make one.
+  CURL* Take() {
+    if (idle_.empty()) return curl_easy_init();
+    CURL* easy = idle_.back();
+    idle_.pop_back();
+    return easy;
+  }
+
+  // Takes back a handle that is in no multi handle.
+  void Give(CURL* easy) {
+    if (idle_.size() >= kMaxIdle) {
+      curl_easy_cleanup(easy);
+      return;
+    }
+    curl_easy_reset(easy);
+    idle_.push_back(easy);
+  }
+
+ private:
+  std::vector<CURL*> idle_;
+};
+
+// Transfers are created and destroyed on their io_context's thread.
+thread_local EasyHandlePool t_easy_handles;
 
 char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
@@ -116,7 +158,7 @@ CurlTransfer::CurlTransfer(net::any_io_executor executor, const Options& options
 CurlTransfer::~CurlTransfer() {
   // CurlMulti holds a reference while libcurl runs the transfer, so the handle is not in a multi
   // handle any more here.
-  if (easy_ != nullptr) curl_easy_cleanup(easy_);
+  if (easy_ != nullptr) t_easy_handles.Give(easy_);
   curl_slist_free_all(request_headers_);
 }
 
@@ -163,7 +205,7 @@ Status CurlTransfer::Configure(const Settings& settings, Request request) {
     request_headers_ = appended;
   }
 
-  easy_ = curl_easy_init();
+  easy_ = t_easy_handles.Take();
   if (easy_ == nullptr) return MakeError(ErrorKind::kInternal, "curl_easy_init failed");
   url_ = settings.base_url + request.path;
   request_body_ = std::move(request.body);

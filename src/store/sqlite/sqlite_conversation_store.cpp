@@ -209,6 +209,32 @@ StoredMessage ReadMessage(const Statement& row) {
   return message;
 }
 
+// HistoryCache bounds: more rows than any default context window (100 messages), and a memory
+// budget that holds a few thousand conversations of ordinary length.
+constexpr std::size_t kCachedRowsPerConversation = 256;
+constexpr std::size_t kHistoryCacheBytes = 64 * 1024 * 1024;
+
+// A row as InsertRow stores it and ReadMessage reads it back (empty request_id and model are NULL,
+// which reads back as empty).
+StoredMessage RowOf(const Turn& turn, std::int64_t id, const std::string& timestamp,
+                    std::string_view role, const std::string& content,
+                    std::optional<std::int64_t> prompt_tokens,
+                    std::optional<std::int64_t> completion_tokens,
+                    std::optional<std::int64_t> latency_ms) {
+  StoredMessage message;
+  message.id = id;
+  message.user_id = turn.user_id;
+  message.timestamp = timestamp;
+  message.role = std::string(role);
+  message.content = content;
+  message.request_id = turn.request_id;
+  message.model = turn.model;
+  message.prompt_tokens = prompt_tokens;
+  message.completion_tokens = completion_tokens;
+  message.latency_ms = latency_ms;
+  return message;
+}
+
 // SQLite's LIMIT takes a signed 64-bit value; a negative one means "no limit".
 std::int64_t SqlLimit(std::size_t n) {
   constexpr auto kMax = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
@@ -245,16 +271,31 @@ class SqliteConversationStore::Writer {
     if (sqlite3_get_autocommit(db_.handle()) == 0) (void)Run(rollback_);
   }
 
-  Status InsertTurn(const Turn& turn) {
+  // Inserts both rows of `turn`; on success `inserted` (when given) holds them as a read would
+  // return them, ids included.
+  Status InsertTurn(const Turn& turn, std::vector<StoredMessage>* inserted) {
     const std::string prompt_time = FormatTimestamp(turn.prompt_time);
     if (auto ok = InsertRow(turn, prompt_time, "user", turn.prompt, std::nullopt, std::nullopt,
                             std::nullopt);
         !ok) {
       return ok;
     }
+    const std::int64_t prompt_id = sqlite3_last_insert_rowid(db_.handle());
     const std::string completion_time = FormatTimestamp(turn.completion_time);
-    return InsertRow(turn, completion_time, "assistant", turn.completion, turn.prompt_tokens,
-                     turn.completion_tokens, turn.latency_ms);
+    if (auto ok = InsertRow(turn, completion_time, "assistant", turn.completion, turn.prompt_tokens,
+                            turn.completion_tokens, turn.latency_ms);
+        !ok) {
+      return ok;
+    }
+    if (inserted != nullptr) {
+      const std::int64_t completion_id = sqlite3_last_insert_rowid(db_.handle());
+      inserted->clear();
+      inserted->push_back(RowOf(turn, prompt_id, prompt_time, "user", turn.prompt, std::nullopt,
+                                std::nullopt, std::nullopt));
+      inserted->push_back(RowOf(turn, completion_id, completion_time, "assistant", turn.completion,
+                                turn.prompt_tokens, turn.completion_tokens, turn.latency_ms));
+    }
+    return Ok();
   }
 
   Result<std::int64_t> DeleteUser(const std::string& user_id) {
@@ -355,7 +396,29 @@ class SqliteConversationStore::Reader {
     return reader;
   }
 
-  Result<std::vector<StoredMessage>> Recent(const std::string& user_id, std::size_t max) {
+  Result<std::vector<StoredMessage>> Recent(const std::string& user_id, std::size_t max,
+                                            HistoryCache& cache) {
+    // With a cached window, its row count and newest id come from the (user_id, id) index alone
+    // (a few pages); they decide whether the cached rows are the stored ones (see HistoryCache).
+    if (const auto oldest = cache.OldestId(user_id)) {
+      StatementReset reset(window_);
+      if (auto ok = window_.BindText(1, user_id); !ok) return ok.error();
+      if (auto ok = window_.BindInt64(2, *oldest); !ok) return ok.error();
+      auto row = window_.Step();
+      if (!row) return Context("database read failed", row.error());
+      if (*row) {
+        auto cached =
+            cache.Get(user_id, *oldest, window_.ColumnInt64(0), window_.ColumnInt64(1), max);
+        if (cached) return std::move(*cached);
+      }
+    }
+    auto messages = ReadRecent(user_id, max);
+    // Fewer rows than the limit: the read saw the whole conversation.
+    if (messages) cache.Put(user_id, *messages, max == 0 || messages->size() < max);
+    return messages;
+  }
+
+  Result<std::vector<StoredMessage>> ReadRecent(const std::string& user_id, std::size_t max) {
     // Newest first with a LIMIT uses the (user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     StatementReset reset(recent_);
@@ -410,6 +473,10 @@ class SqliteConversationStore::Reader {
         db_.Prepare(std::string(kSelectColumns) + "WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2");
     if (!recent) return recent.error();
     recent_ = std::move(recent).value();
+    auto window =
+        db_.Prepare("SELECT count(*), max(id) FROM messages WHERE user_id = ?1 AND id >= ?2");
+    if (!window) return window.error();
+    window_ = std::move(window).value();
     auto list = db_.Prepare(std::string(kSelectColumns) +
                             "WHERE user_id = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3");
     if (!list) return list.error();
@@ -421,6 +488,7 @@ class SqliteConversationStore::Reader {
   }
 
   Database db_;
+  Statement window_;
   Statement recent_;
   Statement list_;
   Statement ping_;
@@ -469,7 +537,10 @@ Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
 SqliteConversationStore::SqliteConversationStore(SqliteStoreOptions options,
                                                  std::unique_ptr<Writer> writer,
                                                  std::vector<std::unique_ptr<Reader>> readers)
-    : options_(std::move(options)), writer_(std::move(writer)), readers_(std::move(readers)) {}
+    : options_(std::move(options)),
+      history_(kCachedRowsPerConversation, kHistoryCacheBytes),
+      writer_(std::move(writer)),
+      readers_(std::move(readers)) {}
 
 Status SqliteConversationStore::StartThreads() {
   try {
@@ -580,9 +651,20 @@ void SqliteConversationStore::CommitBatch(std::vector<WriteOp>& batch) {
 
 net::awaitable<Status> SqliteConversationStore::AppendTurn(Turn turn) {
   auto start = [this, turn = std::move(turn)](auto done) mutable {
+    // Written by apply and read by complete, both on the writer thread.
+    auto inserted = std::make_shared<std::vector<StoredMessage>>();
     WriteOp op;
-    op.apply = [turn = std::move(turn)](Writer& writer) { return writer.InsertTurn(turn); };
-    op.complete = [done](Status status) { done(std::move(status)); };
+    op.apply = [inserted, turn = std::move(turn)](Writer& writer) {
+      return writer.InsertTurn(turn, inserted.get());
+    };
+    op.complete = [this, inserted, done](Status status) {
+      // Before the caller resumes, so that its next read of the conversation finds the turn there.
+      if (status && !inserted->empty()) {
+        const std::string user_id = inserted->front().user_id;
+        history_.Append(user_id, std::move(*inserted));
+      }
+      done(std::move(status));
+    };
     SubmitWrite(std::move(op));
   };
   return AwaitCallback<Status>(std::move(start));
@@ -594,13 +676,14 @@ net::awaitable<Result<std::int64_t>> SqliteConversationStore::DeleteMessages(std
     // Written by apply and read by complete, both on the writer thread.
     auto count = std::make_shared<std::int64_t>(0);
     WriteOp op;
-    op.apply = [count, user_id = std::move(user_id)](Writer& writer) -> Status {
+    op.apply = [count, user_id](Writer& writer) -> Status {
       auto deleted = writer.DeleteUser(user_id);
       if (!deleted) return deleted.error();
       *count = *deleted;
       return Ok();
     };
-    op.complete = [count, done](Status status) {
+    op.complete = [this, count, user_id = std::move(user_id), done](Status status) {
+      if (status) history_.Erase(user_id);
       done(status ? Deleted(*count) : Deleted(status.error()));
     };
     SubmitWrite(std::move(op));
@@ -662,8 +745,8 @@ net::awaitable<R> SqliteConversationStore::RunRead(Query query) {
 
 net::awaitable<Result<std::vector<StoredMessage>>> SqliteConversationStore::RecentMessages(
     std::string user_id, std::size_t max_messages) {
-  auto query = [user_id = std::move(user_id), max_messages](Reader& reader) {
-    return reader.Recent(user_id, max_messages);
+  auto query = [this, user_id = std::move(user_id), max_messages](Reader& reader) {
+    return reader.Recent(user_id, max_messages, history_);
   };
   return RunRead<Result<std::vector<StoredMessage>>>(std::move(query));
 }

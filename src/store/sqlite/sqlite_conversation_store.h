@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "store/conversation_store.h"
+#include "store/sqlite/history_cache.h"
 
 namespace staple::store {
 
@@ -44,6 +45,9 @@ struct SqliteStoreOptions {
 // DeleteMessages operations in groups of up to `max_batch` per transaction, in the order they were
 // accepted; `reader_threads` threads own read-only connections and serve RecentMessages,
 // ListMessages and Ping. No SQLite call runs on the caller's thread after Open().
+//
+// RecentMessages serves a conversation's newest rows from a HistoryCache when the (user_id, id)
+// index shows that the cached rows are still exactly the stored ones, else from the table.
 //
 // Schema: table `messages`, index (user_id, id), view `message` with the seed's five columns,
 // versioned by PRAGMA user_version (kSchemaVersion). Open() migrates older files (including the
@@ -114,6 +118,9 @@ class SqliteConversationStore final : public ConversationStore {
 
   // Constant after construction.
   const SqliteStoreOptions options_;
+
+  // Shared by the writer (appends committed turns) and the readers.
+  HistoryCache history_;
 
   // Owned by the writer thread while it runs; destroyed by Close().
   std::unique_ptr<Writer> writer_;

@@ -204,6 +204,101 @@ TEST_F(SqliteConversationStoreTest, AcknowledgedTurnsSurviveKill9) {
   }
 }
 
+// Every field of a stored message, for comparing a history read with the table.
+std::string Fields(const StoredMessage& m) {
+  const auto number = [](const std::optional<std::int64_t>& v) {
+    return v ? std::to_string(*v) : std::string("NULL");
+  };
+  return std::to_string(m.id) + "|" + m.user_id + "|" + m.timestamp + "|" + m.role + "|" +
+         m.content + "|" + m.request_id + "|" + m.model + "|" + number(m.prompt_tokens) + "|" +
+         number(m.completion_tokens) + "|" + number(m.latency_ms);
+}
+
+// The newest `n` rows of `user_id` as the table holds them, oldest first.
+std::vector<std::string> TableRows(RawConnection& raw, const std::string& user_id, int n) {
+  std::vector<std::string> out;
+  const Rows rows = raw.Query(
+      "SELECT id, user_id, timestamp, role, content, coalesce(request_id, ''), "
+      "coalesce(model, ''), coalesce(prompt_tokens, 'NULL'), coalesce(completion_tokens, 'NULL'), "
+      "coalesce(latency_ms, 'NULL') FROM (SELECT * FROM messages WHERE user_id = '" +
+      user_id + "' ORDER BY id DESC LIMIT " + std::to_string(n) + ") ORDER BY id");
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size(); ++i) line += (i == 0 ? "" : "|") + row[i];
+    out.push_back(line);
+  }
+  return out;
+}
+
+std::vector<std::string> HistoryRows(SqliteConversationStore& store, const std::string& user_id,
+                                     std::size_t n) {
+  auto read = RunSync(store.RecentMessages(user_id, n));
+  EXPECT_TRUE(read.ok()) << Describe(read);
+  std::vector<std::string> out;
+  if (read.ok()) {
+    for (const auto& message : *read) out.push_back(Fields(message));
+  }
+  return out;
+}
+
+// History reads are served from memory when nothing changed; they must still show exactly the
+// table after the store's own writes and after writes by another connection.
+TEST_F(SqliteConversationStoreTest, HistoryReadsShowEveryCommittedChange) {
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  RawConnection raw(path_);
+  for (int n = 0; n < 3; ++n) ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", n))).ok());
+  ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("bob", 0))).ok());
+
+  EXPECT_EQ(HistoryRows(*store, "alice", 100), TableRows(raw, "alice", 100));
+  EXPECT_EQ(HistoryRows(*store, "alice", 100), TableRows(raw, "alice", 100));  // again
+  EXPECT_EQ(HistoryRows(*store, "alice", 4), TableRows(raw, "alice", 4));
+  EXPECT_EQ(HistoryRows(*store, "alice", 0), TableRows(raw, "alice", 100));
+
+  // The store's own write.
+  ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", 3))).ok());
+  EXPECT_EQ(HistoryRows(*store, "alice", 100), TableRows(raw, "alice", 100));
+  EXPECT_EQ(HistoryRows(*store, "alice", 100).size(), 8u);
+
+  // Another connection inserts, deletes the oldest row, then everything.
+  raw.Exec(
+      "INSERT INTO messages (user_id, timestamp, role, content) "
+      "VALUES ('alice', '2026-01-01 00:00:00.000000', 'user', 'from elsewhere')");
+  EXPECT_EQ(HistoryRows(*store, "alice", 100), TableRows(raw, "alice", 100));
+  EXPECT_EQ(HistoryRows(*store, "alice", 100).size(), 9u);
+  raw.Exec(
+      "DELETE FROM messages WHERE id = (SELECT min(id) FROM messages WHERE user_id = 'alice')");
+  EXPECT_EQ(HistoryRows(*store, "alice", 100), TableRows(raw, "alice", 100));
+  EXPECT_EQ(HistoryRows(*store, "alice", 100).size(), 8u);
+  raw.Exec("DELETE FROM messages WHERE user_id = 'alice'");
+  EXPECT_TRUE(HistoryRows(*store, "alice", 100).empty());
+
+  // After the store's own delete, a new conversation under the same id.
+  EXPECT_EQ(HistoryRows(*store, "bob", 100), TableRows(raw, "bob", 100));
+  ASSERT_TRUE(RunSync(store->DeleteMessages("bob")).ok());
+  EXPECT_TRUE(HistoryRows(*store, "bob", 100).empty());
+  ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("bob", 1))).ok());
+  EXPECT_EQ(HistoryRows(*store, "bob", 100), TableRows(raw, "bob", 100));
+  EXPECT_EQ(HistoryRows(*store, "bob", 100).size(), 2u);
+}
+
+// A long conversation: windows shorter and longer than what the store keeps in memory.
+TEST_F(SqliteConversationStoreTest, LongHistoriesReadExactlyAtEveryWindow) {
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  RawConnection raw(path_);
+  for (int n = 0; n < 150; ++n) ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("carol", n))).ok());
+  for (int round = 0; round < 2; ++round) {
+    for (std::size_t window : {1u, 10u, 100u, 256u, 299u, 300u, 500u}) {
+      EXPECT_EQ(HistoryRows(*store, "carol", window),
+                TableRows(raw, "carol", static_cast<int>(window)))
+          << "window " << window;
+    }
+    EXPECT_EQ(HistoryRows(*store, "carol", 0), TableRows(raw, "carol", 1000));
+    ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("carol", 150 + round))).ok());
+  }
+}
+
 TEST_F(SqliteConversationStoreTest, ReopeningTheFileKeepsTheData) {
   {
     auto store = OpenStore();
