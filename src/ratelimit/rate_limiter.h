@@ -39,7 +39,9 @@ struct Decision {
   std::size_t deciding = 0;
   LimitState state;        // of `deciding`
   double retry_after = 0;  // seconds until a retry can succeed; 0 when allowed
-  double at = 0;           // the limiter clock (Unix seconds) when it decided; see Refund
+  // The limiter clock (Unix seconds) when it decided; when allowed, the latest time at which a
+  // check counted the charge (later than the clock when it had stepped back). See Refund.
+  double at = 0;
 };
 
 // Enforces limits. All methods are thread-safe and may be awaited from any I/O thread.

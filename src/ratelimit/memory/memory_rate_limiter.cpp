@@ -171,7 +171,10 @@ class Window {
     return std::max(0.0, wait);
   }
 
-  void Consume(Entry& e, std::uint64_t units) const {
+  // Charges `units`; returns the time the charge counts at: `now`, or later when the clock stepped
+  // back (or, on Redis, another replica's later-stamped operation arrived first) and the units
+  // went into the window or log position that operation had opened.
+  double Consume(Entry& e, std::uint64_t units) const {
     switch (strategy_) {
       case Strategy::kFixedWindow:
         if (now_ >= e.expires_at) {
@@ -179,7 +182,7 @@ class Window {
           e.expires_at = now_ + period_;
         }
         e.count += units;
-        break;
+        return std::max(now_, e.window_start);
       case Strategy::kMovingWindow: {
         // A clock that stepped back records at the newest time so the log stays ordered.
         const double at = e.log.size() > e.log_head ? std::max(now_, e.log.back().at) : now_;
@@ -190,14 +193,15 @@ class Window {
         }
         e.count += units;
         e.expires_at = at + period_;
-        break;
+        return at;
       }
       case Strategy::kSlidingWindowCounter:
         e.count += units;
         // The current window's hits weigh on the next window too.
         e.expires_at = static_cast<double>(e.window + 2) * period_;
-        break;
+        return std::max(now_, static_cast<double>(e.window) * period_);
     }
+    return now_;
   }
 
   // Gives back `units` charged at `acquired_at`, from the window that counted them; nothing when
@@ -454,6 +458,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
     }
 
     // Phase 2: every check has room, so charge each and report the tightest.
+    decision.at = now;
     if (decision.allowed) {
       for (std::size_t i = 0; i < n; ++i) {
         Shard& shard = shards_[scratch.shard_of[i]];
@@ -465,7 +470,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
             scratch.entries[i] = &it->second;
             if (inserted) window.Advance(it->second);
           }
-          window.Consume(*scratch.entries[i], cost);
+          decision.at = std::max(decision.at, window.Consume(*scratch.entries[i], cost));
           shard.NoteExpiry(scratch.entries[i]->expires_at);
         }
       }
@@ -495,7 +500,6 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
       }
     }
   }
-  decision.at = now;
   MaybeSweepOne(now);
   return decision;
 }

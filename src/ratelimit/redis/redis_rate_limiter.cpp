@@ -308,7 +308,10 @@ net::awaitable<Result<Decision>> RedisRateLimiter::Acquire(std::vector<Check> ch
     decision.state = StateOf(checks[decision.deciding], used, reset_at);
     co_return decision;
   }
-  if (r.elements.size() != 3 + 2 * checks.size()) co_return BadReply(r);
+  if (r.elements.size() != 4 + 2 * checks.size() ||
+      !ReadDouble(r.elements[3 + 2 * checks.size()], decision.at)) {
+    co_return BadReply(r);
+  }
   // The tightest check decides the headers: least remaining, ties to the earliest reset.
   LimitState best;
   for (std::size_t i = 0; i < checks.size(); ++i) {

@@ -50,6 +50,8 @@ local function consume(s, units)
   s.count = s.count + units
   s.changed = true
   s.extend = true
+  if s.start > now then return s.start end
+  return now
 end
 local function give_back(s, units, at)
   if now >= s.expires or at < s.start then return end
@@ -134,6 +136,7 @@ local function consume(s, units)
   s.expires = at + s.period
   s.changed = true
   s.extend = true
+  return at
 end
 local function give_back(s, units, at)
   if at + s.period <= now then return end
@@ -249,6 +252,8 @@ local function consume(s, units)
   s.expires = (s.w + 2) * s.period
   s.changed = true
   s.extend = true
+  if s.w * s.period > now then return s.w * s.period end
+  return now
 end
 local function give_back(s, units, at)
   local index = math.floor(at / s.period)
@@ -318,8 +323,12 @@ if not allowed then
   save_all()
   return {0, deciding, fmt(retry), deciding_used, fmt(deciding_reset)}
 end
+local at = now
 if cost > 0 then
-  for i = 1, n do consume(state(i), cost) end
+  for i = 1, n do
+    local counted = consume(state(i), cost)
+    if counted > at then at = counted end
+  end
 end
 save_all()
 local out = {1, 0, '0'}
@@ -328,6 +337,7 @@ for i = 1, n do
   out[#out + 1] = used(s)
   out[#out + 1] = fmt(reset_at(s))
 end
+out[#out + 1] = fmt(at)
 return out
 )lua";
 

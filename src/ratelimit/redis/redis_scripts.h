@@ -18,8 +18,8 @@ namespace staple::ratelimit {
 // Acquire it gives back (Decision::at).
 //
 // Acquire returns {0, deciding (0-based), retry_after, used, reset_at} when denied and
-// {1, 0, "0", used_1, reset_at_1, ..., used_n, reset_at_n} when allowed; `used` is an integer,
-// reset_at and retry_after are text ("%.17g"). Refund and Charge return 1.
+// {1, 0, "0", used_1, reset_at_1, ..., used_n, reset_at_n, at} when allowed (at: Decision::at);
+// `used` is an integer, reset_at and retry_after are text ("%.17g"). Refund and Charge return 1.
 std::string AcquireScript(Strategy strategy);
 std::string RefundScript(Strategy strategy);
 std::string ChargeScript(Strategy strategy);

@@ -367,6 +367,22 @@ TEST_P(RateLimiterContractTest, ChargeConsumesEvenWithoutRoom) {
   EXPECT_EQ(d.state.remaining, 9u);
 }
 
+// Replicas stamp operations with their own clocks, so an acquire stamped a little earlier can
+// reach Redis after one that opened a new window; it is counted in that window, and its refund
+// (with its Decision::at) must find it there.
+TEST_P(RateLimiterContractTest, RefundFindsAnAcquireThatArrivedOutOfOrder) {
+  const std::vector<Check> checks{MakeCheck("10/minute", "c")};
+  clock_.Set(kT0 + 30);
+  ASSERT_TRUE(Hit(checks, 2).allowed);
+  clock_.Set(kT0 + 29);
+  Decision late = Hit(checks, 5);
+  ASSERT_TRUE(late.allowed);
+  EXPECT_GE(late.at, kT0 + 29);
+  Give(checks, 5, late.at);
+  clock_.Set(kT0 + 31);
+  EXPECT_EQ(Hit(checks, 0).state.remaining, 8u);
+}
+
 TEST_P(RateLimiterContractTest, WindowsEndAndCapacityReturns) {
   const std::vector<Check> checks{MakeCheck("2/minute", "c")};
   ASSERT_TRUE(Hit(checks).allowed);
