@@ -1,13 +1,17 @@
-// The context window sent upstream: BuildContext over a stored history.
+// The context window sent upstream: BuildContext over a stored history, and serializing that
+// history into an upstream body, from scratch (a JSON tree, as before MessageFragments) and with
+// the serialized messages kept (MessageFragments, what a continued conversation now pays).
 //
-//   build/staple_micro_bench --benchmark_filter=BuildContext
+//   build/staple_micro_bench --benchmark_filter='BuildContext|HistoryBody'
 
 #include <benchmark/benchmark.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "chat/context_window.h"
+#include "chat/message_fragments.h"
 #include "store/conversation_store.h"
 
 namespace staple::chat {
@@ -48,6 +52,33 @@ void BM_BuildContext(benchmark::State& state) {
   state.counters["messages_sent"] = static_cast<double>(sent);
 }
 BENCHMARK(BM_BuildContext)->ArgNames({"stored", "default_limits"})->Args({100, 1})->Args({100, 0});
+
+// The "messages" array of 100 stored messages as one nlohmann tree, dumped.
+void BM_HistoryBodyFromTree(benchmark::State& state) {
+  const auto history = History(100);
+  for (auto _ : state) {
+    nlohmann::json messages = nlohmann::json::array();
+    for (const auto& m : history) messages.push_back({{"role", m.role}, {"content", m.content}});
+    std::string body = messages.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    benchmark::DoNotOptimize(body);
+  }
+}
+BENCHMARK(BM_HistoryBodyFromTree);
+
+// The same array from kept fragments (every message served from MessageFragments).
+void BM_HistoryBodyFromFragments(benchmark::State& state) {
+  const auto history = History(100);
+  MessageFragments fragments(32 << 20);
+  std::string warm;
+  fragments.Append(warm, history, 0);
+  for (auto _ : state) {
+    std::string body = "[";
+    fragments.Append(body, history, 0);
+    body += ']';
+    benchmark::DoNotOptimize(body);
+  }
+}
+BENCHMARK(BM_HistoryBodyFromFragments);
 
 }  // namespace
 }  // namespace staple::chat

@@ -1,7 +1,7 @@
 #include "api/handlers.h"
 
-#include <uuid/uuid.h>
-
+#include <boost/uuid/random_generator.hpp>
+#include <boost/uuid/uuid_io.hpp>
 #include <charconv>
 
 #include "api/errors.h"
@@ -124,11 +124,11 @@ http::Response SeedStreamResponse(std::unique_ptr<chat::CompletionStream> stream
 }  // namespace
 
 std::string NewUserId() {
-  uuid_t id;
-  uuid_generate_random(id);
-  char text[37];
-  uuid_unparse_lower(id, text);
-  return text;
+  // A conversation id is all it takes to read the conversation: it must not be guessable, so it
+  // comes from the operating system's random source (one getrandom per id; a generator per
+  // thread, since it is not thread-safe).
+  thread_local boost::uuids::random_generator generate;
+  return boost::uuids::to_string(generate());
 }
 
 bool IsJsonContentType(std::string_view value) {

@@ -10,8 +10,8 @@ std::size_t CountChars(std::string_view utf8) {
   return count;
 }
 
-std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& history,
-                                       const WindowLimits& limits) {
+std::size_t WindowStart(const std::vector<store::StoredMessage>& history,
+                        const WindowLimits& limits) {
   // Walk turns from the newest back, keeping whole turns while both budgets hold.
   std::size_t first_kept = history.size();
   std::size_t messages = 0;
@@ -29,7 +29,12 @@ std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& 
     first_kept = i;
     turn_end = i;
   }
+  return first_kept;
+}
 
+std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& history,
+                                       const WindowLimits& limits) {
+  const std::size_t first_kept = WindowStart(history, limits);
   std::vector<ChatMessage> kept;
   kept.reserve(history.size() - first_kept);
   for (std::size_t i = first_kept; i < history.size(); ++i) {

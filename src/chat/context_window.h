@@ -27,6 +27,9 @@ std::size_t CountChars(std::string_view utf8);
 // starts with a reply (its question was cut off) loses that reply.
 std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& history,
                                        const WindowLimits& limits);
+// Where HistoryWindow starts: the index of the first message it keeps (history.size() for none).
+std::size_t WindowStart(const std::vector<store::StoredMessage>& history,
+                        const WindowLimits& limits);
 
 // The messages sent upstream for a new prompt: the optional system prompt, then the most recent
 // whole turns of `history` (oldest first; a turn is a user message and the replies after it) that

@@ -13,6 +13,8 @@ namespace {
 using nlohmann::json;
 
 constexpr std::size_t kMaxErrorBodyBytes = 64 * 1024;
+// Serialized history messages kept for the next requests of their conversations.
+constexpr std::size_t kFragmentBytes = 32 * 1024 * 1024;
 
 // The upstream's own error text, when its body is OpenAI's error shape.
 std::string UpstreamErrorMessage(const std::string& body) {
@@ -43,7 +45,15 @@ TokenUsage UsageOf(const Completion& completion) {
 ConversationService::ConversationService(store::ConversationStore& store,
                                          upstream::Client& upstream, observe::Metrics& metrics,
                                          ServiceSettings settings)
-    : store_(store), upstream_(upstream), metrics_(metrics), settings_(std::move(settings)) {}
+    : store_(store),
+      upstream_(upstream),
+      metrics_(metrics),
+      settings_(std::move(settings)),
+      model_json_(json(settings_.model).dump(-1, ' ', false, json::error_handler_t::replace)),
+      system_message_(settings_.system_prompt.empty()
+                          ? std::string()
+                          : MessageFragments::Serialize("system", settings_.system_prompt)),
+      fragments_(kFragmentBytes) {}
 
 std::string ConversationService::Scrub(std::string text) const {
   return ScrubSecret(std::move(text), settings_.api_key);
@@ -68,20 +78,39 @@ net::awaitable<Result<ConversationService::UpstreamBody>> ConversationService::R
     co_return MakeError(ErrorKind::kUnavailable,
                         "could not read the conversation: " + history.error().message);
   }
-  const auto context =
-      BuildContext(*history, settings_.window, settings_.system_prompt, request.prompt);
-  json body = {{"model", settings_.model}, {"messages", json::array()}};
-  auto& messages = body["messages"];
-  for (const auto& message : context) {
-    messages.push_back({{"role", message.role}, {"content", message.content}});
-  }
-  if (stream) {
-    body["stream"] = true;
-    body["stream_options"] = {{"include_usage", true}};  // token counts for the log and limits
-  }
+  // The body is assembled from serialized pieces: the constant model and system message, the
+  // history's messages (kept serialized across requests, see MessageFragments) and the prompt.
+  const std::size_t first = WindowStart(*history, settings_.window);
+  const std::string prompt = MessageFragments::Serialize("user", request.prompt);
   UpstreamBody out;
-  out.json = body.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (request.tokens) out.estimate.prompt = EstimatePromptTokens(context);
+  std::string& body = out.json;
+  body.reserve(128 + prompt.size() + system_message_.size());
+  body += "{\"model\":";
+  body += model_json_;
+  body += ",\"messages\":[";
+  if (!system_message_.empty()) {
+    body += system_message_;
+    body += ',';
+  }
+  if (first < history->size()) {
+    fragments_.Append(body, *history, first);
+    body += ',';
+  }
+  body += prompt;
+  body += ']';
+  if (stream) {
+    // Token counts for the log and the token limits.
+    body += ",\"stream\":true,\"stream_options\":{\"include_usage\":true}";
+  }
+  body += '}';
+  if (request.tokens) {
+    std::uint64_t tokens = kReplyPrimingTokens + EstimateMessageTokens(request.prompt);
+    if (!settings_.system_prompt.empty()) tokens += EstimateMessageTokens(settings_.system_prompt);
+    for (std::size_t i = first; i < history->size(); ++i) {
+      tokens += EstimateMessageTokens((*history)[i].content);
+    }
+    out.estimate.prompt = tokens;
+  }
   co_return out;
 }
 

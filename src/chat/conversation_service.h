@@ -8,6 +8,7 @@
 #include <string>
 
 #include "chat/context_window.h"
+#include "chat/message_fragments.h"
 #include "chat/token_gate.h"
 #include "common/net.h"
 #include "common/result.h"
@@ -87,6 +88,10 @@ class ConversationService {
   upstream::Client& upstream_;
   observe::Metrics& metrics_;
   const ServiceSettings settings_;
+  const std::string model_json_;      // settings_.model as a JSON string
+  const std::string system_message_;  // the serialized system message, "" without one
+  // Thread-safe.
+  MessageFragments fragments_;
 };
 
 // A seed completion being streamed (see ConversationService::OpenStream). Used once, from the

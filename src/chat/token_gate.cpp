@@ -6,17 +6,18 @@ namespace staple::chat {
 namespace {
 
 constexpr std::uint64_t kTokensPerMessage = 4;
-constexpr std::uint64_t kReplyPriming = 3;
 
 }  // namespace
 
 std::uint64_t EstimateTextTokens(std::string_view text) { return (text.size() + 3) / 4; }
 
+std::uint64_t EstimateMessageTokens(std::string_view text) {
+  return kTokensPerMessage + EstimateTextTokens(text);
+}
+
 std::uint64_t EstimatePromptTokens(const std::vector<ChatMessage>& messages) {
-  std::uint64_t total = kReplyPriming;
-  for (const auto& message : messages) {
-    total += kTokensPerMessage + EstimateTextTokens(message.content);
-  }
+  std::uint64_t total = kReplyPrimingTokens;
+  for (const auto& message : messages) total += EstimateMessageTokens(message.content);
   return total;
 }
 
@@ -24,9 +25,7 @@ std::uint64_t EstimatePromptTokens(const nlohmann::ordered_json& messages,
                                    const std::vector<ChatMessage>& extra) {
   std::uint64_t total = EstimatePromptTokens(extra);
   if (!messages.is_array()) return total;
-  for (const auto& message : messages) {
-    total += kTokensPerMessage + EstimateTextTokens(MessageText(message));
-  }
+  for (const auto& message : messages) total += EstimateMessageTokens(MessageText(message));
   return total;
 }
 

@@ -32,6 +32,11 @@ struct TokenUsage {
 // replaces it once the answer is complete.
 std::uint64_t EstimateTextTokens(std::string_view text);
 
+// Tokens that prime the reply, counted once per prompt.
+inline constexpr std::uint64_t kReplyPrimingTokens = 3;
+// Estimated tokens of one message of a prompt: its text plus 4 tokens of framing.
+std::uint64_t EstimateMessageTokens(std::string_view text);
+
 // Estimated prompt tokens of messages as the upstream counts them: each message's text plus 4
 // tokens of framing, plus 3 that prime the reply.
 std::uint64_t EstimatePromptTokens(const std::vector<ChatMessage>& messages);

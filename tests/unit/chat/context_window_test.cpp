@@ -26,6 +26,20 @@ std::vector<std::string> Roles(const std::vector<ChatMessage>& messages) {
   return roles;
 }
 
+TEST(ContextWindowTest, WindowStartIsWhereHistoryWindowBegins) {
+  const auto history = Turns(10, 10);
+  for (std::size_t max_messages : {0u, 1u, 2u, 5u, 8u, 100u}) {
+    const WindowLimits limits{max_messages, 0};
+    const std::size_t first = WindowStart(history, limits);
+    const auto kept = HistoryWindow(history, limits);
+    ASSERT_EQ(history.size() - first, kept.size()) << max_messages;
+    if (!kept.empty()) {
+      EXPECT_EQ(kept.front().content, history[first].content);
+    }
+  }
+  EXPECT_EQ(WindowStart({}, {}), 0u);
+}
+
 TEST(ContextWindowTest, EmptyHistorySendsThePromptOnly) {
   auto context = BuildContext({}, {}, "", "hello");
   ASSERT_EQ(context.size(), 1u);

@@ -1,0 +1,51 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "store/conversation_store.h"
+
+namespace staple::chat {
+
+// The serialized form ({"role":"...","content":"..."}) of stored messages, by row id, for the
+// upstream request bodies of the seed endpoint. A continued conversation sends its whole history
+// again with every prompt, and serializing it (nlohmann checks every byte's UTF-8) was half of
+// the CPU time of such a request; a stored row never changes and its id is never reused, so its
+// serialization can be kept. Bounded by `max_bytes` of serialized text, least recently used
+// dropped first. Thread-safe.
+class MessageFragments {
+ public:
+  explicit MessageFragments(std::size_t max_bytes);
+  MessageFragments(const MessageFragments&) = delete;
+  MessageFragments& operator=(const MessageFragments&) = delete;
+
+  // Appends the serialized messages of `messages` (joined by ',') to `out`, serializing only those
+  // not kept yet.
+  void Append(std::string& out, const std::vector<store::StoredMessage>& messages,
+              std::size_t first);
+
+  // The serialized form of one message (not kept).
+  static std::string Serialize(std::string_view role, std::string_view content);
+
+  std::size_t bytes() const;
+
+ private:
+  struct Entry {
+    std::string json;
+    std::list<std::int64_t>::iterator lru;
+  };
+
+  const std::size_t max_bytes_;
+  mutable std::mutex mu_;
+  // Guarded by mu_.
+  std::unordered_map<std::int64_t, Entry> entries_;
+  std::list<std::int64_t> lru_;  // most recently used first
+  std::size_t bytes_ = 0;
+};
+
+}  // namespace staple::chat

@@ -1,0 +1,75 @@
+#include "chat/message_fragments.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace staple::chat {
+namespace {
+
+store::StoredMessage Message(std::int64_t id, std::string role, std::string content) {
+  store::StoredMessage message;
+  message.id = id;
+  message.role = std::move(role);
+  message.content = std::move(content);
+  return message;
+}
+
+std::string Joined(const std::vector<store::StoredMessage>& messages, std::size_t first) {
+  std::string out;
+  for (std::size_t i = first; i < messages.size(); ++i) {
+    if (i > first) out += ',';
+    out += MessageFragments::Serialize(messages[i].role, messages[i].content);
+  }
+  return out;
+}
+
+TEST(MessageFragmentsTest, SerializesLikeNlohmannWithEscapesAndInvalidUtf8Replaced) {
+  const std::string fragment = MessageFragments::Serialize("user", "say \"hi\"\n\\ \xff end");
+  auto parsed = nlohmann::json::parse(fragment);
+  EXPECT_EQ(parsed["role"], "user");
+  EXPECT_EQ(parsed["content"], "say \"hi\"\n\\ \xef\xbf\xbd end");
+}
+
+TEST(MessageFragmentsTest, AppendsTheMessagesFromFirstJoinedByCommas) {
+  MessageFragments fragments(1 << 20);
+  const std::vector<store::StoredMessage> history{
+      Message(1, "user", "one"), Message(2, "assistant", "echo one"), Message(3, "user", "two")};
+  std::string out = "[";
+  fragments.Append(out, history, 1);
+  EXPECT_EQ(out, "[" + Joined(history, 1));
+  auto parsed = nlohmann::json::parse(out + "]");
+  ASSERT_EQ(parsed.size(), 2u);
+  EXPECT_EQ(parsed[0]["content"], "echo one");
+
+  // Served again from what was kept: the same text.
+  std::string again;
+  fragments.Append(again, history, 0);
+  EXPECT_EQ(again, Joined(history, 0));
+  std::string none;
+  fragments.Append(none, history, 3);
+  EXPECT_EQ(none, "");
+}
+
+TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
+  const std::string fragment = MessageFragments::Serialize("user", std::string(100, 'x'));
+  MessageFragments fragments(3 * fragment.size());
+  std::vector<store::StoredMessage> history;
+  for (int id = 1; id <= 5; ++id) history.push_back(Message(id, "user", std::string(100, 'x')));
+  std::string out;
+  fragments.Append(out, history, 0);
+  EXPECT_EQ(fragments.bytes(), 3 * fragment.size());
+  EXPECT_EQ(out, Joined(history, 0));
+
+  // A message bigger than the whole budget is serialized but not kept.
+  MessageFragments tiny(10);
+  std::string big;
+  tiny.Append(big, history, 4);
+  EXPECT_EQ(big, fragment);
+  EXPECT_EQ(tiny.bytes(), 0u);
+}
+
+}  // namespace
+}  // namespace staple::chat
