@@ -12,8 +12,11 @@ namespace staple::upstream {
 namespace {
 
 // Idle connections kept per I/O thread. Transfers themselves are not limited: a request never
-// queues inside libcurl, where none of our deadlines would watch it.
-constexpr long kMaxCachedConnections = 256;
+// queues inside libcurl, where none of our deadlines would watch it. Over HTTP/1.1 each concurrent
+// upstream request needs a connection of its own; keeping too few made every burst close and
+// reopen thousands of them (bench/run concurrency, 5000 clients on a 500 ms upstream: 256 kept ->
+// 0.24x of direct, 4096 -> 0.55x, peak RSS 165 -> 182 MiB).
+constexpr long kMaxCachedConnections = 4096;
 
 }  // namespace
 
