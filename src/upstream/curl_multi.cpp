@@ -215,9 +215,14 @@ void CurlMulti::Watch(curl_socket_t fd, int what) {
   if (what == CURL_POLL_REMOVE) {
     if (it != sockets_.end() && it->second->owned) {
       // A connection going back to the pool: it stays registered (no epoll_ctl now, nor when the
-      // next transfer reuses it) until CloseSocketCallback. A wait still pending is ignored when
-      // it completes.
+      // next transfer reuses it) until CloseSocketCallback. A wait still pending (libcurl may have
+      // read the answer on its timer instead) is cancelled: an idle connection must not keep the
+      // io_context busy. The reactor keeps the registration; the next transfer arms anew.
       it->second->wanted = CURL_POLL_NONE;
+      if (it->second->reading || it->second->writing) {
+        boost::system::error_code ignored;
+        it->second->descriptor.cancel(ignored);
+      }
       return;
     }
     if (it != sockets_.end()) {
@@ -252,7 +257,11 @@ void CurlMulti::Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket) {
     socket->descriptor.async_wait(net::posix::descriptor_base::wait_read,
                                   [this, fd, socket](const boost::system::error_code& ec) {
                                     socket->reading = false;
-                                    if (!ec) OnReady(fd, socket, CURL_CSELECT_IN);
+                                    if (!ec) {
+                                      OnReady(fd, socket, CURL_CSELECT_IN);
+                                    } else if (ec == net::error::operation_aborted) {
+                                      Rearm(fd, socket);
+                                    }
                                   });
   }
   if ((socket->wanted & CURL_POLL_OUT) != 0 && !socket->writing) {
@@ -260,9 +269,20 @@ void CurlMulti::Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket) {
     socket->descriptor.async_wait(net::posix::descriptor_base::wait_write,
                                   [this, fd, socket](const boost::system::error_code& ec) {
                                     socket->writing = false;
-                                    if (!ec) OnReady(fd, socket, CURL_CSELECT_OUT);
+                                    if (!ec) {
+                                      OnReady(fd, socket, CURL_CSELECT_OUT);
+                                    } else if (ec == net::error::operation_aborted) {
+                                      Rearm(fd, socket);
+                                    }
                                   });
   }
+}
+
+// A cancelled wait: a transfer may have taken the connection from the pool (and wanted it
+// again) before the cancellation was delivered, while this wait still counted as pending.
+void CurlMulti::Rearm(curl_socket_t fd, const std::shared_ptr<Socket>& socket) {
+  if (socket->closed || shut_down_) return;
+  Arm(fd, socket);
 }
 
 void CurlMulti::OnReady(curl_socket_t fd, const std::shared_ptr<Socket>& socket, int event) {

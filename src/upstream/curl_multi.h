@@ -69,6 +69,7 @@ class CurlMulti : public net::execution_context::service {
   static int TimerCallback(CURLM* multi, long timeout_ms, void* self);
   void Watch(curl_socket_t fd, int what);
   void Arm(curl_socket_t fd, const std::shared_ptr<Socket>& socket);
+  void Rearm(curl_socket_t fd, const std::shared_ptr<Socket>& socket);
   void OnReady(curl_socket_t fd, const std::shared_ptr<Socket>& socket, int event);
   void ArmTimer(std::chrono::steady_clock::time_point at);
   void OnTimerExpired();
