@@ -226,7 +226,7 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
           auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
           // Arguments are built before the co_await: g++ 12 destroys temporaries of a
           // co_await expression twice.
-          auto ticket = d->tokens.Ticket(d->admission.ClientOf(request), ErrorStyle::kSeed);
+          auto ticket = d->tokens.Ticket(d->admission, request, ErrorStyle::kSeed);
           chat::CompletionRequest ask{user_id,     std::move(parsed.prompt), request.request_id,
                                       received_at, parsed.user_id.empty(),   ticket};
           auto error_answer = [&ticket](const Error& error) {

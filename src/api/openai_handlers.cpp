@@ -155,7 +155,7 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                ask.parsed = std::move(parsed.body);
                ask.request_id = request.request_id;
                ask.received_at = received_at;
-               auto ticket = d->tokens.Ticket(d->admission.ClientOf(request), ErrorStyle::kOpenAI);
+               auto ticket = d->tokens.Ticket(d->admission, request, ErrorStyle::kOpenAI);
                ask.tokens = ticket;
                const std::string conversation_id = ask.conversation_id;
                const bool stream = ask.parsed.stream;

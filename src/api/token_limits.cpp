@@ -25,9 +25,11 @@ TokenLimits::TokenLimits(ratelimit::RateLimiter& limiter, observe::Metrics& metr
                          TokenLimitSettings settings)
     : limiter_(limiter), metrics_(metrics), settings_(std::move(settings)) {}
 
-std::shared_ptr<TokenTicket> TokenLimits::Ticket(std::string client, ErrorStyle style) const {
+std::shared_ptr<TokenTicket> TokenLimits::Ticket(const Admission& admission,
+                                                 const http::Request& request,
+                                                 ErrorStyle style) const {
   if (!enabled()) return nullptr;
-  return std::make_shared<TokenTicket>(*this, std::move(client), style);
+  return std::make_shared<TokenTicket>(*this, admission.ClientOf(request), style);
 }
 
 TokenTicket::TokenTicket(const TokenLimits& limits, std::string client, ErrorStyle style)

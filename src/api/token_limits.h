@@ -36,9 +36,10 @@ class TokenLimits {
 
   bool enabled() const { return !settings_.limits.empty(); }
 
-  // A ticket for one request of `client` (see Admission::ClientOf); null when no token limits are
-  // configured.
-  std::shared_ptr<TokenTicket> Ticket(std::string client, ErrorStyle style) const;
+  // A ticket for `request`, counted for its client as `admission` identifies it; null (and no work
+  // done) when no token limits are configured.
+  std::shared_ptr<TokenTicket> Ticket(const Admission& admission, const http::Request& request,
+                                      ErrorStyle style) const;
 
  private:
   friend class TokenTicket;
