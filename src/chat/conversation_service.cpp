@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat/completion_scan.h"
 #include "chat/openai_proxy.h"
 #include "chat/sse.h"
 #include "chat/upstream_call.h"
@@ -27,13 +28,6 @@ std::string UpstreamErrorMessage(const std::string& body) {
     if (error.is_string()) return error.get<std::string>();
   }
   return {};
-}
-
-std::optional<std::int64_t> OptionalInt(const json& object, const char* key) {
-  if (!object.is_object()) return std::nullopt;
-  auto it = object.find(key);
-  if (it == object.end() || !it->is_number_integer()) return std::nullopt;
-  return it->get<std::int64_t>();
 }
 
 TokenUsage UsageOf(const Completion& completion) {
@@ -176,30 +170,19 @@ net::awaitable<Result<Completion>> ConversationService::Complete(CompletionReque
                         Scrub("upstream returned HTTP " + std::to_string(response->status) +
                               (detail.empty() ? std::string() : ": " + detail)));
   }
-  auto parsed = json::parse(response->body, nullptr, false);
-  const json* content = nullptr;
-  if (parsed.is_object() && parsed.contains("choices") && parsed["choices"].is_array() &&
-      !parsed["choices"].empty()) {
-    const auto& choice = parsed["choices"][0];
-    if (choice.is_object() && choice.contains("message") && choice["message"].is_object()) {
-      auto it = choice["message"].find("content");
-      if (it != choice["message"].end() && (it->is_string() || it->is_null())) content = &*it;
-    }
-  }
-  if (content == nullptr) {
+  // choices[0].message.content must be a string or null (an answer with only tool calls).
+  auto answer = ScanCompletion(response->body);
+  if (!answer || (answer->message_content != CompletionFields::Content::kString &&
+                  answer->message_content != CompletionFields::Content::kNull)) {
     metrics_.CountUpstreamError();
     metrics_.CountFailedTurn();
     co_return MakeError(ErrorKind::kUpstream, "upstream returned an invalid completion body");
   }
   Completion completion;
-  completion.text = content->is_string() ? content->get<std::string>() : std::string();
-  if (parsed.contains("usage")) {
-    completion.prompt_tokens = OptionalInt(parsed["usage"], "prompt_tokens");
-    completion.completion_tokens = OptionalInt(parsed["usage"], "completion_tokens");
-  }
-  std::string model = parsed.contains("model") && parsed["model"].is_string()
-                          ? parsed["model"].get<std::string>()
-                          : std::string();
+  completion.text = std::move(answer->message_text);
+  completion.prompt_tokens = answer->prompt_tokens;
+  completion.completion_tokens = answer->completion_tokens;
+  std::string model = std::move(answer->model);
   if (request.tokens) {
     TokenUsage usage = UsageOf(completion);
     co_await request.tokens->Settle(usage);

@@ -2,6 +2,7 @@
 
 #include <limits>
 
+#include "chat/completion_scan.h"
 #include "observe/log.h"
 
 namespace staple::chat {
@@ -19,42 +20,11 @@ std::string Dump(const ordered_json& value) {
   return value.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
 }
 
-std::optional<std::int64_t> OptionalInt(const json& object, const char* key) {
-  if (!object.is_object()) return std::nullopt;
-  auto it = object.find(key);
-  if (it == object.end() || !it->is_number_integer()) return std::nullopt;
-  return it->get<std::int64_t>();
-}
-
-void ReadUsage(const json& body, ChatAnswer& answer) {
-  auto usage = body.find("usage");
-  if (usage == body.end() || !usage->is_object()) return;
-  answer.prompt_tokens = OptionalInt(*usage, "prompt_tokens");
-  answer.completion_tokens = OptionalInt(*usage, "completion_tokens");
-}
-
-// choices[0] of a completion or chunk, or nullptr.
-const json* FirstChoice(const json& body) {
-  auto choices = body.find("choices");
-  if (choices == body.end() || !choices->is_array() || choices->empty()) return nullptr;
-  const json& first = (*choices)[0];
-  return first.is_object() ? &first : nullptr;
-}
-
 // The string member `key` of a JSON object, or "".
 std::string StringMember(const ordered_json& object, const char* key) {
   if (!object.is_object()) return {};
   auto it = object.find(key);
   return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
-std::string ErrorText(const json& error) {
-  if (error.is_string()) return error.get<std::string>();
-  if (error.is_object()) {
-    auto message = error.find("message");
-    if (message != error.end() && message->is_string()) return message->get<std::string>();
-  }
-  return "the upstream reported an error";
 }
 
 TokenUsage UsageOf(const ChatAnswer& answer) {
@@ -142,21 +112,15 @@ void InsertHistory(ordered_json& messages, const std::vector<ChatMessage>& histo
 }
 
 std::optional<ChatAnswer> AnswerOf(std::string_view body) {
-  auto parsed = json::parse(body, nullptr, false);
-  if (!parsed.is_object()) return std::nullopt;
+  auto fields = ScanCompletion(body);
+  if (!fields) return std::nullopt;
   ChatAnswer answer;
-  if (const json* choice = FirstChoice(parsed)) {
-    auto message = choice->find("message");
-    if (message != choice->end() && message->is_object()) {
-      auto content = message->find("content");
-      if (content != message->end() && content->is_string()) {
-        answer.text = content->get<std::string>();
-      }
-    }
+  if (fields->message_content == CompletionFields::Content::kString) {
+    answer.text = std::move(fields->message_text);
   }
-  auto model = parsed.find("model");
-  if (model != parsed.end() && model->is_string()) answer.model = model->get<std::string>();
-  ReadUsage(parsed, answer);
+  answer.model = std::move(fields->model);
+  answer.prompt_tokens = fields->prompt_tokens;
+  answer.completion_tokens = fields->completion_tokens;
   return answer;
 }
 
@@ -166,33 +130,23 @@ std::string StreamTranscript::Add(std::string_view data) {
     done_ = true;
     return {};
   }
-  auto chunk = json::parse(data, nullptr, false);
-  if (!chunk.is_object()) return {};
-  if (auto error = chunk.find("error"); error != chunk.end() && !error->is_null()) {
-    error_ = ErrorText(*error);
+  auto chunk = ScanCompletion(data);
+  if (!chunk) return {};
+  if (chunk->error) {
+    error_ = chunk->error_text.empty() ? std::string("the upstream reported an error")
+                                       : std::move(chunk->error_text);
     return {};
   }
-  if (auto model = chunk.find("model"); model != chunk.end() && model->is_string()) {
-    answer_.model = model->get<std::string>();
-  }
-  ReadUsage(chunk, answer_);
-  const json* choice = FirstChoice(chunk);
-  if (choice == nullptr) return {};
+  if (!chunk->model.empty()) answer_.model = std::move(chunk->model);
+  if (chunk->prompt_tokens) answer_.prompt_tokens = chunk->prompt_tokens;
+  if (chunk->completion_tokens) answer_.completion_tokens = chunk->completion_tokens;
+  if (!chunk->has_first_choice) return {};
   // Only choices[0] is recorded (a request with n > 1 still relays every choice).
-  if (auto index = choice->find("index");
-      index != choice->end() && index->is_number_integer() && index->get<std::int64_t>() != 0) {
-    return {};
-  }
-  if (auto reason = choice->find("finish_reason"); reason != choice->end() && !reason->is_null()) {
-    finished_ = true;
-  }
-  auto delta = choice->find("delta");
-  if (delta == choice->end() || !delta->is_object()) return {};
-  auto content = delta->find("content");
-  if (content == delta->end() || !content->is_string()) return {};
-  std::string piece = content->get<std::string>();
-  answer_.text += piece;
-  return piece;
+  if (chunk->index && *chunk->index != 0) return {};
+  if (chunk->finish_reason) finished_ = true;
+  if (!chunk->delta_text) return {};
+  answer_.text += *chunk->delta_text;
+  return std::move(*chunk->delta_text);
 }
 
 OpenAIProxy::OpenAIProxy(store::ConversationStore& store, upstream::Client& upstream,
