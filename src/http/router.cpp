@@ -29,20 +29,42 @@ void Router::Add(std::string method, std::string pattern, observe::Route route, 
   entries_.push_back(std::move(entry));
 }
 
+// Walks the path's segments in step with the pattern's, without splitting it into a vector first:
+// every request is matched against every route until one fits.
 bool Router::Match(const Entry& entry, std::string_view path, std::vector<std::string>* params) {
-  const auto parts = SplitPath(path);
-  if (parts.size() != entry.segments.size()) return false;
-  std::vector<std::string> captured;
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    const auto& segment = entry.segments[i];
+  std::string_view rest = path;
+  if (!rest.empty() && rest.front() == '/') rest.remove_prefix(1);
+  bool more = true;  // a segment is left to read (an empty path still has one, "")
+  std::size_t count = 0;
+  for (const auto& segment : entry.segments) {
+    if (!more) return false;
+    const auto end = rest.find('/');
+    const std::string_view part = rest.substr(0, end);
+    if (end == std::string_view::npos) {
+      more = false;
+    } else {
+      rest.remove_prefix(end + 1);
+    }
     if (segment.size() >= 2 && segment.front() == '{' && segment.back() == '}') {
-      if (parts[i].empty()) return false;
-      captured.emplace_back(parts[i]);
-    } else if (segment != parts[i]) {
+      if (part.empty()) return false;
+      ++count;
+    } else if (segment != part) {
       return false;
     }
   }
-  if (params != nullptr) *params = std::move(captured);
+  if (more) return false;
+  if (params != nullptr) {
+    // Matched: read the captures in a second pass, now that allocating is worth it.
+    params->clear();
+    params->reserve(count);
+    const auto parts = SplitPath(path);
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      const auto& segment = entry.segments[i];
+      if (segment.size() >= 2 && segment.front() == '{' && segment.back() == '}') {
+        params->emplace_back(parts[i]);
+      }
+    }
+  }
   return true;
 }
 

@@ -64,9 +64,21 @@ TEST(RouterTest, WrongMethodIs405WithAllow) {
   EXPECT_EQ(response.headers.Get("Allow").value_or(""), "GET, DELETE");
 }
 
+TEST(RouterTest, MatchesWithOrWithoutTheLeadingSlash) {
+  auto router = MakeRouter();
+  Request request;
+  request.method = "GET";
+  request.path = "users/u%2F1/messages";
+  auto response = RunDispatch(router, request);
+  EXPECT_EQ(response.status, 200);
+  EXPECT_EQ(nlohmann::json::parse(response.body).at("user"), "u%2F1");
+}
+
 TEST(RouterTest, UnknownPathIs404) {
   auto router = MakeRouter();
-  for (std::string path : {"/", "/openai-completion/extra", "/users//messages", "/nope"}) {
+  for (std::string path : {"/", "", "/openai-completion/extra", "/openai-completion/",
+                           "/users//messages", "/users/x/messages/", "/users/x", "users/x/messages/y",
+                           "/nope", "//openai-completion"}) {
     Request request;
     request.method = "GET";
     request.path = path;
