@@ -11,16 +11,40 @@
 namespace staple::upstream {
 namespace {
 
-// Idle connections kept per I/O thread. Transfers themselves are not limited: a request never
-// queues inside libcurl, where none of our deadlines would watch it. Over HTTP/1.1 each concurrent
+// Idle connections kept per lane. Transfers themselves are not limited: a request never queues
+// inside libcurl, where none of our deadlines would watch it. Over HTTP/1.1 each concurrent
 // upstream request needs a connection of its own; keeping too few made every burst close and
-// reopen thousands of them (bench/run concurrency, 5000 clients on a 500 ms upstream: 256 kept ->
-// 0.24x of direct, 4096 -> 0.55x, peak RSS 165 -> 182 MiB).
-constexpr long kMaxCachedConnections = 4096;
+// reopen thousands of them (bench/run concurrency, 5000 clients on a 500 ms upstream, one lane
+// per thread: 256 kept -> 0.24x of direct, 4096 -> 0.55x). A lane runs about kLaneTransfers at
+// once, so twice that covers its bursts.
+constexpr long kMaxCachedConnections = 2 * static_cast<long>(CurlMultiSet::kLaneTransfers);
 
 }  // namespace
 
-net::execution_context::id CurlMulti::id;
+net::execution_context::id CurlMultiSet::id;
+
+CurlMultiSet::CurlMultiSet(net::io_context& io) : net::execution_context::service(io), io_(io) {}
+
+CurlMultiSet::~CurlMultiSet() { shutdown(); }
+
+// The io_context is being destroyed. It runs no more handlers, and the coroutines that wait for
+// our transfers are destroyed after this (with the handlers that hold them).
+void CurlMultiSet::shutdown() {
+  for (auto& lane : lanes_) lane->Cleanup();
+}
+
+CurlMulti& CurlMultiSet::Pick() {
+  CurlMulti* least = nullptr;
+  for (auto& lane : lanes_) {
+    if (lane->running() < kLaneTransfers) return *lane;
+    if (least == nullptr || lane->running() < least->running()) least = lane.get();
+  }
+  if (lanes_.size() < kMaxLanes) {
+    lanes_.push_back(std::make_unique<CurlMulti>(io_));
+    return *lanes_.back();
+  }
+  return *least;
+}
 
 // A socket libcurl asked us to watch. `descriptor` borrows the fd: libcurl owns it and closes it
 // itself, after telling us CURL_POLL_REMOVE, at which point we release() it (never close()).
@@ -43,16 +67,15 @@ CurlMulti& CurlMulti::Of(const net::any_io_executor& executor) {
   GlobalInit();
   using IoExecutor = net::io_context::executor_type;
   if (const auto* io = executor.target<IoExecutor>()) {
-    return net::use_service<CurlMulti>(io->context());
+    return net::use_service<CurlMultiSet>(io->context()).Pick();
   }
   if (const auto* strand = executor.target<net::strand<IoExecutor>>()) {
-    return net::use_service<CurlMulti>(strand->get_inner_executor().context());
+    return net::use_service<CurlMultiSet>(strand->get_inner_executor().context()).Pick();
   }
   throw std::logic_error("the upstream client needs a net::io_context executor");
 }
 
-CurlMulti::CurlMulti(net::io_context& io)
-    : net::execution_context::service(io), executor_(io.get_executor()), timer_(io) {
+CurlMulti::CurlMulti(net::io_context& io) : executor_(io.get_executor()), timer_(io) {
   multi_ = curl_multi_init();
   if (multi_ == nullptr) throw std::runtime_error("curl_multi_init failed");
   bool ok = true;
@@ -70,12 +93,6 @@ CurlMulti::CurlMulti(net::io_context& io)
 }
 
 CurlMulti::~CurlMulti() { Cleanup(); }
-
-// The io_context is being destroyed. It runs no more handlers, and the coroutines that wait for
-// our transfers are destroyed after this (with the handlers that hold them), so every transfer is
-// finished here without resuming anyone, and libcurl's sockets are handed back before libcurl
-// closes them.
-void CurlMulti::shutdown() { Cleanup(); }
 
 void CurlMulti::Cleanup() {
   if (multi_ == nullptr) return;

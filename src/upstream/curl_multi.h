@@ -8,6 +8,7 @@
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "common/net.h"
 #include "common/result.h"
@@ -16,22 +17,21 @@ namespace staple::upstream {
 
 class CurlTransfer;
 
-// The libcurl multi handle of one io_context: its connection pool (keep-alive, HTTP/2
+// One libcurl multi handle run by one io_context: its connection pool (keep-alive, HTTP/2
 // multiplexing) and the transfers it runs, driven by that io_context through libcurl's
 // multi_socket API: libcurl says which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to
 // call back (CURLMOPT_TIMERFUNCTION); Asio waits and calls curl_multi_socket_action.
 //
-// It is an Asio service of the io_context: created on first use by Of(), shut down and
-// destroyed with the io_context. Every CurlClient shares it, so all upstream connections of one
-// I/O thread form one pool.
+// An io_context has a few of them, its lanes (CurlMultiSet): libcurl 7.88 walks every connection
+// of a multi handle on each finished transfer and on each connection lookup, so one handle with
+// thousands of connections spends more time walking lists than moving bytes. Of() picks the lane
+// a new transfer runs on.
 //
 // Threading: the io_context must be run by one thread; every member is used on that thread.
-class CurlMulti : public net::execution_context::service {
+class CurlMulti {
  public:
-  static net::execution_context::id id;
-
   explicit CurlMulti(net::io_context& io);
-  ~CurlMulti() override;
+  ~CurlMulti();
   CurlMulti(const CurlMulti&) = delete;
   CurlMulti& operator=(const CurlMulti&) = delete;
 
@@ -39,9 +39,13 @@ class CurlMulti : public net::execution_context::service {
   // when libcurl cannot be initialised. Of() calls it; calling it at start-up keeps the cost there.
   static void GlobalInit();
 
-  // The multi of the io_context behind `executor` (an io_context executor or a strand of one),
-  // created on first use. Throws std::logic_error for any other executor (a programming error).
+  // The lane of the io_context behind `executor` (an io_context executor or a strand of one)
+  // that the next transfer should run on (CurlMultiSet::Pick). Throws std::logic_error for any
+  // other executor (a programming error).
   static CurlMulti& Of(const net::any_io_executor& executor);
+
+  // Transfers running now.
+  std::size_t running() const { return running_.size(); }
 
   net::any_io_executor executor() const { return executor_; }
 
@@ -54,11 +58,12 @@ class CurlMulti : public net::execution_context::service {
   // from inside a libcurl callback.
   void Stop(CurlTransfer& transfer);
 
+  // The io_context is going away: every transfer is finished without resuming anyone, and
+  // libcurl's sockets are handed back before libcurl closes them. Later Start()s fail.
+  void Cleanup();
+
  private:
   struct Socket;
-
-  void shutdown() override;
-  void Cleanup();
 
   static int SocketCallback(CURL* easy, curl_socket_t fd, int what, void* self, void* socket_data);
   static curl_socket_t OpenSocketCallback(void* self, curlsocktype purpose,
@@ -94,6 +99,35 @@ class CurlMulti : public net::execution_context::service {
   std::unordered_set<curl_socket_t> owned_;
   std::unordered_map<CURL*, std::shared_ptr<CurlTransfer>> running_;
   bool shut_down_ = false;
+};
+
+// The lanes of one io_context: an Asio service of it, created on first use, shut down and
+// destroyed with it. Every CurlClient shares it, so all upstream connections of one I/O thread
+// form one set of pools.
+class CurlMultiSet : public net::execution_context::service {
+ public:
+  static net::execution_context::id id;
+
+  // A lane keeps up to this many transfers before the next lane is used. Under it, one lane (one
+  // pool) serves everything, as a single multi handle would.
+  static constexpr std::size_t kLaneTransfers = 256;
+  // Lanes per io_context at most; beyond kLaneTransfers * kMaxLanes the least busy lane is used.
+  static constexpr std::size_t kMaxLanes = 64;
+
+  explicit CurlMultiSet(net::io_context& io);
+  ~CurlMultiSet() override;
+
+  // The first lane with fewer than kLaneTransfers transfers (created when none has room), so the
+  // low lanes and their warm connections are used first; the least busy one when all are full.
+  CurlMulti& Pick();
+
+  std::size_t lanes() const { return lanes_.size(); }
+
+ private:
+  void shutdown() override;
+
+  net::io_context& io_;
+  std::vector<std::unique_ptr<CurlMulti>> lanes_;
 };
 
 }  // namespace staple::upstream

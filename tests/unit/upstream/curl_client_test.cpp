@@ -12,8 +12,10 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "test_server.h"
+#include "upstream/curl_multi.h"
 
 namespace staple::upstream {
 namespace {
@@ -562,6 +564,35 @@ TEST(CurlClientTest, ConcurrentRequestsDoNotWaitForEachOther) {
   EXPECT_GE(slow_took, 1s);
   EXPECT_LT(fast_took, 500ms);
   EXPECT_EQ(server.connections(), 2);
+}
+
+// More transfers at once than one lane takes: a second lane (multi handle, pool) opens, and a
+// second wave of as many requests reuses the connections of both lanes.
+TEST(CurlClientTest, ManyConcurrentRequestsSpreadOverLanesAndReuseTheirConnections) {
+  TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
+    co_await test::Sleep(300ms);
+    co_await test::Write(socket, test::HttpResponse(200, "{}"));
+    co_return true;
+  });
+  CurlClient client(TestSettings(server.base_url()));
+  constexpr std::size_t kConcurrent = CurlMultiSet::kLaneTransfers + 44;
+  net::io_context io;
+  for (int wave = 1; wave <= 2; ++wave) {
+    std::vector<std::optional<Result<Response>>> results(kConcurrent);
+    std::vector<milliseconds> took(kConcurrent);
+    for (std::size_t i = 0; i < kConcurrent; ++i) {
+      net::co_spawn(io, SendTimed(&client, Post(), &results[i], &took[i]), Rethrow);
+    }
+    io.restart();
+    io.run();
+    for (std::size_t i = 0; i < kConcurrent; ++i) {
+      ASSERT_TRUE(results[i] && results[i]->ok()) << "wave " << wave << ": " << Describe(results[i]);
+      EXPECT_EQ((*results[i])->status, 200);
+    }
+    EXPECT_EQ(net::use_service<CurlMultiSet>(io).lanes(), 2u) << "wave " << wave;
+    EXPECT_EQ(server.connections(), static_cast<int>(kConcurrent)) << "wave " << wave;
+  }
+  EXPECT_EQ(server.request_count(), static_cast<int>(2 * kConcurrent));
 }
 
 TEST(CurlClientTest, StreamDeliversChunksAsTheyArrive) {
