@@ -92,8 +92,9 @@ net::awaitable<Admission::Outcome> Admission::Admit(
   for (const auto& item : settings_.default_limits) checks.push_back({item, "global:" + client});
   for (const auto& item : route_limits) checks.push_back({item, route_key + ":" + client});
 
-  auto asked = checks;  // a named argument: see the co_await note in docs/STYLE.md
-  auto decision = co_await limiter_.Acquire(std::move(asked), 1);
+  // Moved in (a named argument: see the co_await note in docs/STYLE.md); a refusal names its limit
+  // by position: the default limits first, then the route's.
+  auto decision = co_await limiter_.Acquire(std::move(checks), 1);
   if (!decision) {
     metrics_.CountLimiterError();
     observe::Warn(
@@ -114,7 +115,11 @@ net::awaitable<Admission::Outcome> Admission::Admit(
                       std::to_string(static_cast<std::int64_t>(std::ceil(state.reset_at))));
   if (decision->allowed) co_return outcome;
 
-  const auto limit_text = checks[decision->deciding].item.ToString();
+  const std::size_t deciding = decision->deciding;
+  const auto& deciding_item = deciding < settings_.default_limits.size()
+                                  ? settings_.default_limits[deciding]
+                                  : route_limits[deciding - settings_.default_limits.size()];
+  const auto limit_text = deciding_item.ToString();
   http::Response response =
       style == ErrorStyle::kSeed
           ? http::JsonResponse(429, {{"error", "Rate limit exceeded"}, {"message", limit_text}})

@@ -32,7 +32,8 @@ class Admission {
     http::Headers headers;                    // X-RateLimit-* for the eventual answer
   };
 
-  // `route_key` scopes the route's limits (e.g. "/openai-completion").
+  // `route_key` scopes the route's limits (e.g. "/openai-completion"). `request` and
+  // `route_limits` must outlive the call (they are the handler's request and configuration).
   net::awaitable<Outcome> Admit(const http::Request& request,
                                 const std::vector<ratelimit::RateLimitItem>& route_limits,
                                 std::string route_key, ErrorStyle style) const;

@@ -85,6 +85,22 @@ TEST_F(RateLimitTest, ConfiguredDefaultLimitsApplyWhenTheCompletionLimitIsOff) {
   EXPECT_EQ(UpstreamChatRequests(), 3u) << "a rejected request reached the upstream";
 }
 
+// With default and route limits both set, the refusal names whichever limit ran out.
+TEST_F(RateLimitTest, TheRefusalNamesTheLimitThatRanOut) {
+  {
+    auto staple = StartStaple(
+        {{"STAPLE_DEFAULT_LIMITS", "100 per hour"}, {"STAPLE_COMPLETION_LIMIT", "2 per minute"}});
+    for (const char* prompt : {"r0", "r1"}) ASSERT_EQ(Complete(*staple, prompt).status, 200);
+    ExpectRejected(Complete(*staple, "route limit"), "2 per 1 minute", 2);
+  }
+  {
+    auto staple = StartStaple(
+        {{"STAPLE_DEFAULT_LIMITS", "2 per hour"}, {"STAPLE_COMPLETION_LIMIT", "100 per minute"}});
+    for (const char* prompt : {"d0", "d1"}) ASSERT_EQ(Complete(*staple, prompt).status, 200);
+    ExpectRejected(Complete(*staple, "default limit"), "2 per 1 hour", 2);
+  }
+}
+
 TEST_F(RateLimitTest, ForwardedForIsIgnoredByDefault) {
   auto staple = StartStaple({{"STAPLE_COMPLETION_LIMIT", "2 per minute"}});
   EXPECT_EQ(Complete(*staple, "a", std::nullopt, {{"X-Forwarded-For", "10.0.0.1"}}).status, 200);
