@@ -1,5 +1,6 @@
 #include "chat/openai_proxy.h"
 
+#include <array>
 #include <limits>
 
 #include "chat/completion_scan.h"
@@ -33,43 +34,282 @@ TokenUsage UsageOf(const ChatAnswer& answer) {
 
 }  // namespace
 
+namespace {
+
+// Reads a /v1/chat/completions body in one pass (nlohmann's SAX interface) for what the gateway
+// needs to know about it; the tree is built later only when the body must be rewritten or its
+// tokens estimated. Repeated members: the last one counts, as in a parsed tree.
+class ChatBodyScanner {
+ public:
+  using number_integer_t = json::number_integer_t;
+  using number_unsigned_t = json::number_unsigned_t;
+  using number_float_t = json::number_float_t;
+  using string_t = json::string_t;
+  using binary_t = json::binary_t;
+
+  bool is_object = false;
+  bool has_messages = false;
+  bool messages_array = false;
+  bool stream = false;
+  std::string model;
+  std::string prompt;  // of the last user message so far
+  std::optional<std::uint64_t> max_completion_tokens;
+  std::optional<std::uint64_t> max_tokens;
+  std::optional<std::uint64_t> n;
+
+  bool null() { return Scalar(); }
+  bool boolean(bool value) {
+    if (skipped_ == 0 && Begin() == Member::kStream) stream = value;
+    return true;
+  }
+  bool number_integer(number_integer_t /*value*/) { return Scalar(); }
+  bool number_unsigned(number_unsigned_t value) {
+    if (skipped_ > 0) return true;
+    switch (Begin()) {
+      case Member::kMaxCompletionTokens:
+        max_completion_tokens = value;
+        break;
+      case Member::kMaxTokens:
+        max_tokens = value;
+        break;
+      case Member::kN:
+        n = value;
+        break;
+      default:
+        break;
+    }
+    return true;
+  }
+  bool number_float(number_float_t /*value*/, const string_t& /*text*/) { return Scalar(); }
+  bool binary(binary_t& /*value*/) { return Scalar(); }
+
+  bool string(string_t& value) {
+    if (skipped_ > 0) return true;
+    switch (Begin()) {
+      case Member::kModel:
+        model = value;
+        break;
+      case Member::kRole:
+        role_ = value;
+        break;
+      case Member::kContent:
+        text_ = value;
+        break;
+      case Member::kPartType:
+        part_is_text_ = value == "text";
+        break;
+      case Member::kPartText:
+        part_text_ = value;
+        break;
+      default:
+        break;
+    }
+    return true;
+  }
+
+  bool start_object(std::size_t /*size*/) {
+    if (skipped_ > 0) return Skip();
+    if (depth_ == 0) {
+      is_object = true;
+      return Push(Where::kRoot, false);
+    }
+    switch (Begin()) {
+      case Member::kMessage:
+        role_.clear();
+        text_.clear();
+        return Push(Where::kMessage, false);
+      case Member::kPart:
+        part_is_text_ = false;
+        part_text_.reset();
+        return Push(Where::kPart, false);
+      default:
+        return Skip();
+    }
+  }
+
+  bool start_array(std::size_t /*size*/) {
+    if (skipped_ > 0 || depth_ == 0) return Skip();
+    switch (Begin()) {
+      case Member::kMessages:
+        messages_array = true;
+        return Push(Where::kMessages, true);
+      case Member::kContent:
+        return Push(Where::kContent, true);
+      default:
+        return Skip();
+    }
+  }
+
+  bool key(string_t& value) {
+    if (skipped_ == 0) levels_[depth_ - 1].member = KeyIn(levels_[depth_ - 1].where, value);
+    return true;
+  }
+
+  bool end_object() {
+    if (skipped_ > 0) return Close();
+    const Where where = levels_[depth_ - 1].where;
+    if (where == Where::kMessage && role_ == "user") prompt = text_;
+    if (where == Where::kPart && part_is_text_ && part_text_) text_ += *part_text_;
+    return Close();
+  }
+  bool end_array() { return Close(); }
+
+  bool parse_error(std::size_t /*position*/, const std::string& /*token*/,
+                   const nlohmann::detail::exception& /*error*/) {
+    return false;
+  }
+
+ private:
+  enum class Where : std::uint8_t { kRoot, kMessages, kMessage, kContent, kPart };
+  enum class Member : std::uint8_t {
+    kNone,
+    kMessages,
+    kStream,
+    kModel,
+    kMaxCompletionTokens,
+    kMaxTokens,
+    kN,
+    kMessage,   // an element of "messages"
+    kRole,
+    kContent,
+    kPart,      // an element of a message's "content" array
+    kPartType,
+    kPartText,
+  };
+  struct Level {
+    Where where = Where::kRoot;
+    bool is_array = false;
+    Member member = Member::kNone;  // of the value after the last key (objects)
+  };
+
+  static Member KeyIn(Where where, std::string_view key) {
+    switch (where) {
+      case Where::kRoot:
+        if (key == "messages") return Member::kMessages;
+        if (key == "stream") return Member::kStream;
+        if (key == "model") return Member::kModel;
+        if (key == "max_completion_tokens") return Member::kMaxCompletionTokens;
+        if (key == "max_tokens") return Member::kMaxTokens;
+        if (key == "n") return Member::kN;
+        return Member::kNone;
+      case Where::kMessage:
+        if (key == "role") return Member::kRole;
+        if (key == "content") return Member::kContent;
+        return Member::kNone;
+      case Where::kPart:
+        if (key == "type") return Member::kPartType;
+        if (key == "text") return Member::kPartText;
+        return Member::kNone;
+      default:
+        return Member::kNone;
+    }
+  }
+
+  // The member the value that starts now fills, with what an earlier value for it left cleared.
+  Member Key() const {
+    if (depth_ == 0) return Member::kNone;  // a scalar as the whole body
+    const Level& level = levels_[depth_ - 1];
+    if (!level.is_array) return level.member;
+    if (level.where == Where::kMessages) return Member::kMessage;
+    if (level.where == Where::kContent) return Member::kPart;
+    return Member::kNone;
+  }
+  Member Begin() {
+    const Member member = Key();
+    switch (member) {
+      case Member::kMessages:
+        has_messages = true;
+        messages_array = false;
+        prompt.clear();
+        break;
+      case Member::kStream:
+        stream = false;
+        break;
+      case Member::kModel:
+        model.clear();
+        break;
+      case Member::kMaxCompletionTokens:
+        max_completion_tokens.reset();
+        break;
+      case Member::kMaxTokens:
+        max_tokens.reset();
+        break;
+      case Member::kN:
+        n.reset();
+        break;
+      case Member::kRole:
+        role_.clear();
+        break;
+      case Member::kContent:
+        text_.clear();
+        break;
+      case Member::kPartType:
+        part_is_text_ = false;
+        break;
+      case Member::kPartText:
+        part_text_.reset();
+        break;
+      default:
+        break;
+    }
+    return member;
+  }
+
+  bool Scalar() {
+    if (skipped_ == 0) Begin();
+    return true;
+  }
+  bool Push(Where where, bool is_array) {
+    levels_[depth_] = Level{where, is_array, Member::kNone};
+    ++depth_;
+    return true;
+  }
+  bool Skip() {
+    ++skipped_;
+    return true;
+  }
+  bool Close() {
+    if (skipped_ > 0) {
+      --skipped_;
+    } else {
+      --depth_;
+    }
+    return true;
+  }
+
+  std::array<Level, 5> levels_{};
+  std::size_t depth_ = 0;
+  std::size_t skipped_ = 0;
+  std::string role_;  // of the message being read
+  std::string text_;  // of the message being read
+  bool part_is_text_ = false;
+  std::optional<std::string> part_text_;
+};
+
+}  // namespace
+
 Result<ChatBody> ParseChatBody(std::string_view body) {
-  ChatBody parsed;
-  parsed.json = ordered_json::parse(body, nullptr, false);
-  if (parsed.json.is_discarded()) {
+  ChatBodyScanner scanner;
+  if (!json::sax_parse(body.begin(), body.end(), &scanner)) {
     return MakeError(ErrorKind::kInvalidArgument, "Request body is not valid JSON");
   }
-  if (!parsed.json.is_object()) {
+  if (!scanner.is_object) {
     return MakeError(ErrorKind::kInvalidArgument, "Request body must be a JSON object");
   }
-  auto messages = parsed.json.find("messages");
-  if (messages == parsed.json.end()) {
+  if (!scanner.has_messages) {
     return MakeError(ErrorKind::kInvalidArgument, "Missing required parameter: 'messages'");
   }
-  if (!messages->is_array()) {
+  if (!scanner.messages_array) {
     return MakeError(ErrorKind::kInvalidArgument, "Invalid 'messages': expected an array");
   }
-  auto stream = parsed.json.find("stream");
-  parsed.stream = stream != parsed.json.end() && stream->is_boolean() && stream->get<bool>();
-  auto model = parsed.json.find("model");
-  if (model != parsed.json.end() && model->is_string()) parsed.model = model->get<std::string>();
-  for (auto it = messages->rbegin(); it != messages->rend(); ++it) {
-    if (StringMember(*it, "role") == "user") {
-      parsed.prompt = MessageText(*it);
-      break;
-    }
-  }
-  for (const char* key : {"max_completion_tokens", "max_tokens"}) {
-    auto bound = parsed.json.find(key);
-    if (bound != parsed.json.end() && bound->is_number_unsigned()) {
-      parsed.max_completion_tokens = bound->get<std::uint64_t>();
-      break;
-    }
-  }
-  auto n = parsed.json.find("n");
-  if (parsed.max_completion_tokens && n != parsed.json.end() && n->is_number_unsigned() &&
-      n->get<std::uint64_t>() > 1) {
-    const std::uint64_t choices = n->get<std::uint64_t>();
+  ChatBody parsed;
+  parsed.stream = scanner.stream;
+  parsed.model = std::move(scanner.model);
+  parsed.prompt = std::move(scanner.prompt);
+  parsed.max_completion_tokens =
+      scanner.max_completion_tokens ? scanner.max_completion_tokens : scanner.max_tokens;
+  if (parsed.max_completion_tokens && scanner.n && *scanner.n > 1) {
+    const std::uint64_t choices = *scanner.n;
     const std::uint64_t each = *parsed.max_completion_tokens;
     parsed.max_completion_tokens = each > std::numeric_limits<std::uint64_t>::max() / choices
                                        ? std::numeric_limits<std::uint64_t>::max()
@@ -169,16 +409,19 @@ net::awaitable<Result<OpenAIProxy::Prepared>> OpenAIProxy::UpstreamBody(ProxyReq
     }
     history = HistoryWindow(*stored, settings_.window);
   }
+  // The tree is built only when the body is rewritten or its tokens are estimated (ParseChatBody
+  // already found it valid).
+  ordered_json tree;
+  if (request.tokens || !history.empty()) tree = ordered_json::parse(request.body, nullptr, false);
   if (request.tokens) {
-    out.estimate.prompt = EstimatePromptTokens(request.parsed.json["messages"], history);
+    out.estimate.prompt = EstimatePromptTokens(tree["messages"], history);
     out.estimate.max_completion = request.parsed.max_completion_tokens;
   }
   if (history.empty()) {
     out.body = std::move(request.body);
   } else {
-    ordered_json body = request.parsed.json;
-    InsertHistory(body["messages"], history);
-    out.body = Dump(body);
+    InsertHistory(tree["messages"], history);
+    out.body = Dump(tree);
   }
   co_return out;
 }

@@ -24,10 +24,10 @@ namespace staple::chat {
 
 // ---- Plain functions over OpenAI's Chat Completions JSON (no I/O) ----------------------------
 
-// A validated POST /v1/chat/completions body. Key order is kept so that a rewritten body differs
-// from the client's only where Staple changed it.
+// What the gateway reads from a POST /v1/chat/completions body. The body itself goes upstream
+// as the client sent it, or, when history is added, rewritten from a tree that keeps its key
+// order.
 struct ChatBody {
-  nlohmann::ordered_json json;
   bool stream = false;  // "stream": true
   std::string model;    // "" when absent or not a string
   std::string prompt;   // text of the last user message, "" when there is none

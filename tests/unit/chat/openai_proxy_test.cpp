@@ -26,8 +26,56 @@ TEST(ParseChatBodyTest, AcceptsAnObjectWithMessages) {
   EXPECT_TRUE(parsed->stream);
   EXPECT_EQ(parsed->model, "m1");
   EXPECT_EQ(parsed->prompt, "second");
-  // Key order is the client's.
-  EXPECT_EQ(parsed->json.begin().key(), "model");
+}
+
+// The prompt is the text of the last user message, whatever the order of its members and parts.
+TEST(ParseChatBodyTest, PromptOfTheLastUserMessageInAnyMemberOrder) {
+  auto parsed = ParseChatBody(
+      R"({"messages":[{"content":"old","role":"user"},)"
+      R"({"content":[{"text":"ne"},{"text":"w","type":"text"},{"type":"text","text":"er"},)"
+      R"({"type":"text"},{"type":"image_url","text":"no"},{"type":"text","text":5},"x",[1]],)"
+      R"("role":"user","name":{"role":"assistant"}},)"
+      R"({"role":"assistant","content":"reply"},7,null,[{"role":"user","content":"nested"}]]})");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  EXPECT_EQ(parsed->prompt, "wer");
+}
+
+TEST(ParseChatBodyTest, ContentThatIsNeitherTextNorPartsGivesAnEmptyPrompt) {
+  for (const char* body : {R"({"messages":[{"role":"user","content":{"text":"x"}}]})",
+                           R"({"messages":[{"role":"user","content":null}]})",
+                           R"({"messages":[{"role":"user"}]})",
+                           R"({"messages":[{"role":"user","content":"a","content":3}]})"}) {
+    auto parsed = ParseChatBody(body);
+    ASSERT_TRUE(parsed.ok()) << body;
+    EXPECT_EQ(parsed->prompt, "") << body;
+  }
+}
+
+TEST(ParseChatBodyTest, TheLastRepeatedMemberCounts) {
+  auto parsed = ParseChatBody(
+      R"({"model":"a","stream":true,"messages":[{"role":"user","content":"first"}],)"
+      R"("model":"b","stream":false,"messages":[{"role":"user","content":"second"}],)"
+      R"("max_tokens":5,"max_tokens":"x"})");
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->model, "b");
+  EXPECT_FALSE(parsed->stream);
+  EXPECT_EQ(parsed->prompt, "second");
+  EXPECT_FALSE(parsed->max_completion_tokens.has_value());
+
+  EXPECT_FALSE(ParseChatBody(R"({"messages":[],"messages":"x"})").ok());
+  EXPECT_TRUE(ParseChatBody(R"({"messages":"x","messages":[]})").ok());
+}
+
+TEST(ParseChatBodyTest, MembersCountOnlyAtTheTopLevel) {
+  auto parsed = ParseChatBody(
+      R"({"metadata":{"messages":"x","model":"inner","stream":true,"max_tokens":9},)"
+      R"("messages":[{"role":"user","content":"hi","model":"m2"}]})");
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->model, "");
+  EXPECT_FALSE(parsed->stream);
+  EXPECT_FALSE(parsed->max_completion_tokens.has_value());
+  EXPECT_EQ(parsed->prompt, "hi");
+  EXPECT_FALSE(ParseChatBody(R"({"metadata":{"messages":[]}})").ok());
 }
 
 TEST(ParseChatBodyTest, StreamIsOnlyTrueWhenTheBooleanIsTrue) {
@@ -37,8 +85,10 @@ TEST(ParseChatBodyTest, StreamIsOnlyTrueWhenTheBooleanIsTrue) {
 }
 
 TEST(ParseChatBodyTest, RejectsWhatIsNotAChatRequest) {
-  for (const char* body : {"", "not json", "[]", "42", R"({"model":"m"})", R"({"messages":"hi"})",
-                           R"({"messages":{}})"}) {
+  for (const char* body : {"", "not json", "[]", "42", "true", "null", "\"s\"",
+                           R"({"model":"m"})", R"({"messages":"hi"})", R"({"messages":{}})",
+                           R"({"messages":[]} x)", R"({"messages":[{"role":"user"]})",
+                           R"({"messages":[],})"}) {
     auto parsed = ParseChatBody(body);
     ASSERT_FALSE(parsed.ok()) << body;
     EXPECT_EQ(parsed.error().kind, ErrorKind::kInvalidArgument);
