@@ -178,6 +178,7 @@ class Scanner {
   // The slot of the value that starts now. A new value for a slot replaces what an earlier one
   // (a repeated key) left there, so the last one counts.
   Slot Begin() {
+    if (depth_ == 0) return Slot::kNone;  // a scalar as the whole body
     const Level& level = levels_[depth_ - 1];
     Slot slot = level.slot;
     if (level.is_array) {

@@ -23,7 +23,12 @@ constexpr long kMaxCachedConnections = 2 * static_cast<long>(CurlMultiSet::kLane
 
 net::execution_context::id CurlMultiSet::id;
 
-CurlMultiSet::CurlMultiSet(net::io_context& io) : net::execution_context::service(io), io_(io) {}
+// The first lane is made here, not on first use: its timer registers the io_context's timer service
+// while this service is being constructed, so that service is older than this one and is
+// destroyed after it (services go in reverse order of creation), when the lanes' timers die.
+CurlMultiSet::CurlMultiSet(net::io_context& io) : net::execution_context::service(io), io_(io) {
+  lanes_.push_back(std::make_unique<CurlMulti>(io_));
+}
 
 CurlMultiSet::~CurlMultiSet() { shutdown(); }
 
