@@ -1,7 +1,8 @@
 #include "chat/completion_scan.h"
 
-#include <array>
 #include <nlohmann/json.hpp>
+
+#include "chat/sax_scan.h"
 
 namespace staple::chat {
 namespace {
@@ -30,7 +31,7 @@ enum class Slot : std::uint8_t {
   kErrorMessage,
 };
 
-Slot KeyIn(Where where, std::string_view key) {
+Slot SlotOf(Where where, std::string_view key) {
   switch (where) {
     case Where::kRoot:
       if (key == "model") return Slot::kModel;
@@ -60,21 +61,16 @@ Slot KeyIn(Where where, std::string_view key) {
   return Slot::kNone;
 }
 
-// An nlohmann SAX handler. Containers that hold nothing of interest are only counted (`skipped_`),
-// so the levels kept never exceed root → choices → choices[0] → message.
-class Scanner {
+// An nlohmann SAX handler; the levels read never exceed root → choices → choices[0] → message.
+class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
  public:
-  using number_integer_t = json::number_integer_t;
-  using number_unsigned_t = json::number_unsigned_t;
-  using number_float_t = json::number_float_t;
-  using string_t = json::string_t;
-  using binary_t = json::binary_t;
+  static Slot KeyIn(Where where, std::string_view key) { return SlotOf(where, key); }
 
   bool is_object() const { return is_object_; }
   CompletionFields& fields() { return fields_; }
 
   bool null() {
-    if (skipped_ > 0) return true;
+    if (skipping()) return true;
     switch (Begin()) {
       case Slot::kMessageContent:
         fields_.message_content = CompletionFields::Content::kNull;
@@ -88,7 +84,7 @@ class Scanner {
       default:
         break;
     }
-    End();
+    EndValue();
     return true;
   }
   bool boolean(bool /*value*/) { return Other(); }
@@ -100,7 +96,7 @@ class Scanner {
   bool binary(binary_t& /*value*/) { return Other(); }
 
   bool string(string_t& value) {
-    if (skipped_ > 0) return true;
+    if (skipping()) return true;
     switch (Begin()) {
       case Slot::kModel:
         fields_.model = value;
@@ -121,13 +117,13 @@ class Scanner {
       default:
         break;
     }
-    End();
+    EndValue();
     return true;
   }
 
   bool start_object(std::size_t /*size*/) {
-    if (skipped_ > 0) return Skip();
-    if (depth_ == 0) {
+    if (skipping()) return Skip();
+    if (top() == nullptr) {
       is_object_ = true;
       return Push(Where::kRoot, /*is_array=*/false);
     }
@@ -149,41 +145,23 @@ class Scanner {
   }
 
   bool start_array(std::size_t /*size*/) {
-    if (skipped_ > 0 || depth_ == 0) return Skip();
+    if (skipping() || top() == nullptr) return Skip();
     if (Begin() == Slot::kChoices) return Push(Where::kChoices, /*is_array=*/true);
     return Skip();
   }
 
-  bool key(string_t& value) {
-    if (skipped_ == 0) levels_[depth_ - 1].slot = KeyIn(levels_[depth_ - 1].where, value);
-    return true;
-  }
-
   bool end_object() { return Close(); }
-  bool end_array() { return Close(); }
-
-  bool parse_error(std::size_t /*position*/, const std::string& /*token*/,
-                   const nlohmann::detail::exception& /*error*/) {
-    return false;
-  }
 
  private:
-  struct Level {
-    Where where = Where::kRoot;
-    bool is_array = false;
-    Slot slot = Slot::kNone;  // of the value after the last key (objects)
-    std::size_t next_index = 0;  // of the next element (arrays)
-  };
-
   // The slot of the value that starts now. A new value for a slot replaces what an earlier one
   // (a repeated key) left there, so the last one counts.
   Slot Begin() {
-    if (depth_ == 0) return Slot::kNone;  // a scalar as the whole body
-    const Level& level = levels_[depth_ - 1];
-    Slot slot = level.slot;
-    if (level.is_array) {
-      slot = level.where == Where::kChoices && level.next_index == 0 ? Slot::kFirstChoice
-                                                                      : Slot::kNone;
+    const Level* level = top();
+    if (level == nullptr) return Slot::kNone;  // a scalar as the whole body
+    Slot slot = level->member;
+    if (level->is_array) {
+      slot = level->where == Where::kChoices && level->next_index == 0 ? Slot::kFirstChoice
+                                                                       : Slot::kNone;
     }
     switch (slot) {
       case Slot::kModel:
@@ -241,13 +219,8 @@ class Scanner {
     return slot;
   }
 
-  // A value at the current level ended: the next element of an array has the next index.
-  void End() {
-    if (depth_ > 0 && levels_[depth_ - 1].is_array) ++levels_[depth_ - 1].next_index;
-  }
-
   bool Integer(std::int64_t value) {
-    if (skipped_ > 0) return true;
+    if (skipping()) return true;
     switch (Begin()) {
       case Slot::kIndex:
         fields_.index = value;
@@ -261,42 +234,18 @@ class Scanner {
       default:
         break;
     }
-    End();
+    EndValue();
     return true;
   }
 
   // A boolean, float or binary value: it only matters as "present and not null".
   bool Other() {
-    if (skipped_ > 0) return true;
+    if (skipping()) return true;
     Begin();
-    End();
+    EndValue();
     return true;
   }
 
-  bool Push(Where where, bool is_array) {
-    levels_[depth_] = Level{where, is_array, Slot::kNone, 0};
-    ++depth_;
-    return true;
-  }
-
-  bool Skip() {
-    ++skipped_;
-    return true;
-  }
-
-  bool Close() {
-    if (skipped_ > 0) {
-      --skipped_;
-    } else {
-      --depth_;
-    }
-    if (skipped_ == 0) End();
-    return true;
-  }
-
-  std::array<Level, 4> levels_{};
-  std::size_t depth_ = 0;
-  std::size_t skipped_ = 0;
   bool is_object_ = false;
   CompletionFields fields_;
 };

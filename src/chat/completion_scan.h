@@ -13,7 +13,7 @@ namespace staple::chat {
 struct CompletionFields {
   enum class Content : std::uint8_t { kAbsent, kString, kNull, kOther };
 
-  std::string model;  // top-level "model" when a string, else ""
+  std::string model;                              // top-level "model" when a string, else ""
   std::optional<std::int64_t> prompt_tokens;      // usage.prompt_tokens when an integer
   std::optional<std::int64_t> completion_tokens;  // usage.completion_tokens when an integer
 
@@ -23,8 +23,8 @@ struct CompletionFields {
   bool finish_reason = false;         // choices[0].finish_reason present and not null
   // choices[0].message.content (message must be an object); kOther for any other JSON type.
   Content message_content = Content::kAbsent;
-  std::string message_text;                    // its text when kString
-  std::optional<std::string> delta_text;       // choices[0].delta.content when a string
+  std::string message_text;               // its text when kString
+  std::optional<std::string> delta_text;  // choices[0].delta.content when a string
 
   // A top-level "error" that is not null, and its text: the string itself, or error.message when
   // that is a string ("" otherwise).

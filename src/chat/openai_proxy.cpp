@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "chat/completion_scan.h"
+#include "chat/sax_scan.h"
 #include "observe/log.h"
 
 namespace staple::chat {
@@ -36,152 +37,29 @@ TokenUsage UsageOf(const ChatAnswer& answer) {
 
 namespace {
 
+// Where a /v1/chat/completions body is being read, and what the next value is.
+enum class Where : std::uint8_t { kRoot, kMessages, kMessage, kContent, kPart };
+enum class Member : std::uint8_t {
+  kNone,
+  kMessages,
+  kStream,
+  kModel,
+  kMaxCompletionTokens,
+  kMaxTokens,
+  kN,
+  kMessage,  // an element of "messages"
+  kRole,
+  kContent,
+  kPart,  // an element of a message's "content" array
+  kPartType,
+  kPartText,
+};
+
 // Reads a /v1/chat/completions body in one pass (nlohmann's SAX interface) for what the gateway
 // needs to know about it; the tree is built later only when the body must be rewritten or its
 // tokens estimated. Repeated members: the last one counts, as in a parsed tree.
-class ChatBodyScanner {
+class ChatBodyScanner : public SaxScan<ChatBodyScanner, Where, Member, 5> {
  public:
-  using number_integer_t = json::number_integer_t;
-  using number_unsigned_t = json::number_unsigned_t;
-  using number_float_t = json::number_float_t;
-  using string_t = json::string_t;
-  using binary_t = json::binary_t;
-
-  bool is_object = false;
-  bool has_messages = false;
-  bool messages_array = false;
-  bool stream = false;
-  std::string model;
-  std::string prompt;  // of the last user message so far
-  std::optional<std::uint64_t> max_completion_tokens;
-  std::optional<std::uint64_t> max_tokens;
-  std::optional<std::uint64_t> n;
-
-  bool null() { return Scalar(); }
-  bool boolean(bool value) {
-    if (skipped_ == 0 && Begin() == Member::kStream) stream = value;
-    return true;
-  }
-  bool number_integer(number_integer_t /*value*/) { return Scalar(); }
-  bool number_unsigned(number_unsigned_t value) {
-    if (skipped_ > 0) return true;
-    switch (Begin()) {
-      case Member::kMaxCompletionTokens:
-        max_completion_tokens = value;
-        break;
-      case Member::kMaxTokens:
-        max_tokens = value;
-        break;
-      case Member::kN:
-        n = value;
-        break;
-      default:
-        break;
-    }
-    return true;
-  }
-  bool number_float(number_float_t /*value*/, const string_t& /*text*/) { return Scalar(); }
-  bool binary(binary_t& /*value*/) { return Scalar(); }
-
-  bool string(string_t& value) {
-    if (skipped_ > 0) return true;
-    switch (Begin()) {
-      case Member::kModel:
-        model = value;
-        break;
-      case Member::kRole:
-        role_ = value;
-        break;
-      case Member::kContent:
-        text_ = value;
-        break;
-      case Member::kPartType:
-        part_is_text_ = value == "text";
-        break;
-      case Member::kPartText:
-        part_text_ = value;
-        break;
-      default:
-        break;
-    }
-    return true;
-  }
-
-  bool start_object(std::size_t /*size*/) {
-    if (skipped_ > 0) return Skip();
-    if (depth_ == 0) {
-      is_object = true;
-      return Push(Where::kRoot, false);
-    }
-    switch (Begin()) {
-      case Member::kMessage:
-        role_.clear();
-        text_.clear();
-        return Push(Where::kMessage, false);
-      case Member::kPart:
-        part_is_text_ = false;
-        part_text_.reset();
-        return Push(Where::kPart, false);
-      default:
-        return Skip();
-    }
-  }
-
-  bool start_array(std::size_t /*size*/) {
-    if (skipped_ > 0 || depth_ == 0) return Skip();
-    switch (Begin()) {
-      case Member::kMessages:
-        messages_array = true;
-        return Push(Where::kMessages, true);
-      case Member::kContent:
-        return Push(Where::kContent, true);
-      default:
-        return Skip();
-    }
-  }
-
-  bool key(string_t& value) {
-    if (skipped_ == 0) levels_[depth_ - 1].member = KeyIn(levels_[depth_ - 1].where, value);
-    return true;
-  }
-
-  bool end_object() {
-    if (skipped_ > 0) return Close();
-    const Where where = levels_[depth_ - 1].where;
-    if (where == Where::kMessage && role_ == "user") prompt = text_;
-    if (where == Where::kPart && part_is_text_ && part_text_) text_ += *part_text_;
-    return Close();
-  }
-  bool end_array() { return Close(); }
-
-  bool parse_error(std::size_t /*position*/, const std::string& /*token*/,
-                   const nlohmann::detail::exception& /*error*/) {
-    return false;
-  }
-
- private:
-  enum class Where : std::uint8_t { kRoot, kMessages, kMessage, kContent, kPart };
-  enum class Member : std::uint8_t {
-    kNone,
-    kMessages,
-    kStream,
-    kModel,
-    kMaxCompletionTokens,
-    kMaxTokens,
-    kN,
-    kMessage,   // an element of "messages"
-    kRole,
-    kContent,
-    kPart,      // an element of a message's "content" array
-    kPartType,
-    kPartText,
-  };
-  struct Level {
-    Where where = Where::kRoot;
-    bool is_array = false;
-    Member member = Member::kNone;  // of the value after the last key (objects)
-  };
-
   static Member KeyIn(Where where, std::string_view key) {
     switch (where) {
       case Where::kRoot:
@@ -205,13 +83,115 @@ class ChatBodyScanner {
     }
   }
 
+  bool is_object = false;
+  bool has_messages = false;
+  bool messages_array = false;
+  bool stream = false;
+  std::string model;
+  std::string prompt;  // of the last user message so far
+  std::optional<std::uint64_t> max_completion_tokens;
+  std::optional<std::uint64_t> max_tokens;
+  std::optional<std::uint64_t> n;
+
+  bool null() { return Scalar(); }
+  bool boolean(bool value) {
+    if (!skipping() && Begin() == Member::kStream) stream = value;
+    return true;
+  }
+  bool number_integer(number_integer_t /*value*/) { return Scalar(); }
+  bool number_unsigned(number_unsigned_t value) {
+    if (skipping()) return true;
+    switch (Begin()) {
+      case Member::kMaxCompletionTokens:
+        max_completion_tokens = value;
+        break;
+      case Member::kMaxTokens:
+        max_tokens = value;
+        break;
+      case Member::kN:
+        n = value;
+        break;
+      default:
+        break;
+    }
+    return true;
+  }
+  bool number_float(number_float_t /*value*/, const string_t& /*text*/) { return Scalar(); }
+  bool binary(binary_t& /*value*/) { return Scalar(); }
+
+  bool string(string_t& value) {
+    if (skipping()) return true;
+    switch (Begin()) {
+      case Member::kModel:
+        model = value;
+        break;
+      case Member::kRole:
+        role_ = value;
+        break;
+      case Member::kContent:
+        text_ = value;
+        break;
+      case Member::kPartType:
+        part_is_text_ = value == "text";
+        break;
+      case Member::kPartText:
+        part_text_ = value;
+        break;
+      default:
+        break;
+    }
+    return true;
+  }
+
+  bool start_object(std::size_t /*size*/) {
+    if (skipping()) return Skip();
+    if (top() == nullptr) {
+      is_object = true;
+      return Push(Where::kRoot, false);
+    }
+    switch (Begin()) {
+      case Member::kMessage:
+        role_.clear();
+        text_.clear();
+        return Push(Where::kMessage, false);
+      case Member::kPart:
+        part_is_text_ = false;
+        part_text_.reset();
+        return Push(Where::kPart, false);
+      default:
+        return Skip();
+    }
+  }
+
+  bool start_array(std::size_t /*size*/) {
+    if (skipping() || top() == nullptr) return Skip();
+    switch (Begin()) {
+      case Member::kMessages:
+        messages_array = true;
+        return Push(Where::kMessages, true);
+      case Member::kContent:
+        return Push(Where::kContent, true);
+      default:
+        return Skip();
+    }
+  }
+
+  bool end_object() {
+    if (skipping()) return Close();
+    const Where where = top()->where;
+    if (where == Where::kMessage && role_ == "user") prompt = text_;
+    if (where == Where::kPart && part_is_text_ && part_text_) text_ += *part_text_;
+    return Close();
+  }
+
+ private:
   // The member the value that starts now fills, with what an earlier value for it left cleared.
   Member Key() const {
-    if (depth_ == 0) return Member::kNone;  // a scalar as the whole body
-    const Level& level = levels_[depth_ - 1];
-    if (!level.is_array) return level.member;
-    if (level.where == Where::kMessages) return Member::kMessage;
-    if (level.where == Where::kContent) return Member::kPart;
+    const Level* level = top();
+    if (level == nullptr) return Member::kNone;  // a scalar as the whole body
+    if (!level->is_array) return level->member;
+    if (level->where == Where::kMessages) return Member::kMessage;
+    if (level->where == Where::kContent) return Member::kPart;
     return Member::kNone;
   }
   Member Begin() {
@@ -256,30 +236,9 @@ class ChatBodyScanner {
   }
 
   bool Scalar() {
-    if (skipped_ == 0) Begin();
+    if (!skipping()) Begin();
     return true;
   }
-  bool Push(Where where, bool is_array) {
-    levels_[depth_] = Level{where, is_array, Member::kNone};
-    ++depth_;
-    return true;
-  }
-  bool Skip() {
-    ++skipped_;
-    return true;
-  }
-  bool Close() {
-    if (skipped_ > 0) {
-      --skipped_;
-    } else {
-      --depth_;
-    }
-    return true;
-  }
-
-  std::array<Level, 5> levels_{};
-  std::size_t depth_ = 0;
-  std::size_t skipped_ = 0;
   std::string role_;  // of the message being read
   std::string text_;  // of the message being read
   bool part_is_text_ = false;

@@ -11,11 +11,11 @@ namespace {
 using Content = CompletionFields::Content;
 
 TEST(ScanCompletionTest, ReadsACompletion) {
-  auto fields = ScanCompletion(
-      R"({"id":"c1","object":"chat.completion","model":"gpt-x","choices":[)"
-      R"({"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n"},)"
-      R"("finish_reason":"stop"},{"index":1,"message":{"content":"second"}}],)"
-      R"("usage":{"prompt_tokens":12,"completion_tokens":14,"total_tokens":26}})");
+  auto fields =
+      ScanCompletion(R"({"id":"c1","object":"chat.completion","model":"gpt-x","choices":[)"
+                     R"({"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n"},)"
+                     R"("finish_reason":"stop"},{"index":1,"message":{"content":"second"}}],)"
+                     R"("usage":{"prompt_tokens":12,"completion_tokens":14,"total_tokens":26}})");
   ASSERT_TRUE(fields.has_value());
   EXPECT_EQ(fields->model, "gpt-x");
   EXPECT_TRUE(fields->has_first_choice);
@@ -44,20 +44,19 @@ TEST(ScanCompletionTest, ContentKinds) {
   EXPECT_EQ(ScanCompletion(R"({"choices":[{"message":{"content":null,"tool_calls":[]}}]})")
                 ->message_content,
             Content::kNull);
-  EXPECT_EQ(ScanCompletion(R"({"choices":[{"message":{"content":[{"text":"x"}]}}]})")
-                ->message_content,
-            Content::kOther);
+  EXPECT_EQ(
+      ScanCompletion(R"({"choices":[{"message":{"content":[{"text":"x"}]}}]})")->message_content,
+      Content::kOther);
   EXPECT_EQ(ScanCompletion(R"({"choices":[{"message":{"role":"assistant"}}]})")->message_content,
             Content::kAbsent);
   // A message that is not an object has no content.
-  EXPECT_EQ(ScanCompletion(R"({"choices":[{"message":"hi"}]})")->message_content,
-            Content::kAbsent);
+  EXPECT_EQ(ScanCompletion(R"({"choices":[{"message":"hi"}]})")->message_content, Content::kAbsent);
 }
 
 TEST(ScanCompletionTest, OnlyTheFirstChoiceCounts) {
-  auto fields = ScanCompletion(
-      R"({"choices":[{"index":0,"delta":{}},{"index":1,"delta":{"content":"other"},)"
-      R"("finish_reason":"stop"}]})");
+  auto fields =
+      ScanCompletion(R"({"choices":[{"index":0,"delta":{}},{"index":1,"delta":{"content":"other"},)"
+                     R"("finish_reason":"stop"}]})");
   ASSERT_TRUE(fields.has_value());
   EXPECT_TRUE(fields->has_first_choice);
   EXPECT_FALSE(fields->delta_text.has_value());
@@ -123,9 +122,9 @@ TEST(ScanCompletionTest, NumbersOnlyCountWhenIntegers) {
 }
 
 TEST(ScanCompletionTest, RejectsWhatIsNotAJsonObject) {
-  for (const char* body : {"", "<html>", "[1]", "42", "\"text\"", "null",
-                           R"({"choices":[{"message":{"content":"cut)",
-                           R"({"a":1} trailing)", R"({"a":1,})"}) {
+  for (const char* body :
+       {"", "<html>", "[1]", "42", "\"text\"", "null", R"({"choices":[{"message":{"content":"cut)",
+        R"({"a":1} trailing)", R"({"a":1,})"}) {
     EXPECT_FALSE(ScanCompletion(body).has_value()) << body;
   }
 }

@@ -41,10 +41,10 @@ TEST(ParseChatBodyTest, PromptOfTheLastUserMessageInAnyMemberOrder) {
 }
 
 TEST(ParseChatBodyTest, ContentThatIsNeitherTextNorPartsGivesAnEmptyPrompt) {
-  for (const char* body : {R"({"messages":[{"role":"user","content":{"text":"x"}}]})",
-                           R"({"messages":[{"role":"user","content":null}]})",
-                           R"({"messages":[{"role":"user"}]})",
-                           R"({"messages":[{"role":"user","content":"a","content":3}]})"}) {
+  for (const char* body :
+       {R"({"messages":[{"role":"user","content":{"text":"x"}}]})",
+        R"({"messages":[{"role":"user","content":null}]})", R"({"messages":[{"role":"user"}]})",
+        R"({"messages":[{"role":"user","content":"a","content":3}]})"}) {
     auto parsed = ParseChatBody(body);
     ASSERT_TRUE(parsed.ok()) << body;
     EXPECT_EQ(parsed->prompt, "") << body;
@@ -52,10 +52,10 @@ TEST(ParseChatBodyTest, ContentThatIsNeitherTextNorPartsGivesAnEmptyPrompt) {
 }
 
 TEST(ParseChatBodyTest, TheLastRepeatedMemberCounts) {
-  auto parsed = ParseChatBody(
-      R"({"model":"a","stream":true,"messages":[{"role":"user","content":"first"}],)"
-      R"("model":"b","stream":false,"messages":[{"role":"user","content":"second"}],)"
-      R"("max_tokens":5,"max_tokens":"x"})");
+  auto parsed =
+      ParseChatBody(R"({"model":"a","stream":true,"messages":[{"role":"user","content":"first"}],)"
+                    R"("model":"b","stream":false,"messages":[{"role":"user","content":"second"}],)"
+                    R"("max_tokens":5,"max_tokens":"x"})");
   ASSERT_TRUE(parsed.ok());
   EXPECT_EQ(parsed->model, "b");
   EXPECT_FALSE(parsed->stream);
@@ -67,9 +67,9 @@ TEST(ParseChatBodyTest, TheLastRepeatedMemberCounts) {
 }
 
 TEST(ParseChatBodyTest, MembersCountOnlyAtTheTopLevel) {
-  auto parsed = ParseChatBody(
-      R"({"metadata":{"messages":"x","model":"inner","stream":true,"max_tokens":9},)"
-      R"("messages":[{"role":"user","content":"hi","model":"m2"}]})");
+  auto parsed =
+      ParseChatBody(R"({"metadata":{"messages":"x","model":"inner","stream":true,"max_tokens":9},)"
+                    R"("messages":[{"role":"user","content":"hi","model":"m2"}]})");
   ASSERT_TRUE(parsed.ok());
   EXPECT_EQ(parsed->model, "");
   EXPECT_FALSE(parsed->stream);
@@ -85,10 +85,9 @@ TEST(ParseChatBodyTest, StreamIsOnlyTrueWhenTheBooleanIsTrue) {
 }
 
 TEST(ParseChatBodyTest, RejectsWhatIsNotAChatRequest) {
-  for (const char* body : {"", "not json", "[]", "42", "true", "null", "\"s\"",
-                           R"({"model":"m"})", R"({"messages":"hi"})", R"({"messages":{}})",
-                           R"({"messages":[]} x)", R"({"messages":[{"role":"user"]})",
-                           R"({"messages":[],})"}) {
+  for (const char* body : {"", "not json", "[]", "42", "true", "null", "\"s\"", R"({"model":"m"})",
+                           R"({"messages":"hi"})", R"({"messages":{}})", R"({"messages":[]} x)",
+                           R"({"messages":[{"role":"user"]})", R"({"messages":[],})"}) {
     auto parsed = ParseChatBody(body);
     ASSERT_FALSE(parsed.ok()) << body;
     EXPECT_EQ(parsed.error().kind, ErrorKind::kInvalidArgument);

@@ -76,9 +76,9 @@ TEST(RouterTest, MatchesWithOrWithoutTheLeadingSlash) {
 
 TEST(RouterTest, UnknownPathIs404) {
   auto router = MakeRouter();
-  for (std::string path : {"/", "", "/openai-completion/extra", "/openai-completion/",
-                           "/users//messages", "/users/x/messages/", "/users/x", "users/x/messages/y",
-                           "/nope", "//openai-completion"}) {
+  for (std::string path :
+       {"/", "", "/openai-completion/extra", "/openai-completion/", "/users//messages",
+        "/users/x/messages/", "/users/x", "users/x/messages/y", "/nope", "//openai-completion"}) {
     Request request;
     request.method = "GET";
     request.path = path;

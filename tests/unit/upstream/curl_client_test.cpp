@@ -586,7 +586,8 @@ TEST(CurlClientTest, ManyConcurrentRequestsSpreadOverLanesAndReuseTheirConnectio
     io.restart();
     io.run();
     for (std::size_t i = 0; i < kConcurrent; ++i) {
-      ASSERT_TRUE(results[i] && results[i]->ok()) << "wave " << wave << ": " << Describe(results[i]);
+      ASSERT_TRUE(results[i] && results[i]->ok())
+          << "wave " << wave << ": " << Describe(results[i]);
       EXPECT_EQ((*results[i])->status, 200);
     }
     EXPECT_EQ(net::use_service<CurlMultiSet>(io).lanes(), 2u) << "wave " << wave;
