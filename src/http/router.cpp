@@ -19,6 +19,11 @@ std::vector<std::string_view> SplitPath(std::string_view path) {
   return parts;
 }
 
+// A pattern segment such as "{user_id}".
+bool IsParameter(const std::string& segment) {
+  return segment.size() >= 2 && segment.front() == '{' && segment.back() == '}';
+}
+
 }  // namespace
 
 Router::Router(ErrorFormatter format_error) : format_error_(std::move(format_error)) {}
@@ -30,12 +35,13 @@ void Router::Add(std::string method, std::string pattern, observe::Route route, 
 }
 
 // Walks the path's segments in step with the pattern's, without splitting it into a vector first:
-// every request is matched against every route until one fits.
+// every request is matched against every route until one fits. Captures are collected only when
+// asked for (Dispatch asks once the route is known to match).
 bool Router::Match(const Entry& entry, std::string_view path, std::vector<std::string>* params) {
   std::string_view rest = path;
   if (!rest.empty() && rest.front() == '/') rest.remove_prefix(1);
   bool more = true;  // a segment is left to read (an empty path still has one, "")
-  std::size_t count = 0;
+  std::vector<std::string> captured;
   for (const auto& segment : entry.segments) {
     if (!more) return false;
     const auto end = rest.find('/');
@@ -45,26 +51,15 @@ bool Router::Match(const Entry& entry, std::string_view path, std::vector<std::s
     } else {
       rest.remove_prefix(end + 1);
     }
-    if (segment.size() >= 2 && segment.front() == '{' && segment.back() == '}') {
+    if (IsParameter(segment)) {
       if (part.empty()) return false;
-      ++count;
+      if (params != nullptr) captured.emplace_back(part);
     } else if (segment != part) {
       return false;
     }
   }
   if (more) return false;
-  if (params != nullptr) {
-    // Matched: read the captures in a second pass, now that allocating is worth it.
-    params->clear();
-    params->reserve(count);
-    const auto parts = SplitPath(path);
-    for (std::size_t i = 0; i < parts.size(); ++i) {
-      const auto& segment = entry.segments[i];
-      if (segment.size() >= 2 && segment.front() == '{' && segment.back() == '}') {
-        params->emplace_back(parts[i]);
-      }
-    }
-  }
+  if (params != nullptr) *params = std::move(captured);
   return true;
 }
 
