@@ -101,10 +101,7 @@ net::awaitable<Admission::Outcome> Admission::Admit(
         "rate limiter unavailable",
         {{"error", decision.error().message}, {"policy", settings_.fail_open ? "open" : "closed"}});
     if (settings_.fail_open) co_return outcome;
-    const std::string message = "Rate limiting is unavailable; try again later";
-    outcome.rejection = style == ErrorStyle::kSeed
-                            ? SeedError(503, message, "ratelimit_unavailable")
-                            : OpenAIError(503, message, "server_error", "ratelimit_unavailable");
+    outcome.rejection = LimiterUnavailable(style);
     co_return outcome;
   }
   metrics_.CountLimiterDecision(decision->allowed);
@@ -120,16 +117,8 @@ net::awaitable<Admission::Outcome> Admission::Admit(
                                   ? settings_.default_limits[deciding]
                                   : route_limits[deciding - settings_.default_limits.size()];
   const auto limit_text = deciding_item.ToString();
-  http::Response response =
-      style == ErrorStyle::kSeed
-          ? http::JsonResponse(429, {{"error", "Rate limit exceeded"}, {"message", limit_text}})
-          : OpenAIError(429, "Rate limit exceeded: " + limit_text, "requests",
-                        "rate_limit_exceeded");
-  AddHeaders(response, outcome.headers);
-  const auto retry =
-      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(decision->retry_after)));
-  response.headers.Add("Retry-After", std::to_string(retry));
-  outcome.rejection = std::move(response);
+  outcome.rejection = LimitExceeded(style, limit_text, "Rate limit exceeded: " + limit_text,
+                                    "requests", outcome.headers, decision->retry_after);
   co_return outcome;
 }
 

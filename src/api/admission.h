@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "api/errors.h"
 #include "common/net.h"
 #include "http/message.h"
 #include "observe/metrics.h"
@@ -16,9 +17,6 @@ struct AdmissionSettings {
   bool fail_open = false;                    // limiter storage failure: admit (true) or 503
   std::vector<std::string> trusted_proxies;  // IPs or CIDR networks (validated by config)
 };
-
-// Which API family a route belongs to, for the shape of its 429/503 bodies.
-enum class ErrorStyle { kSeed, kOpenAI };
 
 // The rate-limit gate in front of API routes: identifies the client, asks the limiter for the
 // global limits plus the route's own, and produces either the X-RateLimit-* headers for the answer

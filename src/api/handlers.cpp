@@ -53,37 +53,19 @@ json MessageJson(const store::StoredMessage& m) {
   return out;
 }
 
-http::Response CompletionError(const Error& error) {
-  switch (error.kind) {
-    case ErrorKind::kTimeout:
-      return SeedError(500, error.message, "upstream_timeout");
-    case ErrorKind::kUpstream:
-      return SeedError(500, error.message, "upstream_error");
-    case ErrorKind::kUnavailable:
-      return SeedError(503, error.message, "storage_error");
-    default:
-      return SeedError(500, error.message, "configuration_error");
-  }
-}
-
-std::string SseData(const json& value) {
-  return "data: " + value.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
-}
-
-const char* StreamErrorType(ErrorKind kind) {
-  switch (kind) {
-    case ErrorKind::kTimeout:
-      return "upstream_timeout";
-    case ErrorKind::kUnavailable:
-      return "storage_error";
-    default:
-      return "upstream_error";
-  }
-}
-
 net::awaitable<Status> WriteDelta(http::BodyWriter* writer, std::string delta) {
-  std::string event = SseData({{"delta", std::move(delta)}});
-  Status written = co_await writer->Write(std::move(event));
+  nlohmann::json event = {{"delta", std::move(delta)}};
+  std::string data = "data: " + event.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+  Status written = co_await writer->Write(std::move(data));
+  co_return written;
+}
+
+net::awaitable<Status> WriteFinal(http::BodyWriter* writer, std::string user_id,
+                                  chat::Completion completion) {
+  nlohmann::json event = {{"user_id", std::move(user_id)}, {"completion", completion.text}};
+  std::string data = "data: " + event.dump(-1, ' ', false, json::error_handler_t::replace) +
+                     "\n\ndata: [DONE]\n\n";
+  Status written = co_await writer->Write(std::move(data));
   co_return written;
 }
 
@@ -92,21 +74,17 @@ net::awaitable<Status> WriteDelta(http::BodyWriter* writer, std::string delta) {
 // stream with an error event instead; a client that went away ends it silently.
 net::awaitable<void> RelaySeedStream(std::shared_ptr<chat::CompletionStream> stream,
                                      std::string user_id, http::BodyWriter* writer) {
-  chat::CompletionStream::DeltaSink sink = [writer](std::string delta) {
+  chat::CompletionStream::DeltaSink deltas = [writer](std::string delta) {
     return WriteDelta(writer, std::move(delta));
   };
-  auto completion = co_await stream->Run(std::move(sink));
-  std::string tail;
-  if (completion) {
-    tail = SseData({{"user_id", user_id}, {"completion", completion->text}}) + "data: [DONE]\n\n";
-  } else if (completion.error().kind != ErrorKind::kCancelled) {
-    tail = SseData({{"error", completion.error().message},
-                    {"type", StreamErrorType(completion.error().kind)}});
-  }
-  if (!tail.empty()) {
-    Status written = co_await writer->Write(std::move(tail));
-    (void)written;  // the client may be gone: nothing left to do either way
-  }
+  chat::CompletionStream::DoneSink done = [writer, user_id](chat::Completion completion) {
+    return WriteFinal(writer, user_id, std::move(completion));
+  };
+  Status relayed = co_await stream->Run(std::move(deltas), std::move(done));
+  if (relayed || relayed.error().kind == ErrorKind::kCancelled) co_return;
+  std::string event = FailureEvent(relayed.error(), ErrorStyle::kSeed);
+  Status written = co_await writer->Write(std::move(event));
+  (void)written;  // the client may be gone: nothing left to do either way
 }
 
 http::Response SeedStreamResponse(std::unique_ptr<chat::CompletionStream> stream,
@@ -119,6 +97,62 @@ http::Response SeedStreamResponse(std::unique_ptr<chat::CompletionStream> stream
     return RelaySeedStream(shared, user_id, &writer);
   };
   return response;
+}
+
+// What a /users/{user_id}/messages route does once admitted, given the decoded id.
+using MessagesAction = std::function<net::awaitable<http::Response>(
+    Dependencies& deps, const http::Request& request, std::string user_id)>;
+
+// The shared frame of the /users/{user_id}/messages routes: admission (global limits only), the
+// decoded id, and the admission's headers on the answer.
+http::Handler MessagesRoute(std::shared_ptr<Dependencies> deps, MessagesAction action) {
+  return [deps, action](http::Request& request) -> net::awaitable<http::Response> {
+    std::string scope = "route:messages";
+    auto admission =
+        co_await deps->admission.Admit(request, kNoLimits, std::move(scope), ErrorStyle::kSeed);
+    if (admission.rejection) co_return std::move(*admission.rejection);
+    std::string user_id = DecodePathSegment(request.path_params.at(0));
+    http::Response response = co_await action(*deps, request, std::move(user_id));
+    AddHeaders(response, admission.headers);
+    co_return response;
+  };
+}
+
+net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request& request,
+                                            std::string user_id) {
+  std::int64_t after = 0;
+  std::size_t limit = kDefaultPageSize;
+  if (auto text = QueryValue(request.query, "after")) {
+    auto value = ParseNonNegative(*text);
+    if (!value) co_return SeedError(400, "after must be a non-negative integer");
+    after = *value;
+  }
+  if (auto text = QueryValue(request.query, "limit")) {
+    auto value = ParseNonNegative(*text);
+    if (!value || *value < 1 || static_cast<std::size_t>(*value) > kMaxPageSize) {
+      co_return SeedError(400,
+                          "limit must be an integer from 1 to " + std::to_string(kMaxPageSize));
+    }
+    limit = static_cast<std::size_t>(*value);
+  }
+  std::string owner = user_id;
+  auto page = co_await d.store.ListMessages(std::move(owner), after, limit);
+  if (!page) co_return FailureAnswer(page.error(), ErrorStyle::kSeed);
+  json messages = json::array();
+  for (const auto& m : page->messages) messages.push_back(MessageJson(m));
+  json body = {
+      {"user_id", user_id}, {"messages", std::move(messages)}, {"has_more", page->has_more}};
+  body["next_after"] =
+      page->has_more && !page->messages.empty() ? json(page->messages.back().id) : json(nullptr);
+  co_return http::JsonResponse(200, body);
+}
+
+net::awaitable<http::Response> DeleteMessages(Dependencies& d, const http::Request& /*request*/,
+                                              std::string user_id) {
+  std::string owner = user_id;
+  auto deleted = co_await d.store.DeleteMessages(std::move(owner));
+  if (!deleted) co_return FailureAnswer(deleted.error(), ErrorStyle::kSeed);
+  co_return http::JsonResponse(200, {{"user_id", user_id}, {"deleted", *deleted}});
 }
 
 }  // namespace
@@ -230,8 +264,9 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
           chat::CompletionRequest ask{user_id,     std::move(parsed.prompt), request.request_id,
                                       received_at, parsed.user_id.empty(),   ticket};
           auto error_answer = [&ticket](const Error& error) {
-            return error.kind == ErrorKind::kLimited && ticket ? ticket->TakeRejection()
-                                                               : CompletionError(error);
+            return error.kind == ErrorKind::kLimited && ticket
+                       ? ticket->TakeRejection()
+                       : FailureAnswer(error, ErrorStyle::kSeed);
           };
           if (parsed.stream) {
             auto opened = co_await d->conversations.OpenStream(std::move(ask));
@@ -252,59 +287,10 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
         co_return response;
       });
 
-  router.Add(
-      "GET", "/users/{user_id}/messages", observe::Route::kMessages,
-      [d = shared](http::Request& request) -> net::awaitable<http::Response> {
-        std::string scope = "route:messages";
-        auto admission =
-            co_await d->admission.Admit(request, kNoLimits, std::move(scope), ErrorStyle::kSeed);
-        if (admission.rejection) co_return std::move(*admission.rejection);
-        const auto user_id = DecodePathSegment(request.path_params.at(0));
-        std::int64_t after = 0;
-        std::size_t limit = kDefaultPageSize;
-        if (auto text = QueryValue(request.query, "after")) {
-          auto value = ParseNonNegative(*text);
-          if (!value) co_return SeedError(400, "after must be a non-negative integer");
-          after = *value;
-        }
-        if (auto text = QueryValue(request.query, "limit")) {
-          auto value = ParseNonNegative(*text);
-          if (!value || *value < 1 || static_cast<std::size_t>(*value) > kMaxPageSize) {
-            co_return SeedError(
-                400, "limit must be an integer from 1 to " + std::to_string(kMaxPageSize));
-          }
-          limit = static_cast<std::size_t>(*value);
-        }
-        std::string owner = user_id;
-        auto page = co_await d->store.ListMessages(std::move(owner), after, limit);
-        if (!page) co_return SeedError(503, page.error().message, "storage_error");
-        json messages = json::array();
-        for (const auto& m : page->messages) messages.push_back(MessageJson(m));
-        json body = {
-            {"user_id", user_id}, {"messages", std::move(messages)}, {"has_more", page->has_more}};
-        body["next_after"] = page->has_more && !page->messages.empty()
-                                 ? json(page->messages.back().id)
-                                 : json(nullptr);
-        auto response = http::JsonResponse(200, body);
-        AddHeaders(response, admission.headers);
-        co_return response;
-      });
-
-  router.Add(
-      "DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
-      [d = shared](http::Request& request) -> net::awaitable<http::Response> {
-        std::string scope = "route:messages";
-        auto admission =
-            co_await d->admission.Admit(request, kNoLimits, std::move(scope), ErrorStyle::kSeed);
-        if (admission.rejection) co_return std::move(*admission.rejection);
-        const auto user_id = DecodePathSegment(request.path_params.at(0));
-        std::string owner = user_id;
-        auto deleted = co_await d->store.DeleteMessages(std::move(owner));
-        if (!deleted) co_return SeedError(503, deleted.error().message, "storage_error");
-        auto response = http::JsonResponse(200, {{"user_id", user_id}, {"deleted", *deleted}});
-        AddHeaders(response, admission.headers);
-        co_return response;
-      });
+  router.Add("GET", "/users/{user_id}/messages", observe::Route::kMessages,
+             MessagesRoute(shared, ListMessages));
+  router.Add("DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
+             MessagesRoute(shared, DeleteMessages));
 
   router.Add("GET", "/healthz", observe::Route::kHealth,
              [](http::Request&) -> net::awaitable<http::Response> {

@@ -31,47 +31,33 @@ void CopyUpstreamHeaders(const upstream::Headers& from, http::Response& to) {
   }
 }
 
-const char* ErrorTypeFor(ErrorKind kind) {
-  switch (kind) {
-    case ErrorKind::kTimeout:
-      return "upstream_timeout";
-    case ErrorKind::kUnavailable:
-      return "storage_error";
-    case ErrorKind::kInternal:
-      return "configuration_error";
-    default:
-      return "upstream_error";
-  }
-}
-
 // Relays an upstream event stream to the client; a failure after the headers went out ends it
-// with an error event, a client that went away ends it silently (the upstream transfer is
-// cancelled by then).
-net::awaitable<void> RelayChatStream(std::shared_ptr<chat::ProxyStream> stream,
+// with an error event (unless the upstream's own error event was relayed), a client that went
+// away ends it silently (the upstream transfer is cancelled by then).
+net::awaitable<void> RelayChatStream(std::shared_ptr<chat::TurnStream> stream,
                                      http::BodyWriter* writer) {
-  chat::ProxyStream::ByteSink sink = [writer](std::string bytes) {
-    return writer->Write(std::move(bytes));
+  chat::TurnStream::PieceSink sink =
+      [writer](chat::TurnStream::Piece piece) -> net::awaitable<Status> {
+    if (piece.bytes.empty()) co_return Ok();  // e.g. the commit point of a body without "[DONE]"
+    Status written = co_await writer->Write(std::move(piece.bytes));
+    co_return written;
   };
-  Status relayed = co_await stream->Relay(std::move(sink));
+  auto relayed = co_await stream->Run(std::move(sink));
   if (relayed || relayed.error().kind == ErrorKind::kCancelled) co_return;
-  json error = {{"message", relayed.error().message},
-                {"type", ErrorTypeFor(relayed.error().kind)},
-                {"code", nullptr}};
-  std::string event =
-      "data: " + json({{"error", error}}).dump(-1, ' ', false, json::error_handler_t::replace) +
-      "\n\n";
+  if (stream->upstream_error_relayed()) co_return;
+  std::string event = FailureEvent(relayed.error(), ErrorStyle::kOpenAI);
   Status written = co_await writer->Write(std::move(event));
   (void)written;  // the client may be gone: nothing left to do either way
 }
 
-http::Response StreamResponse(std::unique_ptr<chat::ProxyStream> stream) {
+http::Response StreamResponse(std::unique_ptr<chat::TurnStream> stream) {
   http::Response response;
   response.status = static_cast<int>(stream->status());
   response.headers.Add("Content-Type", stream->content_type().empty()
                                            ? std::string("text/event-stream; charset=utf-8")
                                            : stream->content_type());
   response.headers.Add("Cache-Control", "no-cache");
-  std::shared_ptr<chat::ProxyStream> shared = std::move(stream);
+  std::shared_ptr<chat::TurnStream> shared = std::move(stream);
   response.stream = [shared](http::BodyWriter& writer) { return RelayChatStream(shared, &writer); };
   return response;
 }
@@ -119,18 +105,7 @@ http::Response PassThrough(const upstream::Response& upstream) {
   return response;
 }
 
-http::Response ProxyError(const Error& error) {
-  switch (error.kind) {
-    case ErrorKind::kTimeout:
-      return OpenAIError(504, error.message, ErrorTypeFor(error.kind));
-    case ErrorKind::kUnavailable:
-      return OpenAIError(503, error.message, ErrorTypeFor(error.kind));
-    case ErrorKind::kInternal:
-      return OpenAIError(500, error.message, ErrorTypeFor(error.kind));
-    default:
-      return OpenAIError(502, error.message, ErrorTypeFor(error.kind));
-  }
-}
+http::Response ProxyError(const Error& error) { return FailureAnswer(error, ErrorStyle::kOpenAI); }
 
 void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
   auto shared = std::make_shared<OpenAIDependencies>(std::move(deps));

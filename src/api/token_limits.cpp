@@ -52,11 +52,8 @@ net::awaitable<Status> TokenTicket::Reserve(chat::TokenEstimate estimate) {
         "rate limiter unavailable for token limits",
         {{"error", decision.error().message}, {"policy", settings.fail_open ? "open" : "closed"}});
     if (settings.fail_open) co_return Ok();  // admitted without accounting
-    const std::string message = "Rate limiting is unavailable; try again later";
-    rejection_ = style_ == ErrorStyle::kSeed
-                     ? SeedError(503, message, "ratelimit_unavailable")
-                     : OpenAIError(503, message, "server_error", "ratelimit_unavailable");
-    co_return MakeError(ErrorKind::kLimited, message);
+    rejection_ = LimiterUnavailable(style_);
+    co_return MakeError(ErrorKind::kLimited, "rate limiting is unavailable");
   }
   limits_.metrics_.CountTokenDecision(decision->allowed);
   const auto& state = decision->state;
@@ -75,18 +72,9 @@ net::awaitable<Status> TokenTicket::Reserve(chat::TokenEstimate estimate) {
   std::string detail = "requested " + std::to_string(cost) + " tokens, " +
                        std::to_string(state.remaining) + " remaining";
   if (cost > state.limit) detail += "; the request alone exceeds the limit";
-  http::Response response =
-      style_ == ErrorStyle::kSeed
-          ? http::JsonResponse(429,
-                               {{"error", "Rate limit exceeded"},
-                                {"message", "token limit " + limit_text + " (" + detail + ")"}})
-          : OpenAIError(429, "Rate limit exceeded on tokens: " + limit_text + " (" + detail + ")",
-                        "tokens", "rate_limit_exceeded");
-  AddHeaders(response, headers_);
-  const auto retry =
-      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(decision->retry_after)));
-  response.headers.Add("Retry-After", std::to_string(retry));
-  rejection_ = std::move(response);
+  rejection_ = LimitExceeded(style_, "token limit " + limit_text + " (" + detail + ")",
+                             "Rate limit exceeded on tokens: " + limit_text + " (" + detail + ")",
+                             "tokens", headers_, decision->retry_after);
   co_return MakeError(ErrorKind::kLimited, "token limit exceeded");
 }
 

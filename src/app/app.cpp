@@ -127,18 +127,16 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   // 2. Services and routes.
   const bool key_missing =
       config.upstream.api_key.empty() && config.upstream.base_url == kOpenAIBaseUrl;
+  chat::TurnSettings turn_settings;
+  turn_settings.window = {config.chat.history_max_messages, config.chat.history_max_chars};
+  turn_settings.key_missing = key_missing;
+  turn_settings.api_key = config.upstream.api_key;
+  chat::TurnPipeline turns(*store, upstream_client, metrics, turn_settings);
   chat::ServiceSettings chat_settings;
   chat_settings.model = config.chat.model;
   chat_settings.system_prompt = config.chat.system_prompt;
-  chat_settings.window = {config.chat.history_max_messages, config.chat.history_max_chars};
-  chat_settings.key_missing = key_missing;
-  chat_settings.api_key = config.upstream.api_key;
-  chat::ConversationService conversations(*store, upstream_client, metrics, chat_settings);
-  chat::ProxySettings proxy_settings;
-  proxy_settings.window = chat_settings.window;
-  proxy_settings.key_missing = key_missing;
-  proxy_settings.api_key = config.upstream.api_key;
-  chat::OpenAIProxy openai_proxy(*store, upstream_client, metrics, proxy_settings);
+  chat::ConversationService conversations(turns, chat_settings);
+  chat::OpenAIProxy openai_proxy(turns, upstream_client);
 
   api::AdmissionSettings admission_settings;
   admission_settings.default_limits = config.limits.default_limits;

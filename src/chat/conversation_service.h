@@ -7,24 +7,17 @@
 #include <optional>
 #include <string>
 
-#include "chat/context_window.h"
 #include "chat/message_fragments.h"
 #include "chat/token_gate.h"
+#include "chat/turn.h"
 #include "common/net.h"
 #include "common/result.h"
-#include "observe/metrics.h"
-#include "store/conversation_store.h"
-#include "upstream/client.h"
 
 namespace staple::chat {
 
 struct ServiceSettings {
   std::string model = "gpt-4o-mini";
   std::string system_prompt;
-  WindowLimits window;
-  // Without a key the default OpenAI upstream cannot answer; a keyless local upstream can.
-  bool key_missing = false;
-  std::string api_key;  // only to scrub it from any upstream text that might echo it
 };
 
 struct CompletionRequest {
@@ -46,47 +39,32 @@ struct Completion {
 
 class CompletionStream;
 
-// The seed endpoint's logic, free of HTTP: read the user's stored conversation, build the context
-// window, ask the upstream, store the turn durably, return the answer.
-// Errors: kUpstream (the upstream failed: error status, invalid body, unreachable), kTimeout (the
-// upstream did not answer in time), kUnavailable (the turn could not be stored), kInternal
-// (no API key configured), kLimited (the request's TokenGate refused it). A failed turn is not
-// stored. Thread-safe.
+// The seed endpoint's adapter around the turn pipeline (chat/turn.h): the upstream body is the
+// configured model, the optional system prompt, the conversation's history window and the prompt;
+// the answer is choices[0]'s text. Errors: those of TurnPipeline, and kUpstream for an upstream
+// error status (its message names the status and the upstream's own message). Thread-safe.
 class ConversationService {
  public:
-  ConversationService(store::ConversationStore& store, upstream::Client& upstream,
-                      observe::Metrics& metrics, ServiceSettings settings);
+  ConversationService(TurnPipeline& pipeline, ServiceSettings settings);
 
   net::awaitable<Result<Completion>> Complete(CompletionRequest request);
 
-  // The streaming variant: reads the conversation and asks the upstream for a streamed answer;
-  // returns once the upstream accepted (2xx status and headers arrived), so that a failure up to
-  // then is still an ordinary error answer. Same errors as Complete(). The stream must be destroyed
+  // The streaming variant: returns once the upstream accepted (2xx status and headers arrived),
+  // so that a failure up to then is still an ordinary error answer. The stream must be destroyed
   // before the io_context it was opened on.
   net::awaitable<Result<std::unique_ptr<CompletionStream>>> OpenStream(CompletionRequest request);
 
  private:
-  friend class CompletionStream;
-  std::string Scrub(std::string text) const;
-  Error UpstreamFailure(const Error& error);
-  struct UpstreamBody {
-    std::string json;
-    TokenEstimate estimate;  // filled only when the request has a TokenGate
-  };
-  // The upstream request body: the context window of the user's conversation plus the prompt.
-  net::awaitable<Result<UpstreamBody>> RequestBody(CompletionRequest request, bool stream);
-  // Reserves the estimate with the request's TokenGate, if any (kLimited when refused).
-  static net::awaitable<Status> Reserve(const CompletionRequest& request, TokenEstimate estimate);
-  static net::awaitable<void> Release(const CompletionRequest& request);
-  // Stores the turn durably; `model` is the model that answered ("" when unknown).
-  net::awaitable<Status> StoreTurn(CompletionRequest request, Completion completion,
-                                   std::string model,
-                                   std::chrono::steady_clock::duration upstream_time);
+  TurnRequest Turn(CompletionRequest request, bool stream) const;
+  BodyBuilder Builder(bool stream);
+  // The upstream body: model, system message, the window of `history`, the prompt.
+  Result<UpstreamBody> Body(const TurnRequest& request,
+                            const std::vector<store::StoredMessage>& history, std::size_t first,
+                            bool estimate, bool stream);
+  Error StatusError(long status, std::string_view body) const;
 
   // Constant after construction.
-  store::ConversationStore& store_;
-  upstream::Client& upstream_;
-  observe::Metrics& metrics_;
+  TurnPipeline& pipeline_;
   const ServiceSettings settings_;
   const std::string model_json_;      // settings_.model as a JSON string
   const std::string system_message_;  // the serialized system message, "" without one
@@ -100,24 +78,19 @@ class CompletionStream {
  public:
   // Receives each piece of the answer's text; fails (kCancelled) when the client went away.
   using DeltaSink = std::function<net::awaitable<Status>(std::string delta)>;
+  // Receives the whole answer once its turn is durable.
+  using DoneSink = std::function<net::awaitable<Status>(Completion completion)>;
 
-  // Hands each content piece of the upstream's answer to `sink` as it arrives (the upstream is
-  // read on only once `sink` completed), then stores the turn durably and returns the whole
-  // answer. Nothing is stored on failure. Errors: kCancelled (`sink` failed: the upstream transfer
-  // is cancelled), kUpstream (the stream broke or reported an error), kTimeout (the upstream went
-  // idle), kUnavailable (the turn could not be stored).
-  net::awaitable<Result<Completion>> Run(DeltaSink sink);
+  // Hands each content piece of the upstream's answer to `deltas` as it arrives (the upstream is
+  // read on only once it completed); once the turn is stored, hands the whole answer to `done`.
+  // Errors: those of TurnStream::Run (nothing is stored on failure, `done` is not called).
+  net::awaitable<Status> Run(DeltaSink deltas, DoneSink done);
 
  private:
   friend class ConversationService;
-  CompletionStream(ConversationService& service, CompletionRequest request,
-                   std::unique_ptr<upstream::Stream> stream,
-                   std::chrono::steady_clock::time_point asked_at);
+  explicit CompletionStream(std::unique_ptr<TurnStream> stream) : stream_(std::move(stream)) {}
 
-  ConversationService& service_;
-  CompletionRequest request_;
-  std::unique_ptr<upstream::Stream> stream_;
-  std::chrono::steady_clock::time_point asked_at_;
+  std::unique_ptr<TurnStream> stream_;
 };
 
 }  // namespace staple::chat

@@ -10,6 +10,10 @@ const char* ErrorKindName(ErrorKind kind) {
       return "not_found";
     case ErrorKind::kUnavailable:
       return "unavailable";
+    case ErrorKind::kStorage:
+      return "storage";
+    case ErrorKind::kMisconfigured:
+      return "misconfigured";
     case ErrorKind::kTimeout:
       return "timeout";
     case ErrorKind::kUpstream:

@@ -10,12 +10,14 @@ namespace staple {
 enum class ErrorKind {
   kInvalidArgument,  // the caller's input is wrong
   kNotFound,
-  kUnavailable,  // a back end (database, limiter storage, upstream) cannot be reached
+  kUnavailable,  // a back end other than the conversation store (limiter storage) cannot be reached
+  kStorage,      // the conversation store cannot be read or written (down, full, closed)
   kTimeout,      // a deadline passed
   kUpstream,     // the upstream answered, but with an error status or an invalid body
   kCancelled,    // the operation was abandoned (client went away, shutdown)
   kLimited,      // a limit refused the request (whoever applied it holds the answer to send)
-  kInternal,     // a bug or an unexpected library failure
+  kMisconfigured,  // the configuration does not allow the operation (e.g. no upstream API key)
+  kInternal,       // a bug or an unexpected library failure
 };
 
 const char* ErrorKindName(ErrorKind kind);

@@ -1,0 +1,326 @@
+#include "chat/turn.h"
+
+#include <utility>
+
+#include "chat/completion_scan.h"
+#include "chat/sse.h"
+#include "observe/log.h"
+
+namespace staple::chat {
+namespace {
+
+// Handed on even without an event boundary once this much is held (an upstream that is not
+// sending an event stream).
+constexpr std::size_t kMaxPendingBytes = 64 * 1024;
+
+bool IsSuccess(long status) { return status >= 200 && status <= 299; }
+
+TokenUsage UsageOf(const ChatAnswer& answer) {
+  return TokenUsage{answer.prompt_tokens, answer.completion_tokens, answer.text.size()};
+}
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+// The answer of a non-streaming body, or std::nullopt when it is not one.
+std::optional<ChatAnswer> ReadAnswer(std::string_view body, bool require_message_text) {
+  auto fields = ScanCompletion(body);
+  if (!fields) return std::nullopt;
+  using Content = CompletionFields::Content;
+  if (require_message_text && fields->message_content != Content::kString &&
+      fields->message_content != Content::kNull) {
+    return std::nullopt;
+  }
+  ChatAnswer answer;
+  if (fields->message_content == Content::kString) answer.text = std::move(fields->message_text);
+  answer.model = std::move(fields->model);
+  answer.prompt_tokens = fields->prompt_tokens;
+  answer.completion_tokens = fields->completion_tokens;
+  return answer;
+}
+
+}  // namespace
+
+upstream::Request ChatCompletionsRequest(std::string body, std::string_view request_id,
+                                         bool stream) {
+  upstream::Request request;
+  request.path = "/chat/completions";
+  request.body = std::move(body);
+  request.headers.emplace_back("X-Request-Id", std::string(request_id));
+  if (stream) request.headers.emplace_back("Accept", "text/event-stream");
+  // A non-streaming answer's first byte comes when the whole answer is generated.
+  request.answer_at_once = !stream;
+  return request;
+}
+
+std::string ScrubSecret(std::string text, std::string_view secret) {
+  if (secret.size() < 4) return text;
+  for (auto pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos)) {
+    text.replace(pos, secret.size(), "***");
+  }
+  return text;
+}
+
+TurnPipeline::TurnPipeline(store::ConversationStore& store, upstream::Client& upstream,
+                           observe::Metrics& metrics, TurnSettings settings)
+    : store_(store), upstream_(upstream), metrics_(metrics), settings_(std::move(settings)) {}
+
+Error TurnPipeline::UpstreamFailure(const Error& error) {
+  metrics_.CountUpstreamError();
+  metrics_.CountFailedTurn();
+  const auto kind = error.kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
+  // upstream::Client messages already name the upstream ("upstream request failed: ...").
+  return MakeError(kind, ScrubSecret(error.message, settings_.api_key));
+}
+
+// `request` is a reference: awaited at once by the coroutine that owns it.
+net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& request,
+                                                           BodyBuilder build) {
+  if (settings_.key_missing) {
+    co_return MakeError(ErrorKind::kMisconfigured,
+                        "OPENAI_API_KEY is not set: completions are unavailable until it is");
+  }
+  // prepare: the conversation so far (nothing to read for a new one), then the adapter's body.
+  std::vector<store::StoredMessage> history;
+  if (request.read_history) {
+    std::string owner = request.conversation_id;
+    auto recent = co_await store_.RecentMessages(std::move(owner), settings_.window.max_messages);
+    if (!recent) {
+      co_return MakeError(ErrorKind::kStorage,
+                          "could not read the conversation: " + recent.error().message);
+    }
+    history = std::move(recent).value();
+  }
+  const std::size_t first = WindowStart(history, settings_.window);
+  auto body = build(request, history, first, request.tokens != nullptr);
+  if (!body) co_return body.error();
+
+  // admit: the reservation is all or nothing; a refusal holds the answer in the gate.
+  if (request.tokens) {
+    Status reserved = co_await request.tokens->Reserve(body->estimate);
+    if (!reserved) co_return reserved.error();
+  }
+  co_return body;
+}
+
+net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const ChatAnswer& answer,
+                                            std::chrono::steady_clock::duration upstream_time) {
+  // settle before the answer goes out, so that the client's next request sees it.
+  if (request.tokens) {
+    TokenUsage usage = UsageOf(answer);
+    co_await request.tokens->Settle(usage);
+  }
+  metrics_.CountTokens(answer.prompt_tokens.value_or(0), answer.completion_tokens.value_or(0));
+
+  // store: the caller answers only once this returned success.
+  store::Turn turn;
+  turn.user_id = request.conversation_id;
+  turn.request_id = request.request_id;
+  turn.model = answer.model.empty() ? request.model : answer.model;
+  turn.prompt = request.prompt;
+  turn.completion = answer.text;
+  turn.prompt_time = request.received_at;
+  turn.completion_time = std::chrono::system_clock::now();
+  turn.prompt_tokens = answer.prompt_tokens;
+  turn.completion_tokens = answer.completion_tokens;
+  turn.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(upstream_time).count();
+  auto stored = co_await store_.AppendTurn(std::move(turn));
+  if (!stored) {
+    metrics_.CountFailedTurn();
+    observe::Error("turn not stored",
+                   {{"error", stored.error().message}, {"request_id", request.request_id}});
+    co_return MakeError(ErrorKind::kStorage,
+                        "the conversation could not be stored: " + stored.error().message);
+  }
+  co_return Ok();
+}
+
+net::awaitable<Result<TurnResult>> TurnPipeline::Complete(TurnRequest request, BodyBuilder build) {
+  auto body = co_await Prepare(request, std::move(build));
+  if (!body) co_return body.error();
+
+  // ask
+  auto upstream_request =
+      ChatCompletionsRequest(std::move(body->json), request.request_id, /*stream=*/false);
+  const auto asked_at = std::chrono::steady_clock::now();
+  auto response = co_await upstream_.Send(std::move(upstream_request));
+  const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
+  metrics_.ObserveUpstream(Seconds(upstream_time));
+
+  // Nothing billable came back (an error status, an unreachable upstream): the reservation goes
+  // back whole. A timeout keeps it: the upstream may have generated tokens nobody reports.
+  if (response ? !IsSuccess(response->status) : response.error().kind != ErrorKind::kTimeout) {
+    if (request.tokens) co_await request.tokens->Release();
+  }
+  if (!response) co_return UpstreamFailure(response.error());
+  if (!IsSuccess(response->status)) {
+    metrics_.CountUpstreamError();
+    metrics_.CountFailedTurn();
+    response->body = ScrubSecret(std::move(response->body), settings_.api_key);
+    co_return TurnResult{std::move(response).value(), std::nullopt};
+  }
+  auto answer = ReadAnswer(response->body, request.require_message_text);
+  if (!answer) {
+    metrics_.CountUpstreamError();
+    metrics_.CountFailedTurn();
+    co_return MakeError(ErrorKind::kUpstream, "upstream returned an invalid completion body");
+  }
+
+  // settle and store; the answer goes out only once its turn is durable.
+  Status finished = co_await Finish(request, *answer, upstream_time);
+  if (!finished) co_return finished.error();
+  co_return TurnResult{std::move(response).value(), std::move(answer)};
+}
+
+net::awaitable<Result<std::unique_ptr<TurnStream>>> TurnPipeline::OpenStream(TurnRequest request,
+                                                                             BodyBuilder build) {
+  auto body = co_await Prepare(request, std::move(build));
+  if (!body) co_return body.error();
+
+  auto upstream_request =
+      ChatCompletionsRequest(std::move(body->json), request.request_id, /*stream=*/true);
+  const auto asked_at = std::chrono::steady_clock::now();
+  auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
+  if (opened ? !IsSuccess((*opened)->status()) : opened.error().kind != ErrorKind::kTimeout) {
+    if (request.tokens) co_await request.tokens->Release();
+  }
+  if (!opened) co_return UpstreamFailure(opened.error());
+  std::unique_ptr<TurnStream> stream(
+      new TurnStream(*this, std::move(request), std::move(opened).value(), asked_at));
+  if (!stream->success()) {
+    metrics_.CountUpstreamError();
+    metrics_.CountFailedTurn();
+  }
+  co_return stream;
+}
+
+TurnStream::TurnStream(TurnPipeline& pipeline, TurnRequest request,
+                       std::unique_ptr<upstream::Stream> stream,
+                       std::chrono::steady_clock::time_point asked_at)
+    : pipeline_(pipeline),
+      request_(std::move(request)),
+      stream_(std::move(stream)),
+      asked_at_(asked_at),
+      status_(stream_->status()),
+      content_type_(stream_->content_type()),
+      headers_(stream_->headers()) {}
+
+Error TurnStream::Broken(Error error) { return pipeline_.UpstreamFailure(error); }
+
+net::awaitable<Result<std::string>> TurnStream::ReadBody() {
+  // The transfer ends with this call, whatever happens.
+  std::unique_ptr<upstream::Stream> stream = std::move(stream_);
+  if (!stream) co_return MakeError(ErrorKind::kInternal, "the upstream stream was already used");
+  std::string body;
+  for (;;) {
+    auto next = co_await stream->Next();
+    if (!next) {
+      const auto kind =
+          next.error().kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
+      co_return MakeError(kind, ScrubSecret(next.error().message, pipeline_.settings_.api_key));
+    }
+    if (!next->has_value()) break;
+    body += **next;
+    if (body.size() > pipeline_.settings_.max_error_body_bytes) {
+      co_return MakeError(ErrorKind::kUpstream, "upstream error body is too large");
+    }
+  }
+  co_return ScrubSecret(std::move(body), pipeline_.settings_.api_key);
+}
+
+net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
+  // The transfer ends with this call: returning early (client gone, upstream broken) destroys the
+  // stream, which cancels the upstream transfer at once.
+  std::unique_ptr<upstream::Stream> stream = std::move(stream_);
+  if (!stream) co_return MakeError(ErrorKind::kInternal, "the upstream stream was already used");
+  SseParser parser;
+  StreamTranscript transcript;
+  // Bytes received but not handed on yet: the unfinished event. Handing on whole events only
+  // keeps an error event that follows a break readable.
+  std::string pending;
+  std::string delta;  // answer text of the events in `pending`
+  bool stored = false;
+
+  for (;;) {
+    auto next = co_await stream->Next();
+    if (!next) {
+      if (stored) break;  // the answer is whole and durable; only the relay of the rest failed
+      co_return Broken(next.error());
+    }
+    if (!next->has_value()) break;
+    if (stored) {
+      // The rest of the body after "[DONE]" is handed on as it comes; a client that left now
+      // changes nothing.
+      Piece after{std::move(**next), {}, true};
+      Status written = co_await sink(std::move(after));
+      if (!written) break;
+      continue;
+    }
+
+    std::vector<SseEvent> events;
+    if (Status fed = parser.Feed(**next, events); !fed) co_return Broken(fed.error());
+    const std::size_t base = pending.size();
+    pending += **next;
+
+    // Where "[DONE]" starts, to store the turn just before handing it on.
+    std::optional<std::size_t> done_at;
+    for (std::size_t i = 0; i < events.size() && !transcript.done(); ++i) {
+      delta += transcript.Add(events[i].data);
+      if (transcript.error()) {
+        // The upstream's own error event ends the answer: hand it on, store nothing.
+        Piece last{pending.substr(0, base + events[i].end), std::move(delta), false};
+        Status written = co_await sink(std::move(last));
+        if (!written) co_return written.error();
+        upstream_error_relayed_ = true;
+        co_return Broken(
+            MakeError(ErrorKind::kUpstream, "upstream reported an error: " + *transcript.error()));
+      }
+      if (transcript.done()) done_at = i == 0 ? 0 : base + events[i - 1].end;
+    }
+
+    std::size_t flush = 0;
+    if (parser.boundary()) flush = base + *parser.boundary();
+    if (pending.size() > kMaxPendingBytes) flush = pending.size();  // not an event stream
+    if (done_at) flush = *done_at;
+    if (flush > 0) {
+      Piece piece{pending.substr(0, flush), std::move(delta), false};
+      delta.clear();
+      pending.erase(0, flush);
+      Status written = co_await sink(std::move(piece));
+      if (!written) co_return written.error();
+    }
+    if (done_at) {
+      const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
+      pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
+      Status committed = co_await pipeline_.Finish(request_, transcript.answer(), upstream_time);
+      if (!committed) co_return committed.error();
+      stored = true;
+      stored_answer_ = transcript.answer();
+      Piece rest{std::move(pending), {}, true};
+      pending.clear();
+      Status written = co_await sink(std::move(rest));
+      if (!written) break;
+    }
+  }
+  if (stored) co_return transcript.answer();
+
+  // The body ended without "[DONE]". An upstream that sends none still ends a whole answer with a
+  // finish reason; anything else broke off. (Every dispatched event was handed on at its
+  // boundary; what is pending is an unterminated last event, which is not part of the answer.)
+  if (!transcript.complete()) {
+    co_return Broken(
+        MakeError(ErrorKind::kUpstream, "upstream stream ended before the answer was complete"));
+  }
+  const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
+  pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
+  Status committed = co_await pipeline_.Finish(request_, transcript.answer(), upstream_time);
+  if (!committed) co_return committed.error();
+  stored_answer_ = transcript.answer();
+  Piece rest{std::move(pending), {}, true};
+  Status written = co_await sink(std::move(rest));
+  (void)written;  // the turn is stored: a client that left changes nothing
+  co_return transcript.answer();
+}
+
+}  // namespace staple::chat
