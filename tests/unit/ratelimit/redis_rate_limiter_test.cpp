@@ -1,5 +1,6 @@
 // What only the Redis limiter has: replicas sharing one Redis, outages, deadlines, script
-// reloading, key expiry, URL parsing. Each test starts its own redis-server.
+// reloading, key expiry, the URL's database and credentials. Each test starts its own
+// redis-server.
 
 #include "ratelimit/redis/redis_rate_limiter.h"
 
@@ -297,54 +298,6 @@ TEST(RedisRateLimiterTest, NothingListensMeansUnavailableNotAHang) {
   EXPECT_EQ(d.error().kind, ErrorKind::kUnavailable);
   EXPECT_LT(steady_clock::now() - start, milliseconds(500));
   EXPECT_FALSE(PingOnce(limiter).ok());
-}
-
-TEST(RedisUrlTest, ParsesPercentEncodedCredentials) {
-  auto password_only = ParseRedisUrl("redis://:s3cret@cache:6380/1");
-  ASSERT_TRUE(password_only.ok()) << password_only.error().message;
-  EXPECT_EQ(password_only->username, "");
-  EXPECT_EQ(password_only->password, "s3cret");
-  EXPECT_EQ(password_only->host, "cache");
-  EXPECT_EQ(password_only->port, 6380);
-  EXPECT_EQ(password_only->db, 1);
-  auto user = ParseRedisUrl("redis://app%20user:p%40ss:w@cache");
-  ASSERT_TRUE(user.ok()) << user.error().message;
-  EXPECT_EQ(user->username, "app user");
-  EXPECT_EQ(user->password, "p@ss:w");
-  EXPECT_EQ(user->host, "cache");
-  auto unencoded = ParseRedisUrl("redis://:p@ss@cache");
-  ASSERT_TRUE(unencoded.ok());
-  EXPECT_EQ(unencoded->password, "p@ss");
-  auto refused = ParseRedisUrl("redis://:hunter2@cache:notaport");
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().message.find("hunter2"), std::string::npos);
-}
-
-TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
-  auto a = ParseRedisUrl("redis://127.0.0.1:6380/2");
-  ASSERT_TRUE(a.ok());
-  EXPECT_EQ(a->host, "127.0.0.1");
-  EXPECT_EQ(a->port, 6380);
-  EXPECT_EQ(a->db, 2);
-  auto b = ParseRedisUrl("redis://cache");
-  ASSERT_TRUE(b.ok());
-  EXPECT_EQ(b->host, "cache");
-  EXPECT_EQ(b->port, 6379);
-  EXPECT_EQ(b->db, 0);
-  auto c = ParseRedisUrl("redis://localhost:7000/");
-  ASSERT_TRUE(c.ok());
-  EXPECT_EQ(c->port, 7000);
-  EXPECT_EQ(c->db, 0);
-  for (const char* bad :
-       {"memory://", "redis://", "redis://:6379", "redis://h:0", "redis://h:70000", "redis://h:x",
-        "redis://h:6379/x", "redis://h:6379/-1", "redis://pw@h:6379", "redis://user:@h",
-        "rediss://h:6379", "http://h:6379"}) {
-    auto parsed = ParseRedisUrl(bad);
-    EXPECT_FALSE(parsed.ok()) << bad;
-    if (!parsed.ok()) {
-      EXPECT_EQ(parsed.error().kind, ErrorKind::kInvalidArgument) << bad;
-    }
-  }
 }
 
 }  // namespace
