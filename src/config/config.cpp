@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "api/token_limits.h"
+#include "chat/context_window.h"
 #include "chat/conversation_service.h"
 #include "common/net.h"
 #include "http/server.h"
@@ -96,6 +97,7 @@ std::vector<Variable> MakeVariables() {
   const upstream::Settings upstream;
   const http::ServerOptions server;
   const chat::ServiceSettings chat;
+  const chat::WindowLimits window;
   const api::TokenLimitSettings tokens;
   const auto number = [](auto value) { return std::to_string(value); };
   return {
@@ -129,9 +131,9 @@ std::vector<Variable> MakeVariables() {
       {"STAPLE_TRUSTED_PROXIES", "--trusted-proxies", "",
        "proxies whose X-Forwarded-For is trusted (IPs/CIDRs, comma-separated)", false},
       {"STAPLE_SYSTEM_PROMPT", "--system-prompt", "", "system message sent first", false},
-      {"STAPLE_HISTORY_MAX_MESSAGES", "--history-max-messages", number(chat.window.max_messages),
+      {"STAPLE_HISTORY_MAX_MESSAGES", "--history-max-messages", number(window.max_messages),
        "stored messages sent with a prompt (0 = no limit)", false},
-      {"STAPLE_HISTORY_MAX_CHARS", "--history-max-chars", number(chat.window.max_chars),
+      {"STAPLE_HISTORY_MAX_CHARS", "--history-max-chars", number(window.max_chars),
        "characters of stored messages sent with a prompt (0 = no limit)", false},
       {"STAPLE_UPSTREAM_TIMEOUT", "--upstream-timeout", SecondsText(upstream.total_timeout),
        "upstream total timeout, seconds", false},

@@ -26,9 +26,9 @@ struct Variable {
 
 // Every variable Staple reads, in banner order. Each default is written once: a default that a
 // subsystem's settings struct already carries (upstream::Settings, http::ServerOptions,
-// chat::ServiceSettings, api::TokenLimitSettings) is read from that struct's member initializer;
-// the others (e.g. STAPLE_THREADS=0, STAPLE_DATABASE_URL, the limits) are written in this table.
-// The loader and `staple serve --help` both use it.
+// chat::ServiceSettings, chat::WindowLimits, api::TokenLimitSettings) is read from that struct's
+// member initializer; the others (e.g. STAPLE_THREADS=0, STAPLE_DATABASE_URL, the limits) are
+// written in this table. The loader and `staple serve --help` both use it.
 const std::vector<Variable>& Variables();
 
 // The structs below hold what Load() resolved; Load() sets every field, from the variable or its

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "api/token_limits.h"
+#include "chat/context_window.h"
 #include "chat/conversation_service.h"
 #include "http/server.h"
 #include "upstream/client.h"
@@ -164,6 +165,7 @@ TEST(ConfigTest, DefaultsComeFromTheSubsystemsSettings) {
   const upstream::Settings upstream;
   const http::ServerOptions server;
   const chat::ServiceSettings chat;
+  const chat::WindowLimits window;
   const api::TokenLimitSettings tokens;
   auto config = Load(EnvOnly({}));
   ASSERT_TRUE(config.ok()) << config.error().message;
@@ -178,8 +180,8 @@ TEST(ConfigTest, DefaultsComeFromTheSubsystemsSettings) {
   EXPECT_EQ(config->server.max_body_bytes, server.max_body_bytes);
   EXPECT_EQ(config->server.access_log, server.access_log);
   EXPECT_EQ(config->chat.model, chat.model);
-  EXPECT_EQ(config->chat.history_max_messages, chat.window.max_messages);
-  EXPECT_EQ(config->chat.history_max_chars, chat.window.max_chars);
+  EXPECT_EQ(config->chat.history_max_messages, window.max_messages);
+  EXPECT_EQ(config->chat.history_max_chars, window.max_chars);
   EXPECT_EQ(config->limits.token_completion_reserve, tokens.completion_reserve);
 }
 
