@@ -17,14 +17,16 @@ ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 300
 
 # Optionally (CI does it) everything again under AddressSanitizer and UndefinedBehaviorSanitizer:
 # memory errors, leaks and undefined behaviour fail the run, in the unit and integration tests
-# (the latter start the sanitized `staple` binary).
+# (the latter start the sanitized `staple` binary), including those labelled redis or postgres
+# because they start a server of their own.
 if [ "${STAPLE_TEST_SANITIZERS:-0}" = 1 ]; then
   echo "test: sanitizer build (build-asan)"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DSTAPLE_SANITIZE=address,undefined -DCMAKE_CXX_FLAGS=-fno-sanitize-recover=undefined
   cmake --build build-asan -j "$(nproc)"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan --output-on-failure -j "$(nproc)" --timeout 600 -L 'unit|integration'
+    ctest --test-dir build-asan --output-on-failure -j "$(nproc)" --timeout 600 \
+      -L 'unit|integration|redis|postgres'
 fi
 
 # The micro benchmarks only have to run (timing belongs in bench/, not in tests).

@@ -1,12 +1,19 @@
 #include "config/config.h"
 
+#include <fmt/format.h>
+
 #include <boost/asio/ip/network_v4.hpp>
 #include <boost/asio/ip/network_v6.hpp>
 #include <charconv>
 #include <thread>
 
+#include "api/token_limits.h"
+#include "chat/context_window.h"
+#include "chat/conversation_service.h"
 #include "common/net.h"
-#include "ratelimit/redis/redis_rate_limiter.h"
+#include "http/server.h"
+#include "ratelimit/redis_url.h"
+#include "upstream/client.h"
 
 namespace staple::config {
 namespace {
@@ -79,16 +86,27 @@ bool ValidProxy(const std::string& entry) {
   return !ec;
 }
 
-}  // namespace
+// A duration as the seconds variables take it: "120", or "2.5" for a fraction of a second.
+std::string SecondsText(std::chrono::milliseconds duration) {
+  if (duration.count() % 1000 == 0) return std::to_string(duration.count() / 1000);
+  return fmt::format("{}", static_cast<double>(duration.count()) / 1000);
+}
 
-const std::vector<Variable>& Variables() {
-  static const std::vector<Variable> kVariables = {
+std::vector<Variable> MakeVariables() {
+  // The defaults of the subsystems' own settings (their member initializers).
+  const upstream::Settings upstream;
+  const http::ServerOptions server;
+  const chat::ServiceSettings chat;
+  const chat::WindowLimits window;
+  const api::TokenLimitSettings tokens;
+  const auto number = [](auto value) { return std::to_string(value); };
+  return {
       {"OPENAI_API_KEY", "--api-key", "", "API key sent to the upstream", true},
-      {"OPENAI_BASE_URL", "--base-url", "https://api.openai.com/v1",
-       "OpenAI-compatible upstream base URL", false},
-      {"OPENAI_MODEL", "--model", "gpt-4o-mini", "model for /openai-completion", false},
-      {"STAPLE_HOST", "--host", "127.0.0.1", "listen address", false},
-      {"STAPLE_PORT", "--port", "5000", "listen port (0 picks a free one)", false},
+      {"OPENAI_BASE_URL", "--base-url", upstream.base_url, "OpenAI-compatible upstream base URL",
+       false},
+      {"OPENAI_MODEL", "--model", chat.model, "model for /openai-completion", false},
+      {"STAPLE_HOST", "--host", server.host, "listen address", false},
+      {"STAPLE_PORT", "--port", number(server.port), "listen port (0 picks a free one)", false},
       {"STAPLE_THREADS", "--threads", "0", "I/O threads (0 = one per core)", false},
       {"STAPLE_DATABASE_URL", "--database-url", "sqlite:///instance/chat_history.db",
        "conversation store", true},
@@ -103,7 +121,8 @@ const std::vector<Variable>& Variables() {
       {"STAPLE_V1_LIMIT", "--v1-limit", "", "per-client limit of /v1/chat/completions", false},
       {"STAPLE_TOKEN_LIMITS", "--token-limits", "",
        "per-client token limits across chat routes, e.g. 100000 per day (empty = none)", false},
-      {"STAPLE_TOKEN_COMPLETION_RESERVE", "--token-completion-reserve", "1024",
+      {"STAPLE_TOKEN_COMPLETION_RESERVE", "--token-completion-reserve",
+       number(tokens.completion_reserve),
        "completion tokens reserved for a request that sets no max_tokens", false},
       {"STAPLE_RATELIMIT_STRATEGY", "--ratelimit-strategy", "fixed-window",
        "fixed-window, moving-window or sliding-window-counter", false},
@@ -112,28 +131,38 @@ const std::vector<Variable>& Variables() {
       {"STAPLE_TRUSTED_PROXIES", "--trusted-proxies", "",
        "proxies whose X-Forwarded-For is trusted (IPs/CIDRs, comma-separated)", false},
       {"STAPLE_SYSTEM_PROMPT", "--system-prompt", "", "system message sent first", false},
-      {"STAPLE_HISTORY_MAX_MESSAGES", "--history-max-messages", "100",
+      {"STAPLE_HISTORY_MAX_MESSAGES", "--history-max-messages", number(window.max_messages),
        "stored messages sent with a prompt (0 = no limit)", false},
-      {"STAPLE_HISTORY_MAX_CHARS", "--history-max-chars", "200000",
+      {"STAPLE_HISTORY_MAX_CHARS", "--history-max-chars", number(window.max_chars),
        "characters of stored messages sent with a prompt (0 = no limit)", false},
-      {"STAPLE_UPSTREAM_TIMEOUT", "--upstream-timeout", "120", "upstream total timeout, seconds",
-       false},
-      {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "--upstream-connect-timeout", "10",
-       "upstream connect timeout, seconds", false},
-      {"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "--upstream-first-byte-timeout", "60",
+      {"STAPLE_UPSTREAM_TIMEOUT", "--upstream-timeout", SecondsText(upstream.total_timeout),
+       "upstream total timeout, seconds", false},
+      {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "--upstream-connect-timeout",
+       SecondsText(upstream.connect_timeout), "upstream connect timeout, seconds", false},
+      {"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "--upstream-first-byte-timeout",
+       SecondsText(upstream.first_byte_timeout),
        "upstream time to the first byte of a stream (first token), seconds; non-streaming "
        "completions are bounded by the total timeout",
        false},
-      {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "--upstream-idle-timeout", "60",
-       "upstream stream idle time between chunks, seconds", false},
-      {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", "2",
+      {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "--upstream-idle-timeout",
+       SecondsText(upstream.idle_timeout), "upstream stream idle time between chunks, seconds",
+       false},
+      {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", number(upstream.max_retries),
        "extra attempts on connect errors, 429 and 5xx", false},
-      {"STAPLE_MAX_BODY_BYTES", "--max-body-bytes", "1048576", "largest request body", false},
+      {"STAPLE_MAX_BODY_BYTES", "--max-body-bytes", number(server.max_body_bytes),
+       "largest request body", false},
       {"STAPLE_SHUTDOWN_TIMEOUT", "--shutdown-timeout", "30",
        "seconds in-flight requests get at shutdown", false},
       {"STAPLE_LOG_FORMAT", "--log-format", "text", "text or json", false},
-      {"STAPLE_ACCESS_LOG", "--access-log", "true", "one log line per request", false},
+      {"STAPLE_ACCESS_LOG", "--access-log", server.access_log ? "true" : "false",
+       "one log line per request", false},
   };
+}
+
+}  // namespace
+
+const std::vector<Variable>& Variables() {
+  static const std::vector<Variable> kVariables = MakeVariables();
   return kVariables;
 }
 
@@ -301,7 +330,7 @@ Result<Config> Load(const Sources& sources) {
   limits.strategy = *strategy;
   limits.storage_url = Trim(get("STAPLE_RATELIMIT_STORAGE"));
   if (limits.storage_url != "memory://") {
-    auto redis = ratelimit::ParseRedisUrl(limits.storage_url);
+    auto redis = ratelimit::ParseRedisAddress(limits.storage_url);
     if (!redis) {
       return Invalid("STAPLE_RATELIMIT_STORAGE", MaskUrlPassword(limits.storage_url),
                      "expected memory:// or redis://host:port[/db]: " + redis.error().message);

@@ -19,28 +19,34 @@ namespace staple::config {
 struct Variable {
   const char* name;      // e.g. "STAPLE_PORT"
   const char* flag;      // e.g. "--port"
-  const char* fallback;  // the default, as text
+  std::string fallback;  // the default, as text
   const char* help;
   bool secret;  // masked in the start-up banner
 };
 
-// Every variable Staple reads, in banner order.
+// Every variable Staple reads, in banner order. Each default is written once: a default that a
+// subsystem's settings struct already carries (upstream::Settings, http::ServerOptions,
+// chat::ServiceSettings, chat::WindowLimits, api::TokenLimitSettings) is read from that struct's
+// member initializer; the others (e.g. STAPLE_THREADS=0, STAPLE_DATABASE_URL, the limits) are
+// written in this table. The loader and `staple serve --help` both use it.
 const std::vector<Variable>& Variables();
 
+// The structs below hold what Load() resolved; Load() sets every field, from the variable or its
+// default in Variables(), so they carry no defaults of their own.
 struct ServerSettings {
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 5000;
-  int threads = 1;
-  std::size_t max_body_bytes = 1024 * 1024;
-  std::chrono::milliseconds shutdown_grace{30'000};
+  std::string host;
+  std::uint16_t port = 0;
+  int threads = 0;  // resolved: at least 1
+  std::size_t max_body_bytes = 0;
+  std::chrono::milliseconds shutdown_grace{0};
   bool json_logs = false;
-  bool access_log = true;
+  bool access_log = false;
 };
 
 struct StoreSettings {
   std::string url;          // as configured
   std::string sqlite_path;  // for sqlite:/// URLs
-  bool sqlite_synchronous_full = true;
+  bool sqlite_synchronous_full = false;
 };
 
 struct LimitSettings {
@@ -48,28 +54,28 @@ struct LimitSettings {
   std::vector<ratelimit::RateLimitItem> completion_limits;  // per client, /openai-completion
   std::vector<ratelimit::RateLimitItem> v1_limits;          // per client, /v1/chat/completions
   std::vector<ratelimit::RateLimitItem> token_limits;       // tokens per client, chat routes
-  std::uint64_t token_completion_reserve = 1024;  // reserved when a request sets no max tokens
-  ratelimit::Strategy strategy = ratelimit::Strategy::kFixedWindow;
-  std::string storage_url = "memory://";
+  std::uint64_t token_completion_reserve = 0;  // reserved when a request sets no max tokens
+  ratelimit::Strategy strategy{};
+  std::string storage_url;  // "memory://" or a redis:// URL
   bool fail_open = false;
   std::vector<std::string> trusted_proxies;  // IP addresses or CIDR networks
 };
 
 struct ChatSettings {
-  std::string model = "gpt-4o-mini";
+  std::string model;
   std::string system_prompt;
-  std::size_t history_max_messages = 100;   // 0 = no limit
-  std::size_t history_max_chars = 200'000;  // 0 = no limit
+  std::size_t history_max_messages = 0;  // 0 = no limit
+  std::size_t history_max_chars = 0;     // 0 = no limit
 };
 
 struct UpstreamSettings {
-  std::string base_url = "https://api.openai.com/v1";
+  std::string base_url;
   std::string api_key;
-  std::chrono::milliseconds total_timeout{120'000};
-  std::chrono::milliseconds connect_timeout{10'000};
-  std::chrono::milliseconds first_byte_timeout{60'000};  // request sent -> first response byte
-  std::chrono::milliseconds idle_timeout{60'000};        // between two chunks of a stream
-  int max_retries = 2;
+  std::chrono::milliseconds total_timeout{0};
+  std::chrono::milliseconds connect_timeout{0};
+  std::chrono::milliseconds first_byte_timeout{0};  // request sent -> first response byte
+  std::chrono::milliseconds idle_timeout{0};        // between two chunks of a stream
+  int max_retries = 0;
 };
 
 struct Config {

@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "support/gateway_test.h"
@@ -129,13 +128,17 @@ TEST_F(OpenAIStreamTest, ClientDisconnectCancelsTheUpstreamAndLogsNothing) {
 
   StreamResponse response =
       ChatStream(*staple, StreamBody("a long enough prompt for twenty chunks"),
-                 {{"X-Staple-Conversation", "gone"}}, 1);
+                 {{"X-Staple-Conversation", "gone"}, {"X-Request-Id", "gone-stream-1"}}, 1);
   EXPECT_TRUE(response.aborted);
   EXPECT_TRUE(WaitUntil([&] { return slow.stats().value("streams_aborted", 0) >= 1; },
-                        std::chrono::seconds(5)))
+                        std::chrono::seconds(30)))
       << slow.stats().dump();
   EXPECT_EQ(slow.stats().value("streams_completed", 0), 0);
-  std::this_thread::sleep_for(milliseconds(300));
+  // The access log line is written once the request's handling is over, after any store write
+  // it would have made.
+  EXPECT_TRUE(WaitUntil([&] { return staple->Stderr().find("gone-stream-1") != std::string::npos; },
+                        std::chrono::seconds(30)))
+      << staple->Stderr();
   EXPECT_TRUE(StoredMessages(*staple, "gone").empty());
 }
 

@@ -143,11 +143,11 @@ TEST_F(PersistenceTest, GracefulShutdownFinishesTheRequestInFlight) {
       json body = {{"prompt", slow_prompt}, {"user_id", user_id}};
       slow = client.PostJson(staple->url() + "/openai-completion", body);
     });
-    // The request is in flight once the fake has it (it then sleeps 1.5 s before answering).
+    // The request is in flight once the fake has it (it then sleeps 1.5 s before answering):
+    // SIGTERM arrives while staple waits for the answer.
     ASSERT_TRUE(
         WaitUntil([&] { return fake_.requests_to("POST", "/v1/chat/completions").size() == 2; },
-                  std::chrono::seconds(10)));
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+                  std::chrono::seconds(30)));
     ASSERT_TRUE(staple->process().Signal(SIGTERM));
     std::optional<ExitStatus> exited = staple->process().Wait(std::chrono::seconds(10));
     ASSERT_TRUE(exited.has_value()) << "staple did not exit after SIGTERM";

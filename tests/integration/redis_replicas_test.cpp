@@ -62,7 +62,8 @@ TEST_F(RedisReplicasTest, OutageAppliesTheFailurePolicyAndRecovers) {
   const auto start = std::chrono::steady_clock::now();
   HttpResponse refused = Complete(*closed, "during");
   EXPECT_EQ(refused.status, 503) << refused.body;
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  // Fast, not hanging: the limiter's deadline is 500 ms; the bound leaves room for slow builds.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
   HttpResponse admitted = Complete(*open, "during");
   EXPECT_EQ(admitted.status, 200) << admitted.body;
   EXPECT_EQ(client_.Get(closed->url() + "/readyz").status, 503);

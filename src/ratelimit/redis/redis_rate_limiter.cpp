@@ -1,9 +1,7 @@
 #include "ratelimit/redis/redis_rate_limiter.h"
 
-#include <curl/curl.h>
 #include <fmt/format.h>
 
-#include <charconv>
 #include <cstdlib>
 #include <exception>
 #include <limits>
@@ -85,17 +83,6 @@ std::vector<std::string> ScriptArgs(const std::vector<Check>& checks,
   return args;
 }
 
-// Decodes %XX escapes with libcurl; std::nullopt when the text is not valid URL encoding.
-std::optional<std::string> PercentDecode(std::string_view text) {
-  if (text.empty()) return std::string();
-  int length = 0;
-  char* decoded = curl_easy_unescape(nullptr, text.data(), static_cast<int>(text.size()), &length);
-  if (decoded == nullptr) return std::nullopt;
-  std::string out(decoded, static_cast<std::size_t>(length));
-  curl_free(decoded);
-  return out;
-}
-
 const char* StrategyTag(Strategy strategy) {
   switch (strategy) {
     case Strategy::kFixedWindow:
@@ -111,68 +98,10 @@ const char* StrategyTag(Strategy strategy) {
 }  // namespace
 
 Result<RedisOptions> ParseRedisUrl(std::string_view url) {
-  constexpr std::string_view kScheme = "redis://";
-  if (url.substr(0, 9) == "rediss://") {
-    return MakeError(ErrorKind::kInvalidArgument,
-                     "TLS (rediss://) is not supported; reach Redis over a private network or a "
-                     "TLS tunnel");
-  }
-  if (url.substr(0, kScheme.size()) != kScheme) {
-    return MakeError(ErrorKind::kInvalidArgument, "expected redis://host:port[/db]");
-  }
-  std::string_view rest = url.substr(kScheme.size());
+  auto address = ParseRedisAddress(url);
+  if (!address) return address.error();
   RedisOptions options;
-  std::string_view authority = rest;
-  const auto slash = rest.find('/');
-  if (slash != std::string_view::npos) {
-    authority = rest.substr(0, slash);
-    const std::string_view db = rest.substr(slash + 1);
-    if (!db.empty()) {
-      int value = -1;
-      const auto [end, ec] = std::from_chars(db.data(), db.data() + db.size(), value);
-      if (ec != std::errc() || end != db.data() + db.size() || value < 0) {
-        return MakeError(ErrorKind::kInvalidArgument,
-                         "the database must be a non-negative integer (redis://host:port/db)");
-      }
-      options.db = value;
-    }
-  }
-  const auto at = authority.rfind('@');
-  if (at != std::string_view::npos) {
-    // [username]:password@ (percent-encoded), as redis-cli -u reads it.
-    const std::string_view userinfo = authority.substr(0, at);
-    authority = authority.substr(at + 1);
-    const auto colon = userinfo.find(':');
-    if (colon == std::string_view::npos) {
-      return MakeError(ErrorKind::kInvalidArgument,
-                       "the credentials must be [username]:password before the '@'");
-    }
-    auto username = PercentDecode(userinfo.substr(0, colon));
-    auto password = PercentDecode(userinfo.substr(colon + 1));
-    if (!username || !password) {
-      return MakeError(ErrorKind::kInvalidArgument, "the credentials are not valid URL encoding");
-    }
-    if (password->empty()) {
-      return MakeError(ErrorKind::kInvalidArgument, "the password is empty");
-    }
-    options.username = std::move(*username);
-    options.password = std::move(*password);
-  }
-  std::string_view host = authority;
-  const auto colon = authority.rfind(':');
-  if (colon != std::string_view::npos) {
-    host = authority.substr(0, colon);
-    const std::string_view port = authority.substr(colon + 1);
-    unsigned value = 0;
-    const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-    if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value == 0 ||
-        value > 65535) {
-      return MakeError(ErrorKind::kInvalidArgument, "the port must be 1-65535");
-    }
-    options.port = static_cast<std::uint16_t>(value);
-  }
-  if (host.empty()) return MakeError(ErrorKind::kInvalidArgument, "the host is missing");
-  options.host = std::string(host);
+  static_cast<RedisAddress&>(options) = std::move(address).value();
   return options;
 }
 

@@ -13,20 +13,16 @@
 #include "common/result.h"
 #include "ratelimit/clock.h"
 #include "ratelimit/rate_limiter.h"
+#include "ratelimit/redis_url.h"
 
 namespace staple::ratelimit {
 
 struct RedisReply;
 class RedisConnection;
 
-// Where the Redis limiter connects and how patient it is.
-struct RedisOptions {
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 6379;
-  int db = 0;
-  // Sent with AUTH on every new connection when the password is set (username too when set).
-  std::string username;
-  std::string password;
+// Where the Redis limiter connects (the RedisAddress part, which a URL names) and how patient
+// it is.
+struct RedisOptions : RedisAddress {
   // Deadline of every command, from the moment the limiter's thread sends it. A command that
   // misses it fails with kUnavailable "rate limit storage timed out" and the connection is
   // dropped (a stalled server is treated like a lost one).
@@ -40,9 +36,8 @@ struct RedisOptions {
   std::string key_prefix = "staple:rl:";
 };
 
-// Parses "redis://[[username]:password@]host[:port][/db]" (port defaults to 6379, db to 0; the
-// credentials percent-encoded) into the connection fields of RedisOptions (others keep their
-// defaults). Errors are kInvalidArgument naming what is wrong, never quoting the password.
+// ParseRedisAddress (see redis_url.h) into the connection fields of RedisOptions; the other
+// fields keep their defaults.
 Result<RedisOptions> ParseRedisUrl(std::string_view url);
 
 // The shared limiter (STAPLE_RATELIMIT_STORAGE=redis://...): counters live in Redis, so N

@@ -2,6 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include "api/token_limits.h"
+#include "chat/context_window.h"
+#include "chat/conversation_service.h"
+#include "http/server.h"
+#include "upstream/client.h"
+
 namespace staple::config {
 namespace {
 
@@ -142,6 +148,92 @@ TEST(ConfigTest, StreamingTimeoutsDefaultTo60SecondsAndAreConfigurable) {
   auto invalid = Load(EnvOnly({{"STAPLE_UPSTREAM_IDLE_TIMEOUT", "soon"}}));
   ASSERT_FALSE(invalid.ok());
   EXPECT_NE(invalid.error().message.find("STAPLE_UPSTREAM_IDLE_TIMEOUT"), std::string::npos);
+}
+
+const std::string& Fallback(const char* name) {
+  for (const auto& variable : Variables()) {
+    if (std::string(variable.name) == name) return variable.fallback;
+  }
+  ADD_FAILURE() << name << " is not a variable";
+  static const std::string kNone;
+  return kNone;
+}
+
+// The defaults a subsystem's settings struct carries are the configuration's defaults, both in
+// what Load() resolves and in the text `staple serve --help` shows, so each is written once.
+TEST(ConfigTest, DefaultsComeFromTheSubsystemsSettings) {
+  const upstream::Settings upstream;
+  const http::ServerOptions server;
+  const chat::ServiceSettings chat;
+  const chat::WindowLimits window;
+  const api::TokenLimitSettings tokens;
+  auto config = Load(EnvOnly({}));
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->upstream.base_url, upstream.base_url);
+  EXPECT_EQ(config->upstream.total_timeout, upstream.total_timeout);
+  EXPECT_EQ(config->upstream.connect_timeout, upstream.connect_timeout);
+  EXPECT_EQ(config->upstream.first_byte_timeout, upstream.first_byte_timeout);
+  EXPECT_EQ(config->upstream.idle_timeout, upstream.idle_timeout);
+  EXPECT_EQ(config->upstream.max_retries, upstream.max_retries);
+  EXPECT_EQ(config->server.host, server.host);
+  EXPECT_EQ(config->server.port, server.port);
+  EXPECT_EQ(config->server.max_body_bytes, server.max_body_bytes);
+  EXPECT_EQ(config->server.access_log, server.access_log);
+  EXPECT_EQ(config->chat.model, chat.model);
+  EXPECT_EQ(config->chat.history_max_messages, window.max_messages);
+  EXPECT_EQ(config->chat.history_max_chars, window.max_chars);
+  EXPECT_EQ(config->limits.token_completion_reserve, tokens.completion_reserve);
+}
+
+// The help text's defaults, exactly as `staple serve --help` has always shown them.
+TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
+  const std::vector<std::pair<const char*, const char*>> expected = {
+      {"OPENAI_API_KEY", ""},
+      {"OPENAI_BASE_URL", "https://api.openai.com/v1"},
+      {"OPENAI_MODEL", "gpt-4o-mini"},
+      {"STAPLE_HOST", "127.0.0.1"},
+      {"STAPLE_PORT", "5000"},
+      {"STAPLE_THREADS", "0"},
+      {"STAPLE_DATABASE_URL", "sqlite:///instance/chat_history.db"},
+      {"STAPLE_SQLITE_SYNCHRONOUS", "full"},
+      {"STAPLE_RATELIMIT_STORAGE", "memory://"},
+      {"STAPLE_DEFAULT_LIMITS", "200 per day;50 per hour"},
+      {"STAPLE_COMPLETION_LIMIT", "10 per minute"},
+      {"STAPLE_V1_LIMIT", ""},
+      {"STAPLE_TOKEN_LIMITS", ""},
+      {"STAPLE_TOKEN_COMPLETION_RESERVE", "1024"},
+      {"STAPLE_RATELIMIT_STRATEGY", "fixed-window"},
+      {"STAPLE_RATELIMIT_FAILURE", "closed"},
+      {"STAPLE_TRUSTED_PROXIES", ""},
+      {"STAPLE_SYSTEM_PROMPT", ""},
+      {"STAPLE_HISTORY_MAX_MESSAGES", "100"},
+      {"STAPLE_HISTORY_MAX_CHARS", "200000"},
+      {"STAPLE_UPSTREAM_TIMEOUT", "120"},
+      {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "10"},
+      {"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "60"},
+      {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "60"},
+      {"STAPLE_UPSTREAM_RETRIES", "2"},
+      {"STAPLE_MAX_BODY_BYTES", "1048576"},
+      {"STAPLE_SHUTDOWN_TIMEOUT", "30"},
+      {"STAPLE_LOG_FORMAT", "text"},
+      {"STAPLE_ACCESS_LOG", "true"},
+  };
+  ASSERT_EQ(Variables().size(), expected.size());
+  for (const auto& [name, fallback] : expected) EXPECT_EQ(Fallback(name), fallback) << name;
+}
+
+// The storage URL is validated by the Redis URL parser alone (no Redis limiter is linked here).
+TEST(ConfigTest, RatelimitStorageIsMemoryOrAValidRedisUrl) {
+  for (const char* good : {"memory://", "redis://cache", "redis://:pw@10.0.0.5:6380/2"}) {
+    auto config = Load(EnvOnly({{"STAPLE_RATELIMIT_STORAGE", good}}));
+    ASSERT_TRUE(config.ok()) << good << ": " << config.error().message;
+    EXPECT_EQ(config->limits.storage_url, good);
+  }
+  for (const char* bad : {"memory", "rediss://cache", "redis://cache:0", "http://cache"}) {
+    auto config = Load(EnvOnly({{"STAPLE_RATELIMIT_STORAGE", bad}}));
+    ASSERT_FALSE(config.ok()) << bad << " was accepted";
+    EXPECT_NE(config.error().message.find("STAPLE_RATELIMIT_STORAGE"), std::string::npos);
+  }
 }
 
 TEST(DotenvTest, ParsesTheUsualForms) {
