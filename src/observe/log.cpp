@@ -72,8 +72,10 @@ void AppendTextValue(std::string& line, const nlohmann::json& value) {
 
 void InitLogging(LogFormat format, LogLevel min_level) {
   g_format = format;
-  auto logger = spdlog::stderr_logger_mt("staple");
-  spdlog::drop("staple");
+  // Built without the registry's factory, which refuses a second logger of the same name: the
+  // new default replaces the previous one, so a second call works.
+  auto logger =
+      std::make_shared<spdlog::logger>("staple", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   logger->set_pattern("%v");
   logger->set_level(ToSpdlog(min_level));
   logger->flush_on(spdlog::level::info);
