@@ -241,7 +241,7 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
   auto shared = std::make_shared<Dependencies>(std::move(deps));
 
   router.Add(
-      "POST", "/openai-completion", observe::Route::kCompletion,
+      "POST", "/openai-completion", "/openai-completion",
       [d = shared](http::Request& request) -> net::awaitable<http::Response> {
         const auto received_at = std::chrono::system_clock::now();
         // Limits first, as Flask-Limiter does: rejected requests never cost an upstream
@@ -287,17 +287,17 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
         co_return response;
       });
 
-  router.Add("GET", "/users/{user_id}/messages", observe::Route::kMessages,
+  router.Add("GET", "/users/{user_id}/messages", "/users/{user_id}/messages",
              MessagesRoute(shared, ListMessages));
-  router.Add("DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
+  router.Add("DELETE", "/users/{user_id}/messages", "/users/{user_id}/messages",
              MessagesRoute(shared, DeleteMessages));
 
-  router.Add("GET", "/healthz", observe::Route::kHealth,
+  router.Add("GET", "/healthz", "healthz",
              [](http::Request&) -> net::awaitable<http::Response> {
                co_return http::JsonResponse(200, {{"status", "ok"}});
              });
 
-  router.Add("GET", "/readyz", observe::Route::kHealth,
+  router.Add("GET", "/readyz", "readyz",
              [d = shared](http::Request&) -> net::awaitable<http::Response> {
                auto store = co_await d->store.Ping();
                auto limiter = co_await d->limiter.Ping();
@@ -309,7 +309,7 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
                     {"limiter", limiter ? std::string("ok") : limiter.error().message}});
              });
 
-  router.Add("GET", "/metrics", observe::Route::kMetrics,
+  router.Add("GET", "/metrics", "/metrics",
              [d = shared](http::Request&) -> net::awaitable<http::Response> {
                http::Response response;
                response.headers.Add("Content-Type", "text/plain; version=0.0.4; charset=utf-8");

@@ -110,7 +110,7 @@ http::Response ProxyError(const Error& error) { return FailureAnswer(error, Erro
 void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
   auto shared = std::make_shared<OpenAIDependencies>(std::move(deps));
 
-  router.Add("POST", "/v1/chat/completions", observe::Route::kChatCompletions,
+  router.Add("POST", "/v1/chat/completions", "/v1/chat/completions",
              [d = shared](http::Request& request) -> net::awaitable<http::Response> {
                const auto received_at = std::chrono::system_clock::now();
                std::string scope = "route:/v1/chat/completions";
@@ -174,7 +174,7 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                co_return response;
              });
 
-  router.Add("GET", "/v1/models", observe::Route::kModels,
+  router.Add("GET", "/v1/models", "/v1/models",
              [d = shared](http::Request& request) -> net::awaitable<http::Response> {
                std::string scope = "route:/v1/models";
                auto admission = co_await d->admission.Admit(request, kNoLimits, std::move(scope),

@@ -126,7 +126,7 @@ loadHistory();
 }  // namespace
 
 void RegisterPlayground(http::Router& router) {
-  router.Add("GET", "/", observe::Route::kPlayground,
+  router.Add("GET", "/", "/",
              [](http::Request&) -> net::awaitable<http::Response> {
                http::Response response;
                response.headers.Add("Content-Type", "text/html; charset=utf-8");

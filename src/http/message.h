@@ -11,7 +11,6 @@
 
 #include "common/net.h"
 #include "common/result.h"
-#include "observe/metrics.h"
 
 namespace staple::http {
 
@@ -41,10 +40,12 @@ struct Request {
   std::string query;   // after '?', may be empty
   Headers headers;
   std::string body;
-  std::string peer_address;                       // the TCP peer, e.g. "127.0.0.1"
-  std::string request_id;                         // from X-Request-Id when given, else generated
-  observe::Route route = observe::Route::kOther;  // set by the router, for metrics
-  std::vector<std::string> path_params;           // captures of "{name}" segments, in order
+  std::string peer_address;  // the TCP peer, e.g. "127.0.0.1"
+  std::string request_id;    // from X-Request-Id when given, else generated
+  // Set by the router, for metrics: the index of the matched route's label in
+  // Router::route_labels() (Router::kOtherRoute when no route matched).
+  std::size_t route = 0;
+  std::vector<std::string> path_params;  // captures of "{name}" segments, in order
 };
 
 // Writes the body of a streamed response chunk by chunk (chunked transfer encoding).

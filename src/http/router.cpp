@@ -1,5 +1,7 @@
 #include "http/router.h"
 
+#include <algorithm>
+
 namespace staple::http {
 namespace {
 
@@ -28,7 +30,11 @@ bool IsParameter(const std::string& segment) {
 
 Router::Router(ErrorFormatter format_error) : format_error_(std::move(format_error)) {}
 
-void Router::Add(std::string method, std::string pattern, observe::Route route, Handler handler) {
+void Router::Add(std::string method, std::string pattern, std::string_view route_label,
+                 Handler handler) {
+  auto label = std::find(route_labels_.begin(), route_labels_.end(), route_label);
+  if (label == route_labels_.end()) label = route_labels_.emplace(label, route_label);
+  const auto route = static_cast<std::size_t>(label - route_labels_.begin());
   Entry entry{std::move(method), {}, route, std::move(handler)};
   for (auto part : SplitPath(pattern)) entry.segments.emplace_back(part);
   entries_.push_back(std::move(entry));
@@ -81,7 +87,7 @@ net::awaitable<Response> Router::Dispatch(Request& request) const {
     response.headers.Set("Allow", allow);
     co_return response;
   }
-  request.route = observe::Route::kOther;
+  request.route = kOtherRoute;
   co_return format_error_(404, "Not found: " + request.path, request.path);
 }
 

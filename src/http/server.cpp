@@ -168,6 +168,8 @@ std::vector<net::io_context*> Server::contexts() {
 }
 
 void Server::Start() {
+  // The router's indexes become the metrics' route indexes (Request::route).
+  metrics_.SetRouteLabels(router_.route_labels());
   for (auto& worker : workers_) {
     worker->guard.emplace(worker->context.get_executor());
     net::co_spawn(worker->context, Accept(*worker), LogIfFailed);

@@ -35,7 +35,8 @@ struct ServerOptions {
 // Every request gets an X-Request-Id, an access-log line and a metrics sample.
 //
 // Lifetime: construct, Start(), then Shutdown() from another thread (e.g. the signal waiter);
-// the router and metrics must outlive the server.
+// the router and metrics must outlive the server, and every route is added before Start() (which
+// hands the router's route labels to the metrics).
 class Server {
  public:
   Server(ServerOptions options, const Router& router, observe::Metrics& metrics);

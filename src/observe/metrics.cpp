@@ -4,29 +4,6 @@
 
 namespace staple::observe {
 
-const char* RouteName(Route route) {
-  switch (route) {
-    case Route::kCompletion:
-      return "/openai-completion";
-    case Route::kChatCompletions:
-      return "/v1/chat/completions";
-    case Route::kModels:
-      return "/v1/models";
-    case Route::kMessages:
-      return "/users/{user_id}/messages";
-    case Route::kHealth:
-      return "health";
-    case Route::kMetrics:
-      return "/metrics";
-    case Route::kPlayground:
-      return "/";
-    case Route::kOther:
-    case Route::kCount:
-      break;
-  }
-  return "other";
-}
-
 Histogram::Histogram() = default;
 
 void Histogram::Observe(double seconds) {
@@ -54,11 +31,16 @@ void Histogram::Render(std::string& out, std::string_view name, std::string_view
   out += fmt::format("{}_count{} {}\n", name, braces, count_.load(std::memory_order_relaxed));
 }
 
-void Metrics::CountRequest(Route route, int status, double seconds) {
-  const auto r = static_cast<std::size_t>(route);
+void Metrics::SetRouteLabels(std::vector<std::string> labels) {
+  routes_ = std::make_unique<RouteCounters[]>(labels.size());
+  route_labels_ = std::move(labels);
+}
+
+void Metrics::CountRequest(std::size_t route, int status, double seconds) {
+  if (route >= route_labels_.size()) return;
   const auto s = static_cast<std::size_t>(status >= 0 && status < kStatuses ? status : 0);
-  requests_[r][s].fetch_add(1, std::memory_order_relaxed);
-  latency_[r].Observe(seconds);
+  routes_[route].requests[s].fetch_add(1, std::memory_order_relaxed);
+  routes_[route].latency.Observe(seconds);
 }
 
 void Metrics::CountTokens(std::int64_t prompt, std::int64_t completion) {
@@ -83,20 +65,20 @@ std::string Metrics::Render() const {
   out.reserve(16 * 1024);
   out += "# HELP staple_http_requests_total HTTP requests answered, by route and status.\n";
   out += "# TYPE staple_http_requests_total counter\n";
-  for (std::size_t r = 0; r < requests_.size(); ++r) {
-    for (std::size_t s = 0; s < requests_[r].size(); ++s) {
-      const auto n = requests_[r][s].load(std::memory_order_relaxed);
+  for (std::size_t r = 0; r < route_labels_.size(); ++r) {
+    for (std::size_t s = 0; s < routes_[r].requests.size(); ++s) {
+      const auto n = routes_[r].requests[s].load(std::memory_order_relaxed);
       if (n == 0) continue;
       out += fmt::format("staple_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n",
-                         RouteName(static_cast<Route>(r)), s, n);
+                         route_labels_[r], s, n);
     }
   }
   out +=
       "# HELP staple_http_request_duration_seconds Time from request read to response written.\n";
   out += "# TYPE staple_http_request_duration_seconds histogram\n";
-  for (std::size_t r = 0; r < latency_.size(); ++r) {
-    latency_[r].Render(out, "staple_http_request_duration_seconds",
-                       fmt::format("route=\"{}\",", RouteName(static_cast<Route>(r))));
+  for (std::size_t r = 0; r < route_labels_.size(); ++r) {
+    routes_[r].latency.Render(out, "staple_http_request_duration_seconds",
+                              fmt::format("route=\"{}\",", route_labels_[r]));
   }
   out += "# HELP staple_upstream_duration_seconds Time spent waiting for the upstream.\n";
   out += "# TYPE staple_upstream_duration_seconds histogram\n";

@@ -4,25 +4,12 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace staple::observe {
-
-// Routes known to the metrics, so counters are plain arrays (no lookups on the hot path).
-enum class Route : std::size_t {
-  kCompletion,       // POST /openai-completion
-  kChatCompletions,  // POST /v1/chat/completions
-  kModels,           // GET /v1/models
-  kMessages,         // /users/{id}/messages
-  kHealth,           // /healthz, /readyz
-  kMetrics,          // /metrics
-  kPlayground,       // /
-  kOther,            // anything else (404s)
-  kCount
-};
-const char* RouteName(Route route);
 
 // A fixed-bucket latency histogram in seconds. Thread-safe, lock-free.
 class Histogram {
@@ -40,10 +27,22 @@ class Histogram {
   std::atomic<std::uint64_t> sum_micros_{0};
 };
 
-// The process's metrics, rendered in the Prometheus text format by Render(). Thread-safe.
+// The process's metrics, rendered in the Prometheus text format by Render(). Thread-safe once
+// serving; SetRouteLabels and AddGauge are start-up calls.
 class Metrics {
  public:
-  void CountRequest(Route route, int status, double seconds);
+  Metrics() = default;
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // Declares the `route` label values of the request counters: request counts then name a route by
+  // its index in `labels` (the router's interned labels), so counting is an array index, never a
+  // lookup. Call once before serving, before any CountRequest; it resets the request counters.
+  // Until then there are no routes and CountRequest counts nothing.
+  void SetRouteLabels(std::vector<std::string> labels);
+  // Counts one answered request of route number `route` (an index into the labels set above;
+  // others are ignored).
+  void CountRequest(std::size_t route, int status, double seconds);
   void ObserveUpstream(double seconds) { upstream_latency_.Observe(seconds); }
   void CountUpstreamError() { upstream_errors_.fetch_add(1, std::memory_order_relaxed); }
   void CountTokens(std::int64_t prompt, std::int64_t completion);
@@ -64,10 +63,13 @@ class Metrics {
 
  private:
   static constexpr int kStatuses = 600;
-  std::array<std::array<std::atomic<std::uint64_t>, kStatuses>,
-             static_cast<std::size_t>(Route::kCount)>
-      requests_{};
-  std::array<Histogram, static_cast<std::size_t>(Route::kCount)> latency_;
+  struct RouteCounters {
+    std::array<std::atomic<std::uint64_t>, kStatuses> requests{};
+    Histogram latency;
+  };
+  // Constant after start-up: one label and one RouteCounters per route, same index.
+  std::vector<std::string> route_labels_;
+  std::unique_ptr<RouteCounters[]> routes_;
   Histogram upstream_latency_;
   std::atomic<std::uint64_t> upstream_errors_{0};
   std::atomic<std::uint64_t> prompt_tokens_{0};

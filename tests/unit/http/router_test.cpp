@@ -21,15 +21,15 @@ Response RunDispatch(const Router& router, Request& request) {
 
 Router MakeRouter() {
   Router router(Error);
-  router.Add("POST", "/openai-completion", observe::Route::kCompletion,
+  router.Add("POST", "/openai-completion", "/openai-completion",
              [](Request&) -> net::awaitable<Response> {
                co_return JsonResponse(200, {{"ok", 1}});
              });
-  router.Add("GET", "/users/{user_id}/messages", observe::Route::kMessages,
+  router.Add("GET", "/users/{user_id}/messages", "messages",
              [](Request& r) -> net::awaitable<Response> {
                co_return JsonResponse(200, {{"user", r.path_params.at(0)}});
              });
-  router.Add("DELETE", "/users/{user_id}/messages", observe::Route::kMessages,
+  router.Add("DELETE", "/users/{user_id}/messages", "messages",
              [](Request&) -> net::awaitable<Response> { co_return JsonResponse(200, {}); });
   return router;
 }
@@ -41,7 +41,7 @@ TEST(RouterTest, DispatchesByMethodAndPath) {
   request.path = "/openai-completion";
   auto response = RunDispatch(router, request);
   EXPECT_EQ(response.status, 200);
-  EXPECT_EQ(request.route, observe::Route::kCompletion);
+  EXPECT_EQ(router.route_labels().at(request.route), "/openai-completion");
 }
 
 TEST(RouterTest, CapturesPathParameters) {
@@ -82,10 +82,30 @@ TEST(RouterTest, UnknownPathIs404) {
     Request request;
     request.method = "GET";
     request.path = path;
+    request.route = 99;
     auto response = RunDispatch(router, request);
     EXPECT_EQ(response.status, 404) << path;
-    EXPECT_EQ(request.route, observe::Route::kOther);
+    EXPECT_EQ(request.route, Router::kOtherRoute);
   }
+}
+
+TEST(RouterTest, InternsRouteLabels) {
+  auto router = MakeRouter();
+  // "other" first, then each distinct label once, in the order of first use.
+  EXPECT_EQ(router.route_labels(),
+            (std::vector<std::string>{"other", "/openai-completion", "messages"}));
+  EXPECT_EQ(router.route_labels()[Router::kOtherRoute], "other");
+
+  Request get;
+  get.method = "GET";
+  get.path = "/users/x/messages";
+  RunDispatch(router, get);
+  Request remove;
+  remove.method = "DELETE";
+  remove.path = "/users/x/messages";
+  RunDispatch(router, remove);
+  EXPECT_EQ(get.route, 2u);
+  EXPECT_EQ(remove.route, 2u);
 }
 
 TEST(HeadersTest, NamesAreCaseInsensitive) {
