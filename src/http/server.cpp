@@ -110,11 +110,17 @@ class ChunkWriter final : public BodyWriter {
 
 }  // namespace
 
+// Members are destroyed in reverse order of declaration, and that order matters. A request still
+// suspended when the threads stop (its handler outlived Shutdown's grace) is a coroutine frame
+// owned by `context`; destroying `context` destroys that frame, whose Session unregisters itself
+// from `sessions`. So `sessions` is declared before `context` and outlives it. The I/O objects
+// (`acceptor`, `sweep`) belong to `context` and are declared after it, so they go first. `thread`
+// must have been joined before any of this (~Server and Shutdown do).
 struct Server::Worker {
+  std::list<Session*> sessions;  // guarded by being touched only on `thread`
   net::io_context context{1};
   tcp::acceptor acceptor{context};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
-  std::list<Session*> sessions;  // guarded by being touched only on `thread`
   net::steady_timer sweep{context};
   std::thread thread;
 };
@@ -130,6 +136,10 @@ Server::~Server() {
       worker->thread.join();
     }
   }
+  // Destroying a worker's io_context destroys the requests still suspended in it, and their
+  // Sessions update `sessions_` and the metrics as they go: destroy the workers here, while every
+  // other member is alive, not after them as member destruction order would.
+  workers_.clear();
 }
 
 Status Server::Bind() {

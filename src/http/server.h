@@ -36,7 +36,8 @@ struct ServerOptions {
 //
 // Lifetime: construct, Start(), then Shutdown() from another thread (e.g. the signal waiter);
 // the router and metrics must outlive the server, and every route is added before Start() (which
-// hands the router's route labels to the metrics).
+// hands the router's route labels to the metrics). Requests still suspended after Shutdown's grace
+// are destroyed with the server, so whatever their handlers use must outlive it too.
 class Server {
  public:
   Server(ServerOptions options, const Router& router, observe::Metrics& metrics);
