@@ -57,6 +57,16 @@ Request ToRequest(bhttp::request<bhttp::string_body>&& message, const std::strin
   return request;
 }
 
+std::string Describe(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+
 template <typename Message>
 void CopyHeaders(const Response& response, const Request& request, Message& message) {
   message.set(bhttp::field::server, "staple");
@@ -317,7 +327,19 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     // (No co_await inside a conditional expression: g++ 12 miscompiles it.)
     Response response;
     if (parsed) {
-      response = co_await router_.Dispatch(request);
+      // An exception escaping a handler is a bug there; the client still gets an answer in the
+      // router's error shape, and the connection stays usable. (co_await is not allowed in a
+      // catch block: the failure is kept and answered after it.)
+      std::exception_ptr failure;
+      try {
+        response = co_await router_.Dispatch(request);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      if (failure) {
+        HandlerFailed(request, failure);
+        response = router_.format_error()(500, "Internal server error", request.path);
+      }
     } else {
       response = router_.format_error()(early_status, early_message, request.path);
     }
@@ -348,8 +370,16 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
       write_failed = static_cast<bool>(ec);
       if (!write_failed) {
         ChunkWriter writer(socket, session.deadline, options_.write_timeout);
-        co_await response.stream(writer);
-        write_failed = writer.failed();
+        std::exception_ptr failure;
+        try {
+          co_await response.stream(writer);
+        } catch (...) {
+          failure = std::current_exception();
+        }
+        // The status already went out: all that is left is to cut the body short (no last chunk)
+        // so that the client sees an incomplete answer, and to close the connection.
+        if (failure) HandlerFailed(request, failure);
+        write_failed = writer.failed() || failure != nullptr;
         if (!write_failed) {
           expires_after(options_.write_timeout);
           co_await net::async_write(socket, bhttp::make_chunk_last(),
@@ -376,6 +406,14 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
   }
   session.deadline = Clock::time_point::max();
   socket.shutdown(tcp::socket::shutdown_send, ec);
+}
+
+void Server::HandlerFailed(const Request& request, const std::exception_ptr& error) {
+  metrics_.CountHandlerException();
+  observe::Error("route handler failed", {{"request_id", request.request_id},
+                                          {"method", request.method},
+                                          {"path", request.path},
+                                          {"error", Describe(error)}});
 }
 
 void Server::Shutdown(std::chrono::milliseconds grace) {

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <thread>
@@ -32,7 +33,10 @@ struct ServerOptions {
 
 // The HTTP/1.1 listener: N threads, each running its own io_context with its own listener on the
 // same port (SO_REUSEPORT), serving keep-alive connections with Beast and C++20 coroutines.
-// Every request gets an X-Request-Id, an access-log line and a metrics sample.
+// Every request gets an X-Request-Id, an access-log line and a metrics sample. An exception that
+// escapes a route handler is logged, counted (staple_handler_exceptions_total) and answered 500 in
+// the router's error shape; when it escapes a streamed body, whose status already went out, the
+// body is cut short and the connection closed.
 //
 // Lifetime: construct, Start(), then Shutdown() from another thread (e.g. the signal waiter);
 // the router and metrics must outlive the server, and every route is added before Start() (which
@@ -67,6 +71,8 @@ class Server {
   // Closes the connections of `worker` whose read or write deadline passed, about once a second.
   net::awaitable<void> Sweep(Worker& worker);
   net::awaitable<void> Serve(Worker& worker, net::ip::tcp::socket socket);
+  // Logs and counts an exception that escaped the route handler of `request`.
+  void HandlerFailed(const Request& request, const std::exception_ptr& error);
 
   // Constant after construction.
   const ServerOptions options_;

@@ -109,6 +109,9 @@ std::string Metrics::Render() const {
   counter("staple_ratelimit_errors_total", "Limiter storage failures.", "", limiter_errors_.load());
   counter("staple_failed_turns_total", "Turns that failed and were not stored.", "",
           failed_turns_.load());
+  counter("staple_handler_exceptions_total",
+          "Route handlers that failed with an exception (answered 500, or their stream cut).", "",
+          handler_exceptions_.load());
   counter("staple_connections_total", "Client connections accepted.", "",
           connections_total_.load());
   out += "# HELP staple_open_connections Client connections currently open.\n";

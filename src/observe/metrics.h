@@ -43,6 +43,8 @@ class Metrics {
   // Counts one answered request of route number `route` (an index into the labels set above;
   // others are ignored).
   void CountRequest(std::size_t route, int status, double seconds);
+  // A route handler failed with an exception (the server answered 500 or cut the stream).
+  void CountHandlerException() { handler_exceptions_.fetch_add(1, std::memory_order_relaxed); }
   void ObserveUpstream(double seconds) { upstream_latency_.Observe(seconds); }
   void CountUpstreamError() { upstream_errors_.fetch_add(1, std::memory_order_relaxed); }
   void CountTokens(std::int64_t prompt, std::int64_t completion);
@@ -80,6 +82,7 @@ class Metrics {
   std::atomic<std::uint64_t> token_allowed_{0};
   std::atomic<std::uint64_t> token_denied_{0};
   std::atomic<std::uint64_t> failed_turns_{0};
+  std::atomic<std::uint64_t> handler_exceptions_{0};
   std::atomic<std::int64_t> open_connections_{0};
   std::atomic<std::uint64_t> connections_total_{0};
   struct Gauge {

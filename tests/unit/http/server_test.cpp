@@ -1,0 +1,424 @@
+#include "http/server.h"
+
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/beast/http.hpp>
+#include <future>
+#include <map>
+#include <stdexcept>
+
+namespace staple::http {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using Clock = std::chrono::steady_clock;
+
+// How long a test waits for something the server should do soon; long enough for a loaded
+// sanitizer build, and only reached when the test fails.
+constexpr std::chrono::seconds kWait{10};
+
+// The error shape of this test router: it names the path, so a test can tell that an answer came
+// from the router's formatter.
+Response FormatError(int status, std::string_view message, std::string_view path) {
+  return JsonResponse(status, {{"error", message}, {"path", path}});
+}
+
+struct Reply {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;
+  bool keep_alive = false;
+};
+
+// A blocking HTTP/1.1 client on a raw TCP socket, so that tests send exactly the bytes they mean
+// (oversized heads, pipelined requests) and see exactly when the server closes the connection.
+// Every wait is bounded by a deadline.
+class RawClient {
+ public:
+  explicit RawClient(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  }
+  ~RawClient() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  bool connected() const { return connected_; }
+
+  bool Send(std::string_view data) {
+    while (!data.empty()) {
+      const auto sent = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (sent <= 0) return false;
+      data.remove_prefix(static_cast<std::size_t>(sent));
+    }
+    return true;
+  }
+
+  // The next whole response, or nothing when the connection ends first or `timeout` passes.
+  std::optional<Reply> ReadResponse(std::chrono::milliseconds timeout = kWait) {
+    const auto deadline = Clock::now() + timeout;
+    bhttp::response_parser<bhttp::string_body> parser;
+    parser.eager(true);
+    while (!parser.is_done()) {
+      if (!pending_.empty()) {
+        beast::error_code ec;
+        const auto used = parser.put(net::buffer(pending_), ec);
+        pending_.erase(0, used);
+        if (ec && ec != bhttp::error::need_more) return std::nullopt;
+        if (parser.is_done()) break;
+        if (!ec && used > 0) continue;
+      }
+      if (!ReadSome(deadline)) return std::nullopt;
+    }
+    Reply reply;
+    auto& message = parser.get();
+    reply.status = static_cast<int>(message.result_int());
+    for (const auto& field : message) {
+      std::string name(field.name_string());
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      reply.headers[name] = std::string(field.value());
+    }
+    reply.keep_alive = message.keep_alive();
+    reply.body = std::move(message.body());
+    return reply;
+  }
+
+  // Reads until the server closes the connection; true when it did within `timeout`. What arrived
+  // meanwhile is kept in unread().
+  bool WaitForClose(std::chrono::milliseconds timeout = kWait) {
+    const auto deadline = Clock::now() + timeout;
+    while (ReadSome(deadline)) {
+    }
+    return closed_;
+  }
+
+  // What arrived and was not read as a response.
+  const std::string& unread() const { return pending_; }
+
+ private:
+  // Appends what arrives before `deadline` to pending_; false on end of stream, error or timeout.
+  bool ReadSome(Clock::time_point deadline) {
+    if (closed_) return false;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd descriptor{fd_, POLLIN, 0};
+    if (::poll(&descriptor, 1, static_cast<int>(left)) <= 0) return false;
+    char data[16 * 1024];
+    const auto n = ::recv(fd_, data, sizeof(data), 0);
+    if (n <= 0) {
+      closed_ = true;  // end of stream, or a reset: either way the server closed it
+      return false;
+    }
+    pending_.append(data, static_cast<std::size_t>(n));
+    return true;
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+  bool closed_ = false;
+  std::string pending_;  // received, not yet read as a response
+};
+
+std::string Get(std::string_view path, std::string_view extra_headers = "") {
+  return "GET " + std::string(path) + " HTTP/1.1\r\nHost: test\r\n" + std::string(extra_headers) +
+         "\r\n";
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  ServerTest() : router_(FormatError) {
+    observe::InitLogging(observe::LogFormat::kJson);
+    router_.Add("GET", "/ok", "ok", [](Request&) -> net::awaitable<Response> {
+      co_return JsonResponse(200, {{"ok", true}});
+    });
+    router_.Add("POST", "/echo", "echo", [](Request& request) -> net::awaitable<Response> {
+      co_return JsonResponse(200, {{"size", request.body.size()}});
+    });
+  }
+
+  void TearDown() override { StopServer(); }
+
+  void StartServer(ServerOptions options = {}) {
+    options.host = "127.0.0.1";
+    options.port = 0;
+    options.threads = 1;
+    options.access_log = false;
+    server_ = std::make_unique<Server>(options, router_, metrics_);
+    auto bound = server_->Bind();
+    ASSERT_TRUE(bound.ok()) << bound.error().message;
+    server_->Start();
+  }
+
+  void StopServer(std::chrono::milliseconds grace = std::chrono::seconds(2)) {
+    if (!server_) return;
+    server_->Shutdown(grace);
+    server_.reset();
+  }
+
+  std::unique_ptr<RawClient> Connect() {
+    auto client = std::make_unique<RawClient>(server_->port());
+    EXPECT_TRUE(client->connected());
+    return client;
+  }
+
+  // Declared before the server, which must not outlive them.
+  Router router_;
+  observe::Metrics metrics_;
+  std::unique_ptr<Server> server_;
+};
+
+nlohmann::json ParseJson(const std::string& text) {
+  return nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
+TEST_F(ServerTest, AnswersAndKeepsTheConnection) {
+  StartServer();
+  auto client = Connect();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(client->Send(Get("/ok")));
+    auto reply = client->ReadResponse();
+    ASSERT_TRUE(reply);
+    EXPECT_EQ(reply->status, 200);
+    EXPECT_TRUE(reply->keep_alive);
+    EXPECT_EQ(ParseJson(reply->body), nlohmann::json({{"ok", true}}));
+  }
+}
+
+TEST_F(ServerTest, DeclaredBodyOverTheLimitIs413Json) {
+  ServerOptions options;
+  options.max_body_bytes = 1024;
+  StartServer(options);
+  auto client = Connect();
+  ASSERT_TRUE(
+      client->Send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                   "Content-Length: 4096\r\n\r\n"));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 413);
+  EXPECT_EQ(reply->headers["content-type"], "application/json");
+  const auto body = ParseJson(reply->body);
+  ASSERT_TRUE(body.is_object()) << reply->body;
+  EXPECT_NE(body["error"].get<std::string>().find("1024"), std::string::npos) << reply->body;
+  EXPECT_EQ(body["path"], "/echo");
+  // The body was never read: the connection cannot carry another request.
+  EXPECT_FALSE(reply->keep_alive);
+  EXPECT_TRUE(client->WaitForClose());
+}
+
+TEST_F(ServerTest, ChunkedBodyOverTheLimitIs413Json) {
+  ServerOptions options;
+  options.max_body_bytes = 1024;
+  StartServer(options);
+  auto client = Connect();
+  const std::string chunk(2000, 'x');
+  ASSERT_TRUE(
+      client->Send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n7d0\r\n" +
+                   chunk + "\r\n0\r\n\r\n"));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 413);
+  EXPECT_EQ(reply->headers["content-type"], "application/json");
+  EXPECT_TRUE(ParseJson(reply->body).contains("error")) << reply->body;
+  EXPECT_TRUE(client->WaitForClose());
+}
+
+TEST_F(ServerTest, BodyWithinTheLimitIsServed) {
+  ServerOptions options;
+  options.max_body_bytes = 1024;
+  StartServer(options);
+  auto client = Connect();
+  const std::string body(1024, 'x');
+  ASSERT_TRUE(
+      client->Send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1024\r\n\r\n" + body));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 200);
+  EXPECT_EQ(ParseJson(reply->body)["size"], 1024);
+}
+
+TEST_F(ServerTest, HeadersOverTheLimitAre431Json) {
+  ServerOptions options;
+  options.max_header_bytes = 1024;
+  StartServer(options);
+  auto client = Connect();
+  ASSERT_TRUE(client->Send(Get("/ok", "X-Big: " + std::string(2000, 'a') + "\r\n")));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 431);
+  EXPECT_EQ(reply->headers["content-type"], "application/json");
+  const auto body = ParseJson(reply->body);
+  ASSERT_TRUE(body.is_object()) << reply->body;
+  EXPECT_EQ(body["error"], "Request header fields too large");
+  EXPECT_TRUE(client->WaitForClose());
+}
+
+TEST_F(ServerTest, IdleKeepAliveConnectionIsClosed) {
+  ServerOptions options;
+  options.idle_timeout = std::chrono::milliseconds(200);
+  StartServer(options);
+  auto client = Connect();
+  ASSERT_TRUE(client->Send(Get("/ok")));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  ASSERT_TRUE(reply->keep_alive);
+  // The sweep runs about once a second: the close comes within a second or two of the timeout,
+  // far inside the bound (and far before the default idle timeout of 60 s).
+  EXPECT_TRUE(client->WaitForClose());
+  EXPECT_TRUE(client->unread().empty()) << client->unread();
+}
+
+TEST_F(ServerTest, HandlerExceptionIs500JsonLoggedCountedAndTheConnectionStaysUsable) {
+  router_.Add("GET", "/throw", "throw", [](Request&) -> net::awaitable<Response> {
+    // Fail after a suspension, as a handler does that awaited a back end.
+    auto executor = co_await net::this_coro::executor;
+    co_await net::post(executor, net::use_awaitable);
+    throw std::runtime_error("handler bug 42");
+  });
+  StartServer();
+  auto client = Connect();
+
+  ::testing::internal::CaptureStderr();
+  ASSERT_TRUE(client->Send(Get("/throw", "X-Request-Id: failing-request-1\r\n")));
+  auto reply = client->ReadResponse();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 500);
+  EXPECT_EQ(reply->headers["content-type"], "application/json");
+  EXPECT_EQ(reply->headers["x-request-id"], "failing-request-1");
+  EXPECT_EQ(ParseJson(reply->body),
+            nlohmann::json({{"error", "Internal server error"}, {"path", "/throw"}}));
+  EXPECT_TRUE(reply->keep_alive);
+
+  bool logged = false;
+  std::size_t start = 0;
+  while (start < log.size()) {
+    const auto end = log.find('\n', start);
+    const auto line = ParseJson(log.substr(start, end - start));
+    if (line.is_object() && line.value("msg", "") == "route handler failed") {
+      logged = true;
+      EXPECT_EQ(line.value("level", ""), "error");
+      EXPECT_EQ(line.value("request_id", ""), "failing-request-1");
+      EXPECT_EQ(line.value("error", ""), "handler bug 42");
+    }
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  EXPECT_TRUE(logged) << log;
+
+  // The same connection serves the next request. (Its answer also shows that the failed request
+  // was counted: a connection's requests are handled one after the other.)
+  ASSERT_TRUE(client->Send(Get("/ok")));
+  auto next = client->ReadResponse();
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->status, 200);
+
+  const auto metrics = metrics_.Render();
+  EXPECT_NE(metrics.find("staple_handler_exceptions_total 1\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("staple_http_requests_total{route=\"throw\",status=\"500\"} 1\n"),
+            std::string::npos)
+      << metrics;
+}
+
+TEST_F(ServerTest, HandlerExceptionBeforeSuspendingIs500) {
+  router_.Add("GET", "/throw-now", "throw", [](Request&) -> net::awaitable<Response> {
+    throw std::logic_error("immediate");
+    co_return Response{};
+  });
+  StartServer();
+  auto client = Connect();
+  ASSERT_TRUE(client->Send(Get("/throw-now")));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 500);
+  EXPECT_EQ(ParseJson(reply->body)["error"], "Internal server error");
+}
+
+TEST_F(ServerTest, StreamWriterExceptionCutsTheBodyAndClosesTheConnection) {
+  router_.Add("GET", "/stream", "stream", [](Request&) -> net::awaitable<Response> {
+    Response response;
+    response.headers.Add("Content-Type", "text/event-stream");
+    response.stream = [](BodyWriter& writer) -> net::awaitable<void> {
+      std::string first = "data: first\n\n";
+      auto written = co_await writer.Write(std::move(first));
+      if (!written) co_return;
+      throw std::runtime_error("stream bug");
+    };
+    co_return response;
+  });
+  StartServer();
+  auto client = Connect();
+  ASSERT_TRUE(client->Send(Get("/stream")));
+  ASSERT_TRUE(client->WaitForClose());
+  // The handler's failure was counted before the connection was closed.
+  const auto& raw = client->unread();
+  EXPECT_EQ(raw.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << raw;
+  EXPECT_NE(raw.find("data: first"), std::string::npos) << raw;
+  // No last chunk: the client can tell that the body is incomplete.
+  EXPECT_EQ(raw.find("\r\n0\r\n\r\n"), std::string::npos) << raw;
+  EXPECT_NE(metrics_.Render().find("staple_handler_exceptions_total 1\n"), std::string::npos);
+}
+
+TEST_F(ServerTest, ShutdownDestroysARequestThatNeverCompletes) {
+  std::promise<void> started;
+  auto started_future = started.get_future();
+  router_.Add("GET", "/hang", "hang", [&started](Request&) -> net::awaitable<Response> {
+    net::steady_timer forever(co_await net::this_coro::executor);
+    forever.expires_after(std::chrono::hours(24));
+    started.set_value();
+    co_await forever.async_wait(net::use_awaitable);
+    co_return JsonResponse(200, {{"too", "late"}});
+  });
+  StartServer();
+  auto client = Connect();
+  ASSERT_TRUE(client->Send(Get("/hang")));
+  ASSERT_EQ(started_future.wait_for(kWait), std::future_status::ready);
+
+  // The grace passes with the request still suspended; destroying the server destroys it.
+  StopServer(std::chrono::milliseconds(50));
+
+  EXPECT_TRUE(client->WaitForClose());
+  EXPECT_TRUE(client->unread().empty()) << client->unread();
+  // The destroyed request unregistered its connection.
+  EXPECT_NE(metrics_.Render().find("staple_open_connections 0\n"), std::string::npos);
+}
+
+TEST_F(ServerTest, RequestsAreCountedUnderTheirRouteLabel) {
+  router_.Add("GET", "/unused", "unused",
+              [](Request&) -> net::awaitable<Response> { co_return JsonResponse(200, {}); });
+  StartServer();
+  auto client = Connect();
+  // A connection's requests are handled (and counted) one after the other: the third answer shows
+  // that the first two were counted.
+  ASSERT_TRUE(client->Send(Get("/ok") + Get("/missing") + Get("/ok")));
+  auto first = client->ReadResponse();
+  auto second = client->ReadResponse();
+  auto third = client->ReadResponse();
+  ASSERT_TRUE(first && second && third);
+  EXPECT_EQ(second->status, 404);
+  const auto metrics = metrics_.Render();
+  EXPECT_NE(metrics.find("staple_http_requests_total{route=\"ok\",status=\"200\"} "),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("staple_http_requests_total{route=\"other\",status=\"404\"} 1\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("staple_http_request_duration_seconds_count{route=\"unused\"} 0\n"),
+            std::string::npos)
+      << metrics;
+}
+
+}  // namespace
+}  // namespace staple::http
