@@ -39,13 +39,47 @@ bool UsableRequestId(std::string_view id) {
   return true;
 }
 
+// The origin-form part ("/path?query") of a request target. An absolute-form target
+// ("http://host/path?query", RFC 9112 §3.2.2), which servers must accept, is routed by its path
+// (which may be empty: "http://host?query"); its host is not looked at, as for the Host header.
+std::string_view OriginForm(std::string_view target) {
+  if (target.empty() || target.front() == '/') return target;
+  const auto scheme_end = target.find("://");
+  if (scheme_end == std::string_view::npos) return target;
+  const auto scheme = target.substr(0, scheme_end);
+  if (!EqualsIgnoreCase(scheme, "http") && !EqualsIgnoreCase(scheme, "https")) return target;
+  const auto authority = target.substr(scheme_end + 3);
+  const auto path_start = authority.find_first_of("/?");
+  if (path_start == std::string_view::npos) return "/";
+  return authority.substr(path_start);
+}
+
+// Framing checks that Beast 1.74 leaves to the server (RFC 9112 §6.3, §3.2): a request whose
+// body length could be read two ways is refused, not guessed at, because a proxy in front of us
+// may have guessed the other way and the rest of the bytes would be read as another request
+// (request smuggling). Beast reads a Transfer-Encoding that does not end in chunked as "no body",
+// so anything but exactly `chunked` is refused. Returns the problem, or "" when there is none.
+std::string_view FramingProblem(const bhttp::request<bhttp::string_body>& head) {
+  const auto encodings = head.count(bhttp::field::transfer_encoding);
+  if (encodings > 1 ||
+      (encodings == 1 && !EqualsIgnoreCase(head[bhttp::field::transfer_encoding], "chunked"))) {
+    return "Unsupported Transfer-Encoding: only chunked is accepted";
+  }
+  const auto hosts = head.count(bhttp::field::host);
+  if (hosts > 1) return "More than one Host header";
+  if (hosts == 0 && head.version() >= 11) return "Host header is required";
+  return {};
+}
+
 Request ToRequest(bhttp::request<bhttp::string_body>&& message, const std::string& peer) {
   Request request;
   request.method = std::string(message.method_string());
   request.target = std::string(message.target());
-  const auto question = request.target.find('?');
-  request.path = request.target.substr(0, question);
-  if (question != std::string::npos) request.query = request.target.substr(question + 1);
+  const auto origin = OriginForm(request.target);
+  const auto question = origin.find('?');
+  request.path = std::string(origin.substr(0, question));
+  if (request.path.empty()) request.path = "/";  // "http://host?query"
+  if (question != std::string_view::npos) request.query = std::string(origin.substr(question + 1));
   for (const auto& field : message) {
     request.headers.Add(std::string(field.name_string()), std::string(field.value()));
   }
@@ -291,6 +325,9 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     } else if (ec) {
       early_status = 400;
       early_message = "Malformed HTTP request";
+    } else if (const auto problem = FramingProblem(parser.get()); !problem.empty()) {
+      early_status = 400;  // and the connection is closed: where this request ends is unknown
+      early_message = problem;
     } else {
       const auto expect = parser.get()[bhttp::field::expect];
       if (EqualsIgnoreCase(expect, "100-continue")) {

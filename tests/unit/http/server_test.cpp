@@ -420,5 +420,89 @@ TEST_F(ServerTest, RequestsAreCountedUnderTheirRouteLabel) {
       << metrics;
 }
 
+// Beast 1.74 reads a Transfer-Encoding that does not end in chunked as "no body": the body of
+// such a request would be served as the next request. It must be refused, and the connection
+// closed, so the smuggled request below is never answered.
+TEST_F(ServerTest, TransferEncodingOtherThanChunkedIs400AndClosesTheConnection) {
+  StartServer();
+  const std::string smuggled = Get("/ok");
+  for (std::string encoding :
+       {"Transfer-Encoding: gzip\r\n", "Transfer-Encoding: xchunked\r\n",
+        "Transfer-Encoding: chunked, gzip\r\n", "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: identity\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"}) {
+    SCOPED_TRACE(encoding);
+    auto client = Connect();
+    ASSERT_TRUE(
+        client->Send("POST /echo HTTP/1.1\r\nHost: test\r\n" + encoding + "\r\n" + smuggled));
+    auto reply = client->ReadResponse();
+    ASSERT_TRUE(reply);
+    EXPECT_EQ(reply->status, 400);
+    EXPECT_EQ(reply->headers["content-type"], "application/json");
+    EXPECT_TRUE(ParseJson(reply->body).contains("error")) << reply->body;
+    EXPECT_FALSE(reply->keep_alive);
+    EXPECT_TRUE(client->WaitForClose());
+    EXPECT_TRUE(client->unread().empty()) << client->unread();
+  }
+}
+
+TEST_F(ServerTest, ChunkedTransferEncodingIsRead) {
+  StartServer();
+  auto client = Connect();
+  ASSERT_TRUE(
+      client->Send("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                   "3\r\nabc\r\n0\r\n\r\n"));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 200);
+  EXPECT_EQ(ParseJson(reply->body)["size"], 3);
+}
+
+TEST_F(ServerTest, Http11RequestNeedsExactlyOneHost) {
+  StartServer();
+  for (std::string head :
+       {"GET /ok HTTP/1.1\r\n\r\n", "GET /ok HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /ok HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"}) {
+    SCOPED_TRACE(head);
+    auto client = Connect();
+    ASSERT_TRUE(client->Send(head + Get("/ok")));
+    auto reply = client->ReadResponse();
+    ASSERT_TRUE(reply);
+    EXPECT_EQ(reply->status, 400);
+    EXPECT_TRUE(ParseJson(reply->body).contains("error")) << reply->body;
+    EXPECT_TRUE(client->WaitForClose());
+    EXPECT_TRUE(client->unread().empty()) << client->unread();
+  }
+  // HTTP/1.0 has no Host requirement.
+  auto client = Connect();
+  ASSERT_TRUE(client->Send("GET /ok HTTP/1.0\r\n\r\n"));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 200);
+}
+
+TEST_F(ServerTest, AbsoluteFormTargetIsRoutedByItsPath) {
+  router_.Add("GET", "/query", "query", [](Request& request) -> net::awaitable<Response> {
+    co_return JsonResponse(200, {{"path", request.path}, {"query", request.query}});
+  });
+  StartServer();
+  auto client = Connect();
+  ASSERT_TRUE(client->Send(Get("http://test/ok") + Get("HTTP://other:8080/query?a=1") +
+                           Get("http://test") + Get("https://test?b=2")));
+  auto ok = client->ReadResponse();
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  auto query = client->ReadResponse();
+  ASSERT_TRUE(query);
+  EXPECT_EQ(query->status, 200);
+  EXPECT_EQ(ParseJson(query->body), nlohmann::json({{"path", "/query"}, {"query", "a=1"}}));
+  for (int i = 0; i < 2; ++i) {
+    auto root = client->ReadResponse();
+    ASSERT_TRUE(root);
+    EXPECT_EQ(root->status, 404);
+    EXPECT_EQ(ParseJson(root->body)["path"], "/");
+  }
+}
+
 }  // namespace
 }  // namespace staple::http
