@@ -172,6 +172,8 @@ Status PostgresKeyStore::Connect() {
     conn_ = nullptr;
     return error;
   }
+  // The server's notices (e.g. "relation already exists, skipping") are not errors.
+  PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
   return Ok();
 }
 
