@@ -173,7 +173,8 @@ Status PostgresKeyStore::Connect() {
     return error;
   }
   // The server's notices (e.g. "relation already exists, skipping") are not errors.
-  PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
+  PQsetNoticeProcessor(
+      conn_, [](void*, const char*) {}, nullptr);
   return Ok();
 }
 
