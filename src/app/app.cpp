@@ -22,6 +22,7 @@
 #include "config/config.h"
 #include "http/router.h"
 #include "http/server.h"
+#include "keys/keys.h"
 #include "observe/log.h"
 #include "observe/metrics.h"
 #include "ratelimit/clock.h"
@@ -196,6 +197,277 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   return 0;
 }
 
+// `staple keys …`: client-key management straight on the configured database (blocking calls are
+// fine here: no server runs in this process). Only STAPLE_DATABASE_URL (flag, environment or .env)
+// matters, so an unrelated bad variable does not stop key management.
+struct KeysCommand {
+  CLI::App* command = nullptr;
+  CLI::App* create = nullptr;
+  CLI::App* list = nullptr;
+  CLI::App* show = nullptr;
+  CLI::App* update = nullptr;
+  CLI::App* revoke = nullptr;
+  std::string env_file = ".env";
+  std::string database_url;
+  CLI::Option* database_url_option = nullptr;
+  std::string id;
+  // The fields of create and update; an option's count() says whether it was given.
+  struct Fields {
+    std::string name;
+    int expires_in_days = 0;
+    std::string expires_at;
+    std::string models;
+    std::string request_limits;
+    std::string token_limits;
+    std::string metadata;
+    bool clear_expiry = false;
+    CLI::Option* name_option = nullptr;
+    CLI::Option* expires_in_days_option = nullptr;
+    CLI::Option* expires_at_option = nullptr;
+    CLI::Option* models_option = nullptr;
+    CLI::Option* request_limits_option = nullptr;
+    CLI::Option* token_limits_option = nullptr;
+    CLI::Option* metadata_option = nullptr;
+  };
+  Fields create_fields;
+  Fields update_fields;
+};
+
+constexpr int kKeysUsageDays = 30;
+
+void AddKeyFieldOptions(CLI::App* command, KeysCommand::Fields& fields, bool is_update) {
+  fields.name_option =
+      command->add_option("--name", fields.name, "a name for people (at most 200 bytes)");
+  if (!is_update) fields.name_option->required();
+  fields.expires_in_days_option =
+      command->add_option("--expires-in-days", fields.expires_in_days, "expires D days from now")
+          ->check(CLI::PositiveNumber);
+  fields.expires_at_option =
+      command->add_option("--expires-at", fields.expires_at,
+                          "expires at this time (ISO 8601, e.g. 2026-12-31T23:59:59Z)");
+  fields.expires_at_option->excludes(fields.expires_in_days_option);
+  fields.models_option = command->add_option(
+      "--models", fields.models, "comma-separated model names the key may use (empty: all)");
+  fields.request_limits_option = command->add_option("--request-limits", fields.request_limits,
+                                                     "requests per key, e.g. \"60 per minute\"");
+  fields.token_limits_option = command->add_option("--token-limits", fields.token_limits,
+                                                   "tokens per key, e.g. \"100000 per day\"");
+  fields.metadata_option =
+      command->add_option("--metadata", fields.metadata, "a JSON object kept with the key");
+  if (is_update) {
+    auto* clear = command->add_flag("--clear-expiry", fields.clear_expiry, "never expires");
+    clear->excludes(fields.expires_in_days_option);
+    clear->excludes(fields.expires_at_option);
+  }
+}
+
+std::unique_ptr<KeysCommand> AddKeysCommand(CLI::App& cli) {
+  auto keys = std::make_unique<KeysCommand>();
+  keys->command = cli.add_subcommand("keys", "Manage client keys (sk-staple-…) in the database");
+  keys->command->require_subcommand(1);
+  keys->command->add_option("--env-file", keys->env_file, "file of KEY=VALUE defaults")
+      ->capture_default_str();
+  keys->database_url_option =
+      keys->command->add_option("--database-url", keys->database_url,
+                                "the database [env STAPLE_DATABASE_URL, default "
+                                "'sqlite:///instance/chat_history.db']");
+  keys->create = keys->command->add_subcommand("create", "Create a key; prints its secret once");
+  AddKeyFieldOptions(keys->create, keys->create_fields, false);
+  keys->list = keys->command->add_subcommand("list", "List the keys (never their secrets)");
+  keys->show = keys->command->add_subcommand("show", "Show one key and its usage per day");
+  keys->show->add_option("id", keys->id, "the key's id (key_…)")->required();
+  keys->update = keys->command->add_subcommand("update", "Change a key's fields");
+  keys->update->add_option("id", keys->id, "the key's id (key_…)")->required();
+  AddKeyFieldOptions(keys->update, keys->update_fields, true);
+  keys->revoke = keys->command->add_subcommand("revoke", "Revoke a key for good");
+  keys->revoke->add_option("id", keys->id, "the key's id (key_…)")->required();
+  return keys;
+}
+
+std::int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Applies the options given to `record`. kInvalidArgument naming the flag.
+Status ApplyKeyFields(const KeysCommand::Fields& fields, keys::KeyRecord& record) {
+  if (fields.name_option->count() > 0) record.name = fields.name;
+  if (fields.expires_in_days_option->count() > 0) {
+    record.expires_at = UnixNow() + static_cast<std::int64_t>(fields.expires_in_days) * 86400;
+  }
+  if (fields.expires_at_option->count() > 0) {
+    auto at = keys::ParseUtcTime(fields.expires_at);
+    if (!at) return MakeError(ErrorKind::kInvalidArgument, "--expires-at: " + at.error().message);
+    record.expires_at = *at;
+  }
+  if (fields.clear_expiry) record.expires_at.reset();
+  if (fields.models_option->count() > 0) {
+    record.allowed_models.clear();
+    std::stringstream list(fields.models);
+    std::string model;
+    while (std::getline(list, model, ',')) {
+      const auto first = model.find_first_not_of(" \t");
+      if (first == std::string::npos) continue;
+      const auto last = model.find_last_not_of(" \t");
+      record.allowed_models.push_back(model.substr(first, last - first + 1));
+    }
+  }
+  if (fields.request_limits_option->count() > 0) record.request_limits = fields.request_limits;
+  if (fields.token_limits_option->count() > 0) record.token_limits = fields.token_limits;
+  if (fields.metadata_option->count() > 0) record.metadata = fields.metadata;
+  return keys::Validate(record);
+}
+
+// Text as one line: control characters become spaces.
+std::string OneLine(std::string text) {
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return text;
+}
+
+std::string ExpiryText(const keys::KeyRecord& record) {
+  return record.expires_at ? keys::FormatUtc(*record.expires_at) : "never";
+}
+
+std::string ModelsText(const keys::KeyRecord& record) {
+  if (record.allowed_models.empty()) return "all";
+  std::string text;
+  for (const auto& model : record.allowed_models) text += (text.empty() ? "" : ",") + model;
+  return OneLine(text);
+}
+
+std::string LimitsText(const std::string& limits) {
+  return limits.empty() ? "none" : OneLine(limits);
+}
+
+// Every field of a key but its hash, one per line.
+void PrintKey(const keys::KeyRecord& record) {
+  std::cout << "id:             " << record.id << '\n'
+            << "name:           " << OneLine(record.name) << '\n'
+            << "created:        " << keys::FormatUtc(record.created_at) << '\n'
+            << "expires:        " << ExpiryText(record) << '\n'
+            << "revoked:        " << (record.revoked ? "yes" : "no") << '\n'
+            << "models:         " << ModelsText(record) << '\n'
+            << "request limits: " << LimitsText(record.request_limits) << '\n'
+            << "token limits:   " << LimitsText(record.token_limits) << '\n'
+            << "metadata:       " << OneLine(record.metadata) << '\n';
+}
+
+// Rows as aligned columns, the first row being the header.
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()), 0);
+    for (std::size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+    }
+    std::cout << line << '\n';
+  }
+}
+
+// The exit code for a failed key operation: 2 for input the command refuses, 1 otherwise.
+int KeysFailure(const Error& error) {
+  std::cerr << "staple keys: " << error.message << '\n';
+  return error.kind == ErrorKind::kInvalidArgument ? 2 : 1;
+}
+
+int RunKeys(const KeysCommand& keys) {
+  // The configuration as `serve` loads it, reduced to the database: flag > environment > .env.
+  config::Sources sources;
+  constexpr const char* kDatabaseUrl = "STAPLE_DATABASE_URL";
+  if (keys.database_url_option->count() > 0) sources.flags[kDatabaseUrl] = keys.database_url;
+  sources.environment = [](const std::string& name) -> std::optional<std::string> {
+    const char* value = name == kDatabaseUrl ? std::getenv(name.c_str()) : nullptr;
+    return value == nullptr ? std::nullopt : std::optional<std::string>(value);
+  };
+  auto dotenv = ReadDotenv(keys.env_file);
+  if (!dotenv) {
+    std::cerr << "staple keys: " << dotenv.error().message << '\n';
+    return 2;
+  }
+  if (auto found = dotenv->find(kDatabaseUrl); found != dotenv->end()) {
+    sources.dotenv[kDatabaseUrl] = found->second;
+  }
+  auto loaded = config::Load(sources);
+  if (!loaded) {
+    std::cerr << "staple keys: " << loaded.error().message << '\n';
+    return 2;
+  }
+  auto opened = keys::OpenKeyStore(loaded->store.url, loaded->store.sqlite_path);
+  if (!opened) return KeysFailure(opened.error());
+  keys::KeyStore& store = **opened;
+
+  if (keys.command->got_subcommand(keys.create)) {
+    keys::KeyRecord record;
+    if (auto applied = ApplyKeyFields(keys.create_fields, record); !applied) {
+      return KeysFailure(applied.error());
+    }
+    const std::string secret = keys::GenerateSecret();
+    record.id = keys::GenerateId();
+    record.secret_hash = keys::HashSecret(secret);
+    record.created_at = UnixNow();
+    if (auto created = store.Create(record); !created) return KeysFailure(created.error());
+    PrintKey(record);
+    std::cout << "secret (shown only this once; Staple keeps only its hash):\n" << secret << '\n';
+    return 0;
+  }
+  if (keys.command->got_subcommand(keys.list)) {
+    auto records = store.List();
+    if (!records) return KeysFailure(records.error());
+    std::vector<std::vector<std::string>> rows{{"ID", "NAME", "CREATED", "EXPIRES", "REVOKED",
+                                                "MODELS", "REQUEST LIMITS", "TOKEN LIMITS"}};
+    for (const auto& record : *records) {
+      rows.push_back({record.id, OneLine(record.name), keys::FormatUtc(record.created_at),
+                      ExpiryText(record), record.revoked ? "yes" : "no", ModelsText(record),
+                      LimitsText(record.request_limits), LimitsText(record.token_limits)});
+    }
+    PrintTable(rows);
+    return 0;
+  }
+  if (keys.command->got_subcommand(keys.show)) {
+    auto record = store.Get(keys.id);
+    if (!record) return KeysFailure(record.error());
+    auto usage = store.Usage(keys.id, kKeysUsageDays);
+    if (!usage) return KeysFailure(usage.error());
+    PrintKey(*record);
+    if (usage->empty()) {
+      std::cout << "usage:          none recorded\n";
+      return 0;
+    }
+    std::cout << "usage per UTC day, newest first (at most " << kKeysUsageDays << " days):\n";
+    std::vector<std::vector<std::string>> rows{
+        {"DAY", "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS"}};
+    for (const auto& day : *usage) {
+      rows.push_back({day.day, std::to_string(day.requests), std::to_string(day.prompt_tokens),
+                      std::to_string(day.completion_tokens)});
+    }
+    PrintTable(rows);
+    return 0;
+  }
+  if (keys.command->got_subcommand(keys.update)) {
+    auto record = store.Get(keys.id);
+    if (!record) return KeysFailure(record.error());
+    if (auto applied = ApplyKeyFields(keys.update_fields, *record); !applied) {
+      return KeysFailure(applied.error());
+    }
+    if (auto updated = store.Update(*record); !updated) return KeysFailure(updated.error());
+    PrintKey(*record);
+    return 0;
+  }
+  auto record = store.Get(keys.id);
+  if (!record) return KeysFailure(record.error());
+  if (auto revoked = store.Revoke(keys.id); !revoked) return KeysFailure(revoked.error());
+  std::cout << "revoked " << record->id << " (" << OneLine(record->name) << ")\n";
+  return 0;
+}
+
 }  // namespace
 
 int Main(int argc, char** argv) {
@@ -213,10 +485,19 @@ int Main(int argc, char** argv) {
         fmt::format("{} [env {}, default '{}']", variable.help, variable.name, variable.fallback));
     flag_options.emplace_back(variable.name, option);
   }
+  auto keys_command = AddKeysCommand(cli);
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return cli.exit(e) == 0 ? 0 : 2;
+  }
+  if (keys_command->command->parsed()) {
+    try {
+      return RunKeys(*keys_command);
+    } catch (const std::exception& e) {
+      std::cerr << "staple keys: " << e.what() << '\n';
+      return 1;
+    }
   }
 
   config::Sources sources;

@@ -61,6 +61,18 @@ bool SameHash(std::string_view a, std::string_view b);
 // kInvalidArgument naming the field.
 Status Validate(const KeyRecord& record);
 
+// The key as the server holds it, its limits parsed; kInvalidArgument as Validate for bad
+// notation.
+Result<Key> MakeKey(KeyRecord record);
+
+// Time as keys show it. UtcDay: "YYYY-MM-DD" of a Unix time (the usage day); FormatUtc:
+// "YYYY-MM-DDTHH:MM:SSZ". ParseUtcTime reads "YYYY-MM-DD" (midnight UTC) or
+// "YYYY-MM-DDTHH:MM[:SS[.fraction]]" followed by "Z", "+HH:MM", "-HH:MM" or nothing (UTC), into
+// Unix seconds; kInvalidArgument otherwise.
+std::string UtcDay(std::int64_t unix_seconds);
+std::string FormatUtc(std::int64_t unix_seconds);
+Result<std::int64_t> ParseUtcTime(std::string_view text);
+
 // Durable key storage, in the conversation database (SQLite or PostgreSQL; tables `api_keys`,
 // `api_key_usage`, `api_key_state`). Blocking: call from a thread of its own, never an I/O thread.
 // Errors: kStorage (the database failed), kNotFound (no such key), kInvalidArgument.
