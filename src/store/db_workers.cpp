@@ -1,0 +1,84 @@
+#include "store/db_workers.h"
+
+#include <vector>
+
+namespace staple::store {
+
+void DeadlineWatch::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void DeadlineWatch::Stop(const Error& error) {
+  std::vector<std::shared_ptr<PendingCall>> left;
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    for (auto& [deadline, call] : calls_) {
+      call->claimed_ = true;
+      left.push_back(std::move(call));
+    }
+    calls_.clear();
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  for (auto& call : left) call->Fail(error);
+}
+
+void DeadlineWatch::Watch(std::shared_ptr<PendingCall> call) {
+  bool earliest = false;
+  {
+    std::lock_guard lock(mu_);
+    const Deadline deadline = call->deadline();
+    PendingCall& watched = *call;
+    watched.position_ = calls_.emplace(deadline, std::move(call));
+    earliest = watched.position_ == calls_.begin();
+  }
+  // Deadlines mostly arrive in order: the thread only needs waking for a new earliest one.
+  if (earliest) cv_.notify_one();
+}
+
+bool DeadlineWatch::Claim(PendingCall& call) {
+  // Keeps the call alive until the lock is released: the map may hold its last reference.
+  std::shared_ptr<PendingCall> keep;
+  std::lock_guard lock(mu_);
+  if (call.claimed_) return false;
+  call.claimed_ = true;
+  keep = std::move(call.position_->second);
+  calls_.erase(call.position_);
+  return true;
+}
+
+std::size_t DeadlineWatch::size() const {
+  std::lock_guard lock(mu_);
+  return calls_.size();
+}
+
+void DeadlineWatch::Run() {
+  std::vector<std::shared_ptr<PendingCall>> expired;
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    if (calls_.empty()) {
+      cv_.wait(lock);
+      continue;
+    }
+    const Deadline next = calls_.begin()->first;
+    if (WorkerClock::now() < next) {
+      cv_.wait_until(lock, next);
+      continue;
+    }
+    const Deadline now = WorkerClock::now();
+    while (!calls_.empty() && calls_.begin()->first <= now) {
+      auto first = calls_.begin();
+      first->second->claimed_ = true;
+      expired.push_back(std::move(first->second));
+      calls_.erase(first);
+    }
+    // Resumed without the lock: a caller's callback may call back into the store.
+    lock.unlock();
+    for (auto& call : expired) call->Fail(expired_);
+    expired.clear();
+    lock.lock();
+  }
+}
+
+}  // namespace staple::store

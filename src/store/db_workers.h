@@ -1,0 +1,489 @@
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common/await.h"
+#include "common/net.h"
+#include "common/result.h"
+
+namespace staple::store {
+
+using WorkerClock = std::chrono::steady_clock;
+using Deadline = WorkerClock::time_point;
+
+// An operation that a caller waits for: resumed exactly once, either by the thread that ran it or,
+// when its deadline passes first, by a DeadlineWatch. Which of the two resumes it is decided by
+// DeadlineWatch::Claim.
+class PendingCall {
+ public:
+  explicit PendingCall(Deadline deadline) : deadline_(deadline) {}
+  virtual ~PendingCall() = default;
+  PendingCall(const PendingCall&) = delete;
+  PendingCall& operator=(const PendingCall&) = delete;
+
+  Deadline deadline() const { return deadline_; }
+
+  // Resumes the caller with `error`. Only the one that won Claim may call it, once.
+  virtual void Fail(const Error& error) = 0;
+
+ private:
+  friend class DeadlineWatch;
+
+  const Deadline deadline_;
+  // Guarded by the watch's mutex.
+  bool claimed_ = false;
+  std::multimap<Deadline, std::shared_ptr<PendingCall>>::iterator position_;
+};
+
+// One thread that fails pending calls whose deadline passed (with `expired`) while the thread
+// that should run them is busy or stuck (an fsync that hangs, a server that stops answering).
+//
+// Threads: every member but Start and Stop may be called from any thread.
+class DeadlineWatch {
+ public:
+  explicit DeadlineWatch(Error expired) : expired_(std::move(expired)) {}
+  ~DeadlineWatch() { Stop(MakeError(ErrorKind::kUnavailable, "stopped")); }
+  DeadlineWatch(const DeadlineWatch&) = delete;
+  DeadlineWatch& operator=(const DeadlineWatch&) = delete;
+
+  // Starts the thread. Throws std::system_error when it cannot be started.
+  void Start();
+  // Fails every call still watched with `error`, then joins the thread. Idempotent.
+  void Stop(const Error& error);
+
+  // Watches `call` until it is claimed. Call once per call, before any Claim of it.
+  void Watch(std::shared_ptr<PendingCall> call);
+  // Whether the caller wins the right to resume `call` (true at most once per call, and never
+  // after its deadline failed it). The winner stops watching it.
+  bool Claim(PendingCall& call);
+
+  // Calls watched and not yet claimed.
+  std::size_t size() const;
+
+ private:
+  void Run();
+
+  const Error expired_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  // Guarded by mu_: the watched calls by deadline.
+  std::multimap<Deadline, std::shared_ptr<PendingCall>> calls_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// A PendingCall that resumes its caller through `Done` (callable as void(R)), then drops it, so
+// that whatever `Done` keeps alive (an executor's outstanding work) is released as soon as the
+// caller was resumed, even while the operation itself is still running.
+template <typename R, typename Done>
+class PendingResult final : public PendingCall {
+ public:
+  PendingResult(Deadline deadline, Done done) : PendingCall(deadline), done_(std::move(done)) {}
+
+  void Resume(R value) {
+    Done done = std::move(*done_);
+    done_.reset();
+    done(std::move(value));
+  }
+  void Fail(const Error& error) override { Resume(R(error)); }
+
+ private:
+  std::optional<Done> done_;
+};
+
+struct DbWorkersOptions {
+  // Names the back end in messages ("SQLite", "PostgreSQL").
+  std::string name = "database";
+  // Most writes committed in one batch (group commit). At least 1.
+  std::size_t max_batch = 256;
+  // Writes (reads) waiting in the queue beyond which new ones fail at once. At least 1.
+  std::size_t max_queued_writes = 8192;
+  std::size_t max_queued_reads = 8192;
+  // Every operation's deadline, counted from the call (its time in the queue included). Positive.
+  std::chrono::milliseconds operation_timeout{5000};
+};
+
+// The threads of a conversation store: one writer thread with a bounded queue of writes that it
+// commits in batches (group commit), and a pool of reader threads with a bounded queue of reads.
+// The back end supplies the writer's handle (`Writer`: a connection), one handle per reader thread
+// (`Reader`), its write operations (`WriteOp`, movable) and how to run a batch of them.
+//
+// Writes are taken from the queue in the order they were accepted, up to `max_batch` at a time:
+// whatever queued up while the previous batch ran goes into the next one, so one commit (one fsync,
+// one round trip) serves many writes without any added wait. The batch function runs every
+// operation of the batch in one transaction and returns its outcome.
+//
+// Deadlines: each operation must finish within `operation_timeout` of the call, its time in the
+// queue included. An operation still queued at its deadline is dropped without reaching the back
+// end. A caller whose operation has not finished by its deadline is resumed with kUnavailable at
+// the deadline, even when the thread running it is stuck (a hung fsync, a silent server). For a
+// write that was already part of a running batch that error means its outcome is unknown: the
+// batch may still commit it (and its `finish` still runs); the caller must not assume either way.
+//
+// Bounded queues: a call that finds its queue full fails at once with kUnavailable ("storage queue
+// is full") rather than waiting; so does any call after Close().
+//
+// Callers are resumed through the `done` callbacks they pass; the awaitable forms (Write, Read)
+// resume the awaiting coroutine on its own executor (see AwaitCallback).
+//
+// Threads: Write, Read, Submit*, PendingWrites and Close may be called from any thread.
+template <typename Writer, typename Reader, typename WriteOp>
+class DbWorkers {
+ public:
+  // Runs `ops` (in acceptance order, none past its deadline) as one transaction on the writer
+  // thread and returns its outcome; `deadline` is the earliest of the operations' deadlines. On
+  // failure nothing of the batch may stay applied. An exception counts as a failure.
+  using RunBatch = std::function<Status(Writer&, std::span<WriteOp* const> ops, Deadline deadline)>;
+
+  DbWorkers(DbWorkersOptions options, std::unique_ptr<Writer> writer,
+            std::vector<std::unique_ptr<Reader>> readers, RunBatch run_batch)
+      : options_(std::move(options)),
+        run_batch_(std::move(run_batch)),
+        closed_error_(MakeError(ErrorKind::kUnavailable, "conversation store is closed")),
+        full_error_(MakeError(ErrorKind::kUnavailable,
+                              "storage queue is full (" + options_.name + " is not keeping up)")),
+        timeout_error_(MakeError(ErrorKind::kUnavailable,
+                                 options_.name + " operation timed out after " +
+                                     std::to_string(options_.operation_timeout.count()) + " ms")),
+        watch_(timeout_error_),
+        writer_(std::move(writer)),
+        readers_(std::move(readers)) {}
+
+  // Calls Close().
+  ~DbWorkers() { Close(); }
+
+  DbWorkers(const DbWorkers&) = delete;
+  DbWorkers& operator=(const DbWorkers&) = delete;
+
+  // Starts the deadline watch, the writer and one thread per reader handle; call once, before
+  // anything else. On failure (kInternal) stops those already started; the object is then closed.
+  Status Start();
+
+  // Queues `op` for the writer thread. When its batch has committed or failed, `finish` (callable
+  // as R(const Status& batch_status, WriteOp& op)) runs on the writer thread — also when the
+  // caller's deadline has already passed — and its value resumes the caller through `done`
+  // (callable as void(R), on any thread) unless the deadline did so first. A dropped operation
+  // (deadline, full queue, closed) resumes the caller with kUnavailable and never runs `finish`.
+  template <typename R, typename Finish, typename Done>
+  void SubmitWrite(WriteOp op, Finish finish, Done done);
+
+  // Queues `query` (callable as R(Reader&, Deadline)) for a reader thread; its value, or
+  // kInternal when it throws, resumes the caller through `done` (callable as void(R), on any
+  // thread) unless the deadline did so first.
+  template <typename R, typename Query, typename Done>
+  void SubmitRead(Query query, Done done);
+
+  // The awaitable forms of SubmitWrite and SubmitRead: nothing is queued until awaited, and the
+  // awaiting coroutine is resumed on its own executor.
+  template <typename R, typename Finish>
+  net::awaitable<R> Write(WriteOp op, Finish finish);
+  template <typename R, typename Query>
+  net::awaitable<R> Read(Query query);
+
+  // Writes accepted and not yet finished (queued or in a running batch).
+  std::size_t PendingWrites() const { return pending_writes_.load(std::memory_order_relaxed); }
+
+  // Stops accepting operations (later ones fail with kUnavailable), runs every queued write
+  // (those past their deadline are dropped) and read, joins the threads, then releases the reader
+  // handles and finally the writer's. Blocks while a batch is stuck; callers waiting on it still
+  // fail at their deadlines meanwhile. Idempotent; must not be called from a thread that a
+  // pending operation needs in order to finish.
+  void Close();
+
+ private:
+  struct QueuedWrite {
+    WriteOp op;
+    std::shared_ptr<PendingCall> call;
+    // Runs `finish` and resumes the caller; writer thread only.
+    std::function<void(const Status&, WriteOp&)> finish;
+  };
+  struct QueuedRead {
+    std::shared_ptr<PendingCall> call;
+    // Runs the query and resumes the caller; reader thread only.
+    std::function<void(Reader&)> run;
+  };
+
+  // Resumes `call` with `value` unless its deadline already did.
+  template <typename R, typename Done>
+  void Complete(PendingResult<R, Done>& call, R value) {
+    if (watch_.Claim(call)) call.Resume(std::move(value));
+  }
+  void Fail(PendingCall& call, const Error& error) {
+    if (watch_.Claim(call)) call.Fail(error);
+  }
+
+  void WriterLoop();
+  void ReaderLoop(Reader& reader);
+  void RunWrites(std::vector<QueuedWrite>& batch);
+
+  // Constant after construction.
+  const DbWorkersOptions options_;
+  const RunBatch run_batch_;
+  const Error closed_error_;
+  const Error full_error_;
+  const Error timeout_error_;
+
+  DeadlineWatch watch_;
+
+  // Owned by the writer thread while it runs; released by Close().
+  std::unique_ptr<Writer> writer_;
+  // Reader i is owned by reader thread i while it runs; released by Close().
+  std::vector<std::unique_ptr<Reader>> readers_;
+
+  // Guarded by write_mu_.
+  std::mutex write_mu_;
+  std::condition_variable write_cv_;
+  std::deque<QueuedWrite> write_queue_;
+  bool write_closed_ = false;
+
+  // Guarded by read_mu_.
+  std::mutex read_mu_;
+  std::condition_variable read_cv_;
+  std::deque<QueuedRead> read_queue_;
+  bool read_closed_ = false;
+
+  // Queued plus running writes; written under write_mu_ or by the writer thread, read anywhere.
+  std::atomic<std::size_t> pending_writes_{0};
+
+  // Serializes Close(); guarded by close_mu_.
+  std::mutex close_mu_;
+  bool closed_ = false;
+  std::thread writer_thread_;
+  std::vector<std::thread> reader_threads_;
+};
+
+// ---- Implementation ----
+
+template <typename Writer, typename Reader, typename WriteOp>
+Status DbWorkers<Writer, Reader, WriteOp>::Start() {
+  try {
+    watch_.Start();
+    writer_thread_ = std::thread([this] { WriterLoop(); });
+    reader_threads_.reserve(readers_.size());
+    for (auto& reader : readers_) {
+      reader_threads_.emplace_back([this, r = reader.get()] { ReaderLoop(*r); });
+    }
+  } catch (const std::system_error& e) {
+    // Close() joins the threads that did start.
+    Close();
+    return MakeError(ErrorKind::kInternal,
+                     "cannot start the " + options_.name + " store's threads: " + e.what());
+  }
+  return Ok();
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+void DbWorkers<Writer, Reader, WriteOp>::Close() {
+  std::lock_guard close_lock(close_mu_);
+  if (closed_) return;
+  closed_ = true;
+
+  // Stop accepting first; the threads then drain their queues and exit.
+  {
+    std::lock_guard lock(write_mu_);
+    write_closed_ = true;
+  }
+  write_cv_.notify_all();
+  {
+    std::lock_guard lock(read_mu_);
+    read_closed_ = true;
+  }
+  read_cv_.notify_all();
+
+  if (writer_thread_.joinable()) writer_thread_.join();
+  for (std::thread& thread : reader_threads_) {
+    if (thread.joinable()) thread.join();
+  }
+  // Only now: while a drained batch was stuck, its callers still had to fail at their deadlines.
+  watch_.Stop(closed_error_);
+  // Readers before the writer, so that the writer's connection is the last one (SQLite then
+  // checkpoints its WAL as it closes).
+  readers_.clear();
+  writer_.reset();
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+template <typename R, typename Finish, typename Done>
+void DbWorkers<Writer, Reader, WriteOp>::SubmitWrite(WriteOp op, Finish finish, Done done) {
+  auto call = std::make_shared<PendingResult<R, Done>>(
+      WorkerClock::now() + options_.operation_timeout, std::move(done));
+  QueuedWrite queued{std::move(op), call, {}};
+  queued.finish = [this, call, finish = std::move(finish)](const Status& status,
+                                                           WriteOp& applied) mutable {
+    R result = finish(status, applied);
+    Complete(*call, std::move(result));
+  };
+  const Error* refused = nullptr;
+  {
+    std::lock_guard lock(write_mu_);
+    if (write_closed_) {
+      refused = &closed_error_;
+    } else if (write_queue_.size() >= options_.max_queued_writes) {
+      refused = &full_error_;
+    } else {
+      // Watched before it is queued, so that the writer's Claim always finds it watched.
+      watch_.Watch(call);
+      write_queue_.push_back(std::move(queued));
+      pending_writes_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  if (refused != nullptr) {
+    call->Fail(*refused);
+    return;
+  }
+  write_cv_.notify_one();
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+template <typename R, typename Query, typename Done>
+void DbWorkers<Writer, Reader, WriteOp>::SubmitRead(Query query, Done done) {
+  auto call = std::make_shared<PendingResult<R, Done>>(
+      WorkerClock::now() + options_.operation_timeout, std::move(done));
+  QueuedRead queued{call, {}};
+  queued.run = [this, call, query = std::move(query)](Reader& reader) mutable {
+    std::optional<R> result;
+    try {
+      result.emplace(query(reader, call->deadline()));
+    } catch (const std::exception& e) {
+      result.emplace(MakeError(ErrorKind::kInternal, e.what()));
+    }
+    Complete(*call, std::move(*result));
+  };
+  const Error* refused = nullptr;
+  {
+    std::lock_guard lock(read_mu_);
+    if (read_closed_) {
+      refused = &closed_error_;
+    } else if (read_queue_.size() >= options_.max_queued_reads) {
+      refused = &full_error_;
+    } else {
+      watch_.Watch(call);
+      read_queue_.push_back(std::move(queued));
+    }
+  }
+  if (refused != nullptr) {
+    call->Fail(*refused);
+    return;
+  }
+  read_cv_.notify_one();
+}
+
+// Write and Read are plain functions returning the awaitable that AwaitCallback builds, not
+// coroutines: nothing runs until the caller awaits it, and no lambda is ever passed by value into
+// a coroutine inside a co_await expression (g++ 12 then copies its captures bitwise and destroys
+// them twice).
+
+template <typename Writer, typename Reader, typename WriteOp>
+template <typename R, typename Finish>
+net::awaitable<R> DbWorkers<Writer, Reader, WriteOp>::Write(WriteOp op, Finish finish) {
+  auto start = [this, op = std::move(op), finish = std::move(finish)](auto done) mutable {
+    SubmitWrite<R>(std::move(op), std::move(finish), std::move(done));
+  };
+  return AwaitCallback<R>(std::move(start));
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+template <typename R, typename Query>
+net::awaitable<R> DbWorkers<Writer, Reader, WriteOp>::Read(Query query) {
+  auto start = [this, query = std::move(query)](auto done) mutable {
+    SubmitRead<R>(std::move(query), std::move(done));
+  };
+  return AwaitCallback<R>(std::move(start));
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+void DbWorkers<Writer, Reader, WriteOp>::WriterLoop() {
+  std::vector<QueuedWrite> batch;
+  batch.reserve(options_.max_batch);
+  for (;;) {
+    {
+      std::unique_lock lock(write_mu_);
+      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_closed_; });
+      if (write_queue_.empty()) return;  // closed and drained
+      const std::size_t n = std::min(options_.max_batch, write_queue_.size());
+      for (std::size_t i = 0; i < n; ++i) {
+        batch.push_back(std::move(write_queue_.front()));
+        write_queue_.pop_front();
+      }
+    }
+    RunWrites(batch);
+    batch.clear();
+  }
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+void DbWorkers<Writer, Reader, WriteOp>::RunWrites(std::vector<QueuedWrite>& batch) {
+  // Operations whose deadline passed while queued are dropped without touching the database; the
+  // rest share one transaction bounded by the earliest remaining deadline.
+  const Deadline now = WorkerClock::now();
+  Deadline earliest = Deadline::max();
+  std::vector<WriteOp*> live;
+  live.reserve(batch.size());
+  for (QueuedWrite& queued : batch) {
+    if (queued.call->deadline() <= now) continue;
+    earliest = std::min(earliest, queued.call->deadline());
+    live.push_back(&queued.op);
+  }
+
+  Status status;
+  if (!live.empty()) {
+    try {
+      status = run_batch_(*writer_, std::span<WriteOp* const>(live), earliest);
+    } catch (const std::exception& e) {
+      status = MakeError(ErrorKind::kInternal, e.what());
+    }
+    if (!status) {
+      status =
+          MakeError(ErrorKind::kUnavailable, "database write failed: " + status.error().message);
+    }
+  }
+
+  // Not pending any more: a resumed caller sees its own write counted out.
+  pending_writes_.fetch_sub(batch.size(), std::memory_order_relaxed);
+  for (QueuedWrite& queued : batch) {
+    if (queued.call->deadline() <= now) {
+      Fail(*queued.call, timeout_error_);
+    } else {
+      queued.finish(status, queued.op);
+    }
+  }
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+void DbWorkers<Writer, Reader, WriteOp>::ReaderLoop(Reader& reader) {
+  for (;;) {
+    QueuedRead queued;
+    {
+      std::unique_lock lock(read_mu_);
+      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_closed_; });
+      if (read_queue_.empty()) return;  // closed and drained
+      queued = std::move(read_queue_.front());
+      read_queue_.pop_front();
+    }
+    if (queued.call->deadline() <= WorkerClock::now()) {
+      Fail(*queued.call, timeout_error_);
+      continue;
+    }
+    queued.run(reader);
+  }
+}
+
+}  // namespace staple::store
