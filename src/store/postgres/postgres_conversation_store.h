@@ -1,19 +1,14 @@
 #pragma once
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
-#include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "store/conversation_store.h"
+#include "store/db_workers.h"
 #include "store/postgres/pg_connection.h"
 
 namespace staple::store {
@@ -33,13 +28,16 @@ struct PostgresStoreOptions {
   // After a failed connection attempt, calls fail at once with kUnavailable until the next
   // attempt; the wait doubles from 100 ms up to this after each failure and resets on success.
   std::chrono::milliseconds max_reconnect_backoff{2000};
+  // Writes (reads) waiting beyond which new ones fail at once with kUnavailable. At least 1.
+  std::size_t max_queued_writes = 8192;
+  std::size_t max_queued_reads = 8192;
 };
 
 // ConversationStore over a PostgreSQL database shared by any number of Staple replicas
 // (DESIGN.md §2).
 //
-// Threads: one writer thread owns a write connection and commits queued AppendTurn and
-// DeleteMessages operations in groups of up to `max_batch` per transaction, sent as one libpq
+// Threads (a DbWorkers): one writer thread owns a write connection and commits queued AppendTurn
+// and DeleteMessages operations in groups of up to `max_batch` per transaction, sent as one libpq
 // pipeline (BEGIN, the statements, COMMIT: one round trip); `reader_threads` threads own read
 // connections and serve RecentMessages, ListMessages and Ping. libpq runs only on these threads,
 // in non-blocking mode with poll() bounded by each operation's deadline.
@@ -68,8 +66,6 @@ class PostgresConversationStore final : public ConversationStore {
   PostgresConversationStore(const PostgresConversationStore&) = delete;
   PostgresConversationStore& operator=(const PostgresConversationStore&) = delete;
 
-  // Rejects, with kInvalidArgument and before queuing, text PostgreSQL cannot store in a TEXT
-  // column (a NUL byte or invalid UTF-8), so one bad turn never fails a whole group commit.
   net::awaitable<Status> AppendTurn(Turn turn) override;
   net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
       std::string user_id, std::size_t max_messages) override;
@@ -86,63 +82,26 @@ class PostgresConversationStore final : public ConversationStore {
 
  private:
   class Session;
-
-  // A queued write: its statements run inside the batch's transaction; `complete` is called
-  // exactly once, with their results after COMMIT or with the batch's error.
+  // A queued write: its statements run inside the batch's transaction; after a successful commit
+  // `results` holds one result per statement.
   struct WriteOp {
     std::vector<postgres::Query> queries;
-    postgres::Deadline deadline;
-    std::function<void(Result<std::vector<postgres::QueryResult>>)> complete;
+    std::vector<postgres::QueryResult> results;
   };
-  // A queued read: gets a reader's session, or nullptr when the store is closed.
-  using ReadJob = std::function<void(Session*)>;
+  using Workers = DbWorkers<Session, Session, WriteOp>;
 
-  PostgresConversationStore(PostgresStoreOptions options, std::unique_ptr<postgres::Target> target,
-                            std::unique_ptr<Session> writer,
-                            std::vector<std::unique_ptr<Session>> readers);
+  PostgresConversationStore(PostgresStoreOptions options, std::unique_ptr<postgres::Target> target);
 
-  Status StartThreads();
-  void SubmitWrite(WriteOp op);
-  void SubmitRead(ReadJob job);
-  void WriterLoop();
-  void ReaderLoop(Session& session);
-  void CommitBatch(std::vector<WriteOp>& batch);
-
-  // Runs `query` (R(Session&, Deadline)) on a reader thread once awaited, and resumes the
-  // awaiting coroutine with its result.
-  template <typename R, typename Query>
-  net::awaitable<R> RunRead(Query query);
+  // Sends BEGIN, the statements of `ops` and COMMIT as one pipeline (one round trip).
+  static Status RunBatch(Session& session, std::span<WriteOp* const> ops, Deadline deadline);
 
   // Constant after construction.
   const PostgresStoreOptions options_;
   // The parsed URL the sessions connect to; outlives them.
   const std::unique_ptr<postgres::Target> target_;
 
-  // Owned by the writer thread while it runs; destroyed by Close().
-  std::unique_ptr<Session> writer_;
-  // Session i is owned by reader thread i while it runs; destroyed by Close().
-  std::vector<std::unique_ptr<Session>> readers_;
-
-  // Guarded by write_mu_.
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;
-  std::deque<WriteOp> write_queue_;
-  bool write_closed_ = false;
-
-  // Guarded by read_mu_.
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<ReadJob> read_queue_;
-  bool read_closed_ = false;
-
-  // Queued plus in-flight writes; written under write_mu_ or by the writer thread, read anywhere.
-  std::atomic<std::size_t> pending_writes_{0};
-
-  // Serializes Close(); guarded by close_mu_.
-  std::mutex close_mu_;
-  bool closed_ = false;
-  std::thread writer_thread_;
-  std::vector<std::thread> reader_threads_;
+  // Set by Open(); owns the sessions.
+  std::unique_ptr<Workers> workers_;
 };
 
 }  // namespace staple::store

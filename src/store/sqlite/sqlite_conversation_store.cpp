@@ -12,8 +12,8 @@
 #include <system_error>
 #include <utility>
 
-#include "common/await.h"
 #include "store/sqlite/sqlite_db.h"
+#include "store/storable_text.h"
 
 namespace staple::store {
 
@@ -26,8 +26,6 @@ namespace {
 Error Unavailable(std::string message) {
   return MakeError(ErrorKind::kUnavailable, std::move(message));
 }
-
-Error ClosedError() { return Unavailable("conversation store is closed"); }
 
 // Prefixes a back-end error with what was being done, keeping its kind.
 Error Context(std::string_view what, const Error& error) {
@@ -503,10 +501,12 @@ Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
                      "SQLite database path must name a file, got '" + options.path + "'");
   }
   if (options.max_batch == 0 || options.reader_threads == 0 || options.busy_timeout.count() < 0 ||
-      options.mmap_size < 0) {
+      options.mmap_size < 0 || options.operation_timeout.count() <= 0 ||
+      options.max_queued_writes == 0 || options.max_queued_reads == 0) {
     return MakeError(ErrorKind::kInvalidArgument,
-                     "SQLite store options need max_batch >= 1, reader_threads >= 1 and "
-                     "non-negative busy_timeout and mmap_size");
+                     "SQLite store options need max_batch >= 1, reader_threads >= 1, "
+                     "non-negative busy_timeout and mmap_size, a positive operation_timeout and "
+                     "queues of at least 1");
   }
 
   const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
@@ -528,241 +528,114 @@ Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
     if (!reader) return reader.error();
     readers.push_back(std::move(reader).value());
   }
-  auto store = std::unique_ptr<SqliteConversationStore>(new SqliteConversationStore(
-      std::move(options), std::move(writer).value(), std::move(readers)));
-  if (auto started = store->StartThreads(); !started) return started.error();
+  DbWorkersOptions workers;
+  workers.name = "SQLite";
+  workers.max_batch = options.max_batch;
+  workers.max_queued_writes = options.max_queued_writes;
+  workers.max_queued_reads = options.max_queued_reads;
+  workers.operation_timeout = options.operation_timeout;
+  auto store = std::unique_ptr<SqliteConversationStore>(new SqliteConversationStore(options));
+  store->workers_ = std::make_unique<Workers>(std::move(workers), std::move(writer).value(),
+                                              std::move(readers), &RunBatch);
+  if (auto started = store->workers_->Start(); !started) return started.error();
   return store;
 }
 
-SqliteConversationStore::SqliteConversationStore(SqliteStoreOptions options,
-                                                 std::unique_ptr<Writer> writer,
-                                                 std::vector<std::unique_ptr<Reader>> readers)
-    : options_(std::move(options)),
-      history_(kCachedRowsPerConversation, kHistoryCacheBytes),
-      writer_(std::move(writer)),
-      readers_(std::move(readers)) {}
-
-Status SqliteConversationStore::StartThreads() {
-  try {
-    writer_thread_ = std::thread([this] { WriterLoop(); });
-    reader_threads_.reserve(readers_.size());
-    for (auto& reader : readers_) {
-      reader_threads_.emplace_back([this, r = reader.get()] { ReaderLoop(*r); });
-    }
-  } catch (const std::system_error& e) {
-    // Close() joins the threads that did start.
-    Close();
-    return MakeError(ErrorKind::kInternal,
-                     std::string("cannot start the SQLite store's threads: ") + e.what());
-  }
-  return Ok();
-}
+SqliteConversationStore::SqliteConversationStore(SqliteStoreOptions options)
+    : options_(std::move(options)), history_(kCachedRowsPerConversation, kHistoryCacheBytes) {}
 
 SqliteConversationStore::~SqliteConversationStore() { Close(); }
 
 void SqliteConversationStore::Close() {
-  std::lock_guard close_lock(close_mu_);
-  if (closed_) return;
-  closed_ = true;
+  if (workers_) workers_->Close();
+}
 
-  // Stop accepting first; the threads then drain their queues and exit.
-  {
-    std::lock_guard lock(write_mu_);
-    write_closed_ = true;
-  }
-  write_cv_.notify_all();
-  {
-    std::lock_guard lock(read_mu_);
-    read_closed_ = true;
-  }
-  read_cv_.notify_all();
-
-  if (writer_thread_.joinable()) writer_thread_.join();
-  for (std::thread& thread : reader_threads_) {
-    if (thread.joinable()) thread.join();
-  }
-  // Readers close before the writer, so the writer's connection is the last one and SQLite
-  // checkpoints the WAL into the main file as it closes.
-  readers_.clear();
-  writer_.reset();
+std::size_t SqliteConversationStore::PendingWrites() const {
+  return workers_ ? workers_->PendingWrites() : 0;
 }
 
 // ---- Writes ----
 
-void SqliteConversationStore::SubmitWrite(WriteOp op) {
-  {
-    std::lock_guard lock(write_mu_);
-    if (!write_closed_) {
-      write_queue_.push_back(std::move(op));
-      pending_writes_.fetch_add(1, std::memory_order_relaxed);
-      write_cv_.notify_one();
-      return;
-    }
-  }
-  op.complete(ClosedError());
-}
-
-void SqliteConversationStore::WriterLoop() {
-  std::vector<WriteOp> batch;
-  batch.reserve(options_.max_batch);
-  for (;;) {
-    {
-      std::unique_lock lock(write_mu_);
-      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_closed_; });
-      if (write_queue_.empty()) return;  // closed and drained
-      // Group commit: whatever queued up while the previous commit was syncing goes in one
-      // transaction, so one fsync serves many turns without any added wait.
-      const std::size_t n = std::min(options_.max_batch, write_queue_.size());
-      for (std::size_t i = 0; i < n; ++i) {
-        batch.push_back(std::move(write_queue_.front()));
-        write_queue_.pop_front();
-      }
-    }
-    CommitBatch(batch);
-    batch.clear();
-  }
-}
-
-void SqliteConversationStore::CommitBatch(std::vector<WriteOp>& batch) {
-  Writer& writer = *writer_;
+Status SqliteConversationStore::RunBatch(Writer& writer, std::span<WriteOp* const> ops,
+                                         Deadline /*deadline: SQLite waits busy_timeout at most*/) {
   Status status = writer.Begin();
   try {
-    for (WriteOp& op : batch) {
+    for (WriteOp* op : ops) {
       if (!status) break;
-      status = op.apply(writer);
+      status = (*op)(writer);
     }
   } catch (const std::exception& e) {
     status = MakeError(ErrorKind::kInternal, e.what());
   }
   if (status) status = writer.Commit();
-  if (!status) {
-    writer.Rollback();
-    status = Unavailable("database write failed: " + status.error().message);
-  }
-  // Not pending any more: a resumed caller sees its own write counted out.
-  pending_writes_.fetch_sub(batch.size(), std::memory_order_relaxed);
-  for (WriteOp& op : batch) op.complete(status);
+  if (!status) writer.Rollback();
+  return status;
 }
 
-// The operations below are plain functions returning the awaitable that AwaitCallback builds,
-// not coroutines: nothing runs until the caller awaits it, and no lambda is ever passed by value
-// into a coroutine inside a co_await expression (g++ 12 then copies its captures bitwise and
-// destroys them twice).
+// The operations below are plain functions returning the awaitable that DbWorkers builds, not
+// coroutines (see DbWorkers::Write).
 
 net::awaitable<Status> SqliteConversationStore::AppendTurn(Turn turn) {
-  auto start = [this, turn = std::move(turn)](auto done) mutable {
-    // Written by apply and read by complete, both on the writer thread.
-    auto inserted = std::make_shared<std::vector<StoredMessage>>();
-    WriteOp op;
-    op.apply = [inserted, turn = std::move(turn)](Writer& writer) {
-      return writer.InsertTurn(turn, inserted.get());
-    };
-    op.complete = [this, inserted, done](Status status) {
-      // Before the caller resumes, so that its next read of the conversation finds the turn there.
-      if (status && !inserted->empty()) {
-        const std::string user_id = inserted->front().user_id;
-        history_.Append(user_id, std::move(*inserted));
-      }
-      done(std::move(status));
-    };
-    SubmitWrite(std::move(op));
+  MakeStorable(turn);
+  // Written by the operation and read by finish, both on the writer thread.
+  auto inserted = std::make_shared<std::vector<StoredMessage>>();
+  WriteOp op = [inserted, turn = std::move(turn)](Writer& writer) {
+    return writer.InsertTurn(turn, inserted.get());
   };
-  return AwaitCallback<Status>(std::move(start));
+  auto finish = [this, inserted](const Status& status, WriteOp&) -> Status {
+    // Before the caller resumes, so that its next read of the conversation finds the turn there;
+    // also when the caller stopped waiting, since the turn is committed all the same.
+    if (status && !inserted->empty()) {
+      const std::string user_id = inserted->front().user_id;
+      history_.Append(user_id, std::move(*inserted));
+    }
+    return status;
+  };
+  return workers_->Write<Status>(std::move(op), std::move(finish));
 }
 
 net::awaitable<Result<std::int64_t>> SqliteConversationStore::DeleteMessages(std::string user_id) {
   using Deleted = Result<std::int64_t>;
-  auto start = [this, user_id = std::move(user_id)](auto done) mutable {
-    // Written by apply and read by complete, both on the writer thread.
-    auto count = std::make_shared<std::int64_t>(0);
-    WriteOp op;
-    op.apply = [count, user_id](Writer& writer) -> Status {
-      auto deleted = writer.DeleteUser(user_id);
-      if (!deleted) return deleted.error();
-      *count = *deleted;
-      return Ok();
-    };
-    op.complete = [this, count, user_id = std::move(user_id), done](Status status) {
-      if (status) history_.Erase(user_id);
-      done(status ? Deleted(*count) : Deleted(status.error()));
-    };
-    SubmitWrite(std::move(op));
+  user_id = ToStorableText(user_id);
+  // Written by the operation and read by finish, both on the writer thread.
+  auto count = std::make_shared<std::int64_t>(0);
+  WriteOp op = [count, user_id](Writer& writer) -> Status {
+    auto deleted = writer.DeleteUser(user_id);
+    if (!deleted) return deleted.error();
+    *count = *deleted;
+    return Ok();
   };
-  return AwaitCallback<Deleted>(std::move(start));
-}
-
-std::size_t SqliteConversationStore::PendingWrites() const {
-  return pending_writes_.load(std::memory_order_relaxed);
+  auto finish = [this, count, user_id = std::move(user_id)](const Status& status,
+                                                            WriteOp&) -> Deleted {
+    if (!status) return status.error();
+    history_.Erase(user_id);
+    return *count;
+  };
+  return workers_->Write<Deleted>(std::move(op), std::move(finish));
 }
 
 // ---- Reads ----
 
-void SqliteConversationStore::SubmitRead(ReadJob job) {
-  {
-    std::lock_guard lock(read_mu_);
-    if (!read_closed_) {
-      read_queue_.push_back(std::move(job));
-      read_cv_.notify_one();
-      return;
-    }
-  }
-  job(nullptr);
-}
-
-void SqliteConversationStore::ReaderLoop(Reader& reader) {
-  for (;;) {
-    ReadJob job;
-    {
-      std::unique_lock lock(read_mu_);
-      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_closed_; });
-      if (read_queue_.empty()) return;  // closed and drained
-      job = std::move(read_queue_.front());
-      read_queue_.pop_front();
-    }
-    job(&reader);
-  }
-}
-
-template <typename R, typename Query>
-net::awaitable<R> SqliteConversationStore::RunRead(Query query) {
-  auto start = [this, query = std::move(query)](auto done) mutable {
-    SubmitRead([query, done](Reader* reader) {
-      if (reader == nullptr) {
-        done(R(ClosedError()));
-        return;
-      }
-      std::optional<R> result;
-      try {
-        result.emplace(query(*reader));
-      } catch (const std::exception& e) {
-        result.emplace(MakeError(ErrorKind::kInternal, e.what()));
-      }
-      done(std::move(*result));
-    });
-  };
-  return AwaitCallback<R>(std::move(start));
-}
-
 net::awaitable<Result<std::vector<StoredMessage>>> SqliteConversationStore::RecentMessages(
     std::string user_id, std::size_t max_messages) {
-  auto query = [this, user_id = std::move(user_id), max_messages](Reader& reader) {
+  auto query = [this, user_id = ToStorableText(user_id), max_messages](Reader& reader, Deadline) {
     return reader.Recent(user_id, max_messages, history_);
   };
-  return RunRead<Result<std::vector<StoredMessage>>>(std::move(query));
+  return workers_->Read<Result<std::vector<StoredMessage>>>(std::move(query));
 }
 
 net::awaitable<Result<MessagePage>> SqliteConversationStore::ListMessages(std::string user_id,
                                                                           std::int64_t after_id,
                                                                           std::size_t limit) {
-  auto query = [user_id = std::move(user_id), after_id, limit](Reader& reader) {
+  auto query = [user_id = ToStorableText(user_id), after_id, limit](Reader& reader, Deadline) {
     return reader.List(user_id, after_id, limit);
   };
-  return RunRead<Result<MessagePage>>(std::move(query));
+  return workers_->Read<Result<MessagePage>>(std::move(query));
 }
 
 net::awaitable<Status> SqliteConversationStore::Ping() {
-  auto query = [](Reader& reader) { return reader.Ping(); };
-  return RunRead<Status>(std::move(query));
+  auto query = [](Reader& reader, Deadline) { return reader.Ping(); };
+  return workers_->Read<Status>(std::move(query));
 }
 
 }  // namespace staple::store

@@ -1,19 +1,15 @@
 #pragma once
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "store/conversation_store.h"
+#include "store/db_workers.h"
 #include "store/sqlite/history_cache.h"
 
 namespace staple::store {
@@ -37,14 +33,19 @@ struct SqliteStoreOptions {
   std::chrono::milliseconds busy_timeout{5000};
   // Bytes of the file SQLite may memory-map on each connection (PRAGMA mmap_size; 0 = none).
   std::int64_t mmap_size = 256 * 1024 * 1024;
+  // Every operation's deadline, its time in the queue included (see DbWorkers). Positive.
+  std::chrono::milliseconds operation_timeout{5000};
+  // Writes (reads) waiting beyond which new ones fail at once with kUnavailable. At least 1.
+  std::size_t max_queued_writes = 8192;
+  std::size_t max_queued_reads = 8192;
 };
 
 // ConversationStore over one SQLite file in WAL mode (DESIGN.md §2).
 //
-// Threads: one writer thread owns the read-write connection and commits queued AppendTurn and
-// DeleteMessages operations in groups of up to `max_batch` per transaction, in the order they were
-// accepted; `reader_threads` threads own read-only connections and serve RecentMessages,
-// ListMessages and Ping. No SQLite call runs on the caller's thread after Open().
+// Threads (a DbWorkers): one writer thread owns the read-write connection and commits queued
+// AppendTurn and DeleteMessages operations in groups of up to `max_batch` per transaction, in the
+// order they were accepted; `reader_threads` threads own read-only connections and serve
+// RecentMessages, ListMessages and Ping. No SQLite call runs on the caller's thread after Open().
 //
 // RecentMessages serves a conversation's newest rows from a HistoryCache when the (user_id, id)
 // index shows that the cached rows are still exactly the stored ones, else from the table.
@@ -85,68 +86,24 @@ class SqliteConversationStore final : public ConversationStore {
  private:
   class Writer;
   class Reader;
+  // A queued write: runs on the writer thread inside the batch's transaction; an error aborts the
+  // whole batch.
+  using WriteOp = std::function<Status(Writer&)>;
+  using Workers = DbWorkers<Writer, Reader, WriteOp>;
 
-  // A queued write: runs on the writer thread inside the batch's transaction, and is told the
-  // batch's outcome once that transaction has committed or failed.
-  struct WriteOp {
-    // Applies the operation; an error aborts the whole batch.
-    std::function<Status(Writer&)> apply;
-    // Called exactly once with the commit's status (after apply, or without it on failure).
-    std::function<void(Status)> complete;
-  };
-  using ReadJob = std::function<void(Reader*)>;  // nullptr: the store is closed
+  explicit SqliteConversationStore(SqliteStoreOptions options);
 
-  SqliteConversationStore(SqliteStoreOptions options, std::unique_ptr<Writer> writer,
-                          std::vector<std::unique_ptr<Reader>> readers);
-
-  // Starts the writer and reader threads; on failure stops those already started.
-  Status StartThreads();
-
-  // Queues `op`, or completes it at once with kUnavailable when the store is closed.
-  void SubmitWrite(WriteOp op);
-  // Queues `job`, or runs it at once with nullptr when the store is closed.
-  void SubmitRead(ReadJob job);
-
-  // Runs `query` (R(Reader&)) on a reader thread once awaited, and resumes the awaiting coroutine
-  // with its result.
-  template <typename R, typename Query>
-  net::awaitable<R> RunRead(Query query);
-
-  void WriterLoop();
-  void ReaderLoop(Reader& reader);
-  void CommitBatch(std::vector<WriteOp>& batch);
+  // Runs `ops` in one IMMEDIATE transaction; rolls it back when any of them fails.
+  static Status RunBatch(Writer& writer, std::span<WriteOp* const> ops, Deadline deadline);
 
   // Constant after construction.
   const SqliteStoreOptions options_;
 
-  // Shared by the writer (appends committed turns) and the readers.
+  // Shared by the writer (appends committed turns) and the readers; outlives workers_.
   HistoryCache history_;
 
-  // Owned by the writer thread while it runs; destroyed by Close().
-  std::unique_ptr<Writer> writer_;
-  // Reader i is owned by reader thread i while it runs; destroyed by Close().
-  std::vector<std::unique_ptr<Reader>> readers_;
-
-  // Guarded by write_mu_.
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;
-  std::deque<WriteOp> write_queue_;
-  bool write_closed_ = false;
-
-  // Guarded by read_mu_.
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<ReadJob> read_queue_;
-  bool read_closed_ = false;
-
-  // Queued plus in-flight writes; written under write_mu_ or by the writer thread, read anywhere.
-  std::atomic<std::size_t> pending_writes_{0};
-
-  // Serializes Close(); guarded by close_mu_.
-  std::mutex close_mu_;
-  bool closed_ = false;
-  std::thread writer_thread_;
-  std::vector<std::thread> reader_threads_;
+  // Set by Open(); its threads use history_.
+  std::unique_ptr<Workers> workers_;
 };
 
 }  // namespace staple::store
