@@ -1,8 +1,21 @@
 #include "store/db_workers.h"
 
+#include <string>
 #include <vector>
 
 namespace staple::store {
+
+Status ValidateThreadOptions(const StoreThreadOptions& options, std::string_view backend) {
+  if (options.max_batch == 0 || options.reader_threads == 0 ||
+      options.operation_timeout.count() <= 0 || options.max_queued_writes == 0 ||
+      options.max_queued_reads == 0) {
+    return MakeError(ErrorKind::kInvalidArgument,
+                     std::string(backend) +
+                         " store options need max_batch >= 1, reader_threads >= 1, a positive "
+                         "operation_timeout and max_queued_writes, max_queued_reads >= 1");
+  }
+  return Ok();
+}
 
 void DeadlineWatch::Start() {
   thread_ = std::thread([this] { Run(); });

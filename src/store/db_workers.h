@@ -14,6 +14,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -109,17 +110,24 @@ class PendingResult final : public PendingCall {
   std::optional<Done> done_;
 };
 
-struct DbWorkersOptions {
-  // Names the back end in messages ("SQLite", "PostgreSQL").
-  std::string name = "database";
-  // Most writes committed in one batch (group commit). At least 1.
+// The thread, queue and deadline settings of a store built on DbWorkers (its options derive from
+// this).
+struct StoreThreadOptions {
+  // Most writes committed in one transaction (group commit). At least 1.
   std::size_t max_batch = 256;
-  // Writes (reads) waiting in the queue beyond which new ones fail at once. At least 1.
+  // Reader threads, each with its own connection. At least 1.
+  std::size_t reader_threads = 2;
+  // Every operation completes within this long after it was called, its time in the queue
+  // included (plus a few milliseconds of scheduling): past it, kUnavailable. Positive.
+  std::chrono::milliseconds operation_timeout{5000};
+  // Writes (reads) waiting in the queue beyond which new ones fail at once with kUnavailable.
+  // At least 1.
   std::size_t max_queued_writes = 8192;
   std::size_t max_queued_reads = 8192;
-  // Every operation's deadline, counted from the call (its time in the queue included). Positive.
-  std::chrono::milliseconds operation_timeout{5000};
 };
+
+// kInvalidArgument naming `backend` and every bound of StoreThreadOptions when one is not met.
+Status ValidateThreadOptions(const StoreThreadOptions& options, std::string_view backend);
 
 // The threads of a conversation store: one writer thread with a bounded queue of writes that it
 // commits in batches (group commit), and a pool of reader threads with a bounded queue of reads.
@@ -153,15 +161,18 @@ class DbWorkers {
   // failure nothing of the batch may stay applied. An exception counts as a failure.
   using RunBatch = std::function<Status(Writer&, std::span<WriteOp* const> ops, Deadline deadline)>;
 
-  DbWorkers(DbWorkersOptions options, std::unique_ptr<Writer> writer,
+  // `name` names the back end in messages ("SQLite"); `options` must pass ValidateThreadOptions
+  // (reader_threads is the back end's business: there is one reader thread per handle).
+  DbWorkers(std::string name, StoreThreadOptions options, std::unique_ptr<Writer> writer,
             std::vector<std::unique_ptr<Reader>> readers, RunBatch run_batch)
-      : options_(std::move(options)),
+      : name_(std::move(name)),
+        options_(std::move(options)),
         run_batch_(std::move(run_batch)),
         closed_error_(MakeError(ErrorKind::kUnavailable, "conversation store is closed")),
         full_error_(MakeError(ErrorKind::kUnavailable,
-                              "storage queue is full (" + options_.name + " is not keeping up)")),
+                              "storage queue is full (" + name_ + " is not keeping up)")),
         timeout_error_(MakeError(ErrorKind::kUnavailable,
-                                 options_.name + " operation timed out after " +
+                                 name_ + " operation timed out after " +
                                      std::to_string(options_.operation_timeout.count()) + " ms")),
         watch_(timeout_error_),
         writer_(std::move(writer)),
@@ -235,7 +246,8 @@ class DbWorkers {
   void RunWrites(std::vector<QueuedWrite>& batch);
 
   // Constant after construction.
-  const DbWorkersOptions options_;
+  const std::string name_;
+  const StoreThreadOptions options_;
   const RunBatch run_batch_;
   const Error closed_error_;
   const Error full_error_;
@@ -285,7 +297,7 @@ Status DbWorkers<Writer, Reader, WriteOp>::Start() {
     // Close() joins the threads that did start.
     Close();
     return MakeError(ErrorKind::kInternal,
-                     "cannot start the " + options_.name + " store's threads: " + e.what());
+                     "cannot start the " + name_ + " store's threads: " + e.what());
   }
   return Ok();
 }

@@ -189,13 +189,10 @@ Status Migrate(Session& session, Deadline deadline) {
 
 Result<std::unique_ptr<PostgresConversationStore>> PostgresConversationStore::Open(
     PostgresStoreOptions options) {
-  if (options.max_batch == 0 || options.reader_threads == 0 ||
-      options.operation_timeout.count() <= 0 || options.max_reconnect_backoff.count() < 0 ||
-      options.max_queued_writes == 0 || options.max_queued_reads == 0) {
+  if (auto valid = ValidateThreadOptions(options, "PostgreSQL"); !valid) return valid.error();
+  if (options.max_reconnect_backoff.count() < 0) {
     return MakeError(ErrorKind::kInvalidArgument,
-                     "PostgreSQL store options need max_batch >= 1, reader_threads >= 1, a "
-                     "positive operation_timeout, a non-negative max_reconnect_backoff and "
-                     "queues of at least 1");
+                     "PostgreSQL store options need a non-negative max_reconnect_backoff");
   }
   auto parsed = postgres::ParseTarget(options.url);
   if (!parsed) return parsed.error();
@@ -210,15 +207,10 @@ Result<std::unique_ptr<PostgresConversationStore>> PostgresConversationStore::Op
   for (std::size_t i = 0; i < options.reader_threads; ++i) {
     readers.push_back(std::make_unique<Session>(*target, options.max_reconnect_backoff));
   }
-  DbWorkersOptions workers;
-  workers.name = "PostgreSQL";
-  workers.max_batch = options.max_batch;
-  workers.max_queued_writes = options.max_queued_writes;
-  workers.max_queued_reads = options.max_queued_reads;
-  workers.operation_timeout = options.operation_timeout;
+  StoreThreadOptions threads = options;
   auto store = std::unique_ptr<PostgresConversationStore>(
       new PostgresConversationStore(std::move(options), std::move(target)));
-  store->workers_ = std::make_unique<Workers>(std::move(workers), std::move(writer),
+  store->workers_ = std::make_unique<Workers>("PostgreSQL", std::move(threads), std::move(writer),
                                               std::move(readers), &RunBatch);
   if (auto started = store->workers_->Start(); !started) return started.error();
   return store;

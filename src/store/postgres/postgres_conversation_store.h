@@ -13,24 +13,16 @@
 
 namespace staple::store {
 
-struct PostgresStoreOptions {
+// Besides these, the thread, queue and deadline settings of StoreThreadOptions; the deadline
+// (`operation_timeout`) includes connecting: a server that is down or stops answering turns into
+// kUnavailable, never a hang.
+struct PostgresStoreOptions : StoreThreadOptions {
   // postgresql://user:password@host:port/dbname (or postgres://…), with optional libpq
   // parameters (?sslmode=…). The password never appears in an error message.
   std::string url;
-  // Most write operations committed in one transaction (group commit). At least 1.
-  std::size_t max_batch = 256;
-  // Threads (each with its own connection) serving reads. At least 1.
-  std::size_t reader_threads = 2;
-  // Every operation completes within this long after it was called, connecting included (plus
-  // a few milliseconds of scheduling): a server that is down or stops answering turns into
-  // kUnavailable, never a hang.
-  std::chrono::milliseconds operation_timeout{5000};
   // After a failed connection attempt, calls fail at once with kUnavailable until the next
   // attempt; the wait doubles from 100 ms up to this after each failure and resets on success.
   std::chrono::milliseconds max_reconnect_backoff{2000};
-  // Writes (reads) waiting beyond which new ones fail at once with kUnavailable. At least 1.
-  std::size_t max_queued_writes = 8192;
-  std::size_t max_queued_reads = 8192;
 };
 
 // ConversationStore over a PostgreSQL database shared by any number of Staple replicas
@@ -43,8 +35,7 @@ struct PostgresStoreOptions {
 // in non-blocking mode with poll() bounded by each operation's deadline.
 //
 // Failures: a lost connection fails the operations that were using it with kUnavailable; the next
-// call reconnects (with backoff after failed attempts). A write whose COMMIT was sent but not
-// acknowledged reports kUnavailable even though the server may have committed it.
+// call reconnects (with backoff after failed attempts).
 //
 // Schema: the same as SqliteConversationStore's: table `messages` (id BIGSERIAL), index
 // (user_id, id), view `message` with the seed's five columns, versioned by a `schema_version`
@@ -66,6 +57,8 @@ class PostgresConversationStore final : public ConversationStore {
   PostgresConversationStore(const PostgresConversationStore&) = delete;
   PostgresConversationStore& operator=(const PostgresConversationStore&) = delete;
 
+  // Like every write, reports kUnavailable when its COMMIT was sent but not acknowledged (the
+  // connection broke, the deadline passed), even though the server may have committed it.
   net::awaitable<Status> AppendTurn(Turn turn) override;
   net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
       std::string user_id, std::size_t max_messages) override;
@@ -75,9 +68,10 @@ class PostgresConversationStore final : public ConversationStore {
   net::awaitable<Status> Ping() override;
   std::size_t PendingWrites() const override;
 
-  // Stops accepting operations (later ones fail with kUnavailable), commits every queued write,
-  // serves every queued read, joins the threads and closes the connections. Idempotent and safe
-  // to call from several threads; must not be called from an I/O thread that awaits this store.
+  // See ConversationStore::Close and DbWorkers::Close; every queued operation is still bounded by
+  // its deadline, so a server that stopped answering delays Close by at most one deadline per
+  // batch. Idempotent and safe to call from several threads; must not be called from an I/O
+  // thread that awaits this store.
   void Close() override;
 
  private:

@@ -500,13 +500,10 @@ Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
     return MakeError(ErrorKind::kInvalidArgument,
                      "SQLite database path must name a file, got '" + options.path + "'");
   }
-  if (options.max_batch == 0 || options.reader_threads == 0 || options.busy_timeout.count() < 0 ||
-      options.mmap_size < 0 || options.operation_timeout.count() <= 0 ||
-      options.max_queued_writes == 0 || options.max_queued_reads == 0) {
+  if (auto valid = ValidateThreadOptions(options, "SQLite"); !valid) return valid.error();
+  if (options.busy_timeout.count() < 0 || options.mmap_size < 0) {
     return MakeError(ErrorKind::kInvalidArgument,
-                     "SQLite store options need max_batch >= 1, reader_threads >= 1, "
-                     "non-negative busy_timeout and mmap_size, a positive operation_timeout and "
-                     "queues of at least 1");
+                     "SQLite store options need non-negative busy_timeout and mmap_size");
   }
 
   const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
@@ -528,14 +525,8 @@ Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
     if (!reader) return reader.error();
     readers.push_back(std::move(reader).value());
   }
-  DbWorkersOptions workers;
-  workers.name = "SQLite";
-  workers.max_batch = options.max_batch;
-  workers.max_queued_writes = options.max_queued_writes;
-  workers.max_queued_reads = options.max_queued_reads;
-  workers.operation_timeout = options.operation_timeout;
   auto store = std::unique_ptr<SqliteConversationStore>(new SqliteConversationStore(options));
-  store->workers_ = std::make_unique<Workers>(std::move(workers), std::move(writer).value(),
+  store->workers_ = std::make_unique<Workers>("SQLite", options, std::move(writer).value(),
                                               std::move(readers), &RunBatch);
   if (auto started = store->workers_->Start(); !started) return started.error();
   return store;

@@ -20,24 +20,16 @@ enum class SqliteSynchronous {
   kNormal,  // commits survive a process crash; the last ones may be lost on power loss
 };
 
-struct SqliteStoreOptions {
+// Besides these, the thread, queue and deadline settings of StoreThreadOptions.
+struct SqliteStoreOptions : StoreThreadOptions {
   // The database file. Missing parent directories are created. Must be a file path, not
   // ":memory:" (the writer and the readers use separate connections to the same file).
   std::string path = "instance/chat_history.db";
   SqliteSynchronous synchronous = SqliteSynchronous::kFull;
-  // Most write operations committed in one transaction (group commit). At least 1.
-  std::size_t max_batch = 256;
-  // Threads (each with its own read-only connection) serving reads. At least 1.
-  std::size_t reader_threads = 2;
   // How long a statement waits for a lock held by another process before failing.
   std::chrono::milliseconds busy_timeout{5000};
   // Bytes of the file SQLite may memory-map on each connection (PRAGMA mmap_size; 0 = none).
   std::int64_t mmap_size = 256 * 1024 * 1024;
-  // Every operation's deadline, its time in the queue included (see DbWorkers). Positive.
-  std::chrono::milliseconds operation_timeout{5000};
-  // Writes (reads) waiting beyond which new ones fail at once with kUnavailable. At least 1.
-  std::size_t max_queued_writes = 8192;
-  std::size_t max_queued_reads = 8192;
 };
 
 // ConversationStore over one SQLite file in WAL mode (DESIGN.md §2).
@@ -46,9 +38,6 @@ struct SqliteStoreOptions {
 // AppendTurn and DeleteMessages operations in groups of up to `max_batch` per transaction, in the
 // order they were accepted; `reader_threads` threads own read-only connections and serve
 // RecentMessages, ListMessages and Ping. No SQLite call runs on the caller's thread after Open().
-//
-// RecentMessages serves a conversation's newest rows from a HistoryCache when the (user_id, id)
-// index shows that the cached rows are still exactly the stored ones, else from the table.
 //
 // Schema: table `messages`, index (user_id, id), view `message` with the seed's five columns,
 // versioned by PRAGMA user_version (kSchemaVersion). Open() migrates older files (including the
@@ -70,17 +59,20 @@ class SqliteConversationStore final : public ConversationStore {
   SqliteConversationStore& operator=(const SqliteConversationStore&) = delete;
 
   net::awaitable<Status> AppendTurn(Turn turn) override;
+  // Serves the conversation's newest rows from a HistoryCache when the (user_id, id) index shows
+  // that the cached rows are still exactly the stored ones, else from the table.
   net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
       std::string user_id, std::size_t max_messages) override;
   net::awaitable<Result<MessagePage>> ListMessages(std::string user_id, std::int64_t after_id,
                                                    std::size_t limit) override;
+  // Also drops the conversation from the HistoryCache once the deletion is committed.
   net::awaitable<Result<std::int64_t>> DeleteMessages(std::string user_id) override;
   net::awaitable<Status> Ping() override;
   std::size_t PendingWrites() const override;
 
-  // Stops accepting operations (later ones fail with kUnavailable), commits every queued write,
-  // serves every queued read, joins the threads and closes the connections. Idempotent and safe
-  // to call from several threads; must not be called from an I/O thread that awaits this store.
+  // See ConversationStore::Close and DbWorkers::Close. The writer's connection closes last, so
+  // that SQLite checkpoints the WAL into the main file. Idempotent and safe to call from several
+  // threads; must not be called from an I/O thread that awaits this store.
   void Close() override;
 
  private:

@@ -131,9 +131,8 @@ using Workers = DbWorkers<FakeWriter, FakeReader, int>;
 
 class DbWorkersTest : public ::testing::Test {
  protected:
-  DbWorkersOptions Options() {
-    DbWorkersOptions options;
-    options.name = "Fake";
+  StoreThreadOptions Options() {
+    StoreThreadOptions options;
     options.max_batch = 16;
     options.max_queued_writes = 16;
     options.max_queued_reads = 16;
@@ -141,7 +140,7 @@ class DbWorkersTest : public ::testing::Test {
     return options;
   }
 
-  void Start(DbWorkersOptions options, int readers = 2) {
+  void Start(StoreThreadOptions options, int readers = 2) {
     std::vector<std::unique_ptr<FakeReader>> handles;
     for (int i = 0; i < readers; ++i) {
       handles.push_back(std::make_unique<FakeReader>(FakeReader{i}));
@@ -162,7 +161,7 @@ class DbWorkersTest : public ::testing::Test {
       if (fail) return MakeError(ErrorKind::kInternal, "disk on fire");
       return Ok();
     };
-    workers_ = std::make_unique<Workers>(std::move(options), std::make_unique<FakeWriter>(),
+    workers_ = std::make_unique<Workers>("Fake", std::move(options), std::make_unique<FakeWriter>(),
                                          std::move(handles), std::move(run_batch));
     ASSERT_TRUE(workers_->Start().ok());
   }
@@ -219,7 +218,7 @@ TEST_F(DbWorkersTest, WritesQueuedDuringABatchShareTheNextOne) {
 }
 
 TEST_F(DbWorkersTest, BatchesHoldAtMostMaxBatchWrites) {
-  DbWorkersOptions options = Options();
+  StoreThreadOptions options = Options();
   options.max_batch = 2;
   Start(options);
   batch_gate_.Shut();
@@ -230,7 +229,7 @@ TEST_F(DbWorkersTest, BatchesHoldAtMostMaxBatchWrites) {
 }
 
 TEST_F(DbWorkersTest, AFullWriteQueueFailsAtOnce) {
-  DbWorkersOptions options = Options();
+  StoreThreadOptions options = Options();
   options.max_queued_writes = 2;
   Start(options);
   batch_gate_.Shut();
@@ -256,7 +255,7 @@ TEST_F(DbWorkersTest, AFullWriteQueueFailsAtOnce) {
 }
 
 TEST_F(DbWorkersTest, AFullReadQueueFailsAtOnce) {
-  DbWorkersOptions options = Options();
+  StoreThreadOptions options = Options();
   options.max_queued_reads = 1;
   Start(options, /*readers=*/1);
   Gate read_gate(false);
@@ -284,7 +283,7 @@ TEST_F(DbWorkersTest, AFullReadQueueFailsAtOnce) {
 }
 
 TEST_F(DbWorkersTest, AStalledWriterFailsWaitingCallersAtTheirDeadline) {
-  DbWorkersOptions options = Options();
+  StoreThreadOptions options = Options();
   // Long enough for the idle writer to take write 1 before its deadline, even on a busy machine.
   options.operation_timeout = std::chrono::milliseconds(200);
   Start(options);
@@ -321,7 +320,7 @@ TEST_F(DbWorkersTest, AStalledWriterFailsWaitingCallersAtTheirDeadline) {
 }
 
 TEST_F(DbWorkersTest, AStalledReaderFailsItsCallerAtTheDeadline) {
-  DbWorkersOptions options = Options();
+  StoreThreadOptions options = Options();
   options.operation_timeout = std::chrono::milliseconds(50);
   Start(options, /*readers=*/1);
   Gate read_gate(false);
