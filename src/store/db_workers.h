@@ -232,6 +232,16 @@ class DbWorkers {
     std::function<void(Reader&)> run;
   };
 
+  // A bounded queue of work and its wake-up: one for the writer, one for the reader pool.
+  template <typename Entry>
+  struct WorkQueue {
+    std::mutex mu;
+    std::condition_variable cv;
+    // Guarded by mu.
+    std::deque<Entry> entries;
+    bool closed = false;
+  };
+
   // Resumes `call` with `value` unless its deadline already did.
   template <typename R, typename Done>
   void Complete(PendingResult<R, Done>& call, R value) {
@@ -240,6 +250,13 @@ class DbWorkers {
   void Fail(PendingCall& call, const Error& error) {
     if (watch_.Claim(call)) call.Fail(error);
   }
+
+  // Queues `entry` and watches its call, unless `queue` is closed or holds `max` entries: then
+  // fails the call at once. `on_queued` runs under the queue's lock once the entry is queued.
+  template <typename Entry, typename OnQueued>
+  void Enqueue(WorkQueue<Entry>& queue, std::size_t max, Entry entry, OnQueued on_queued);
+  template <typename Entry>
+  void CloseQueue(WorkQueue<Entry>& queue);
 
   void WriterLoop();
   void ReaderLoop(Reader& reader);
@@ -260,19 +277,10 @@ class DbWorkers {
   // Reader i is owned by reader thread i while it runs; released by Close().
   std::vector<std::unique_ptr<Reader>> readers_;
 
-  // Guarded by write_mu_.
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;
-  std::deque<QueuedWrite> write_queue_;
-  bool write_closed_ = false;
+  WorkQueue<QueuedWrite> writes_;
+  WorkQueue<QueuedRead> reads_;
 
-  // Guarded by read_mu_.
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<QueuedRead> read_queue_;
-  bool read_closed_ = false;
-
-  // Queued plus running writes; written under write_mu_ or by the writer thread, read anywhere.
+  // Queued plus running writes; written under writes_.mu or by the writer thread, read anywhere.
   std::atomic<std::size_t> pending_writes_{0};
 
   // Serializes Close(); guarded by close_mu_.
@@ -309,16 +317,8 @@ void DbWorkers<Writer, Reader, WriteOp>::Close() {
   closed_ = true;
 
   // Stop accepting first; the threads then drain their queues and exit.
-  {
-    std::lock_guard lock(write_mu_);
-    write_closed_ = true;
-  }
-  write_cv_.notify_all();
-  {
-    std::lock_guard lock(read_mu_);
-    read_closed_ = true;
-  }
-  read_cv_.notify_all();
+  CloseQueue(writes_);
+  CloseQueue(reads_);
 
   if (writer_thread_.joinable()) writer_thread_.join();
   for (std::thread& thread : reader_threads_) {
@@ -343,25 +343,8 @@ void DbWorkers<Writer, Reader, WriteOp>::SubmitWrite(WriteOp op, Finish finish, 
     R result = finish(status, applied);
     Complete(*call, std::move(result));
   };
-  const Error* refused = nullptr;
-  {
-    std::lock_guard lock(write_mu_);
-    if (write_closed_) {
-      refused = &closed_error_;
-    } else if (write_queue_.size() >= options_.max_queued_writes) {
-      refused = &full_error_;
-    } else {
-      // Watched before it is queued, so that the writer's Claim always finds it watched.
-      watch_.Watch(call);
-      write_queue_.push_back(std::move(queued));
-      pending_writes_.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
-  if (refused != nullptr) {
-    call->Fail(*refused);
-    return;
-  }
-  write_cv_.notify_one();
+  Enqueue(writes_, options_.max_queued_writes, std::move(queued),
+          [this] { pending_writes_.fetch_add(1, std::memory_order_relaxed); });
 }
 
 template <typename Writer, typename Reader, typename WriteOp>
@@ -379,23 +362,43 @@ void DbWorkers<Writer, Reader, WriteOp>::SubmitRead(Query query, Done done) {
     }
     Complete(*call, std::move(*result));
   };
+  Enqueue(reads_, options_.max_queued_reads, std::move(queued), [] {});
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+template <typename Entry, typename OnQueued>
+void DbWorkers<Writer, Reader, WriteOp>::Enqueue(WorkQueue<Entry>& queue, std::size_t max,
+                                                 Entry entry, OnQueued on_queued) {
+  const std::shared_ptr<PendingCall> call = entry.call;
   const Error* refused = nullptr;
   {
-    std::lock_guard lock(read_mu_);
-    if (read_closed_) {
+    std::lock_guard lock(queue.mu);
+    if (queue.closed) {
       refused = &closed_error_;
-    } else if (read_queue_.size() >= options_.max_queued_reads) {
+    } else if (queue.entries.size() >= max) {
       refused = &full_error_;
     } else {
+      // Watched before it is queued, so that the worker's Claim always finds it watched.
       watch_.Watch(call);
-      read_queue_.push_back(std::move(queued));
+      queue.entries.push_back(std::move(entry));
+      on_queued();
     }
   }
   if (refused != nullptr) {
     call->Fail(*refused);
     return;
   }
-  read_cv_.notify_one();
+  queue.cv.notify_one();
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+template <typename Entry>
+void DbWorkers<Writer, Reader, WriteOp>::CloseQueue(WorkQueue<Entry>& queue) {
+  {
+    std::lock_guard lock(queue.mu);
+    queue.closed = true;
+  }
+  queue.cv.notify_all();
 }
 
 // Write and Read are plain functions returning the awaitable that AwaitCallback builds, not
@@ -427,13 +430,14 @@ void DbWorkers<Writer, Reader, WriteOp>::WriterLoop() {
   batch.reserve(options_.max_batch);
   for (;;) {
     {
-      std::unique_lock lock(write_mu_);
-      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_closed_; });
-      if (write_queue_.empty()) return;  // closed and drained
-      const std::size_t n = std::min(options_.max_batch, write_queue_.size());
+      std::unique_lock lock(writes_.mu);
+      writes_.cv.wait(lock, [this] { return !writes_.entries.empty() || writes_.closed; });
+      if (writes_.entries.empty()) return;  // closed and drained
+      // Group commit: whatever queued up while the previous batch ran goes into this one.
+      const std::size_t n = std::min(options_.max_batch, writes_.entries.size());
       for (std::size_t i = 0; i < n; ++i) {
-        batch.push_back(std::move(write_queue_.front()));
-        write_queue_.pop_front();
+        batch.push_back(std::move(writes_.entries.front()));
+        writes_.entries.pop_front();
       }
     }
     RunWrites(batch);
@@ -484,11 +488,11 @@ void DbWorkers<Writer, Reader, WriteOp>::ReaderLoop(Reader& reader) {
   for (;;) {
     QueuedRead queued;
     {
-      std::unique_lock lock(read_mu_);
-      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_closed_; });
-      if (read_queue_.empty()) return;  // closed and drained
-      queued = std::move(read_queue_.front());
-      read_queue_.pop_front();
+      std::unique_lock lock(reads_.mu);
+      reads_.cv.wait(lock, [this] { return !reads_.entries.empty() || reads_.closed; });
+      if (reads_.entries.empty()) return;  // closed and drained
+      queued = std::move(reads_.entries.front());
+      reads_.entries.pop_front();
     }
     if (queued.call->deadline() <= WorkerClock::now()) {
       Fail(*queued.call, timeout_error_);

@@ -8,7 +8,9 @@
 #include <system_error>
 #include <utility>
 
-#include "store/storable_text.h"
+#include "store/db_conversation_store_impl.h"
+#include "store/postgres/pg_connection.h"
+#include "store/store_errors.h"
 
 namespace staple::store {
 
@@ -17,21 +19,15 @@ using postgres::QueryResult;
 
 namespace {
 
-Error Unavailable(std::string message) {
-  return MakeError(ErrorKind::kUnavailable, std::move(message));
-}
-
-// Prefixes a back-end error with what was being done, keeping its kind.
-Error Context(std::string_view what, const Error& error) {
-  return MakeError(error.kind, std::string(what) + ": " + error.message);
-}
-
 // ---- Schema ----
 //
 // The same tables as the SQLite store. Every schema change is one migration that moves the
 // single row of `schema_version` from `version - 1` to `version`, inside the transaction that
 // holds kMigrationLock: replicas starting together take turns, and the later ones find the work
 // done. PostgreSQL's DDL is transactional, so a crash never leaves a half-migrated database.
+
+// The schema version this build creates, migrates to and understands.
+constexpr std::int64_t kSchemaVersion = 1;
 
 // pg_advisory_xact_lock key reserved for Staple's migrations ("Stap" in ASCII).
 constexpr std::string_view kMigrationLock = "SELECT pg_advisory_xact_lock(1400136048)";
@@ -104,7 +100,9 @@ std::optional<std::string> OptionalNumber(const std::optional<std::int64_t>& n) 
 
 // ---- Session: one connection plus its reconnection policy, used by one thread ----
 
-class PostgresConversationStore::Session {
+namespace postgres {
+
+class Session {
  public:
   Session(const postgres::Target& target, std::chrono::milliseconds max_backoff)
       : target_(target), connection_(target), max_backoff_(max_backoff) {}
@@ -145,6 +143,8 @@ class PostgresConversationStore::Session {
   std::string last_error_;
 };
 
+}  // namespace postgres
+
 namespace {
 
 // Creates or migrates the schema through `session` (which must not be used by anything else).
@@ -161,21 +161,21 @@ Status Migrate(Session& session, Deadline deadline) {
 
   // The transaction (and the advisory lock) stays open across pipelines until COMMIT.
   std::vector<Query> migrate;
-  if (version > PostgresConversationStore::kSchemaVersion) {
+  if (version > kSchemaVersion) {
     migrate.push_back(Sql("ROLLBACK"));
     (void)session.Run(migrate, deadline);
-    return Unavailable(
-        "schema version " + std::to_string(version) + " is newer than this build supports (" +
-        std::to_string(PostgresConversationStore::kSchemaVersion) + "); refusing to open it");
+    return Unavailable("schema version " + std::to_string(version) +
+                       " is newer than this build supports (" + std::to_string(kSchemaVersion) +
+                       "); refusing to open it");
   }
   for (const Migration& migration : kMigrations) {
     if (migration.version <= version) continue;
     for (std::string_view statement : *migration.statements) migrate.push_back(Sql(statement));
   }
-  if (version < PostgresConversationStore::kSchemaVersion) {
+  if (version < kSchemaVersion) {
     migrate.push_back(Sql("DELETE FROM schema_version"));
     migrate.push_back(Query{"INSERT INTO schema_version (version) VALUES ($1::integer)",
-                            {std::to_string(PostgresConversationStore::kSchemaVersion)}});
+                            {std::to_string(kSchemaVersion)}});
   }
   migrate.push_back(Sql("COMMIT"));
   auto migrated = session.Run(migrate, deadline);
@@ -185,106 +185,89 @@ Status Migrate(Session& session, Deadline deadline) {
 
 }  // namespace
 
-// ---- Opening and closing ----
+// ---- The back end of PostgresConversationStore (see DbConversationStore) ----
 
-Result<std::unique_ptr<PostgresConversationStore>> PostgresConversationStore::Open(
-    PostgresStoreOptions options) {
-  if (auto valid = ValidateThreadOptions(options, "PostgreSQL"); !valid) return valid.error();
-  if (options.max_reconnect_backoff.count() < 0) {
-    return MakeError(ErrorKind::kInvalidArgument,
-                     "PostgreSQL store options need a non-negative max_reconnect_backoff");
-  }
-  auto parsed = postgres::ParseTarget(options.url);
-  if (!parsed) return parsed.error();
-  auto target = std::make_unique<postgres::Target>(std::move(parsed).value());
-
-  // The writer connects and migrates first; readers connect on their first query.
-  auto writer = std::make_unique<Session>(*target, options.max_reconnect_backoff);
-  if (auto migrated = Migrate(*writer, WorkerClock::now() + options.operation_timeout); !migrated) {
-    return Context("cannot open the conversation store", migrated.error());
-  }
-  std::vector<std::unique_ptr<Session>> readers;
-  for (std::size_t i = 0; i < options.reader_threads; ++i) {
-    readers.push_back(std::make_unique<Session>(*target, options.max_reconnect_backoff));
-  }
-  StoreThreadOptions threads = options;
-  auto store = std::unique_ptr<PostgresConversationStore>(
-      new PostgresConversationStore(std::move(options), std::move(target)));
-  store->workers_ = std::make_unique<Workers>("PostgreSQL", std::move(threads), std::move(writer),
-                                              std::move(readers), &RunBatch);
-  if (auto started = store->workers_->Start(); !started) return started.error();
-  return store;
-}
-
-PostgresConversationStore::PostgresConversationStore(PostgresStoreOptions options,
-                                                     std::unique_ptr<postgres::Target> target)
-    : options_(std::move(options)), target_(std::move(target)) {}
-
-PostgresConversationStore::~PostgresConversationStore() { Close(); }
-
-void PostgresConversationStore::Close() {
-  if (workers_) workers_->Close();
-}
-
-std::size_t PostgresConversationStore::PendingWrites() const {
-  return workers_ ? workers_->PendingWrites() : 0;
-}
-
-// ---- Writes ----
-
-Status PostgresConversationStore::RunBatch(Session& session, std::span<WriteOp* const> ops,
-                                           Deadline deadline) {
+// One queued write: its statements run inside the batch's transaction; after a successful commit
+// `results` holds one result per statement.
+struct PostgresWrite {
   std::vector<Query> queries;
-  queries.push_back(Sql("BEGIN"));
-  for (WriteOp* op : ops) {
-    for (Query& query : op->queries) queries.push_back(std::move(query));
-  }
-  queries.push_back(Sql("COMMIT"));
-  auto results = session.Run(queries, deadline);
-  if (!results) return results.error();
-  std::size_t next = 1;  // results[0] is BEGIN's
-  for (WriteOp* op : ops) {
-    for (std::size_t k = 0; k < op->queries.size(); ++k) {
-      op->results.push_back(std::move((*results)[next++]));
+  std::vector<QueryResult> results;
+};
+
+class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session, PostgresWrite> {
+ public:
+  explicit PostgresBackend(std::unique_ptr<postgres::Target> target) : target_(std::move(target)) {}
+
+  static constexpr std::string_view kName = "PostgreSQL";
+
+  static Result<OpenedBackend<PostgresBackend>> Open(const PostgresStoreOptions& options) {
+    if (options.max_reconnect_backoff.count() < 0) {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "PostgreSQL store options need a non-negative max_reconnect_backoff");
     }
+    auto parsed = postgres::ParseTarget(options.url);
+    if (!parsed) return parsed.error();
+    OpenedBackend<PostgresBackend> opened;
+    opened.backend = std::make_unique<PostgresBackend>(
+        std::make_unique<postgres::Target>(std::move(parsed).value()));
+    const postgres::Target& target = *opened.backend->target_;
+
+    // The writer connects and migrates first; readers connect on their first query.
+    opened.writer = std::make_unique<Writer>(target, options.max_reconnect_backoff);
+    if (auto migrated = Migrate(*opened.writer, WorkerClock::now() + options.operation_timeout);
+        !migrated) {
+      return Context("cannot open the conversation store", migrated.error());
+    }
+    for (std::size_t i = 0; i < options.reader_threads; ++i) {
+      opened.readers.push_back(std::make_unique<Reader>(target, options.max_reconnect_backoff));
+    }
+    return opened;
   }
-  return Ok();
-}
 
-// The operations below are plain functions returning the awaitable that DbWorkers builds, not
-// coroutines (see DbWorkers::Write).
+  // BEGIN, the statements of `ops` and COMMIT as one pipeline: one round trip.
+  static Status RunBatch(Writer& session, std::span<WriteOp* const> ops, Deadline deadline) {
+    std::vector<Query> queries;
+    queries.push_back(Sql("BEGIN"));
+    for (WriteOp* op : ops) {
+      for (Query& query : op->queries) queries.push_back(std::move(query));
+    }
+    queries.push_back(Sql("COMMIT"));
+    auto results = session.Run(queries, deadline);
+    if (!results) return results.error();
+    std::size_t next = 1;  // results[0] is BEGIN's
+    for (WriteOp* op : ops) {
+      for (std::size_t k = 0; k < op->queries.size(); ++k) {
+        op->results.push_back(std::move((*results)[next++]));
+      }
+    }
+    return Ok();
+  }
 
-net::awaitable<Status> PostgresConversationStore::AppendTurn(Turn turn) {
-  MakeStorable(turn);
-  WriteOp op;
-  op.queries.push_back(Query{
-      std::string(kInsertTurn),
-      {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id, turn.model,
-       FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
-       OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms)}});
-  auto finish = [](const Status& status, WriteOp&) { return status; };
-  return workers_->Write<Status>(std::move(op), std::move(finish));
-}
+  WriteOp AppendOp(Turn turn) {
+    WriteOp op;
+    op.queries.push_back(Query{
+        std::string(kInsertTurn),
+        {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id, turn.model,
+         FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
+         OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms)}});
+    return op;
+  }
 
-net::awaitable<Result<std::int64_t>> PostgresConversationStore::DeleteMessages(
-    std::string user_id) {
-  using Deleted = Result<std::int64_t>;
-  WriteOp op;
-  op.queries.push_back(Query{"DELETE FROM messages WHERE user_id = $1", {ToStorableText(user_id)}});
-  auto finish = [](const Status& status, WriteOp& done) -> Deleted {
-    if (!status) return status.error();
-    return done.results.front().AffectedRows();
-  };
-  return workers_->Write<Deleted>(std::move(op), std::move(finish));
-}
+  Status Appended(const Status& committed, WriteOp&) { return committed; }
 
-// ---- Reads ----
+  WriteOp DeleteOp(std::string user_id) {
+    WriteOp op;
+    op.queries.push_back(Query{"DELETE FROM messages WHERE user_id = $1", {std::move(user_id)}});
+    return op;
+  }
 
-net::awaitable<Result<std::vector<StoredMessage>>> PostgresConversationStore::RecentMessages(
-    std::string user_id, std::size_t max_messages) {
-  using Messages = Result<std::vector<StoredMessage>>;
-  auto query = [user_id = ToStorableText(user_id), max_messages](Session& session,
-                                                                 Deadline deadline) -> Messages {
+  Result<std::int64_t> Deleted(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    return op.results.front().AffectedRows();
+  }
+
+  Result<std::vector<StoredMessage>> Recent(Reader& session, Deadline deadline,
+                                            const std::string& user_id, std::size_t max_messages) {
     // Newest first with a LIMIT walks the (user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     std::vector<Query> queries;
@@ -298,16 +281,10 @@ net::awaitable<Result<std::vector<StoredMessage>>> PostgresConversationStore::Re
     messages.reserve(static_cast<std::size_t>(rows.Rows()));
     for (int row = rows.Rows() - 1; row >= 0; --row) messages.push_back(ReadMessage(rows, row));
     return messages;
-  };
-  return workers_->Read<Messages>(std::move(query));
-}
+  }
 
-net::awaitable<Result<MessagePage>> PostgresConversationStore::ListMessages(std::string user_id,
-                                                                            std::int64_t after_id,
-                                                                            std::size_t limit) {
-  using Page = Result<MessagePage>;
-  auto query = [user_id = ToStorableText(user_id), after_id, limit](Session& session,
-                                                                    Deadline deadline) -> Page {
+  Result<MessagePage> List(Reader& session, Deadline deadline, const std::string& user_id,
+                           std::int64_t after_id, std::size_t limit) {
     // One row more than asked tells whether another page exists.
     std::vector<Query> queries;
     queries.push_back(
@@ -327,19 +304,22 @@ net::awaitable<Result<MessagePage>> PostgresConversationStore::ListMessages(std:
       page.messages.push_back(ReadMessage(rows, row));
     }
     return page;
-  };
-  return workers_->Read<Page>(std::move(query));
-}
+  }
 
-net::awaitable<Status> PostgresConversationStore::Ping() {
-  auto query = [](Session& session, Deadline deadline) -> Status {
+  Status Ping(Reader& session, Deadline deadline) {
     std::vector<Query> queries;
     queries.push_back(Sql("SELECT 1"));
     auto results = session.Run(queries, deadline);
     if (!results) return Context("database read failed", results.error());
     return Ok();
-  };
-  return workers_->Read<Status>(std::move(query));
-}
+  }
+
+ private:
+  // The parsed URL the sessions connect to; outlives them (the store destroys its back end
+  // after the workers and their sessions).
+  const std::unique_ptr<postgres::Target> target_;
+};
+
+template class DbConversationStore<PostgresBackend, PostgresStoreOptions>;
 
 }  // namespace staple::store

@@ -12,8 +12,10 @@
 #include <system_error>
 #include <utility>
 
+#include "store/db_conversation_store_impl.h"
+#include "store/sqlite/history_cache.h"
 #include "store/sqlite/sqlite_db.h"
-#include "store/storable_text.h"
+#include "store/store_errors.h"
 
 namespace staple::store {
 
@@ -22,15 +24,6 @@ using sqlite::Statement;
 using sqlite::StatementReset;
 
 namespace {
-
-Error Unavailable(std::string message) {
-  return MakeError(ErrorKind::kUnavailable, std::move(message));
-}
-
-// Prefixes a back-end error with what was being done, keeping its kind.
-Error Context(std::string_view what, const Error& error) {
-  return MakeError(error.kind, std::string(what) + ": " + error.message);
-}
 
 // ---- Schema ----
 //
@@ -139,21 +132,24 @@ Status MigrateToVersion1(Database& db) {
   return Ok();
 }
 
+// The schema version this build creates, migrates to and understands.
+constexpr std::int64_t kSchemaVersion = 1;
+
 struct Migration {
   std::int64_t version;  // the user_version after this migration
   Status (*apply)(Database&);
 };
 
 constexpr std::array<Migration, 1> kMigrations = {{{1, &MigrateToVersion1}}};
-static_assert(kMigrations.back().version == SqliteConversationStore::kSchemaVersion);
+static_assert(kMigrations.back().version == kSchemaVersion);
 
 Status MigrateInTransaction(Database& db) {
   auto version = db.QueryInt("PRAGMA user_version");
   if (!version) return version.error();
-  if (*version > SqliteConversationStore::kSchemaVersion) {
-    return Unavailable(
-        "schema version " + std::to_string(*version) + " is newer than this build supports (" +
-        std::to_string(SqliteConversationStore::kSchemaVersion) + "); refusing to open it");
+  if (*version > kSchemaVersion) {
+    return Unavailable("schema version " + std::to_string(*version) +
+                       " is newer than this build supports (" + std::to_string(kSchemaVersion) +
+                       "); refusing to open it");
   }
   for (const Migration& migration : kMigrations) {
     if (migration.version <= *version) continue;
@@ -243,7 +239,9 @@ std::int64_t SqlLimit(std::size_t n) {
 
 // ---- Writer: the read-write connection, used only by the writer thread after Open() ----
 
-class SqliteConversationStore::Writer {
+namespace sqlite {
+
+class Writer {
  public:
   static Result<std::unique_ptr<Writer>> Open(const SqliteStoreOptions& options) {
     auto db = Database::Open(options.path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
@@ -382,7 +380,7 @@ class SqliteConversationStore::Writer {
 
 // ---- Reader: one read-only connection, used only by its reader thread after Open() ----
 
-class SqliteConversationStore::Reader {
+class Reader {
  public:
   static Result<std::unique_ptr<Reader>> Open(const SqliteStoreOptions& options) {
     auto db = Database::Open(options.path, SQLITE_OPEN_READONLY);
@@ -492,141 +490,123 @@ class SqliteConversationStore::Reader {
   Statement ping_;
 };
 
-// ---- Opening and closing ----
+}  // namespace sqlite
 
-Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
-    SqliteStoreOptions options) {
-  if (options.path.empty() || options.path == ":memory:") {
-    return MakeError(ErrorKind::kInvalidArgument,
-                     "SQLite database path must name a file, got '" + options.path + "'");
-  }
-  if (auto valid = ValidateThreadOptions(options, "SQLite"); !valid) return valid.error();
-  if (options.busy_timeout.count() < 0 || options.mmap_size < 0) {
-    return MakeError(ErrorKind::kInvalidArgument,
-                     "SQLite store options need non-negative busy_timeout and mmap_size");
-  }
+// ---- The back end of SqliteConversationStore (see DbConversationStore) ----
 
-  const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
-  if (!parent.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(parent, ec);
-    if (ec) {
-      return Unavailable("cannot create directory '" + parent.string() + "' for SQLite database '" +
-                         options.path + "': " + ec.message());
+// One queued write: a turn to insert or a conversation to delete, and what it did.
+struct SqliteWrite {
+  std::optional<Turn> turn;
+  std::string delete_user_id;
+  // Filled inside the batch, read by Appended and Deleted on the writer thread.
+  std::vector<StoredMessage> inserted;
+  std::int64_t deleted = 0;
+};
+
+class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, SqliteWrite> {
+ public:
+  static constexpr std::string_view kName = "SQLite";
+
+  static Result<OpenedBackend<SqliteBackend>> Open(const SqliteStoreOptions& options) {
+    if (options.path.empty() || options.path == ":memory:") {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "SQLite database path must name a file, got '" + options.path + "'");
     }
-  }
-
-  // The writer creates and migrates the schema first; readers open read-only afterwards.
-  auto writer = Writer::Open(options);
-  if (!writer) return writer.error();
-  std::vector<std::unique_ptr<Reader>> readers;
-  for (std::size_t i = 0; i < options.reader_threads; ++i) {
-    auto reader = Reader::Open(options);
-    if (!reader) return reader.error();
-    readers.push_back(std::move(reader).value());
-  }
-  auto store = std::unique_ptr<SqliteConversationStore>(new SqliteConversationStore(options));
-  store->workers_ = std::make_unique<Workers>("SQLite", options, std::move(writer).value(),
-                                              std::move(readers), &RunBatch);
-  if (auto started = store->workers_->Start(); !started) return started.error();
-  return store;
-}
-
-SqliteConversationStore::SqliteConversationStore(SqliteStoreOptions options)
-    : options_(std::move(options)), history_(kCachedRowsPerConversation, kHistoryCacheBytes) {}
-
-SqliteConversationStore::~SqliteConversationStore() { Close(); }
-
-void SqliteConversationStore::Close() {
-  if (workers_) workers_->Close();
-}
-
-std::size_t SqliteConversationStore::PendingWrites() const {
-  return workers_ ? workers_->PendingWrites() : 0;
-}
-
-// ---- Writes ----
-
-Status SqliteConversationStore::RunBatch(Writer& writer, std::span<WriteOp* const> ops,
-                                         Deadline /*deadline: SQLite waits busy_timeout at most*/) {
-  Status status = writer.Begin();
-  try {
-    for (WriteOp* op : ops) {
-      if (!status) break;
-      status = (*op)(writer);
+    if (options.busy_timeout.count() < 0 || options.mmap_size < 0) {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "SQLite store options need non-negative busy_timeout and mmap_size");
     }
-  } catch (const std::exception& e) {
-    status = MakeError(ErrorKind::kInternal, e.what());
+    const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
+    if (!parent.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(parent, ec);
+      if (ec) {
+        return Unavailable("cannot create directory '" + parent.string() +
+                           "' for SQLite database '" + options.path + "': " + ec.message());
+      }
+    }
+    // The writer creates and migrates the schema first; readers open read-only afterwards.
+    OpenedBackend<SqliteBackend> opened;
+    auto writer = Writer::Open(options);
+    if (!writer) return writer.error();
+    opened.writer = std::move(writer).value();
+    for (std::size_t i = 0; i < options.reader_threads; ++i) {
+      auto reader = Reader::Open(options);
+      if (!reader) return reader.error();
+      opened.readers.push_back(std::move(reader).value());
+    }
+    opened.backend = std::make_unique<SqliteBackend>();
+    return opened;
   }
-  if (status) status = writer.Commit();
-  if (!status) writer.Rollback();
-  return status;
-}
 
-// The operations below are plain functions returning the awaitable that DbWorkers builds, not
-// coroutines (see DbWorkers::Write).
+  // One IMMEDIATE transaction, rolled back when any operation fails. SQLite has no deadline of its
+  // own: a lock held by another process costs at most busy_timeout per statement.
+  static Status RunBatch(Writer& writer, std::span<WriteOp* const> ops, Deadline) {
+    Status status = writer.Begin();
+    try {
+      for (WriteOp* op : ops) {
+        if (!status) break;
+        if (op->turn) {
+          status = writer.InsertTurn(*op->turn, &op->inserted);
+        } else {
+          auto deleted = writer.DeleteUser(op->delete_user_id);
+          if (deleted) op->deleted = *deleted;
+          if (!deleted) status = deleted.error();
+        }
+      }
+    } catch (const std::exception& e) {
+      status = MakeError(ErrorKind::kInternal, e.what());
+    }
+    if (status) status = writer.Commit();
+    if (!status) writer.Rollback();
+    return status;
+  }
 
-net::awaitable<Status> SqliteConversationStore::AppendTurn(Turn turn) {
-  MakeStorable(turn);
-  // Written by the operation and read by finish, both on the writer thread.
-  auto inserted = std::make_shared<std::vector<StoredMessage>>();
-  WriteOp op = [inserted, turn = std::move(turn)](Writer& writer) {
-    return writer.InsertTurn(turn, inserted.get());
-  };
-  auto finish = [this, inserted](const Status& status, WriteOp&) -> Status {
+  WriteOp AppendOp(Turn turn) {
+    WriteOp op;
+    op.turn = std::move(turn);
+    return op;
+  }
+
+  Status Appended(const Status& committed, WriteOp& op) {
     // Before the caller resumes, so that its next read of the conversation finds the turn there;
     // also when the caller stopped waiting, since the turn is committed all the same.
-    if (status && !inserted->empty()) {
-      const std::string user_id = inserted->front().user_id;
-      history_.Append(user_id, std::move(*inserted));
+    if (committed && !op.inserted.empty()) {
+      const std::string user_id = op.inserted.front().user_id;
+      history_.Append(user_id, std::move(op.inserted));
     }
-    return status;
-  };
-  return workers_->Write<Status>(std::move(op), std::move(finish));
-}
+    return committed;
+  }
 
-net::awaitable<Result<std::int64_t>> SqliteConversationStore::DeleteMessages(std::string user_id) {
-  using Deleted = Result<std::int64_t>;
-  user_id = ToStorableText(user_id);
-  // Written by the operation and read by finish, both on the writer thread.
-  auto count = std::make_shared<std::int64_t>(0);
-  WriteOp op = [count, user_id](Writer& writer) -> Status {
-    auto deleted = writer.DeleteUser(user_id);
-    if (!deleted) return deleted.error();
-    *count = *deleted;
-    return Ok();
-  };
-  auto finish = [this, count, user_id = std::move(user_id)](const Status& status,
-                                                            WriteOp&) -> Deleted {
-    if (!status) return status.error();
-    history_.Erase(user_id);
-    return *count;
-  };
-  return workers_->Write<Deleted>(std::move(op), std::move(finish));
-}
+  WriteOp DeleteOp(std::string user_id) {
+    WriteOp op;
+    op.delete_user_id = std::move(user_id);
+    return op;
+  }
 
-// ---- Reads ----
+  Result<std::int64_t> Deleted(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    history_.Erase(op.delete_user_id);
+    return op.deleted;
+  }
 
-net::awaitable<Result<std::vector<StoredMessage>>> SqliteConversationStore::RecentMessages(
-    std::string user_id, std::size_t max_messages) {
-  auto query = [this, user_id = ToStorableText(user_id), max_messages](Reader& reader, Deadline) {
+  Result<std::vector<StoredMessage>> Recent(Reader& reader, Deadline, const std::string& user_id,
+                                            std::size_t max_messages) {
     return reader.Recent(user_id, max_messages, history_);
-  };
-  return workers_->Read<Result<std::vector<StoredMessage>>>(std::move(query));
-}
+  }
 
-net::awaitable<Result<MessagePage>> SqliteConversationStore::ListMessages(std::string user_id,
-                                                                          std::int64_t after_id,
-                                                                          std::size_t limit) {
-  auto query = [user_id = ToStorableText(user_id), after_id, limit](Reader& reader, Deadline) {
+  Result<MessagePage> List(Reader& reader, Deadline, const std::string& user_id,
+                           std::int64_t after_id, std::size_t limit) {
     return reader.List(user_id, after_id, limit);
-  };
-  return workers_->Read<Result<MessagePage>>(std::move(query));
-}
+  }
 
-net::awaitable<Status> SqliteConversationStore::Ping() {
-  auto query = [](Reader& reader, Deadline) { return reader.Ping(); };
-  return workers_->Read<Status>(std::move(query));
-}
+  Status Ping(Reader& reader, Deadline) { return reader.Ping(); }
+
+ private:
+  // Shared by the writer (appends committed turns) and the readers; thread-safe.
+  HistoryCache history_{kCachedRowsPerConversation, kHistoryCacheBytes};
+};
+
+template class DbConversationStore<SqliteBackend, SqliteStoreOptions>;
 
 }  // namespace staple::store
