@@ -5,6 +5,14 @@
 
 namespace staple::store {
 
+namespace {
+
+// How long the watch sleeps without calls to watch. Calls watched meanwhile with a later deadline
+// (any deadline of a second or more) do not need to wake it.
+constexpr auto kIdleWake = std::chrono::seconds(1);
+
+}  // namespace
+
 Status ValidateThreadOptions(const StoreThreadOptions& options, std::string_view backend) {
   if (options.max_batch == 0 || options.reader_threads == 0 ||
       options.operation_timeout.count() <= 0 || options.max_queued_writes == 0 ||
@@ -38,16 +46,17 @@ void DeadlineWatch::Stop(const Error& error) {
 }
 
 void DeadlineWatch::Watch(std::shared_ptr<PendingCall> call) {
-  bool earliest = false;
+  bool wake = false;
   {
     std::lock_guard lock(mu_);
     const Deadline deadline = call->deadline();
     PendingCall& watched = *call;
     watched.position_ = calls_.emplace(deadline, std::move(call));
-    earliest = watched.position_ == calls_.begin();
+    wake = deadline < wake_at_;
   }
-  // Deadlines mostly arrive in order: the thread only needs waking for a new earliest one.
-  if (earliest) cv_.notify_one();
+  // Deadlines mostly come later than the thread's next wake-up (it wakes at least every
+  // kIdleWake): then the thread is left asleep, and a call costs no context switch.
+  if (wake) cv_.notify_one();
 }
 
 bool DeadlineWatch::Claim(PendingCall& call) {
@@ -61,24 +70,10 @@ bool DeadlineWatch::Claim(PendingCall& call) {
   return true;
 }
 
-std::size_t DeadlineWatch::size() const {
-  std::lock_guard lock(mu_);
-  return calls_.size();
-}
-
 void DeadlineWatch::Run() {
   std::vector<std::shared_ptr<PendingCall>> expired;
   std::unique_lock lock(mu_);
   while (!stopping_) {
-    if (calls_.empty()) {
-      cv_.wait(lock);
-      continue;
-    }
-    const Deadline next = calls_.begin()->first;
-    if (WorkerClock::now() < next) {
-      cv_.wait_until(lock, next);
-      continue;
-    }
     const Deadline now = WorkerClock::now();
     while (!calls_.empty() && calls_.begin()->first <= now) {
       auto first = calls_.begin();
@@ -86,11 +81,16 @@ void DeadlineWatch::Run() {
       expired.push_back(std::move(first->second));
       calls_.erase(first);
     }
-    // Resumed without the lock: a caller's callback may call back into the store.
-    lock.unlock();
-    for (auto& call : expired) call->Fail(expired_);
-    expired.clear();
-    lock.lock();
+    if (!expired.empty()) {
+      // Resumed without the lock: a caller's callback may call back into the store.
+      lock.unlock();
+      for (auto& call : expired) call->Fail(expired_);
+      expired.clear();
+      lock.lock();
+      continue;
+    }
+    wake_at_ = calls_.empty() ? now + kIdleWake : calls_.begin()->first;
+    cv_.wait_until(lock, wake_at_);
   }
 }
 

@@ -75,18 +75,17 @@ class DeadlineWatch {
   // after its deadline failed it). The winner stops watching it.
   bool Claim(PendingCall& call);
 
-  // Calls watched and not yet claimed.
-  std::size_t size() const;
-
  private:
   void Run();
 
   const Error expired_;
 
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
-  // Guarded by mu_: the watched calls by deadline.
+  // Guarded by mu_: the watched calls by deadline, and when the thread wakes up next (a call
+  // with an earlier deadline must wake it).
   std::multimap<Deadline, std::shared_ptr<PendingCall>> calls_;
+  Deadline wake_at_ = Deadline::max();
   bool stopping_ = false;
   std::thread thread_;
 };
