@@ -550,8 +550,11 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
           status = writer.InsertTurn(*op->turn, &op->inserted);
         } else {
           auto deleted = writer.DeleteUser(op->delete_user_id);
-          if (deleted) op->deleted = *deleted;
-          if (!deleted) status = deleted.error();
+          if (deleted) {
+            op->deleted = *deleted;
+          } else {
+            status = deleted.error();
+          }
         }
       }
     } catch (const std::exception& e) {
