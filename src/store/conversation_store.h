@@ -51,13 +51,24 @@ std::string FormatTimestamp(std::chrono::system_clock::time_point t);
 // Durable conversation storage. Implementations: SqliteConversationStore (store/sqlite),
 // PostgresConversationStore (store/postgres). All coroutine methods are thread-safe, never block
 // the awaiting I/O thread, and resume the awaiting coroutine on its own executor.
+//
+// Deadlines: every operation completes within the store's operation timeout of the call (its time
+// queued included); past it, or when the store's queue is full, it fails with kUnavailable. For
+// AppendTurn and DeleteMessages that error may come while the write is already being committed:
+// its outcome is then unknown (it may still be committed).
+//
+// Text: stores keep text as UTF-8 without NUL bytes. Text that is not (user ids included, in every
+// method) is stored and looked up with each NUL byte and each invalid UTF-8 sequence replaced by
+// U+FFFD (see ToStorableText in store/storable_text.h); valid text is kept byte for byte.
 class ConversationStore {
  public:
   virtual ~ConversationStore() = default;
 
   // Appends both rows of `turn` in one transaction and completes only after that transaction is
-  // durably committed (many turns may share one commit). Errors: kUnavailable when the database
-  // cannot be written or the store is closed.
+  // durably committed (many turns may share one commit). Its text fields (user_id, request_id,
+  // model, prompt, completion) are stored as ToStorableText makes them: "a\0b" is stored, and read
+  // back, as "a\uFFFDb". Errors: kUnavailable when the database cannot be written, the deadline
+  // passed or the store is closed.
   virtual net::awaitable<Status> AppendTurn(Turn turn) = 0;
 
   // The most recent `max_messages` messages of `user_id` (0 = all of them), oldest first.

@@ -8,29 +8,16 @@
 #include <system_error>
 #include <utility>
 
-#include "common/await.h"
+#include "store/db_conversation_store_impl.h"
+#include "store/postgres/pg_connection.h"
+#include "store/store_errors.h"
 
 namespace staple::store {
 
-using postgres::Clock;
-using postgres::Deadline;
 using postgres::Query;
 using postgres::QueryResult;
 
 namespace {
-
-Error Unavailable(std::string message) {
-  return MakeError(ErrorKind::kUnavailable, std::move(message));
-}
-
-Error ClosedError() { return Unavailable("conversation store is closed"); }
-
-Error TimedOut() { return Unavailable("PostgreSQL operation timed out before it could run"); }
-
-// Prefixes a back-end error with what was being done, keeping its kind.
-Error Context(std::string_view what, const Error& error) {
-  return MakeError(error.kind, std::string(what) + ": " + error.message);
-}
 
 // ---- Schema ----
 //
@@ -38,6 +25,9 @@ Error Context(std::string_view what, const Error& error) {
 // single row of `schema_version` from `version - 1` to `version`, inside the transaction that
 // holds kMigrationLock: replicas starting together take turns, and the later ones find the work
 // done. PostgreSQL's DDL is transactional, so a crash never leaves a half-migrated database.
+
+// The schema version this build creates, migrates to and understands.
+constexpr std::int64_t kSchemaVersion = 1;
 
 // pg_advisory_xact_lock key reserved for Staple's migrations ("Stap" in ASCII).
 constexpr std::string_view kMigrationLock = "SELECT pg_advisory_xact_lock(1400136048)";
@@ -106,50 +96,13 @@ std::optional<std::string> OptionalNumber(const std::optional<std::int64_t>& n) 
   return std::to_string(*n);
 }
 
-// Whether PostgreSQL accepts `text` in a UTF-8 TEXT column: well-formed UTF-8 without NUL.
-bool StorableText(std::string_view text) {
-  std::size_t i = 0;
-  while (i < text.size()) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    if (byte == 0) return false;
-    if (byte < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t length = 0;
-    std::uint32_t code = 0;
-    if ((byte & 0xE0) == 0xC0) {
-      length = 2;
-      code = byte & 0x1Fu;
-    } else if ((byte & 0xF0) == 0xE0) {
-      length = 3;
-      code = byte & 0x0Fu;
-    } else if ((byte & 0xF8) == 0xF0) {
-      length = 4;
-      code = byte & 0x07u;
-    } else {
-      return false;
-    }
-    if (i + length > text.size()) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xC0) != 0x80) return false;
-      code = (code << 6) | (next & 0x3Fu);
-    }
-    constexpr std::uint32_t kMinimum[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code < kMinimum[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) {
-      return false;
-    }
-    i += length;
-  }
-  return true;
-}
-
 }  // namespace
 
 // ---- Session: one connection plus its reconnection policy, used by one thread ----
 
-class PostgresConversationStore::Session {
+namespace postgres {
+
+class Session {
  public:
   Session(const postgres::Target& target, std::chrono::milliseconds max_backoff)
       : target_(target), connection_(target), max_backoff_(max_backoff) {}
@@ -164,7 +117,7 @@ class PostgresConversationStore::Session {
  private:
   Status EnsureConnected(Deadline deadline) {
     if (connection_.CheckAlive()) return Ok();
-    const auto now = Clock::now();
+    const auto now = WorkerClock::now();
     if (now < next_attempt_) {
       const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next_attempt_ - now);
       return Unavailable(last_error_ + " (next attempt in " + std::to_string(wait.count()) +
@@ -177,7 +130,7 @@ class PostgresConversationStore::Session {
     }
     backoff_ = backoff_.count() == 0 ? std::chrono::milliseconds(100)
                                      : std::min(backoff_ * 2, max_backoff_);
-    next_attempt_ = Clock::now() + backoff_;
+    next_attempt_ = WorkerClock::now() + backoff_;
     last_error_ = connected.error().message;
     return connected;
   }
@@ -189,6 +142,8 @@ class PostgresConversationStore::Session {
   Deadline next_attempt_{};
   std::string last_error_;
 };
+
+}  // namespace postgres
 
 namespace {
 
@@ -206,21 +161,21 @@ Status Migrate(Session& session, Deadline deadline) {
 
   // The transaction (and the advisory lock) stays open across pipelines until COMMIT.
   std::vector<Query> migrate;
-  if (version > PostgresConversationStore::kSchemaVersion) {
+  if (version > kSchemaVersion) {
     migrate.push_back(Sql("ROLLBACK"));
     (void)session.Run(migrate, deadline);
-    return Unavailable(
-        "schema version " + std::to_string(version) + " is newer than this build supports (" +
-        std::to_string(PostgresConversationStore::kSchemaVersion) + "); refusing to open it");
+    return Unavailable("schema version " + std::to_string(version) +
+                       " is newer than this build supports (" + std::to_string(kSchemaVersion) +
+                       "); refusing to open it");
   }
   for (const Migration& migration : kMigrations) {
     if (migration.version <= version) continue;
     for (std::string_view statement : *migration.statements) migrate.push_back(Sql(statement));
   }
-  if (version < PostgresConversationStore::kSchemaVersion) {
+  if (version < kSchemaVersion) {
     migrate.push_back(Sql("DELETE FROM schema_version"));
     migrate.push_back(Query{"INSERT INTO schema_version (version) VALUES ($1::integer)",
-                            {std::to_string(PostgresConversationStore::kSchemaVersion)}});
+                            {std::to_string(kSchemaVersion)}});
   }
   migrate.push_back(Sql("COMMIT"));
   auto migrated = session.Run(migrate, deadline);
@@ -230,279 +185,89 @@ Status Migrate(Session& session, Deadline deadline) {
 
 }  // namespace
 
-// ---- Opening and closing ----
+// ---- The back end of PostgresConversationStore (see DbConversationStore) ----
 
-Result<std::unique_ptr<PostgresConversationStore>> PostgresConversationStore::Open(
-    PostgresStoreOptions options) {
-  if (options.max_batch == 0 || options.reader_threads == 0 ||
-      options.operation_timeout.count() <= 0 || options.max_reconnect_backoff.count() < 0) {
-    return MakeError(ErrorKind::kInvalidArgument,
-                     "PostgreSQL store options need max_batch >= 1, reader_threads >= 1, a "
-                     "positive operation_timeout and a non-negative max_reconnect_backoff");
-  }
-  auto parsed = postgres::ParseTarget(options.url);
-  if (!parsed) return parsed.error();
-  auto target = std::make_unique<postgres::Target>(std::move(parsed).value());
-
-  // The writer connects and migrates first; readers connect on their first query.
-  auto writer = std::make_unique<Session>(*target, options.max_reconnect_backoff);
-  if (auto migrated = Migrate(*writer, Clock::now() + options.operation_timeout); !migrated) {
-    return Context("cannot open the conversation store", migrated.error());
-  }
-  std::vector<std::unique_ptr<Session>> readers;
-  for (std::size_t i = 0; i < options.reader_threads; ++i) {
-    readers.push_back(std::make_unique<Session>(*target, options.max_reconnect_backoff));
-  }
-  auto store = std::unique_ptr<PostgresConversationStore>(new PostgresConversationStore(
-      std::move(options), std::move(target), std::move(writer), std::move(readers)));
-  if (auto started = store->StartThreads(); !started) return started.error();
-  return store;
-}
-
-PostgresConversationStore::PostgresConversationStore(PostgresStoreOptions options,
-                                                     std::unique_ptr<postgres::Target> target,
-                                                     std::unique_ptr<Session> writer,
-                                                     std::vector<std::unique_ptr<Session>> readers)
-    : options_(std::move(options)),
-      target_(std::move(target)),
-      writer_(std::move(writer)),
-      readers_(std::move(readers)) {}
-
-Status PostgresConversationStore::StartThreads() {
-  try {
-    writer_thread_ = std::thread([this] { WriterLoop(); });
-    reader_threads_.reserve(readers_.size());
-    for (auto& reader : readers_) {
-      reader_threads_.emplace_back([this, r = reader.get()] { ReaderLoop(*r); });
-    }
-  } catch (const std::system_error& e) {
-    Close();
-    return MakeError(ErrorKind::kInternal,
-                     std::string("cannot start the PostgreSQL store's threads: ") + e.what());
-  }
-  return Ok();
-}
-
-PostgresConversationStore::~PostgresConversationStore() { Close(); }
-
-void PostgresConversationStore::Close() {
-  std::lock_guard close_lock(close_mu_);
-  if (closed_) return;
-  closed_ = true;
-
-  // Stop accepting first; the threads then drain their queues (each operation still bounded by
-  // its deadline) and exit.
-  {
-    std::lock_guard lock(write_mu_);
-    write_closed_ = true;
-  }
-  write_cv_.notify_all();
-  {
-    std::lock_guard lock(read_mu_);
-    read_closed_ = true;
-  }
-  read_cv_.notify_all();
-
-  if (writer_thread_.joinable()) writer_thread_.join();
-  for (std::thread& thread : reader_threads_) {
-    if (thread.joinable()) thread.join();
-  }
-  readers_.clear();
-  writer_.reset();
-}
-
-// ---- Writes ----
-
-void PostgresConversationStore::SubmitWrite(WriteOp op) {
-  {
-    std::lock_guard lock(write_mu_);
-    if (!write_closed_) {
-      write_queue_.push_back(std::move(op));
-      pending_writes_.fetch_add(1, std::memory_order_relaxed);
-      write_cv_.notify_one();
-      return;
-    }
-  }
-  op.complete(ClosedError());
-}
-
-void PostgresConversationStore::WriterLoop() {
-  std::vector<WriteOp> batch;
-  batch.reserve(options_.max_batch);
-  for (;;) {
-    {
-      std::unique_lock lock(write_mu_);
-      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_closed_; });
-      if (write_queue_.empty()) return;  // closed and drained
-      // Group commit: whatever queued up during the previous round trip goes in one transaction.
-      const std::size_t n = std::min(options_.max_batch, write_queue_.size());
-      for (std::size_t i = 0; i < n; ++i) {
-        batch.push_back(std::move(write_queue_.front()));
-        write_queue_.pop_front();
-      }
-    }
-    CommitBatch(batch);
-    batch.clear();
-  }
-}
-
-void PostgresConversationStore::CommitBatch(std::vector<WriteOp>& batch) {
-  // Operations whose deadline passed while queued fail without touching the database; the rest
-  // share one transaction bounded by the earliest remaining deadline.
-  const Deadline now = Clock::now();
-  Deadline deadline = Deadline::max();
+// One queued write: its statements run inside the batch's transaction; after a successful commit
+// `results` holds one result per statement.
+struct PostgresWrite {
   std::vector<Query> queries;
-  queries.push_back(Sql("BEGIN"));
-  std::vector<bool> expired(batch.size(), false);
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    if (batch[i].deadline <= now) {
-      expired[i] = true;
-      continue;
+  std::vector<QueryResult> results;
+};
+
+class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session, PostgresWrite> {
+ public:
+  explicit PostgresBackend(std::unique_ptr<postgres::Target> target) : target_(std::move(target)) {}
+
+  static constexpr std::string_view kName = "PostgreSQL";
+
+  static Result<OpenedBackend<PostgresBackend>> Open(const PostgresStoreOptions& options) {
+    if (options.max_reconnect_backoff.count() < 0) {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "PostgreSQL store options need a non-negative max_reconnect_backoff");
     }
-    deadline = std::min(deadline, batch[i].deadline);
-    for (Query& query : batch[i].queries) queries.push_back(std::move(query));
+    auto parsed = postgres::ParseTarget(options.url);
+    if (!parsed) return parsed.error();
+    OpenedBackend<PostgresBackend> opened;
+    opened.backend = std::make_unique<PostgresBackend>(
+        std::make_unique<postgres::Target>(std::move(parsed).value()));
+    const postgres::Target& target = *opened.backend->target_;
+
+    // The writer connects and migrates first; readers connect on their first query.
+    opened.writer = std::make_unique<Writer>(target, options.max_reconnect_backoff);
+    if (auto migrated = Migrate(*opened.writer, WorkerClock::now() + options.operation_timeout);
+        !migrated) {
+      return Context("cannot open the conversation store", migrated.error());
+    }
+    for (std::size_t i = 0; i < options.reader_threads; ++i) {
+      opened.readers.push_back(std::make_unique<Reader>(target, options.max_reconnect_backoff));
+    }
+    return opened;
   }
-  queries.push_back(Sql("COMMIT"));
 
-  std::optional<Result<std::vector<QueryResult>>> results;
-  if (deadline != Deadline::max()) {
-    try {
-      results.emplace(writer_->Run(queries, deadline));
-    } catch (const std::exception& e) {
-      results.emplace(MakeError(ErrorKind::kInternal, e.what()));
+  // BEGIN, the statements of `ops` and COMMIT as one pipeline: one round trip.
+  static Status RunBatch(Writer& session, std::span<WriteOp* const> ops, Deadline deadline) {
+    std::vector<Query> queries;
+    queries.push_back(Sql("BEGIN"));
+    for (WriteOp* op : ops) {
+      for (Query& query : op->queries) queries.push_back(std::move(query));
     }
-    if (!results->ok()) {
-      results.emplace(Unavailable("database write failed: " + results->error().message));
-    }
-  }
-
-  // Not pending any more: a resumed caller sees its own write counted out.
-  pending_writes_.fetch_sub(batch.size(), std::memory_order_relaxed);
-  std::size_t next = 1;  // results[0] is BEGIN's
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    WriteOp& op = batch[i];
-    if (expired[i]) {
-      op.complete(TimedOut());
-      continue;
-    }
-    if (!results->ok()) {
-      op.complete(results->error());
-      continue;
-    }
-    std::vector<QueryResult> own;
-    for (std::size_t k = 0; k < op.queries.size(); ++k)
-      own.push_back(std::move((**results)[next++]));
-    op.complete(std::move(own));
-  }
-}
-
-// The operations below are plain functions returning the awaitable that AwaitCallback builds,
-// not coroutines: nothing runs until the caller awaits it, and no lambda is ever passed by value
-// into a coroutine inside a co_await expression (g++ 12 then copies its captures bitwise and
-// destroys them twice).
-
-net::awaitable<Status> PostgresConversationStore::AppendTurn(Turn turn) {
-  auto start = [this, turn = std::move(turn)](auto done) mutable {
-    for (const std::string* text :
-         {&turn.user_id, &turn.request_id, &turn.model, &turn.prompt, &turn.completion}) {
-      if (!StorableText(*text)) {
-        done(Status(MakeError(ErrorKind::kInvalidArgument,
-                              "text with a NUL byte or invalid UTF-8 cannot be stored")));
-        return;
+    queries.push_back(Sql("COMMIT"));
+    auto results = session.Run(queries, deadline);
+    if (!results) return results.error();
+    std::size_t next = 1;  // results[0] is BEGIN's
+    for (WriteOp* op : ops) {
+      for (std::size_t k = 0; k < op->queries.size(); ++k) {
+        op->results.push_back(std::move((*results)[next++]));
       }
     }
+    return Ok();
+  }
+
+  WriteOp AppendOp(Turn turn) {
     WriteOp op;
-    op.deadline = Clock::now() + options_.operation_timeout;
     op.queries.push_back(Query{
         std::string(kInsertTurn),
         {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id, turn.model,
          FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
          OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms)}});
-    op.complete = [done](Result<std::vector<QueryResult>> results) {
-      done(results ? Ok() : Status(results.error()));
-    };
-    SubmitWrite(std::move(op));
-  };
-  return AwaitCallback<Status>(std::move(start));
-}
+    return op;
+  }
 
-net::awaitable<Result<std::int64_t>> PostgresConversationStore::DeleteMessages(
-    std::string user_id) {
-  using Deleted = Result<std::int64_t>;
-  auto start = [this, user_id = std::move(user_id)](auto done) mutable {
+  Status Appended(const Status& committed, WriteOp&) { return committed; }
+
+  WriteOp DeleteOp(std::string user_id) {
     WriteOp op;
-    op.deadline = Clock::now() + options_.operation_timeout;
     op.queries.push_back(Query{"DELETE FROM messages WHERE user_id = $1", {std::move(user_id)}});
-    op.complete = [done](Result<std::vector<QueryResult>> results) {
-      done(results ? Deleted(results->front().AffectedRows()) : Deleted(results.error()));
-    };
-    SubmitWrite(std::move(op));
-  };
-  return AwaitCallback<Deleted>(std::move(start));
-}
-
-std::size_t PostgresConversationStore::PendingWrites() const {
-  return pending_writes_.load(std::memory_order_relaxed);
-}
-
-// ---- Reads ----
-
-void PostgresConversationStore::SubmitRead(ReadJob job) {
-  {
-    std::lock_guard lock(read_mu_);
-    if (!read_closed_) {
-      read_queue_.push_back(std::move(job));
-      read_cv_.notify_one();
-      return;
-    }
+    return op;
   }
-  job(nullptr);
-}
 
-void PostgresConversationStore::ReaderLoop(Session& session) {
-  for (;;) {
-    ReadJob job;
-    {
-      std::unique_lock lock(read_mu_);
-      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_closed_; });
-      if (read_queue_.empty()) return;  // closed and drained
-      job = std::move(read_queue_.front());
-      read_queue_.pop_front();
-    }
-    job(&session);
+  Result<std::int64_t> Deleted(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    return op.results.front().AffectedRows();
   }
-}
 
-template <typename R, typename QueryFn>
-net::awaitable<R> PostgresConversationStore::RunRead(QueryFn query) {
-  auto start = [this, query = std::move(query)](auto done) mutable {
-    const Deadline deadline = Clock::now() + options_.operation_timeout;
-    SubmitRead([query, done, deadline](Session* session) {
-      if (session == nullptr) {
-        done(R(ClosedError()));
-        return;
-      }
-      if (Clock::now() >= deadline) {
-        done(R(TimedOut()));
-        return;
-      }
-      std::optional<R> result;
-      try {
-        result.emplace(query(*session, deadline));
-      } catch (const std::exception& e) {
-        result.emplace(MakeError(ErrorKind::kInternal, e.what()));
-      }
-      done(std::move(*result));
-    });
-  };
-  return AwaitCallback<R>(std::move(start));
-}
-
-net::awaitable<Result<std::vector<StoredMessage>>> PostgresConversationStore::RecentMessages(
-    std::string user_id, std::size_t max_messages) {
-  using Messages = Result<std::vector<StoredMessage>>;
-  auto query = [user_id = std::move(user_id), max_messages](Session& session,
-                                                            Deadline deadline) -> Messages {
+  Result<std::vector<StoredMessage>> Recent(Reader& session, Deadline deadline,
+                                            const std::string& user_id, std::size_t max_messages) {
     // Newest first with a LIMIT walks the (user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     std::vector<Query> queries;
@@ -516,16 +281,10 @@ net::awaitable<Result<std::vector<StoredMessage>>> PostgresConversationStore::Re
     messages.reserve(static_cast<std::size_t>(rows.Rows()));
     for (int row = rows.Rows() - 1; row >= 0; --row) messages.push_back(ReadMessage(rows, row));
     return messages;
-  };
-  return RunRead<Messages>(std::move(query));
-}
+  }
 
-net::awaitable<Result<MessagePage>> PostgresConversationStore::ListMessages(std::string user_id,
-                                                                            std::int64_t after_id,
-                                                                            std::size_t limit) {
-  using Page = Result<MessagePage>;
-  auto query = [user_id = std::move(user_id), after_id, limit](Session& session,
-                                                               Deadline deadline) -> Page {
+  Result<MessagePage> List(Reader& session, Deadline deadline, const std::string& user_id,
+                           std::int64_t after_id, std::size_t limit) {
     // One row more than asked tells whether another page exists.
     std::vector<Query> queries;
     queries.push_back(
@@ -545,19 +304,22 @@ net::awaitable<Result<MessagePage>> PostgresConversationStore::ListMessages(std:
       page.messages.push_back(ReadMessage(rows, row));
     }
     return page;
-  };
-  return RunRead<Page>(std::move(query));
-}
+  }
 
-net::awaitable<Status> PostgresConversationStore::Ping() {
-  auto query = [](Session& session, Deadline deadline) -> Status {
+  Status Ping(Reader& session, Deadline deadline) {
     std::vector<Query> queries;
     queries.push_back(Sql("SELECT 1"));
     auto results = session.Run(queries, deadline);
     if (!results) return Context("database read failed", results.error());
     return Ok();
-  };
-  return RunRead<Status>(std::move(query));
-}
+  }
+
+ private:
+  // The parsed URL the sessions connect to; outlives them (the store destroys its back end
+  // after the workers and their sessions).
+  const std::unique_ptr<postgres::Target> target_;
+};
+
+template class DbConversationStore<PostgresBackend, PostgresStoreOptions>;
 
 }  // namespace staple::store

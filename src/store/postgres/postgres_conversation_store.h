@@ -1,44 +1,35 @@
 #pragma once
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <cstddef>
-#include <cstdint>
-#include <deque>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
-#include <vector>
 
-#include "store/conversation_store.h"
-#include "store/postgres/pg_connection.h"
+#include "store/db_conversation_store.h"
+#include "store/db_workers.h"
 
 namespace staple::store {
 
-struct PostgresStoreOptions {
+// Besides these, the thread, queue and deadline settings of StoreThreadOptions; the deadline
+// (`operation_timeout`) includes connecting: a server that is down or stops answering turns into
+// kUnavailable, never a hang.
+struct PostgresStoreOptions : StoreThreadOptions {
   // postgresql://user:password@host:port/dbname (or postgres://…), with optional libpq
   // parameters (?sslmode=…). The password never appears in an error message.
   std::string url;
-  // Most write operations committed in one transaction (group commit). At least 1.
-  std::size_t max_batch = 256;
-  // Threads (each with its own connection) serving reads. At least 1.
-  std::size_t reader_threads = 2;
-  // Every operation completes within this long after it was called, connecting included (plus
-  // a few milliseconds of scheduling): a server that is down or stops answering turns into
-  // kUnavailable, never a hang.
-  std::chrono::milliseconds operation_timeout{5000};
   // After a failed connection attempt, calls fail at once with kUnavailable until the next
   // attempt; the wait doubles from 100 ms up to this after each failure and resets on success.
   std::chrono::milliseconds max_reconnect_backoff{2000};
 };
 
+// The PostgreSQL side of PostgresConversationStore; defined in postgres_conversation_store.cpp.
+class PostgresBackend;
+
 // ConversationStore over a PostgreSQL database shared by any number of Staple replicas
-// (DESIGN.md §2).
+// (DESIGN.md §2), on the shared DbConversationStore. PostgresConversationStore::Open(options)
+// connects, creates or migrates the schema, then starts the threads; it fails with
+// kInvalidArgument for unusable options or URL and kUnavailable, naming the server (without the
+// password), when it cannot be reached or migrated within `operation_timeout`.
 //
-// Threads: one writer thread owns a write connection and commits queued AppendTurn and
+// Threads: the writer thread owns a write connection and commits queued AppendTurn and
 // DeleteMessages operations in groups of up to `max_batch` per transaction, sent as one libpq
 // pipeline (BEGIN, the statements, COMMIT: one round trip); `reader_threads` threads own read
 // connections and serve RecentMessages, ListMessages and Ping. libpq runs only on these threads,
@@ -50,99 +41,10 @@ struct PostgresStoreOptions {
 //
 // Schema: the same as SqliteConversationStore's: table `messages` (id BIGSERIAL), index
 // (user_id, id), view `message` with the seed's five columns, versioned by a `schema_version`
-// table. Open() creates or migrates it inside one transaction holding a transaction-level
-// advisory lock, so replicas starting together migrate once; it refuses newer versions.
-class PostgresConversationStore final : public ConversationStore {
- public:
-  // The schema version this build creates, migrates to and understands.
-  static constexpr std::int64_t kSchemaVersion = 1;
-
-  // Connects, creates or migrates the schema, then starts the threads. Fails with
-  // kInvalidArgument for unusable options or URL and kUnavailable, naming the server (without the
-  // password), when it cannot be reached or migrated within `operation_timeout`.
-  static Result<std::unique_ptr<PostgresConversationStore>> Open(PostgresStoreOptions options);
-
-  // Calls Close().
-  ~PostgresConversationStore() override;
-
-  PostgresConversationStore(const PostgresConversationStore&) = delete;
-  PostgresConversationStore& operator=(const PostgresConversationStore&) = delete;
-
-  // Rejects, with kInvalidArgument and before queuing, text PostgreSQL cannot store in a TEXT
-  // column (a NUL byte or invalid UTF-8), so one bad turn never fails a whole group commit.
-  net::awaitable<Status> AppendTurn(Turn turn) override;
-  net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
-      std::string user_id, std::size_t max_messages) override;
-  net::awaitable<Result<MessagePage>> ListMessages(std::string user_id, std::int64_t after_id,
-                                                   std::size_t limit) override;
-  net::awaitable<Result<std::int64_t>> DeleteMessages(std::string user_id) override;
-  net::awaitable<Status> Ping() override;
-  std::size_t PendingWrites() const override;
-
-  // Stops accepting operations (later ones fail with kUnavailable), commits every queued write,
-  // serves every queued read, joins the threads and closes the connections. Idempotent and safe
-  // to call from several threads; must not be called from an I/O thread that awaits this store.
-  void Close() override;
-
- private:
-  class Session;
-
-  // A queued write: its statements run inside the batch's transaction; `complete` is called
-  // exactly once, with their results after COMMIT or with the batch's error.
-  struct WriteOp {
-    std::vector<postgres::Query> queries;
-    postgres::Deadline deadline;
-    std::function<void(Result<std::vector<postgres::QueryResult>>)> complete;
-  };
-  // A queued read: gets a reader's session, or nullptr when the store is closed.
-  using ReadJob = std::function<void(Session*)>;
-
-  PostgresConversationStore(PostgresStoreOptions options, std::unique_ptr<postgres::Target> target,
-                            std::unique_ptr<Session> writer,
-                            std::vector<std::unique_ptr<Session>> readers);
-
-  Status StartThreads();
-  void SubmitWrite(WriteOp op);
-  void SubmitRead(ReadJob job);
-  void WriterLoop();
-  void ReaderLoop(Session& session);
-  void CommitBatch(std::vector<WriteOp>& batch);
-
-  // Runs `query` (R(Session&, Deadline)) on a reader thread once awaited, and resumes the
-  // awaiting coroutine with its result.
-  template <typename R, typename Query>
-  net::awaitable<R> RunRead(Query query);
-
-  // Constant after construction.
-  const PostgresStoreOptions options_;
-  // The parsed URL the sessions connect to; outlives them.
-  const std::unique_ptr<postgres::Target> target_;
-
-  // Owned by the writer thread while it runs; destroyed by Close().
-  std::unique_ptr<Session> writer_;
-  // Session i is owned by reader thread i while it runs; destroyed by Close().
-  std::vector<std::unique_ptr<Session>> readers_;
-
-  // Guarded by write_mu_.
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;
-  std::deque<WriteOp> write_queue_;
-  bool write_closed_ = false;
-
-  // Guarded by read_mu_.
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<ReadJob> read_queue_;
-  bool read_closed_ = false;
-
-  // Queued plus in-flight writes; written under write_mu_ or by the writer thread, read anywhere.
-  std::atomic<std::size_t> pending_writes_{0};
-
-  // Serializes Close(); guarded by close_mu_.
-  std::mutex close_mu_;
-  bool closed_ = false;
-  std::thread writer_thread_;
-  std::vector<std::thread> reader_threads_;
-};
+// table (version 1). Open() creates or migrates it inside one transaction holding a
+// transaction-level advisory lock, so replicas starting together migrate once; it refuses newer
+// versions.
+using PostgresConversationStore = DbConversationStore<PostgresBackend, PostgresStoreOptions>;
+extern template class DbConversationStore<PostgresBackend, PostgresStoreOptions>;
 
 }  // namespace staple::store

@@ -12,8 +12,10 @@
 #include <system_error>
 #include <utility>
 
-#include "common/await.h"
+#include "store/db_conversation_store_impl.h"
+#include "store/sqlite/history_cache.h"
 #include "store/sqlite/sqlite_db.h"
+#include "store/store_errors.h"
 
 namespace staple::store {
 
@@ -22,17 +24,6 @@ using sqlite::Statement;
 using sqlite::StatementReset;
 
 namespace {
-
-Error Unavailable(std::string message) {
-  return MakeError(ErrorKind::kUnavailable, std::move(message));
-}
-
-Error ClosedError() { return Unavailable("conversation store is closed"); }
-
-// Prefixes a back-end error with what was being done, keeping its kind.
-Error Context(std::string_view what, const Error& error) {
-  return MakeError(error.kind, std::string(what) + ": " + error.message);
-}
 
 // ---- Schema ----
 //
@@ -141,21 +132,24 @@ Status MigrateToVersion1(Database& db) {
   return Ok();
 }
 
+// The schema version this build creates, migrates to and understands.
+constexpr std::int64_t kSchemaVersion = 1;
+
 struct Migration {
   std::int64_t version;  // the user_version after this migration
   Status (*apply)(Database&);
 };
 
 constexpr std::array<Migration, 1> kMigrations = {{{1, &MigrateToVersion1}}};
-static_assert(kMigrations.back().version == SqliteConversationStore::kSchemaVersion);
+static_assert(kMigrations.back().version == kSchemaVersion);
 
 Status MigrateInTransaction(Database& db) {
   auto version = db.QueryInt("PRAGMA user_version");
   if (!version) return version.error();
-  if (*version > SqliteConversationStore::kSchemaVersion) {
-    return Unavailable(
-        "schema version " + std::to_string(*version) + " is newer than this build supports (" +
-        std::to_string(SqliteConversationStore::kSchemaVersion) + "); refusing to open it");
+  if (*version > kSchemaVersion) {
+    return Unavailable("schema version " + std::to_string(*version) +
+                       " is newer than this build supports (" + std::to_string(kSchemaVersion) +
+                       "); refusing to open it");
   }
   for (const Migration& migration : kMigrations) {
     if (migration.version <= *version) continue;
@@ -245,7 +239,9 @@ std::int64_t SqlLimit(std::size_t n) {
 
 // ---- Writer: the read-write connection, used only by the writer thread after Open() ----
 
-class SqliteConversationStore::Writer {
+namespace sqlite {
+
+class Writer {
  public:
   static Result<std::unique_ptr<Writer>> Open(const SqliteStoreOptions& options) {
     auto db = Database::Open(options.path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
@@ -384,7 +380,7 @@ class SqliteConversationStore::Writer {
 
 // ---- Reader: one read-only connection, used only by its reader thread after Open() ----
 
-class SqliteConversationStore::Reader {
+class Reader {
  public:
   static Result<std::unique_ptr<Reader>> Open(const SqliteStoreOptions& options) {
     auto db = Database::Open(options.path, SQLITE_OPEN_READONLY);
@@ -494,275 +490,126 @@ class SqliteConversationStore::Reader {
   Statement ping_;
 };
 
-// ---- Opening and closing ----
+}  // namespace sqlite
 
-Result<std::unique_ptr<SqliteConversationStore>> SqliteConversationStore::Open(
-    SqliteStoreOptions options) {
-  if (options.path.empty() || options.path == ":memory:") {
-    return MakeError(ErrorKind::kInvalidArgument,
-                     "SQLite database path must name a file, got '" + options.path + "'");
-  }
-  if (options.max_batch == 0 || options.reader_threads == 0 || options.busy_timeout.count() < 0 ||
-      options.mmap_size < 0) {
-    return MakeError(ErrorKind::kInvalidArgument,
-                     "SQLite store options need max_batch >= 1, reader_threads >= 1 and "
-                     "non-negative busy_timeout and mmap_size");
-  }
+// ---- The back end of SqliteConversationStore (see DbConversationStore) ----
 
-  const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
-  if (!parent.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(parent, ec);
-    if (ec) {
-      return Unavailable("cannot create directory '" + parent.string() + "' for SQLite database '" +
-                         options.path + "': " + ec.message());
+// One queued write: a turn to insert or a conversation to delete, and what it did.
+struct SqliteWrite {
+  std::optional<Turn> turn;
+  std::string delete_user_id;
+  // Filled inside the batch, read by Appended and Deleted on the writer thread.
+  std::vector<StoredMessage> inserted;
+  std::int64_t deleted = 0;
+};
+
+class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, SqliteWrite> {
+ public:
+  static constexpr std::string_view kName = "SQLite";
+
+  static Result<OpenedBackend<SqliteBackend>> Open(const SqliteStoreOptions& options) {
+    if (options.path.empty() || options.path == ":memory:") {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "SQLite database path must name a file, got '" + options.path + "'");
     }
-  }
-
-  // The writer creates and migrates the schema first; readers open read-only afterwards.
-  auto writer = Writer::Open(options);
-  if (!writer) return writer.error();
-  std::vector<std::unique_ptr<Reader>> readers;
-  for (std::size_t i = 0; i < options.reader_threads; ++i) {
-    auto reader = Reader::Open(options);
-    if (!reader) return reader.error();
-    readers.push_back(std::move(reader).value());
-  }
-  auto store = std::unique_ptr<SqliteConversationStore>(new SqliteConversationStore(
-      std::move(options), std::move(writer).value(), std::move(readers)));
-  if (auto started = store->StartThreads(); !started) return started.error();
-  return store;
-}
-
-SqliteConversationStore::SqliteConversationStore(SqliteStoreOptions options,
-                                                 std::unique_ptr<Writer> writer,
-                                                 std::vector<std::unique_ptr<Reader>> readers)
-    : options_(std::move(options)),
-      history_(kCachedRowsPerConversation, kHistoryCacheBytes),
-      writer_(std::move(writer)),
-      readers_(std::move(readers)) {}
-
-Status SqliteConversationStore::StartThreads() {
-  try {
-    writer_thread_ = std::thread([this] { WriterLoop(); });
-    reader_threads_.reserve(readers_.size());
-    for (auto& reader : readers_) {
-      reader_threads_.emplace_back([this, r = reader.get()] { ReaderLoop(*r); });
+    if (options.busy_timeout.count() < 0 || options.mmap_size < 0) {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "SQLite store options need non-negative busy_timeout and mmap_size");
     }
-  } catch (const std::system_error& e) {
-    // Close() joins the threads that did start.
-    Close();
-    return MakeError(ErrorKind::kInternal,
-                     std::string("cannot start the SQLite store's threads: ") + e.what());
-  }
-  return Ok();
-}
-
-SqliteConversationStore::~SqliteConversationStore() { Close(); }
-
-void SqliteConversationStore::Close() {
-  std::lock_guard close_lock(close_mu_);
-  if (closed_) return;
-  closed_ = true;
-
-  // Stop accepting first; the threads then drain their queues and exit.
-  {
-    std::lock_guard lock(write_mu_);
-    write_closed_ = true;
-  }
-  write_cv_.notify_all();
-  {
-    std::lock_guard lock(read_mu_);
-    read_closed_ = true;
-  }
-  read_cv_.notify_all();
-
-  if (writer_thread_.joinable()) writer_thread_.join();
-  for (std::thread& thread : reader_threads_) {
-    if (thread.joinable()) thread.join();
-  }
-  // Readers close before the writer, so the writer's connection is the last one and SQLite
-  // checkpoints the WAL into the main file as it closes.
-  readers_.clear();
-  writer_.reset();
-}
-
-// ---- Writes ----
-
-void SqliteConversationStore::SubmitWrite(WriteOp op) {
-  {
-    std::lock_guard lock(write_mu_);
-    if (!write_closed_) {
-      write_queue_.push_back(std::move(op));
-      pending_writes_.fetch_add(1, std::memory_order_relaxed);
-      write_cv_.notify_one();
-      return;
-    }
-  }
-  op.complete(ClosedError());
-}
-
-void SqliteConversationStore::WriterLoop() {
-  std::vector<WriteOp> batch;
-  batch.reserve(options_.max_batch);
-  for (;;) {
-    {
-      std::unique_lock lock(write_mu_);
-      write_cv_.wait(lock, [this] { return !write_queue_.empty() || write_closed_; });
-      if (write_queue_.empty()) return;  // closed and drained
-      // Group commit: whatever queued up while the previous commit was syncing goes in one
-      // transaction, so one fsync serves many turns without any added wait.
-      const std::size_t n = std::min(options_.max_batch, write_queue_.size());
-      for (std::size_t i = 0; i < n; ++i) {
-        batch.push_back(std::move(write_queue_.front()));
-        write_queue_.pop_front();
+    const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
+    if (!parent.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(parent, ec);
+      if (ec) {
+        return Unavailable("cannot create directory '" + parent.string() +
+                           "' for SQLite database '" + options.path + "': " + ec.message());
       }
     }
-    CommitBatch(batch);
-    batch.clear();
-  }
-}
-
-void SqliteConversationStore::CommitBatch(std::vector<WriteOp>& batch) {
-  Writer& writer = *writer_;
-  Status status = writer.Begin();
-  try {
-    for (WriteOp& op : batch) {
-      if (!status) break;
-      status = op.apply(writer);
+    // The writer creates and migrates the schema first; readers open read-only afterwards.
+    OpenedBackend<SqliteBackend> opened;
+    auto writer = Writer::Open(options);
+    if (!writer) return writer.error();
+    opened.writer = std::move(writer).value();
+    for (std::size_t i = 0; i < options.reader_threads; ++i) {
+      auto reader = Reader::Open(options);
+      if (!reader) return reader.error();
+      opened.readers.push_back(std::move(reader).value());
     }
-  } catch (const std::exception& e) {
-    status = MakeError(ErrorKind::kInternal, e.what());
+    opened.backend = std::make_unique<SqliteBackend>();
+    return opened;
   }
-  if (status) status = writer.Commit();
-  if (!status) {
-    writer.Rollback();
-    status = Unavailable("database write failed: " + status.error().message);
+
+  // One IMMEDIATE transaction, rolled back when any operation fails. SQLite has no deadline of its
+  // own: a lock held by another process costs at most busy_timeout per statement.
+  static Status RunBatch(Writer& writer, std::span<WriteOp* const> ops, Deadline) {
+    Status status = writer.Begin();
+    try {
+      for (WriteOp* op : ops) {
+        if (!status) break;
+        if (op->turn) {
+          status = writer.InsertTurn(*op->turn, &op->inserted);
+        } else {
+          auto deleted = writer.DeleteUser(op->delete_user_id);
+          if (deleted) {
+            op->deleted = *deleted;
+          } else {
+            status = deleted.error();
+          }
+        }
+      }
+    } catch (const std::exception& e) {
+      status = MakeError(ErrorKind::kInternal, e.what());
+    }
+    if (status) status = writer.Commit();
+    if (!status) writer.Rollback();
+    return status;
   }
-  // Not pending any more: a resumed caller sees its own write counted out.
-  pending_writes_.fetch_sub(batch.size(), std::memory_order_relaxed);
-  for (WriteOp& op : batch) op.complete(status);
-}
 
-// The operations below are plain functions returning the awaitable that AwaitCallback builds,
-// not coroutines: nothing runs until the caller awaits it, and no lambda is ever passed by value
-// into a coroutine inside a co_await expression (g++ 12 then copies its captures bitwise and
-// destroys them twice).
-
-net::awaitable<Status> SqliteConversationStore::AppendTurn(Turn turn) {
-  auto start = [this, turn = std::move(turn)](auto done) mutable {
-    // Written by apply and read by complete, both on the writer thread.
-    auto inserted = std::make_shared<std::vector<StoredMessage>>();
+  WriteOp AppendOp(Turn turn) {
     WriteOp op;
-    op.apply = [inserted, turn = std::move(turn)](Writer& writer) {
-      return writer.InsertTurn(turn, inserted.get());
-    };
-    op.complete = [this, inserted, done](Status status) {
-      // Before the caller resumes, so that its next read of the conversation finds the turn there.
-      if (status && !inserted->empty()) {
-        const std::string user_id = inserted->front().user_id;
-        history_.Append(user_id, std::move(*inserted));
-      }
-      done(std::move(status));
-    };
-    SubmitWrite(std::move(op));
-  };
-  return AwaitCallback<Status>(std::move(start));
-}
+    op.turn = std::move(turn);
+    return op;
+  }
 
-net::awaitable<Result<std::int64_t>> SqliteConversationStore::DeleteMessages(std::string user_id) {
-  using Deleted = Result<std::int64_t>;
-  auto start = [this, user_id = std::move(user_id)](auto done) mutable {
-    // Written by apply and read by complete, both on the writer thread.
-    auto count = std::make_shared<std::int64_t>(0);
+  Status Appended(const Status& committed, WriteOp& op) {
+    // Before the caller resumes, so that its next read of the conversation finds the turn there;
+    // also when the caller stopped waiting, since the turn is committed all the same.
+    if (committed && !op.inserted.empty()) {
+      const std::string user_id = op.inserted.front().user_id;
+      history_.Append(user_id, std::move(op.inserted));
+    }
+    return committed;
+  }
+
+  WriteOp DeleteOp(std::string user_id) {
     WriteOp op;
-    op.apply = [count, user_id](Writer& writer) -> Status {
-      auto deleted = writer.DeleteUser(user_id);
-      if (!deleted) return deleted.error();
-      *count = *deleted;
-      return Ok();
-    };
-    op.complete = [this, count, user_id = std::move(user_id), done](Status status) {
-      if (status) history_.Erase(user_id);
-      done(status ? Deleted(*count) : Deleted(status.error()));
-    };
-    SubmitWrite(std::move(op));
-  };
-  return AwaitCallback<Deleted>(std::move(start));
-}
-
-std::size_t SqliteConversationStore::PendingWrites() const {
-  return pending_writes_.load(std::memory_order_relaxed);
-}
-
-// ---- Reads ----
-
-void SqliteConversationStore::SubmitRead(ReadJob job) {
-  {
-    std::lock_guard lock(read_mu_);
-    if (!read_closed_) {
-      read_queue_.push_back(std::move(job));
-      read_cv_.notify_one();
-      return;
-    }
+    op.delete_user_id = std::move(user_id);
+    return op;
   }
-  job(nullptr);
-}
 
-void SqliteConversationStore::ReaderLoop(Reader& reader) {
-  for (;;) {
-    ReadJob job;
-    {
-      std::unique_lock lock(read_mu_);
-      read_cv_.wait(lock, [this] { return !read_queue_.empty() || read_closed_; });
-      if (read_queue_.empty()) return;  // closed and drained
-      job = std::move(read_queue_.front());
-      read_queue_.pop_front();
-    }
-    job(&reader);
+  Result<std::int64_t> Deleted(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    history_.Erase(op.delete_user_id);
+    return op.deleted;
   }
-}
 
-template <typename R, typename Query>
-net::awaitable<R> SqliteConversationStore::RunRead(Query query) {
-  auto start = [this, query = std::move(query)](auto done) mutable {
-    SubmitRead([query, done](Reader* reader) {
-      if (reader == nullptr) {
-        done(R(ClosedError()));
-        return;
-      }
-      std::optional<R> result;
-      try {
-        result.emplace(query(*reader));
-      } catch (const std::exception& e) {
-        result.emplace(MakeError(ErrorKind::kInternal, e.what()));
-      }
-      done(std::move(*result));
-    });
-  };
-  return AwaitCallback<R>(std::move(start));
-}
-
-net::awaitable<Result<std::vector<StoredMessage>>> SqliteConversationStore::RecentMessages(
-    std::string user_id, std::size_t max_messages) {
-  auto query = [this, user_id = std::move(user_id), max_messages](Reader& reader) {
+  Result<std::vector<StoredMessage>> Recent(Reader& reader, Deadline, const std::string& user_id,
+                                            std::size_t max_messages) {
     return reader.Recent(user_id, max_messages, history_);
-  };
-  return RunRead<Result<std::vector<StoredMessage>>>(std::move(query));
-}
+  }
 
-net::awaitable<Result<MessagePage>> SqliteConversationStore::ListMessages(std::string user_id,
-                                                                          std::int64_t after_id,
-                                                                          std::size_t limit) {
-  auto query = [user_id = std::move(user_id), after_id, limit](Reader& reader) {
+  Result<MessagePage> List(Reader& reader, Deadline, const std::string& user_id,
+                           std::int64_t after_id, std::size_t limit) {
     return reader.List(user_id, after_id, limit);
-  };
-  return RunRead<Result<MessagePage>>(std::move(query));
-}
+  }
 
-net::awaitable<Status> SqliteConversationStore::Ping() {
-  auto query = [](Reader& reader) { return reader.Ping(); };
-  return RunRead<Status>(std::move(query));
-}
+  Status Ping(Reader& reader, Deadline) { return reader.Ping(); }
+
+ private:
+  // Shared by the writer (appends committed turns) and the readers; thread-safe.
+  HistoryCache history_{kCachedRowsPerConversation, kHistoryCacheBytes};
+};
+
+template class DbConversationStore<SqliteBackend, SqliteStoreOptions>;
 
 }  // namespace staple::store

@@ -1,20 +1,11 @@
 #pragma once
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <cstddef>
 #include <cstdint>
-#include <deque>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
-#include <vector>
 
-#include "store/conversation_store.h"
-#include "store/sqlite/history_cache.h"
+#include "store/db_conversation_store.h"
+#include "store/db_workers.h"
 
 namespace staple::store {
 
@@ -24,129 +15,41 @@ enum class SqliteSynchronous {
   kNormal,  // commits survive a process crash; the last ones may be lost on power loss
 };
 
-struct SqliteStoreOptions {
+// Besides these, the thread, queue and deadline settings of StoreThreadOptions.
+struct SqliteStoreOptions : StoreThreadOptions {
   // The database file. Missing parent directories are created. Must be a file path, not
   // ":memory:" (the writer and the readers use separate connections to the same file).
   std::string path = "instance/chat_history.db";
   SqliteSynchronous synchronous = SqliteSynchronous::kFull;
-  // Most write operations committed in one transaction (group commit). At least 1.
-  std::size_t max_batch = 256;
-  // Threads (each with its own read-only connection) serving reads. At least 1.
-  std::size_t reader_threads = 2;
   // How long a statement waits for a lock held by another process before failing.
   std::chrono::milliseconds busy_timeout{5000};
   // Bytes of the file SQLite may memory-map on each connection (PRAGMA mmap_size; 0 = none).
   std::int64_t mmap_size = 256 * 1024 * 1024;
 };
 
-// ConversationStore over one SQLite file in WAL mode (DESIGN.md §2).
+// The SQLite side of SqliteConversationStore; defined in sqlite_conversation_store.cpp.
+class SqliteBackend;
+
+// ConversationStore over one SQLite file in WAL mode (DESIGN.md §2), on the shared
+// DbConversationStore. SqliteConversationStore::Open(options) opens (creating if needed) and
+// migrates the database, then starts the threads; it fails with kInvalidArgument for unusable
+// options and kUnavailable, naming the path and SQLite's reason, when the file cannot be opened,
+// is not a database, or cannot be migrated.
 //
-// Threads: one writer thread owns the read-write connection and commits queued AppendTurn and
+// Threads: the writer thread owns the read-write connection and commits queued AppendTurn and
 // DeleteMessages operations in groups of up to `max_batch` per transaction, in the order they were
 // accepted; `reader_threads` threads own read-only connections and serve RecentMessages,
-// ListMessages and Ping. No SQLite call runs on the caller's thread after Open().
+// ListMessages and Ping. The writer's connection closes last, so that SQLite checkpoints the WAL
+// into the main file.
 //
 // RecentMessages serves a conversation's newest rows from a HistoryCache when the (user_id, id)
-// index shows that the cached rows are still exactly the stored ones, else from the table.
+// index shows that the cached rows are still exactly the stored ones, else from the table;
+// committed turns and deletions update the cache before their callers resume.
 //
 // Schema: table `messages`, index (user_id, id), view `message` with the seed's five columns,
-// versioned by PRAGMA user_version (kSchemaVersion). Open() migrates older files (including the
-// seed's five-column `messages` table, keeping its rows) and refuses newer ones.
-class SqliteConversationStore final : public ConversationStore {
- public:
-  // The schema version this build creates, migrates to and understands.
-  static constexpr std::int64_t kSchemaVersion = 1;
-
-  // Opens (creating if needed) and migrates the database, then starts the threads. Fails with
-  // kInvalidArgument for unusable options and kUnavailable, naming the path and SQLite's reason,
-  // when the file cannot be opened, is not a database, or cannot be migrated.
-  static Result<std::unique_ptr<SqliteConversationStore>> Open(SqliteStoreOptions options);
-
-  // Calls Close().
-  ~SqliteConversationStore() override;
-
-  SqliteConversationStore(const SqliteConversationStore&) = delete;
-  SqliteConversationStore& operator=(const SqliteConversationStore&) = delete;
-
-  net::awaitable<Status> AppendTurn(Turn turn) override;
-  net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
-      std::string user_id, std::size_t max_messages) override;
-  net::awaitable<Result<MessagePage>> ListMessages(std::string user_id, std::int64_t after_id,
-                                                   std::size_t limit) override;
-  net::awaitable<Result<std::int64_t>> DeleteMessages(std::string user_id) override;
-  net::awaitable<Status> Ping() override;
-  std::size_t PendingWrites() const override;
-
-  // Stops accepting operations (later ones fail with kUnavailable), commits every queued write,
-  // serves every queued read, joins the threads and closes the connections. Idempotent and safe
-  // to call from several threads; must not be called from an I/O thread that awaits this store.
-  void Close() override;
-
- private:
-  class Writer;
-  class Reader;
-
-  // A queued write: runs on the writer thread inside the batch's transaction, and is told the
-  // batch's outcome once that transaction has committed or failed.
-  struct WriteOp {
-    // Applies the operation; an error aborts the whole batch.
-    std::function<Status(Writer&)> apply;
-    // Called exactly once with the commit's status (after apply, or without it on failure).
-    std::function<void(Status)> complete;
-  };
-  using ReadJob = std::function<void(Reader*)>;  // nullptr: the store is closed
-
-  SqliteConversationStore(SqliteStoreOptions options, std::unique_ptr<Writer> writer,
-                          std::vector<std::unique_ptr<Reader>> readers);
-
-  // Starts the writer and reader threads; on failure stops those already started.
-  Status StartThreads();
-
-  // Queues `op`, or completes it at once with kUnavailable when the store is closed.
-  void SubmitWrite(WriteOp op);
-  // Queues `job`, or runs it at once with nullptr when the store is closed.
-  void SubmitRead(ReadJob job);
-
-  // Runs `query` (R(Reader&)) on a reader thread once awaited, and resumes the awaiting coroutine
-  // with its result.
-  template <typename R, typename Query>
-  net::awaitable<R> RunRead(Query query);
-
-  void WriterLoop();
-  void ReaderLoop(Reader& reader);
-  void CommitBatch(std::vector<WriteOp>& batch);
-
-  // Constant after construction.
-  const SqliteStoreOptions options_;
-
-  // Shared by the writer (appends committed turns) and the readers.
-  HistoryCache history_;
-
-  // Owned by the writer thread while it runs; destroyed by Close().
-  std::unique_ptr<Writer> writer_;
-  // Reader i is owned by reader thread i while it runs; destroyed by Close().
-  std::vector<std::unique_ptr<Reader>> readers_;
-
-  // Guarded by write_mu_.
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;
-  std::deque<WriteOp> write_queue_;
-  bool write_closed_ = false;
-
-  // Guarded by read_mu_.
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<ReadJob> read_queue_;
-  bool read_closed_ = false;
-
-  // Queued plus in-flight writes; written under write_mu_ or by the writer thread, read anywhere.
-  std::atomic<std::size_t> pending_writes_{0};
-
-  // Serializes Close(); guarded by close_mu_.
-  std::mutex close_mu_;
-  bool closed_ = false;
-  std::thread writer_thread_;
-  std::vector<std::thread> reader_threads_;
-};
+// versioned by PRAGMA user_version (version 1). Open() migrates older files (including the seed's
+// five-column `messages` table, keeping its rows) and refuses newer ones.
+using SqliteConversationStore = DbConversationStore<SqliteBackend, SqliteStoreOptions>;
+extern template class DbConversationStore<SqliteBackend, SqliteStoreOptions>;
 
 }  // namespace staple::store

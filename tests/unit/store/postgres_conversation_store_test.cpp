@@ -132,23 +132,6 @@ TEST(PostgresConversationStore, TwoReplicasSeeEachOthersTurns) {
   EXPECT_TRUE(RecentContents(*a, "alice").empty());
 }
 
-TEST(PostgresConversationStore, RejectsTextPostgresCannotStore) {
-  auto store = OpenStore(FreshPostgresDatabase());
-  ASSERT_NE(store, nullptr);
-  Turn nul = MakeTurn("alice", 1);
-  nul.prompt = std::string("a\0b", 3);
-  Status appended = RunSync(store->AppendTurn(nul));
-  ASSERT_FALSE(appended.ok());
-  EXPECT_EQ(appended.error().kind, ErrorKind::kInvalidArgument);
-  Turn invalid = MakeTurn("alice", 2);
-  invalid.completion = "\xC3\x28";
-  appended = RunSync(store->AppendTurn(invalid));
-  ASSERT_FALSE(appended.ok());
-  EXPECT_EQ(appended.error().kind, ErrorKind::kInvalidArgument);
-  EXPECT_TRUE(RecentContents(*store, "alice").empty());
-  EXPECT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", 3))).ok());
-}
-
 TEST(PostgresConversationStore, RefusesANewerSchema) {
   const std::string url = FreshPostgresDatabase();
   ASSERT_NE(OpenStore(url), nullptr);

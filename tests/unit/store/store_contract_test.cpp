@@ -156,6 +156,45 @@ TEST_P(ConversationStoreContract, UnicodeAndLargeContentAreByteExact) {
   EXPECT_TRUE(messages[1].content == large);
 }
 
+TEST_P(ConversationStoreContract, NulBytesAndInvalidUtf8AreReplacedByReplacementCharacters) {
+  const std::string replacement = "\xEF\xBF\xBD";  // U+FFFD
+  Turn turn = MakeTurn("alice", 1);
+  turn.prompt = std::string("a\0b", 3);
+  turn.completion = "x\xffy";
+  turn.request_id = std::string("req\0", 4);
+  turn.model = "m\xC3\x28";  // a lead byte without its continuation
+  ASSERT_TRUE(Append(turn).ok());
+
+  const std::vector<StoredMessage> recent = Recent("alice", 0);
+  const MessagePage page = List("alice", 0, 10);
+  for (const std::vector<StoredMessage>* messages : {&recent, &page.messages}) {
+    ASSERT_EQ(messages->size(), 2u);
+    EXPECT_EQ((*messages)[0].content, "a" + replacement + "b");
+    EXPECT_EQ((*messages)[1].content, "x" + replacement + "y");
+    for (const StoredMessage& message : *messages) {
+      EXPECT_EQ(message.request_id, "req" + replacement);
+      EXPECT_EQ(message.model, "m" + replacement + "(");
+    }
+  }
+}
+
+TEST_P(ConversationStoreContract, InvalidUserIdsAreStoredAndLookedUpReplaced) {
+  const std::string raw = std::string("u\0\xfe", 3);
+  const std::string stored = "u\xEF\xBF\xBD\xEF\xBF\xBD";
+  ASSERT_TRUE(Append(MakeTurn(raw, 1)).ok());
+
+  const auto by_raw = Recent(raw, 0);
+  ASSERT_EQ(by_raw.size(), 2u);
+  EXPECT_EQ(by_raw[0].user_id, stored);
+  EXPECT_EQ(Recent(stored, 0).size(), 2u);
+  EXPECT_EQ(List(raw, 0, 10).messages.size(), 2u);
+
+  auto deleted = RunSync(store_->DeleteMessages(raw));
+  ASSERT_TRUE(deleted.ok()) << Describe(deleted);
+  EXPECT_EQ(*deleted, 2);
+  EXPECT_TRUE(Recent(stored, 0).empty());
+}
+
 TEST_P(ConversationStoreContract, EmptyContentIsStoredAsEmpty) {
   Turn turn = MakeTurn("alice", 1);
   turn.completion.clear();

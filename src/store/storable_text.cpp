@@ -1,0 +1,90 @@
+#include "store/storable_text.h"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace staple::store {
+
+namespace {
+
+constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+
+// The length of the well-formed sequence starting at `text[i]` (1 to 4), or 0 when none starts
+// there; then `*bad` is how many bytes form the maximal subpart to replace (at least 1).
+std::size_t SequenceLength(std::string_view text, std::size_t i, std::size_t* bad) {
+  const auto lead = static_cast<unsigned char>(text[i]);
+  *bad = 1;
+  if (lead == 0) return 0;
+  if (lead < 0x80) return 1;
+  // Bytes that may follow the lead (Unicode's table of well-formed byte sequences): the second
+  // byte's range depends on the lead, every later one is 80..BF.
+  std::size_t length = 0;
+  unsigned char low = 0x80;
+  unsigned char high = 0xBF;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) low = 0xA0;   // no overlong forms
+    if (lead == 0xED) high = 0x9F;  // no surrogates
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) low = 0x90;   // no overlong forms
+    if (lead == 0xF4) high = 0x8F;  // nothing above U+10FFFF
+  } else {
+    return 0;  // 80..C1 (continuation bytes, overlong leads) and F5..FF never start a sequence
+  }
+  for (std::size_t k = 1; k < length; ++k) {
+    if (i + k >= text.size()) {
+      *bad = k;
+      return 0;
+    }
+    const auto next = static_cast<unsigned char>(text[i + k]);
+    if (next < low || next > high) {
+      *bad = k;
+      return 0;
+    }
+    low = 0x80;
+    high = 0xBF;
+  }
+  return length;
+}
+
+}  // namespace
+
+bool IsStorableText(std::string_view text) {
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t length = SequenceLength(text, i, &bad);
+    if (length == 0) return false;
+    i += length;
+  }
+  return true;
+}
+
+std::string ToStorableText(std::string_view text) {
+  if (IsStorableText(text)) return std::string(text);
+  std::string out;
+  out.reserve(text.size() + 16);
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t length = SequenceLength(text, i, &bad);
+    if (length == 0) {
+      out.append(kReplacement);
+      i += bad;
+    } else {
+      out.append(text.substr(i, length));
+      i += length;
+    }
+  }
+  return out;
+}
+
+void MakeStorable(Turn& turn) {
+  for (std::string* text :
+       {&turn.user_id, &turn.request_id, &turn.model, &turn.prompt, &turn.completion}) {
+    if (!IsStorableText(*text)) *text = ToStorableText(*text);
+  }
+}
+
+}  // namespace staple::store
