@@ -53,7 +53,7 @@ std::string FormatTimestamp(std::chrono::system_clock::time_point t);
 // the awaiting I/O thread, and resume the awaiting coroutine on its own executor.
 //
 // Deadlines: every operation completes within the store's operation timeout of the call (its time
-// queued included); past it, or when the store's queue is full, it fails with kUnavailable. For
+// queued included); past it, or when the store's queue is full, it fails with kStorage. For
 // AppendTurn and DeleteMessages that error may come while the write is already being committed:
 // its outcome is then unknown (it may still be committed).
 //
@@ -67,7 +67,7 @@ class ConversationStore {
   // Appends both rows of `turn` in one transaction and completes only after that transaction is
   // durably committed (many turns may share one commit). Its text fields (user_id, request_id,
   // model, prompt, completion) are stored as ToStorableText makes them: "a\0b" is stored, and read
-  // back, as "a\uFFFDb". Errors: kUnavailable when the database cannot be written, the deadline
+  // back, as "a\uFFFDb". Errors: kStorage when the database cannot be written, the deadline
   // passed or the store is closed.
   virtual net::awaitable<Status> AppendTurn(Turn turn) = 0;
 
@@ -91,7 +91,7 @@ class ConversationStore {
   virtual std::size_t PendingWrites() const = 0;
 
   // Commits everything queued, then stops the store's threads; later calls fail with
-  // kUnavailable. Blocking: call once, from a non-I/O thread, after in-flight requests finished.
+  // kStorage. Blocking: call once, from a non-I/O thread, after in-flight requests finished.
   virtual void Close() = 0;
 };
 

@@ -46,7 +46,7 @@ class DbConversationStore final : public ConversationStore {
   net::awaitable<Status> Ping() override;
   std::size_t PendingWrites() const override;
 
-  // Stops accepting operations (later ones fail with kUnavailable), commits every queued write
+  // Stops accepting operations (later ones fail with kStorage), commits every queued write
   // (each still bounded by its deadline), serves every queued read, joins the threads, then closes
   // the readers' connections and the writer's last. Idempotent and safe to call from several
   // threads; must not be called from an I/O thread that awaits this store.

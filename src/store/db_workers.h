@@ -60,7 +60,7 @@ class PendingCall {
 class DeadlineWatch {
  public:
   explicit DeadlineWatch(Error expired) : expired_(std::move(expired)) {}
-  ~DeadlineWatch() { Stop(MakeError(ErrorKind::kUnavailable, "stopped")); }
+  ~DeadlineWatch() { Stop(MakeError(ErrorKind::kStorage, "stopped")); }
   DeadlineWatch(const DeadlineWatch&) = delete;
   DeadlineWatch& operator=(const DeadlineWatch&) = delete;
 
@@ -117,9 +117,9 @@ struct StoreThreadOptions {
   // Reader threads, each with its own connection. At least 1.
   std::size_t reader_threads = 2;
   // Every operation completes within this long after it was called, its time in the queue
-  // included (plus a few milliseconds of scheduling): past it, kUnavailable. Positive.
+  // included (plus a few milliseconds of scheduling): past it, kStorage. Positive.
   std::chrono::milliseconds operation_timeout{5000};
-  // Writes (reads) waiting in the queue beyond which new ones fail at once with kUnavailable.
+  // Writes (reads) waiting in the queue beyond which new ones fail at once with kStorage.
   // At least 1.
   std::size_t max_queued_writes = 8192;
   std::size_t max_queued_reads = 8192;
@@ -140,12 +140,12 @@ Status ValidateThreadOptions(const StoreThreadOptions& options, std::string_view
 //
 // Deadlines: each operation must finish within `operation_timeout` of the call, its time in the
 // queue included. An operation still queued at its deadline is dropped without reaching the back
-// end. A caller whose operation has not finished by its deadline is resumed with kUnavailable at
+// end. A caller whose operation has not finished by its deadline is resumed with kStorage at
 // the deadline, even when the thread running it is stuck (a hung fsync, a silent server). For a
 // write that was already part of a running batch that error means its outcome is unknown: the
 // batch may still commit it (and its `finish` still runs); the caller must not assume either way.
 //
-// Bounded queues: a call that finds its queue full fails at once with kUnavailable ("storage queue
+// Bounded queues: a call that finds its queue full fails at once with kStorage ("storage queue
 // is full") rather than waiting; so does any call after Close().
 //
 // Callers are resumed through the `done` callbacks they pass; the awaitable forms (Write, Read)
@@ -167,10 +167,10 @@ class DbWorkers {
       : name_(std::move(name)),
         options_(std::move(options)),
         run_batch_(std::move(run_batch)),
-        closed_error_(MakeError(ErrorKind::kUnavailable, "conversation store is closed")),
-        full_error_(MakeError(ErrorKind::kUnavailable,
+        closed_error_(MakeError(ErrorKind::kStorage, "conversation store is closed")),
+        full_error_(MakeError(ErrorKind::kStorage,
                               "storage queue is full (" + name_ + " is not keeping up)")),
-        timeout_error_(MakeError(ErrorKind::kUnavailable,
+        timeout_error_(MakeError(ErrorKind::kStorage,
                                  name_ + " operation timed out after " +
                                      std::to_string(options_.operation_timeout.count()) + " ms")),
         watch_(timeout_error_),
@@ -191,7 +191,7 @@ class DbWorkers {
   // as R(const Status& batch_status, WriteOp& op)) runs on the writer thread — also when the
   // caller's deadline has already passed — and its value resumes the caller through `done`
   // (callable as void(R), on any thread) unless the deadline did so first. A dropped operation
-  // (deadline, full queue, closed) resumes the caller with kUnavailable and never runs `finish`.
+  // (deadline, full queue, closed) resumes the caller with kStorage and never runs `finish`.
   template <typename R, typename Finish, typename Done>
   void SubmitWrite(WriteOp op, Finish finish, Done done);
 
@@ -211,7 +211,7 @@ class DbWorkers {
   // Writes accepted and not yet finished (queued or in a running batch).
   std::size_t PendingWrites() const { return pending_writes_.load(std::memory_order_relaxed); }
 
-  // Stops accepting operations (later ones fail with kUnavailable), runs every queued write
+  // Stops accepting operations (later ones fail with kStorage), runs every queued write
   // (those past their deadline are dropped) and read, joins the threads, then releases the reader
   // handles and finally the writer's. Blocks while a batch is stuck; callers waiting on it still
   // fail at their deadlines meanwhile. Idempotent; must not be called from a thread that a
@@ -467,7 +467,7 @@ void DbWorkers<Writer, Reader, WriteOp>::RunWrites(std::vector<QueuedWrite>& bat
     }
     if (!status) {
       status =
-          MakeError(ErrorKind::kUnavailable, "database write failed: " + status.error().message);
+          MakeError(ErrorKind::kStorage, "database write failed: " + status.error().message);
     }
   }
 

@@ -8,9 +8,9 @@
 
 namespace staple::store {
 
-// kUnavailable: the database cannot be reached, opened or written.
-inline Error Unavailable(std::string message) {
-  return MakeError(ErrorKind::kUnavailable, std::move(message));
+// kStorage: the database cannot be reached, opened or written.
+inline Error StorageFailure(std::string message) {
+  return MakeError(ErrorKind::kStorage, std::move(message));
 }
 
 // `error` prefixed with what was being done ("database read failed: …"), keeping its kind.

@@ -14,8 +14,8 @@ namespace staple::store::postgres {
 
 namespace {
 
-Error Unavailable(std::string message) {
-  return MakeError(ErrorKind::kUnavailable, std::move(message));
+Error StorageFailure(std::string message) {
+  return MakeError(ErrorKind::kStorage, std::move(message));
 }
 
 // libpq's messages end with a newline and may span lines; one line reads better in logs.
@@ -158,7 +158,7 @@ Error Connection::Fail(std::string_view what, std::string detail) {
   std::string message = target_.description + ": " + std::string(what);
   detail = OneLine(std::move(detail));
   if (!detail.empty()) message += ": " + detail;
-  return Unavailable(Scrub(std::move(message), target_.password));
+  return StorageFailure(Scrub(std::move(message), target_.password));
 }
 
 // Waits until the connection's socket is ready for `events` (POLLIN and/or POLLOUT) or the
@@ -195,7 +195,7 @@ Status Connection::Connect(Deadline deadline) {
   keywords.push_back(nullptr);
   values.push_back(nullptr);
   conn_ = PQconnectStartParams(keywords.data(), values.data(), 0);
-  if (conn_ == nullptr) return Unavailable(target_.description + ": cannot allocate a connection");
+  if (conn_ == nullptr) return StorageFailure(target_.description + ": cannot allocate a connection");
   if (PQstatus(conn_) == CONNECTION_BAD) return Fail("cannot connect", "");
 
   // PQconnectPoll's protocol: wait for the socket in the direction it asks, then call it again,

@@ -77,7 +77,7 @@ class Connection {
 
   bool connected() const { return conn_ != nullptr; }
 
-  // Opens the connection; kUnavailable naming the server (never the password) on failure.
+  // Opens the connection; kStorage naming the server (never the password) on failure.
   Status Connect(Deadline deadline);
   void Disconnect();
 
@@ -86,7 +86,7 @@ class Connection {
   bool CheckAlive();
 
   // Sends every query as one pipeline followed by one Sync and returns one result per query.
-  // Fails with kUnavailable (and closes the connection) when the connection breaks, the deadline
+  // Fails with kStorage (and closes the connection) when the connection breaks, the deadline
   // passes, or any query fails (its error message is included).
   Result<std::vector<QueryResult>> Run(const std::vector<Query>& queries, Deadline deadline);
 

@@ -120,7 +120,7 @@ class Session {
     const auto now = WorkerClock::now();
     if (now < next_attempt_) {
       const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next_attempt_ - now);
-      return Unavailable(last_error_ + " (next attempt in " + std::to_string(wait.count()) +
+      return StorageFailure(last_error_ + " (next attempt in " + std::to_string(wait.count()) +
                          " ms)");
     }
     Status connected = connection_.Connect(deadline);
@@ -164,7 +164,7 @@ Status Migrate(Session& session, Deadline deadline) {
   if (version > kSchemaVersion) {
     migrate.push_back(Sql("ROLLBACK"));
     (void)session.Run(migrate, deadline);
-    return Unavailable("schema version " + std::to_string(version) +
+    return StorageFailure("schema version " + std::to_string(version) +
                        " is newer than this build supports (" + std::to_string(kSchemaVersion) +
                        "); refusing to open it");
   }

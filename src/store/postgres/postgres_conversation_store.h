@@ -10,12 +10,12 @@ namespace staple::store {
 
 // Besides these, the thread, queue and deadline settings of StoreThreadOptions; the deadline
 // (`operation_timeout`) includes connecting: a server that is down or stops answering turns into
-// kUnavailable, never a hang.
+// kStorage, never a hang.
 struct PostgresStoreOptions : StoreThreadOptions {
   // postgresql://user:password@host:port/dbname (or postgres://…), with optional libpq
   // parameters (?sslmode=…). The password never appears in an error message.
   std::string url;
-  // After a failed connection attempt, calls fail at once with kUnavailable until the next
+  // After a failed connection attempt, calls fail at once with kStorage until the next
   // attempt; the wait doubles from 100 ms up to this after each failure and resets on success.
   std::chrono::milliseconds max_reconnect_backoff{2000};
 };
@@ -26,7 +26,7 @@ class PostgresBackend;
 // ConversationStore over a PostgreSQL database shared by any number of Staple replicas
 // (DESIGN.md §2), on the shared DbConversationStore. PostgresConversationStore::Open(options)
 // connects, creates or migrates the schema, then starts the threads; it fails with
-// kInvalidArgument for unusable options or URL and kUnavailable, naming the server (without the
+// kInvalidArgument for unusable options or URL and kStorage, naming the server (without the
 // password), when it cannot be reached or migrated within `operation_timeout`.
 //
 // Threads: the writer thread owns a write connection and commits queued AppendTurn and
@@ -35,9 +35,9 @@ class PostgresBackend;
 // connections and serve RecentMessages, ListMessages and Ping. libpq runs only on these threads,
 // in non-blocking mode with poll() bounded by each operation's deadline.
 //
-// Failures: a lost connection fails the operations that were using it with kUnavailable; the next
+// Failures: a lost connection fails the operations that were using it with kStorage; the next
 // call reconnects (with backoff after failed attempts). A write whose COMMIT was sent but not
-// acknowledged reports kUnavailable even though the server may have committed it.
+// acknowledged reports kStorage even though the server may have committed it.
 //
 // Schema: the same as SqliteConversationStore's: table `messages` (id BIGSERIAL), index
 // (user_id, id), view `message` with the seed's five columns, versioned by a `schema_version`

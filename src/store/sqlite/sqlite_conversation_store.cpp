@@ -95,7 +95,7 @@ Status MigrateToVersion1(Database& db) {
   if (messages_type->empty()) {
     if (auto created = db.Exec(kCreateMessages); !created) return created;
   } else if (*messages_type != "table") {
-    return Unavailable("`messages` is a " + *messages_type + ", expected a table");
+    return StorageFailure("`messages` is a " + *messages_type + ", expected a table");
   } else {
     auto columns = TableColumns(db, "messages");
     if (!columns) return columns.error();
@@ -104,7 +104,7 @@ Status MigrateToVersion1(Database& db) {
     };
     for (std::string_view name : kSeedColumns) {
       if (!has(name)) {
-        return Unavailable("table `messages` has no column `" + std::string(name) +
+        return StorageFailure("table `messages` has no column `" + std::string(name) +
                            "`; it is not a conversation table this build can migrate");
       }
     }
@@ -127,7 +127,7 @@ Status MigrateToVersion1(Database& db) {
         "CREATE VIEW message AS SELECT id, user_id, timestamp, role, content FROM messages");
   }
   if (*view_type != "view") {
-    return Unavailable("`message` is a " + *view_type + ", expected the view over `messages`");
+    return StorageFailure("`message` is a " + *view_type + ", expected the view over `messages`");
   }
   return Ok();
 }
@@ -147,7 +147,7 @@ Status MigrateInTransaction(Database& db) {
   auto version = db.QueryInt("PRAGMA user_version");
   if (!version) return version.error();
   if (*version > kSchemaVersion) {
-    return Unavailable("schema version " + std::to_string(*version) +
+    return StorageFailure("schema version " + std::to_string(*version) +
                        " is newer than this build supports (" + std::to_string(kSchemaVersion) +
                        "); refusing to open it");
   }
@@ -309,7 +309,7 @@ class Writer {
     // The first statement that reads the file: a non-database file fails here.
     auto mode = db_.QueryText("PRAGMA journal_mode = WAL");
     if (!mode) return mode.error();
-    if (*mode != "wal") return Unavailable("cannot switch to WAL journal mode (got " + *mode + ")");
+    if (*mode != "wal") return StorageFailure("cannot switch to WAL journal mode (got " + *mode + ")");
     const char* synchronous = options.synchronous == SqliteSynchronous::kFull ? "FULL" : "NORMAL";
     if (auto ok = db_.Exec(std::string("PRAGMA synchronous = ") + synchronous); !ok) return ok;
     return db_.Exec("PRAGMA foreign_keys = ON");
@@ -521,7 +521,7 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
       std::error_code ec;
       std::filesystem::create_directories(parent, ec);
       if (ec) {
-        return Unavailable("cannot create directory '" + parent.string() +
+        return StorageFailure("cannot create directory '" + parent.string() +
                            "' for SQLite database '" + options.path + "': " + ec.message());
       }
     }

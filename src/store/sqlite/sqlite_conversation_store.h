@@ -33,7 +33,7 @@ class SqliteBackend;
 // ConversationStore over one SQLite file in WAL mode (DESIGN.md §2), on the shared
 // DbConversationStore. SqliteConversationStore::Open(options) opens (creating if needed) and
 // migrates the database, then starts the threads; it fails with kInvalidArgument for unusable
-// options and kUnavailable, naming the path and SQLite's reason, when the file cannot be opened,
+// options and kStorage, naming the path and SQLite's reason, when the file cannot be opened,
 // is not a database, or cannot be migrated.
 //
 // Threads: the writer thread owns the read-write connection and commits queued AppendTurn and

@@ -8,8 +8,8 @@ namespace staple::store::sqlite {
 
 namespace {
 
-Error Unavailable(std::string message) {
-  return MakeError(ErrorKind::kUnavailable, std::move(message));
+Error StorageFailure(std::string message) {
+  return MakeError(ErrorKind::kStorage, std::move(message));
 }
 
 std::string MessageOf(sqlite3* db, int rc) {
@@ -44,7 +44,7 @@ Result<Database> Database::Open(const std::string& path, int flags) {
     // sqlite3_open_v2 usually allocates a handle even on failure; it carries the message.
     std::string reason = MessageOf(db, rc);
     sqlite3_close_v2(db);
-    return Unavailable("cannot open SQLite database '" + path + "': " + reason);
+    return StorageFailure("cannot open SQLite database '" + path + "': " + reason);
   }
   sqlite3_extended_result_codes(db, 1);
   return Database(db);
@@ -57,7 +57,7 @@ Status Database::Exec(std::string_view sql) {
   if (rc != SQLITE_OK) {
     std::string reason = message != nullptr ? message : sqlite3_errstr(rc);
     sqlite3_free(message);
-    return Unavailable(std::move(reason));
+    return StorageFailure(std::move(reason));
   }
   return Ok();
 }
@@ -68,7 +68,7 @@ Result<Statement> Database::Prepare(std::string_view sql) {
                                     SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
   if (rc != SQLITE_OK) {
     sqlite3_finalize(stmt);
-    return Unavailable(MessageOf(db_, rc));
+    return StorageFailure(MessageOf(db_, rc));
   }
   return Statement(stmt, db_);
 }
@@ -78,7 +78,7 @@ Result<std::int64_t> Database::QueryInt(std::string_view sql) {
   if (!statement) return statement.error();
   auto row = statement->Step();
   if (!row) return row.error();
-  if (!*row) return Unavailable("query returned no row");
+  if (!*row) return StorageFailure("query returned no row");
   return statement->ColumnInt64(0);
 }
 
@@ -87,7 +87,7 @@ Result<std::string> Database::QueryText(std::string_view sql) {
   if (!statement) return statement.error();
   auto row = statement->Step();
   if (!row) return row.error();
-  if (!*row) return Unavailable("query returned no row");
+  if (!*row) return StorageFailure("query returned no row");
   return statement->ColumnText(0);
 }
 
@@ -114,7 +114,7 @@ Statement& Statement::operator=(Statement&& other) noexcept {
 Statement::~Statement() { sqlite3_finalize(stmt_); }
 
 Status Statement::BindResult(int rc) const {
-  if (rc != SQLITE_OK) return Unavailable(MessageOf(db_, rc));
+  if (rc != SQLITE_OK) return StorageFailure(MessageOf(db_, rc));
   return Ok();
 }
 
@@ -145,7 +145,7 @@ Result<bool> Statement::Step() {
   const int rc = sqlite3_step(stmt_);
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
-  return Unavailable(MessageOf(db_, rc));
+  return StorageFailure(MessageOf(db_, rc));
 }
 
 void Statement::Reset() {

@@ -16,7 +16,7 @@ class Statement;
 
 // Owns one sqlite3 connection. Not thread-safe: a connection is used by one thread at a time
 // (connections are opened with SQLITE_OPEN_NOMUTEX). Moving transfers ownership; the moved-from
-// object holds no connection. Errors are kUnavailable with SQLite's message; no error message
+// object holds no connection. Errors are kStorage with SQLite's message; no error message
 // contains bound values.
 class Database {
  public:

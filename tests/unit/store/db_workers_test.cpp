@@ -242,7 +242,7 @@ TEST_F(DbWorkersTest, AFullWriteQueueFailsAtOnce) {
   ASSERT_TRUE(writes_.Has(4));
   Result<int> refused = writes_.Wait(4);
   ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(refused.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(refused.error().message, HasSubstr("storage queue is full"));
   EXPECT_EQ(workers_->PendingWrites(), 3u);
 
@@ -274,7 +274,7 @@ TEST_F(DbWorkersTest, AFullReadQueueFailsAtOnce) {
   ASSERT_TRUE(reads.Has(3));
   Result<int> refused = reads.Wait(3);
   ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(refused.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(refused.error().message, HasSubstr("storage queue is full"));
 
   read_gate.Open();
@@ -298,7 +298,7 @@ TEST_F(DbWorkersTest, AStalledWriterFailsWaitingCallersAtTheirDeadline) {
   // io_context then runs out of work although the writer still holds the operation.
   Status stalled = RunSync(workers_->Write<Status>(1, finish));
   ASSERT_FALSE(stalled.ok());
-  EXPECT_EQ(stalled.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(stalled.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(stalled.error().message, HasSubstr("timed out after 200 ms"));
   ASSERT_TRUE(batches_entered_.WaitFor(1));
 
@@ -306,7 +306,7 @@ TEST_F(DbWorkersTest, AStalledWriterFailsWaitingCallersAtTheirDeadline) {
   SubmitWrite(2);
   Result<int> queued = writes_.Wait(2);
   ASSERT_FALSE(queued.ok());
-  EXPECT_EQ(queued.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(queued.error().kind, ErrorKind::kStorage);
 
   // Released, the stalled batch still commits (the caller's outcome was "unknown"); the expired
   // write 2 is dropped without reaching the back end, and Close returns.
@@ -330,7 +330,7 @@ TEST_F(DbWorkersTest, AStalledReaderFailsItsCallerAtTheDeadline) {
   };
   Status read = RunSync(workers_->Read<Status>(stalled));
   ASSERT_FALSE(read.ok());
-  EXPECT_EQ(read.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(read.error().kind, ErrorKind::kStorage);
   read_gate.Open();
   workers_->Close();
 }
@@ -398,7 +398,7 @@ TEST_F(DbWorkersTest, AFailedBatchFailsEachOfItsWritesAndTheNextBatchRuns) {
   for (int id : {2, -3}) {
     Result<int> failed = writes_.Wait(id);
     ASSERT_FALSE(failed.ok());
-    EXPECT_EQ(failed.error().kind, ErrorKind::kUnavailable);
+    EXPECT_EQ(failed.error().kind, ErrorKind::kStorage);
     EXPECT_THAT(failed.error().message, HasSubstr("database write failed: disk on fire"));
   }
   SubmitWrite(4);
@@ -428,11 +428,11 @@ TEST_F(DbWorkersTest, CloseCommitsEverythingQueuedThenRefuses) {
 
   SubmitWrite(4);
   ASSERT_TRUE(writes_.Has(4));
-  EXPECT_EQ(writes_.Wait(4).error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(writes_.Wait(4).error().kind, ErrorKind::kStorage);
   EXPECT_THAT(writes_.Wait(4).error().message, HasSubstr("closed"));
   Status read = RunSync(workers_->Read<Status>([](FakeReader&, Deadline) { return Ok(); }));
   ASSERT_FALSE(read.ok());
-  EXPECT_EQ(read.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(read.error().kind, ErrorKind::kStorage);
   workers_->Close();  // idempotent
 }
 

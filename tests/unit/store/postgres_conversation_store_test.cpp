@@ -140,7 +140,7 @@ TEST(PostgresConversationStore, RefusesANewerSchema) {
   options.url = url;
   auto store = PostgresConversationStore::Open(options);
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr("schema version 99"));
 }
 
@@ -154,7 +154,7 @@ TEST(PostgresConversationStore, ErrorsNeverShowThePassword) {
   options.url = wrong;
   auto store = PostgresConversationStore::Open(options);
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr("127.0.0.1"));
   EXPECT_THAT(store.error().message, Not(HasSubstr(secret)));
 
@@ -168,7 +168,7 @@ TEST(PostgresConversationStore, ErrorsNeverShowThePassword) {
   const auto started = std::chrono::steady_clock::now();
   store = PostgresConversationStore::Open(options);
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, Not(HasSubstr(secret)));
   EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(2));
 }
@@ -191,34 +191,34 @@ TEST(PostgresConversationStore, ServerOutageFailsFastThenRecovers) {
     auto started = std::chrono::steady_clock::now();
     Status appended = RunSync(store->AppendTurn(MakeTurn("alice", 1)));
     ASSERT_FALSE(appended.ok());
-    EXPECT_EQ(appended.error().kind, ErrorKind::kUnavailable);
+    EXPECT_EQ(appended.error().kind, ErrorKind::kStorage);
     EXPECT_THAT(appended.error().message, Not(HasSubstr(PgServer::password())));
     EXPECT_LT(std::chrono::steady_clock::now() - started, limit);
 
     started = std::chrono::steady_clock::now();
     auto recent = RunSync(store->RecentMessages("alice", 0));
     ASSERT_FALSE(recent.ok());
-    EXPECT_EQ(recent.error().kind, ErrorKind::kUnavailable);
+    EXPECT_EQ(recent.error().kind, ErrorKind::kStorage);
     EXPECT_LT(std::chrono::steady_clock::now() - started, limit);
 
     started = std::chrono::steady_clock::now();
     Status ping = RunSync(store->Ping());
     ASSERT_FALSE(ping.ok());
-    EXPECT_EQ(ping.error().kind, ErrorKind::kUnavailable);
+    EXPECT_EQ(ping.error().kind, ErrorKind::kStorage);
     EXPECT_LT(std::chrono::steady_clock::now() - started, limit);
   }
   EXPECT_EQ(store->PendingWrites(), 0u);
 
   server.Start();
   // The next calls after the backoff reconnect; give the server a few seconds to accept.
-  Status appended = MakeError(ErrorKind::kUnavailable, "not tried");
+  Status appended = MakeError(ErrorKind::kStorage, "not tried");
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(15);
   while (!appended.ok() && std::chrono::steady_clock::now() < give_up) {
     appended = RunSync(store->AppendTurn(MakeTurn("alice", 2)));
     if (!appended.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_TRUE(appended.ok()) << Describe(appended);
-  Status ping = MakeError(ErrorKind::kUnavailable, "not tried");
+  Status ping = MakeError(ErrorKind::kStorage, "not tried");
   while (!ping.ok() && std::chrono::steady_clock::now() < give_up) {
     ping = RunSync(store->Ping());
     if (!ping.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));

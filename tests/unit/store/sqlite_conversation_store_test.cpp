@@ -368,7 +368,7 @@ TEST_F(SqliteConversationStoreTest, RefusesASchemaNewerThanThisBuild) {
   }
   auto store = SqliteConversationStore::Open(Options());
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr(path_));
   EXPECT_THAT(store.error().message, HasSubstr("schema version 2 is newer"));
 
@@ -399,7 +399,7 @@ TEST_F(SqliteConversationStoreTest, FailsClearlyOnAFileThatIsNotADatabase) {
   }
   auto store = SqliteConversationStore::Open(Options());
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr(path_));
   EXPECT_THAT(store.error().message, HasSubstr("not a database"));
 }
@@ -413,7 +413,7 @@ TEST_F(SqliteConversationStoreTest, FailsClearlyWhenTheDirectoryCannotBeCreated)
   options.path = dir_.File("blocker/chat_history.db");
   auto store = SqliteConversationStore::Open(options);
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr(options.path));
 }
 
@@ -422,7 +422,7 @@ TEST_F(SqliteConversationStoreTest, FailsClearlyWhenTheFileCannotBeOpened) {
   std::filesystem::create_directories(path_);
   auto store = SqliteConversationStore::Open(Options());
   ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr("cannot open SQLite database '" + path_ + "'"));
 }
 
@@ -457,11 +457,11 @@ TEST_F(SqliteConversationStoreTest, AFailedBatchIsUnavailableAndTheStoreKeepsSer
   secret.prompt = "do not leak this prompt";
   Status failed = RunSync(store->AppendTurn(secret));
   ASSERT_FALSE(failed.ok());
-  EXPECT_EQ(failed.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(failed.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(failed.error().message, ::testing::Not(HasSubstr("do not leak")));
   auto deleted = RunSync(store->DeleteMessages("alice"));
   ASSERT_FALSE(deleted.ok());
-  EXPECT_EQ(deleted.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(deleted.error().kind, ErrorKind::kStorage);
   // Reads still work while the write lock is held (WAL).
   auto during = RunSync(store->RecentMessages("alice", 0));
   ASSERT_TRUE(during.ok()) << Describe(during);
@@ -484,7 +484,7 @@ net::awaitable<void> AppendAndRecord(SqliteConversationStore* store, int n,
   Status status = co_await store->AppendTurn(MakeTurn("alice", n));
   if (status.ok()) {
     committed->fetch_add(1);
-  } else if (status.error().kind == ErrorKind::kUnavailable) {
+  } else if (status.error().kind == ErrorKind::kStorage) {
     refused->fetch_add(1);
   } else {
     other->fetch_add(1);

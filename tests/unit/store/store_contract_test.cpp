@@ -378,23 +378,23 @@ TEST_P(ConversationStoreContract, CallsAfterCloseAreUnavailable) {
 
   Status appended = Append(MakeTurn("alice", 2));
   ASSERT_FALSE(appended.ok());
-  EXPECT_EQ(appended.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(appended.error().kind, ErrorKind::kStorage);
 
   auto recent = RunSync(store_->RecentMessages("alice", 0));
   ASSERT_FALSE(recent.ok());
-  EXPECT_EQ(recent.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(recent.error().kind, ErrorKind::kStorage);
 
   auto page = RunSync(store_->ListMessages("alice", 0, 10));
   ASSERT_FALSE(page.ok());
-  EXPECT_EQ(page.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(page.error().kind, ErrorKind::kStorage);
 
   auto deleted = RunSync(store_->DeleteMessages("alice"));
   ASSERT_FALSE(deleted.ok());
-  EXPECT_EQ(deleted.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(deleted.error().kind, ErrorKind::kStorage);
 
   Status ping = RunSync(store_->Ping());
   ASSERT_FALSE(ping.ok());
-  EXPECT_EQ(ping.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(ping.error().kind, ErrorKind::kStorage);
   EXPECT_EQ(store_->PendingWrites(), 0u);
 }
 
