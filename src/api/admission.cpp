@@ -20,8 +20,13 @@ std::string Trim(std::string_view text) {
 }  // namespace
 
 Admission::Admission(ratelimit::RateLimiter& limiter, observe::Metrics& metrics,
-                     AdmissionSettings settings)
-    : limiter_(limiter), metrics_(metrics), settings_(std::move(settings)) {
+                     AdmissionSettings settings, const Authenticator* auth,
+                     keys::KeyRegistry* usage)
+    : limiter_(limiter),
+      metrics_(metrics),
+      settings_(std::move(settings)),
+      auth_(auth),
+      usage_(usage) {
   for (const auto& entry : settings_.trusted_proxies) {
     boost::system::error_code ec;
     std::string text = entry;
@@ -85,15 +90,35 @@ net::awaitable<Admission::Outcome> Admission::Admit(
     const http::Request& request, const std::vector<ratelimit::RateLimitItem>& route_limits,
     std::string route_key, ErrorStyle style) const {
   Outcome outcome;
-  if (settings_.default_limits.empty() && route_limits.empty()) co_return outcome;
-  const auto client = ClientOf(request);
+  outcome.client = ClientOf(request);
+  if (auth_ != nullptr) {
+    auto authenticated = co_await auth_->Authenticate(request, outcome.client, style);
+    if (authenticated.rejection) {
+      outcome.rejection = std::move(authenticated.rejection);
+      co_return outcome;
+    }
+    outcome.key = std::move(authenticated.key);
+  }
+  const auto* key_limits = outcome.key ? &outcome.key->request_limits : nullptr;
+  const std::size_t key_count = key_limits != nullptr ? key_limits->size() : 0;
+  if (settings_.default_limits.empty() && route_limits.empty() && key_count == 0) {
+    if (outcome.key && usage_ != nullptr) usage_->Record(outcome.key->record.id, 1, 0, 0);
+    co_return outcome;
+  }
+  // The global limits count the address; the route's and the key's count the key when there is
+  // one (the address otherwise).
+  const std::string identity = outcome.identity();
   std::vector<ratelimit::Check> checks;
-  checks.reserve(settings_.default_limits.size() + route_limits.size());
-  for (const auto& item : settings_.default_limits) checks.push_back({item, "global:" + client});
-  for (const auto& item : route_limits) checks.push_back({item, route_key + ":" + client});
+  checks.reserve(settings_.default_limits.size() + route_limits.size() + key_count);
+  for (const auto& item : settings_.default_limits) {
+    checks.push_back({item, "global:" + outcome.client});
+  }
+  for (const auto& item : route_limits) checks.push_back({item, route_key + ":" + identity});
+  for (std::size_t i = 0; i < key_count; ++i) {
+    checks.push_back({(*key_limits)[i], "keylimit:" + identity});
+  }
 
-  // Moved in (a named argument: see the co_await note in docs/STYLE.md); a refusal names its limit
-  // by position: the default limits first, then the route's.
+  // Moved in (a named argument: see the co_await note in docs/STYLE.md).
   auto decision = co_await limiter_.Acquire(std::move(checks), 1);
   if (!decision) {
     metrics_.CountLimiterError();
@@ -110,13 +135,21 @@ net::awaitable<Admission::Outcome> Admission::Admit(
   outcome.headers.Add("X-RateLimit-Remaining", std::to_string(state.remaining));
   outcome.headers.Add("X-RateLimit-Reset",
                       std::to_string(static_cast<std::int64_t>(std::ceil(state.reset_at))));
-  if (decision->allowed) co_return outcome;
-
-  const std::size_t deciding = decision->deciding;
-  const auto& deciding_item = deciding < settings_.default_limits.size()
-                                  ? settings_.default_limits[deciding]
-                                  : route_limits[deciding - settings_.default_limits.size()];
-  const auto limit_text = deciding_item.ToString();
+  if (decision->allowed) {
+    if (outcome.key && usage_ != nullptr) usage_->Record(outcome.key->record.id, 1, 0, 0);
+    co_return outcome;
+  }
+  // The refusal names its limit by position: the default limits, the route's, then the key's.
+  std::size_t deciding = decision->deciding;
+  const ratelimit::RateLimitItem* deciding_item = nullptr;
+  if (deciding < settings_.default_limits.size()) {
+    deciding_item = &settings_.default_limits[deciding];
+  } else if ((deciding -= settings_.default_limits.size()) < route_limits.size()) {
+    deciding_item = &route_limits[deciding];
+  } else {
+    deciding_item = &(*key_limits)[deciding - route_limits.size()];
+  }
+  const auto limit_text = deciding_item->ToString();
   outcome.rejection = LimitExceeded(style, limit_text, "Rate limit exceeded: " + limit_text,
                                     "requests", outcome.headers, decision->retry_after);
   co_return outcome;

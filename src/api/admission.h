@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "api/auth.h"
 #include "api/errors.h"
 #include "common/net.h"
 #include "http/message.h"
@@ -18,16 +19,29 @@ struct AdmissionSettings {
   std::vector<std::string> trusted_proxies;  // IPs or CIDR networks (validated by config)
 };
 
-// The rate-limit gate in front of API routes: identifies the client, asks the limiter for the
-// global limits plus the route's own, and produces either the X-RateLimit-* headers for the answer
-// or the 429/503 answer itself. Thread-safe.
+// The gate in front of API routes: identifies the client (its address, and with client keys its
+// key, see Authenticator), asks the limiter for the global limits (per address) plus the route's
+// own and the key's own (per key, or per address without keys) in one all-or-nothing decision,
+// and produces either the X-RateLimit-* headers for the answer or the 401/429/503 answer itself.
+// Thread-safe.
 class Admission {
  public:
-  Admission(ratelimit::RateLimiter& limiter, observe::Metrics& metrics, AdmissionSettings settings);
+  // `auth` (null: STAPLE_AUTH=off) must outlive the admission.
+  Admission(ratelimit::RateLimiter& limiter, observe::Metrics& metrics, AdmissionSettings settings,
+            const Authenticator* auth = nullptr, keys::KeyRegistry* usage = nullptr);
 
   struct Outcome {
     std::optional<http::Response> rejection;  // send this instead of handling the request
     http::Headers headers;                    // X-RateLimit-* for the eventual answer
+    std::string client;                       // the client's address
+    std::shared_ptr<const keys::Key> key;     // the caller's key (null without client keys)
+    // Whose conversations the request may see: the key's id, "" without client keys.
+    const std::string& owner() const { return key ? key->record.id : kNoOwner; }
+    // Who the route's and token limits count: "key:<id>", or the address without keys.
+    std::string identity() const { return key ? "key:" + key->record.id : client; }
+
+   private:
+    static inline const std::string kNoOwner;
   };
 
   // `route_key` scopes the route's limits (e.g. "/openai-completion"). `request` and
@@ -47,6 +61,8 @@ class Admission {
   ratelimit::RateLimiter& limiter_;
   observe::Metrics& metrics_;
   const AdmissionSettings settings_;
+  const Authenticator* auth_;
+  keys::KeyRegistry* usage_;
   std::vector<net::ip::network_v4> networks_v4_;
   std::vector<net::ip::network_v6> networks_v6_;
 };

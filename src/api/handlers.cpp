@@ -100,8 +100,9 @@ http::Response SeedStreamResponse(std::unique_ptr<chat::CompletionStream> stream
 }
 
 // What a /users/{user_id}/messages route does once admitted, given the decoded id.
+// `owner` is the caller's key id ("" without client keys): only its conversations are seen.
 using MessagesAction = std::function<net::awaitable<http::Response>(
-    Dependencies& deps, const http::Request& request, std::string user_id)>;
+    Dependencies& deps, const http::Request& request, std::string owner, std::string user_id)>;
 
 // The shared frame of the /users/{user_id}/messages routes: admission (global limits only), the
 // decoded id, and the admission's headers on the answer.
@@ -112,14 +113,16 @@ http::Handler MessagesRoute(std::shared_ptr<Dependencies> deps, MessagesAction a
         co_await deps->admission.Admit(request, kNoLimits, std::move(scope), ErrorStyle::kSeed);
     if (admission.rejection) co_return std::move(*admission.rejection);
     std::string user_id = DecodePathSegment(request.path_params.at(0));
-    http::Response response = co_await action(*deps, request, std::move(user_id));
+    std::string owner = admission.owner();
+    http::Response response =
+        co_await action(*deps, request, std::move(owner), std::move(user_id));
     AddHeaders(response, admission.headers);
     co_return response;
   };
 }
 
 net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request& request,
-                                            std::string user_id) {
+                                            std::string owner, std::string user_id) {
   std::int64_t after = 0;
   std::size_t limit = kDefaultPageSize;
   if (auto text = QueryValue(request.query, "after")) {
@@ -135,8 +138,8 @@ net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request
     }
     limit = static_cast<std::size_t>(*value);
   }
-  std::string owner = user_id;
-  auto page = co_await d.store.ListMessages(std::move(owner), after, limit);
+  std::string conversation = user_id;
+  auto page = co_await d.store.ListMessages(std::move(owner), std::move(conversation), after, limit);
   if (!page) co_return FailureAnswer(page.error(), ErrorStyle::kSeed);
   json messages = json::array();
   for (const auto& m : page->messages) messages.push_back(MessageJson(m));
@@ -148,9 +151,9 @@ net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request
 }
 
 net::awaitable<http::Response> DeleteMessages(Dependencies& d, const http::Request& /*request*/,
-                                              std::string user_id) {
-  std::string owner = user_id;
-  auto deleted = co_await d.store.DeleteMessages(std::move(owner));
+                                              std::string owner, std::string user_id) {
+  std::string conversation = user_id;
+  auto deleted = co_await d.store.DeleteMessages(std::move(owner), std::move(conversation));
   if (!deleted) co_return FailureAnswer(deleted.error(), ErrorStyle::kSeed);
   co_return http::JsonResponse(200, {{"user_id", user_id}, {"deleted", *deleted}});
 }
@@ -256,13 +259,18 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
         http::Response response;
         if (invalid) {
           response = std::move(*invalid);
+        } else if (admission.key && !admission.key->AllowsModel(d->conversations.model())) {
+          response = SeedError(403, "This API key may not use the model '" +
+                                        d->conversations.model() + "'");
         } else {
           auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
           // Arguments are built before the co_await: g++ 12 destroys temporaries of a
           // co_await expression twice.
-          auto ticket = d->tokens.Ticket(d->admission, request, ErrorStyle::kSeed);
-          chat::CompletionRequest ask{user_id,     std::move(parsed.prompt), request.request_id,
-                                      received_at, parsed.user_id.empty(),   ticket};
+          auto ticket = d->tokens.Ticket(admission, ErrorStyle::kSeed);
+          chat::CompletionRequest ask{admission.owner(), user_id,
+                                      std::move(parsed.prompt), request.request_id,
+                                      received_at,       parsed.user_id.empty(),
+                                      ticket};
           auto error_answer = [&ticket](const Error& error) {
             return error.kind == ErrorKind::kLimited && ticket
                        ? ticket->TakeRejection()

@@ -123,14 +123,22 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                  AddHeaders(*invalid, admission.headers);
                  co_return std::move(*invalid);
                }
+               if (admission.key && !admission.key->AllowsModel(parsed.body.model)) {
+                 auto refused = OpenAIError(
+                     403, "This API key may not use the model '" + parsed.body.model + "'",
+                     "invalid_request_error", "model_not_allowed");
+                 AddHeaders(refused, admission.headers);
+                 co_return refused;
+               }
                chat::ProxyRequest ask;
+               ask.owner = admission.owner();
                ask.remember = parsed.conversation_id.has_value();
                ask.conversation_id = parsed.conversation_id.value_or(NewUserId());
                ask.body = std::move(request.body);
                ask.parsed = std::move(parsed.body);
                ask.request_id = request.request_id;
                ask.received_at = received_at;
-               auto ticket = d->tokens.Ticket(d->admission, request, ErrorStyle::kOpenAI);
+               auto ticket = d->tokens.Ticket(admission, ErrorStyle::kOpenAI);
                ask.tokens = ticket;
                const std::string conversation_id = ask.conversation_id;
                const bool stream = ask.parsed.stream;

@@ -17,6 +17,7 @@ constexpr const char* kPage = R"PAGE(<!doctype html>
   header h1 { font-size: 18px; margin: 0; }
   header label { font-size: 13px; opacity: .85; }
   header input[type=text] { width: 300px; font-family: monospace; }
+  header input[type=password] { width: 200px; font-family: monospace; }
   #log { flex: 1; overflow-y: auto; padding: 20px; display: flex; flex-direction: column; gap: 10px; }
   .msg { max-width: 75%; padding: 10px 14px; border-radius: 10px; white-space: pre-wrap;
          line-height: 1.4; }
@@ -32,6 +33,8 @@ constexpr const char* kPage = R"PAGE(<!doctype html>
 <header>
   <h1>Staple playground</h1>
   <label>user_id <input type="text" id="user" placeholder="new conversation"></label>
+  <label>key <input type="password" id="key" placeholder="client key, when required"
+    autocomplete="off"></label>
   <label><input type="checkbox" id="stream" checked> stream</label>
   <button type="button" id="new">New conversation</button>
 </header>
@@ -45,7 +48,18 @@ const log = document.getElementById('log');
 const user = document.getElementById('user');
 const prompt = document.getElementById('prompt');
 const streamBox = document.getElementById('stream');
+const keyBox = document.getElementById('key');
 user.value = localStorage.getItem('staple_user_id') || '';
+// A client key (STAPLE_AUTH=keys) is kept for this browser tab only.
+keyBox.value = sessionStorage.getItem('staple_key') || '';
+keyBox.addEventListener('change', () => {
+  sessionStorage.setItem('staple_key', keyBox.value.trim()); loadHistory();
+});
+function authHeaders(extra) {
+  const headers = Object.assign({}, extra || {});
+  if (keyBox.value.trim()) headers['Authorization'] = 'Bearer ' + keyBox.value.trim();
+  return headers;
+}
 
 function add(role, text) {
   const div = document.createElement('div');
@@ -62,7 +76,8 @@ function remember(id) {
 async function loadHistory() {
   log.textContent = '';
   if (!user.value) return;
-  const res = await fetch('/users/' + encodeURIComponent(user.value) + '/messages?limit=1000');
+  const res = await fetch('/users/' + encodeURIComponent(user.value) + '/messages?limit=1000',
+                          { headers: authHeaders() });
   if (!res.ok) return;
   const page = await res.json();
   for (const m of page.messages) add(m.role, m.content);
@@ -72,7 +87,8 @@ async function send(text) {
   const body = { prompt: text, stream: streamBox.checked };
   if (user.value) body.user_id = user.value;
   const res = await fetch('/openai-completion', {
-    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+    method: 'POST', headers: authHeaders({ 'Content-Type': 'application/json' }),
+    body: JSON.stringify(body) });
   const type = res.headers.get('Content-Type') || '';
   if (!res.ok || !type.startsWith('text/event-stream')) {
     const data = await res.json().catch(() => ({ error: 'HTTP ' + res.status }));

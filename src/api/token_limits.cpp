@@ -22,24 +22,30 @@ std::uint64_t Reported(const std::optional<std::int64_t>& value) {
 }  // namespace
 
 TokenLimits::TokenLimits(ratelimit::RateLimiter& limiter, observe::Metrics& metrics,
-                         TokenLimitSettings settings)
-    : limiter_(limiter), metrics_(metrics), settings_(std::move(settings)) {}
+                         TokenLimitSettings settings, keys::KeyRegistry* usage)
+    : limiter_(limiter), metrics_(metrics), settings_(std::move(settings)), usage_(usage) {}
 
-std::shared_ptr<TokenTicket> TokenLimits::Ticket(const Admission& admission,
-                                                 const http::Request& request,
+std::shared_ptr<TokenTicket> TokenLimits::Ticket(const Admission::Outcome& admitted,
                                                  ErrorStyle style) const {
-  if (!enabled()) return nullptr;
-  return std::make_shared<TokenTicket>(*this, admission.ClientOf(request), style);
+  if (!enabled() && !admitted.key) return nullptr;
+  return std::make_shared<TokenTicket>(*this, admitted, style);
 }
 
-TokenTicket::TokenTicket(const TokenLimits& limits, std::string client, ErrorStyle style)
+TokenTicket::TokenTicket(const TokenLimits& limits, const Admission::Outcome& admitted,
+                         ErrorStyle style)
     : limits_(limits), style_(style) {
-  const std::string key = "tokens:" + client;
-  checks_.reserve(limits.settings_.limits.size());
-  for (const auto& item : limits.settings_.limits) checks_.push_back({item, key});
+  const std::string identity = admitted.identity();
+  const auto* own = admitted.key ? &admitted.key->token_limits : nullptr;
+  checks_.reserve(limits.settings_.limits.size() + (own != nullptr ? own->size() : 0));
+  for (const auto& item : limits.settings_.limits) checks_.push_back({item, "tokens:" + identity});
+  if (own != nullptr) {
+    for (const auto& item : *own) checks_.push_back({item, "keytokens:" + identity});
+  }
+  if (admitted.key && limits.usage_ != nullptr) key_id_ = admitted.key->record.id;
 }
 
 net::awaitable<Status> TokenTicket::Reserve(chat::TokenEstimate estimate) {
+  if (checks_.empty()) co_return Ok();  // only usage is recorded
   const auto& settings = limits_.settings_;
   prompt_estimate_ = estimate.prompt;
   const std::uint64_t cost =
@@ -79,13 +85,17 @@ net::awaitable<Status> TokenTicket::Reserve(chat::TokenEstimate estimate) {
 }
 
 net::awaitable<void> TokenTicket::Settle(chat::TokenUsage usage) {
-  if (!accounted_) co_return;
   // Reported counts replace the estimates; what is not reported is estimated (a stream whose
   // client did not ask for usage reports none).
   const std::uint64_t prompt =
       usage.prompt_tokens ? Reported(usage.prompt_tokens) : prompt_estimate_;
   const std::uint64_t completion =
       usage.completion_tokens ? Reported(usage.completion_tokens) : (usage.answer_bytes + 3) / 4;
+  if (!key_id_.empty()) {
+    limits_.usage_->Record(key_id_, 0, static_cast<std::int64_t>(std::min(prompt, kMaxToken)),
+                           static_cast<std::int64_t>(std::min(completion, kMaxToken)));
+  }
+  if (!accounted_) co_return;
   const std::uint64_t used = Add(prompt, completion);
   const auto delta = static_cast<std::int64_t>(used) - static_cast<std::int64_t>(held_);
   co_await Adjust(delta);

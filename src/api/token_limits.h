@@ -31,15 +31,16 @@ class TokenTicket;
 // (Refund of what was not used, Charge of what was used beyond it). Thread-safe.
 class TokenLimits {
  public:
+  // `usage` (null without client keys) receives each keyed request's token usage.
   TokenLimits(ratelimit::RateLimiter& limiter, observe::Metrics& metrics,
-              TokenLimitSettings settings);
+              TokenLimitSettings settings, keys::KeyRegistry* usage = nullptr);
 
   bool enabled() const { return !settings_.limits.empty(); }
 
-  // A ticket for `request`, counted for its client as `admission` identifies it; null (and no work
-  // done) when no token limits are configured.
-  std::shared_ptr<TokenTicket> Ticket(const Admission& admission, const http::Request& request,
-                                      ErrorStyle style) const;
+  // A ticket for the admitted request, counted for its identity (the key, or the address without
+  // client keys) against the configured limits and the key's own; null (and no work done) when
+  // there is neither a limit nor a key. With a key but no limit, the ticket only records usage.
+  std::shared_ptr<TokenTicket> Ticket(const Admission::Outcome& admitted, ErrorStyle style) const;
 
  private:
   friend class TokenTicket;
@@ -47,14 +48,16 @@ class TokenLimits {
   ratelimit::RateLimiter& limiter_;
   observe::Metrics& metrics_;
   const TokenLimitSettings settings_;
+  keys::KeyRegistry* usage_;
 };
 
 // The token accounting of one request (see chat::TokenGate for the order of calls). Not
 // thread-safe: used by the coroutine of its request only.
 class TokenTicket final : public chat::TokenGate {
  public:
-  TokenTicket(const TokenLimits& limits, std::string client, ErrorStyle style);
+  TokenTicket(const TokenLimits& limits, const Admission::Outcome& admitted, ErrorStyle style);
 
+  bool NeedsEstimate() const override { return !checks_.empty(); }
   net::awaitable<Status> Reserve(chat::TokenEstimate estimate) override;
   net::awaitable<void> Settle(chat::TokenUsage usage) override;
   net::awaitable<void> Release() override;
@@ -73,6 +76,7 @@ class TokenTicket final : public chat::TokenGate {
 
   const TokenLimits& limits_;
   const ErrorStyle style_;
+  std::string key_id_;  // whose usage Settle records ("" without a key)
   std::vector<ratelimit::Check> checks_;
   std::uint64_t prompt_estimate_ = 0;
   std::uint64_t held_ = 0;

@@ -12,7 +12,9 @@
 #include <iostream>
 #include <sstream>
 
+#include "api/admin.h"
 #include "api/admission.h"
+#include "api/auth.h"
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/openai_handlers.h"
@@ -37,6 +39,9 @@ namespace {
 
 constexpr const char* kVersion = "0.1.0";
 constexpr const char* kOpenAIBaseUrl = "https://api.openai.com/v1";
+// How often each replica looks for key changes made elsewhere (a revocation is in force everywhere
+// within about this long).
+constexpr std::chrono::milliseconds kKeyPollInterval{1000};
 
 Result<std::map<std::string, std::string>> ReadDotenv(const std::string& path) {
   std::ifstream file(path);
@@ -139,16 +144,42 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   chat::ConversationService conversations(turns, chat_settings);
   chat::OpenAIProxy openai_proxy(turns, upstream_client);
 
+  // Client keys: held in memory by the registry, which polls the database for changes made on
+  // other replicas. It runs when keys are required or the admin API is on.
+  std::unique_ptr<keys::KeyRegistry> key_registry;
+  if (config.auth.keys || !config.auth.admin_key.empty()) {
+    auto key_store = keys::OpenKeyStore(config.store.url, config.store.sqlite_path);
+    if (!key_store) {
+      observe::Error("cannot open the key tables", {{"error", key_store.error().message}});
+      store->Close();
+      return 1;
+    }
+    key_registry =
+        std::make_unique<keys::KeyRegistry>(std::move(key_store).value(), kKeyPollInterval);
+    if (Status started_keys = key_registry->Start(); !started_keys) {
+      observe::Error("cannot load the client keys", {{"error", started_keys.error().message}});
+      store->Close();
+      return 1;
+    }
+  }
+  std::optional<api::Authenticator> authenticator;
+  if (config.auth.keys) {
+    authenticator.emplace(*key_registry, limiter,
+                          api::AuthSettings{true, config.auth.failure_limits});
+  }
+  keys::KeyRegistry* usage = config.auth.keys ? key_registry.get() : nullptr;
+
   api::AdmissionSettings admission_settings;
   admission_settings.default_limits = config.limits.default_limits;
   admission_settings.fail_open = config.limits.fail_open;
   admission_settings.trusted_proxies = config.limits.trusted_proxies;
-  api::Admission admission(limiter, metrics, admission_settings);
+  api::Admission admission(limiter, metrics, admission_settings,
+                           authenticator ? &*authenticator : nullptr, usage);
   api::TokenLimitSettings token_settings;
   token_settings.limits = config.limits.token_limits;
   token_settings.completion_reserve = config.limits.token_completion_reserve;
   token_settings.fail_open = config.limits.fail_open;
-  api::TokenLimits token_limits(limiter, metrics, token_settings);
+  api::TokenLimits token_limits(limiter, metrics, token_settings, usage);
 
   http::Router router(api::FormatError);
   api::RegisterRoutes(router, api::Dependencies{conversations, *store, limiter, metrics, admission,
@@ -156,6 +187,9 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   api::RegisterPlayground(router);
   api::RegisterOpenAIRoutes(router, api::OpenAIDependencies{openai_proxy, admission, token_limits,
                                                             config.limits.v1_limits});
+  if (key_registry) {
+    api::RegisterAdminRoutes(router, *key_registry, api::AdminSettings{config.auth.admin_key});
+  }
 
   // 3. Listen and serve.
   http::ServerOptions server_options;
@@ -191,6 +225,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   observe::Info("shutting down", {{"signal", signal_number == SIGINT ? "SIGINT" : "SIGTERM"}});
   server.Shutdown(config.server.shutdown_grace);
   upstream_client.Shutdown();
+  if (key_registry) key_registry->Stop();  // flushes the usage counted so far
   store->Close();
   observe::Info("stopped");
   observe::FlushLogs();

@@ -42,6 +42,7 @@ ConversationService::ConversationService(TurnPipeline& pipeline, ServiceSettings
 
 TurnRequest ConversationService::Turn(CompletionRequest request, bool stream) const {
   TurnRequest turn;
+  turn.owner = std::move(request.owner);
   turn.conversation_id = std::move(request.user_id);
   turn.read_history = !request.new_conversation;
   turn.prompt = std::move(request.prompt);

@@ -21,6 +21,7 @@ struct ServiceSettings {
 };
 
 struct CompletionRequest {
+  std::string owner;  // the caller's key id, "" without client keys (see TurnRequest)
   std::string user_id;
   std::string prompt;
   std::string request_id;
@@ -48,6 +49,8 @@ class ConversationService {
   ConversationService(TurnPipeline& pipeline, ServiceSettings settings);
 
   net::awaitable<Result<Completion>> Complete(CompletionRequest request);
+  // The model the seed endpoint asks for.
+  const std::string& model() const { return settings_.model; }
 
   // The streaming variant: returns once the upstream accepted (2xx status and headers arrived),
   // so that a failure up to then is still an ordinary error answer. The stream must be destroyed

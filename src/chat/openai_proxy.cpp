@@ -17,6 +17,7 @@ OpenAIProxy::OpenAIProxy(TurnPipeline& pipeline, upstream::Client& upstream)
 
 TurnRequest OpenAIProxy::Turn(ProxyRequest& request, std::string& body) {
   TurnRequest turn;
+  turn.owner = std::move(request.owner);
   turn.conversation_id = std::move(request.conversation_id);
   turn.read_history = request.remember;
   turn.prompt = request.parsed.prompt;

@@ -56,6 +56,9 @@ class TokenGate {
  public:
   virtual ~TokenGate() = default;
 
+  // Whether Reserve needs a TokenEstimate (estimating a /v1 body means parsing it into a tree).
+  virtual bool NeedsEstimate() const { return true; }
+
   // Fails with kLimited when the request must not go upstream (the gate holds the answer to
   // send instead).
   virtual net::awaitable<Status> Reserve(TokenEstimate estimate) = 0;

@@ -84,8 +84,10 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
   // prepare: the conversation so far (nothing to read for a new one), then the adapter's body.
   std::vector<store::StoredMessage> history;
   if (request.read_history) {
-    std::string owner = request.conversation_id;
-    auto recent = co_await store_.RecentMessages(std::move(owner), settings_.window.max_messages);
+    std::string owner = request.owner;
+    std::string conversation = request.conversation_id;
+    auto recent = co_await store_.RecentMessages(std::move(owner), std::move(conversation),
+                                                 settings_.window.max_messages);
     if (!recent) {
       co_return MakeError(ErrorKind::kStorage,
                           "could not read the conversation: " + recent.error().message);
@@ -93,7 +95,7 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
     history = std::move(recent).value();
   }
   const std::size_t first = WindowStart(history, settings_.window);
-  auto body = build(request, history, first, request.tokens != nullptr);
+  auto body = build(request, history, first, request.tokens && request.tokens->NeedsEstimate());
   if (!body) co_return body.error();
 
   // admit: the reservation is all or nothing; a refusal holds the answer in the gate.
@@ -115,6 +117,7 @@ net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const Ch
 
   // store: the caller answers only once this returned success.
   store::Turn turn;
+  turn.owner = request.owner;
   turn.user_id = request.conversation_id;
   turn.request_id = request.request_id;
   turn.model = answer.model.empty() ? request.model : answer.model;

@@ -53,6 +53,9 @@ struct TurnSettings {
 
 // One turn as the adapter describes it.
 struct TurnRequest {
+  // Whose conversation it is: the caller's client key id, "" without client keys. A conversation
+  // is identified by (owner, conversation_id): another key never sees it.
+  std::string owner;
   std::string conversation_id;  // the conversation the turn is stored under
   bool read_history = false;    // the conversation's stored history is read for the body
   std::string prompt;           // the user message stored for the turn

@@ -130,6 +130,13 @@ std::vector<Variable> MakeVariables() {
        "when limiter storage fails: closed (503) or open (admit)", false},
       {"STAPLE_TRUSTED_PROXIES", "--trusted-proxies", "",
        "proxies whose X-Forwarded-For is trusted (IPs/CIDRs, comma-separated)", false},
+      {"STAPLE_AUTH", "--auth", "",
+       "off or keys (client keys required); must be set when not listening on loopback", false},
+      {"STAPLE_ADMIN_KEY", "--admin-key", "",
+       "secret of the admin API under /admin/keys (at least 32 characters; empty = disabled)",
+       true},
+      {"STAPLE_AUTH_FAILURE_LIMIT", "--auth-failure-limit", "10 per minute",
+       "failed authentications allowed per client address", false},
       {"STAPLE_SYSTEM_PROMPT", "--system-prompt", "", "system message sent first", false},
       {"STAPLE_HISTORY_MAX_MESSAGES", "--history-max-messages", number(window.max_messages),
        "stored messages sent with a prompt (0 = no limit)", false},
@@ -247,7 +254,10 @@ Result<Config> Load(const Sources& sources) {
     } else if (auto dot = sources.dotenv.find(variable.name); dot != sources.dotenv.end()) {
       value = dot->second;
     }
-    config.effective.emplace_back(variable.name, !variable.secret ? value
+    // The admin key is not shown even in part; the upstream key's ends are (as OpenAI does).
+    const bool hidden = std::string_view(variable.name) == "STAPLE_ADMIN_KEY";
+    config.effective.emplace_back(variable.name, hidden ? (value.empty() ? "(not set)" : "(set)")
+                                                 : !variable.secret ? value
                                                  : value.find("://") != std::string::npos
                                                      ? MaskUrlPassword(value)
                                                      : MaskSecret(value));
@@ -286,6 +296,35 @@ Result<Config> Load(const Sources& sources) {
   auto access_log = ParseBool("STAPLE_ACCESS_LOG", get("STAPLE_ACCESS_LOG"));
   if (!access_log) return access_log.error();
   server.access_log = *access_log;
+
+  auto& auth = config.auth;
+  const auto auth_mode = Trim(get("STAPLE_AUTH"));
+  if (auth_mode == "keys") {
+    auth.keys = true;
+  } else if (auth_mode.empty()) {
+    // Secure by default: open only while nobody but this machine can connect.
+    boost::system::error_code ec;
+    const auto address =
+        net::ip::make_address(server.host == "localhost" ? "127.0.0.1" : server.host, ec);
+    if (!address.is_loopback()) {
+      return MakeError(ErrorKind::kInvalidArgument,
+                       "STAPLE_AUTH is not set while listening on " + server.host +
+                           ": set STAPLE_AUTH=keys (client keys required) or STAPLE_AUTH=off "
+                           "(anyone who reaches the port spends the upstream key)");
+    }
+  } else if (auth_mode != "off") {
+    return Invalid("STAPLE_AUTH", get("STAPLE_AUTH"), "expected off or keys");
+  }
+  auth.admin_key = get("STAPLE_ADMIN_KEY");
+  if (!auth.admin_key.empty() && auth.admin_key.size() < 32) {
+    // Never echoed: it is a secret.
+    return MakeError(ErrorKind::kInvalidArgument,
+                     "invalid STAPLE_ADMIN_KEY: it must be at least 32 characters long");
+  }
+  auto failure_limits =
+      ParseLimitList("STAPLE_AUTH_FAILURE_LIMIT", get("STAPLE_AUTH_FAILURE_LIMIT"));
+  if (!failure_limits) return failure_limits.error();
+  auth.failure_limits = std::move(failure_limits).value();
 
   auto& store = config.store;
   store.url = Trim(get("STAPLE_DATABASE_URL"));

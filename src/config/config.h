@@ -61,6 +61,12 @@ struct LimitSettings {
   std::vector<std::string> trusted_proxies;  // IP addresses or CIDR networks
 };
 
+struct AuthSettings {
+  bool keys = false;      // STAPLE_AUTH=keys: every API route needs a client key
+  std::string admin_key;  // STAPLE_ADMIN_KEY ("" = no admin API); at least 32 characters
+  std::vector<ratelimit::RateLimitItem> failure_limits;  // failed authentications per address
+};
+
 struct ChatSettings {
   std::string model;
   std::string system_prompt;
@@ -82,6 +88,7 @@ struct Config {
   ServerSettings server;
   StoreSettings store;
   LimitSettings limits;
+  AuthSettings auth;
   ChatSettings chat;
   UpstreamSettings upstream;
   // Every variable's effective value with secrets masked, for the start-up banner.

@@ -28,6 +28,7 @@ struct StoredMessage {
 // One completed exchange: the user's prompt and the assistant's answer. Stored as two rows
 // (role "user" then "assistant") in one transaction.
 struct Turn {
+  std::string owner;  // the conversation's owner: a client key's id, "" for none
   std::string user_id;
   std::string request_id;
   std::string model;
@@ -57,6 +58,10 @@ std::string FormatTimestamp(std::chrono::system_clock::time_point t);
 // AppendTurn and DeleteMessages that error may come while the write is already being committed:
 // its outcome is then unknown (it may still be committed).
 //
+// Ownership: a conversation is identified by (owner, user_id). The owner is a client key's id, or
+// "" for conversations made without client keys (every row of a database from before keys
+// existed); an operation only ever sees the rows of its own owner.
+//
 // Text: stores keep text as UTF-8 without NUL bytes. Text that is not (user ids included, in every
 // method) is stored and looked up with each NUL byte and each invalid UTF-8 sequence replaced by
 // U+FFFD (see ToStorableText in store/storable_text.h); valid text is kept byte for byte.
@@ -65,24 +70,26 @@ class ConversationStore {
   virtual ~ConversationStore() = default;
 
   // Appends both rows of `turn` in one transaction and completes only after that transaction is
-  // durably committed (many turns may share one commit). Its text fields (user_id, request_id,
+  // durably committed (many turns may share one commit). Its text fields (owner, user_id, request_id,
   // model, prompt, completion) are stored as ToStorableText makes them: "a\0b" is stored, and read
   // back, as "a\uFFFDb". Errors: kStorage when the database cannot be written, the deadline
   // passed or the store is closed.
   virtual net::awaitable<Status> AppendTurn(Turn turn) = 0;
 
-  // The most recent `max_messages` messages of `user_id` (0 = all of them), oldest first.
-  // An unknown user has an empty history.
+  // The most recent `max_messages` messages of (owner, user_id) (0 = all of them), oldest first.
+  // An unknown conversation has an empty history.
   virtual net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
-      std::string user_id, std::size_t max_messages) = 0;
+      std::string owner, std::string user_id, std::size_t max_messages) = 0;
 
-  // Up to `limit` messages of `user_id` with id > `after_id`, oldest first.
-  virtual net::awaitable<Result<MessagePage>> ListMessages(std::string user_id,
+  // Up to `limit` messages of (owner, user_id) with id > `after_id`, oldest first.
+  virtual net::awaitable<Result<MessagePage>> ListMessages(std::string owner, std::string user_id,
                                                            std::int64_t after_id,
                                                            std::size_t limit) = 0;
 
-  // Deletes every message of `user_id`; returns how many rows were deleted. Durable on return.
-  virtual net::awaitable<Result<std::int64_t>> DeleteMessages(std::string user_id) = 0;
+  // Deletes every message of (owner, user_id); returns how many rows were deleted. Durable on
+  // return.
+  virtual net::awaitable<Result<std::int64_t>> DeleteMessages(std::string owner,
+                                                              std::string user_id) = 0;
 
   // Whether the database answers (for /readyz).
   virtual net::awaitable<Status> Ping() = 0;

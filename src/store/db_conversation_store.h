@@ -39,10 +39,12 @@ class DbConversationStore final : public ConversationStore {
 
   net::awaitable<Status> AppendTurn(Turn turn) override;
   net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
-      std::string user_id, std::size_t max_messages) override;
-  net::awaitable<Result<MessagePage>> ListMessages(std::string user_id, std::int64_t after_id,
+      std::string owner, std::string user_id, std::size_t max_messages) override;
+  net::awaitable<Result<MessagePage>> ListMessages(std::string owner, std::string user_id,
+                                                   std::int64_t after_id,
                                                    std::size_t limit) override;
-  net::awaitable<Result<std::int64_t>> DeleteMessages(std::string user_id) override;
+  net::awaitable<Result<std::int64_t>> DeleteMessages(std::string owner,
+                                                      std::string user_id) override;
   net::awaitable<Status> Ping() override;
   std::size_t PendingWrites() const override;
 

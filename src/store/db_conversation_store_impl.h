@@ -41,16 +41,18 @@ struct BackendTypes {
 //                         readers
 //   static Status RunBatch(Writer&, std::span<WriteOp* const>, Deadline)
 //                         DbWorkers' batch function: the operations in one transaction
-//   WriteOp AppendOp(Turn), WriteOp DeleteOp(std::string user_id)
+//   WriteOp AppendOp(Turn), WriteOp DeleteOp(std::string owner, std::string user_id)
 //                         build a write (on the caller's thread; text already storable)
 //   Status Appended(const Status& committed, WriteOp&)
 //   Result<std::int64_t> Deleted(const Status& committed, WriteOp&)
 //                         a write's result once its batch committed or failed (writer thread;
 //                         also runs when the caller's deadline has passed)
-//   Result<std::vector<StoredMessage>> Recent(Reader&, Deadline, const std::string& user_id,
+//   Result<std::vector<StoredMessage>> Recent(Reader&, Deadline, const std::string& owner,
+//                                             const std::string& user_id,
 //                                             std::size_t max_messages)
-//   Result<MessagePage> List(Reader&, Deadline, const std::string& user_id,
-//                            std::int64_t after_id, std::size_t limit)
+//   Result<MessagePage> List(Reader&, Deadline, const std::string& owner,
+//                            const std::string& user_id, std::int64_t after_id,
+//                            std::size_t limit)
 //   Status Ping(Reader&, Deadline)
 //                         the reads, on a reader thread, within the deadline
 // The members other than Open and RunBatch are called concurrently from several threads.
@@ -119,32 +121,34 @@ net::awaitable<Status> DbConversationStore<Backend, Options>::AppendTurn(Turn tu
 
 template <typename Backend, typename Options>
 net::awaitable<Result<std::int64_t>> DbConversationStore<Backend, Options>::DeleteMessages(
-    std::string user_id) {
+    std::string owner, std::string user_id) {
   Backend* backend = state_->backend.get();
   auto finish = [backend](const Status& committed, typename State::WriteOp& op) {
     return backend->Deleted(committed, op);
   };
   return state_->workers->template Write<Result<std::int64_t>>(
-      backend->DeleteOp(ToStorableText(user_id)), std::move(finish));
+      backend->DeleteOp(ToStorableText(owner), ToStorableText(user_id)), std::move(finish));
 }
 
 template <typename Backend, typename Options>
 net::awaitable<Result<std::vector<StoredMessage>>>
-DbConversationStore<Backend, Options>::RecentMessages(std::string user_id,
+DbConversationStore<Backend, Options>::RecentMessages(std::string owner, std::string user_id,
                                                       std::size_t max_messages) {
-  auto query = [backend = state_->backend.get(), user_id = ToStorableText(user_id), max_messages](
-                   typename State::Reader& reader, Deadline deadline) {
-    return backend->Recent(reader, deadline, user_id, max_messages);
+  auto query = [backend = state_->backend.get(), owner = ToStorableText(owner),
+                user_id = ToStorableText(user_id),
+                max_messages](typename State::Reader& reader, Deadline deadline) {
+    return backend->Recent(reader, deadline, owner, user_id, max_messages);
   };
   return state_->workers->template Read<Result<std::vector<StoredMessage>>>(std::move(query));
 }
 
 template <typename Backend, typename Options>
 net::awaitable<Result<MessagePage>> DbConversationStore<Backend, Options>::ListMessages(
-    std::string user_id, std::int64_t after_id, std::size_t limit) {
-  auto query = [backend = state_->backend.get(), user_id = ToStorableText(user_id), after_id,
+    std::string owner, std::string user_id, std::int64_t after_id, std::size_t limit) {
+  auto query = [backend = state_->backend.get(), owner = ToStorableText(owner),
+                user_id = ToStorableText(user_id), after_id,
                 limit](typename State::Reader& reader, Deadline deadline) {
-    return backend->List(reader, deadline, user_id, after_id, limit);
+    return backend->List(reader, deadline, owner, user_id, after_id, limit);
   };
   return state_->workers->template Read<Result<MessagePage>>(std::move(query));
 }

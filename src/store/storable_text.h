@@ -16,8 +16,8 @@ bool IsStorableText(std::string_view text);
 // two, an overlong "\xC0\xAF" two). Well-formed text is returned unchanged.
 std::string ToStorableText(std::string_view text);
 
-// Applies ToStorableText to every text field of `turn` (user_id, request_id, model, prompt,
-// completion).
+// Applies ToStorableText to every text field of `turn` (owner, user_id, request_id, model,
+// prompt, completion).
 void MakeStorable(Turn& turn);
 
 }  // namespace staple::store

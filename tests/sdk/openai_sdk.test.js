@@ -212,3 +212,98 @@ describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENA
     assert.ok(ids.includes('fake-model'), ids.join(','));
   });
 });
+
+describe('openai npm package with a Staple client key', { skip: !STAPLE_BIN || !FAKE_OPENAI_BIN }, () => {
+  const ADMIN_KEY = 'sdk-admin-key-0123456789-0123456789-abcdef';
+  let dir;
+  let fake;
+  let staple;
+  let root;
+  let secret;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'staple-sdk-keys-'));
+    const fakePort = await freePort();
+    fake = start(FAKE_OPENAI_BIN, ['--host', '127.0.0.1', '--port', String(fakePort)], cleanEnv(),
+                 dir, 'fake_openai');
+    await waitForHttp(`http://127.0.0.1:${fakePort}/_fake/stats`, fake);
+    const staplePort = await freePort();
+    const env = {
+      ...cleanEnv(),
+      OPENAI_BASE_URL: `http://127.0.0.1:${fakePort}/v1`,
+      OPENAI_API_KEY: API_KEY,
+      STAPLE_UPSTREAM_RETRIES: '0',
+      STAPLE_THREADS: '1',
+      STAPLE_AUTH: 'keys',
+      STAPLE_ADMIN_KEY: ADMIN_KEY,
+    };
+    staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(staplePort)], env,
+                   dir, 'staple');
+    root = `http://127.0.0.1:${staplePort}`;
+    await waitForHttp(`${root}/healthz`, staple);
+    const created = await fetch(`${root}/admin/keys`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${ADMIN_KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'sdk' }),
+    });
+    assert.equal(created.status, 201);
+    secret = (await created.json()).key;
+    assert.match(secret, /^sk-staple-/);
+  });
+
+  after(() => {
+    for (const child of [staple, fake]) {
+      if (child && child.exitCode === null && child.pid) process.kill(child.pid, 'SIGTERM');
+    }
+    if (dir && process.env.STAPLE_KEEP_TEST_DIRS !== '1') {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  const client = (options = {}) =>
+    new OpenAI({ apiKey: secret, baseURL: `${root}/v1`, maxRetries: 0, timeout: 10000, ...options });
+
+  test('plain, streamed and remembered completions with the key', async () => {
+    const plain = await client().chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'hello' }],
+    });
+    assert.equal(plain.choices[0].message.content, 'echo(1): hello');
+
+    const stream = await client().chat.completions.create({
+      model: 'fake-model',
+      stream: true,
+      messages: [{ role: 'user', content: 'streamed' }],
+    });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+    assert.equal(text, 'echo(1): streamed');
+
+    const remembering = client({ defaultHeaders: { 'X-Staple-Conversation': 'sdk-keyed' } });
+    await remembering.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'one' }],
+    });
+    const second = await remembering.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'two' }],
+    });
+    assert.equal(second.choices[0].message.content, 'echo(3): two');
+  });
+
+  test('a wrong key becomes AuthenticationError', async () => {
+    await assert.rejects(
+      client({ apiKey: 'sk-staple-wrong' }).chat.completions.create({
+        model: 'fake-model',
+        messages: [{ role: 'user', content: 'hi' }],
+      }),
+      (error) => {
+        assert.ok(error instanceof OpenAI.AuthenticationError, error.constructor.name);
+        assert.equal(error.status, 401);
+        assert.equal(error.code, 'invalid_api_key');
+        assert.equal(error.message.includes('sk-staple-wrong'), false);
+        return true;
+      },
+    );
+  });
+});

@@ -40,8 +40,10 @@ class MemoryConversationStore final : public store::ConversationStore {
   std::size_t read_calls() const { return read_calls_; }
 
   // Adds one turn's rows directly (history for a test).
-  void Seed(const std::string& user_id, const std::string& prompt, const std::string& answer) {
+  void Seed(const std::string& user_id, const std::string& prompt, const std::string& answer,
+            const std::string& owner = "") {
     store::Turn turn;
+    turn.owner = owner;
     turn.user_id = user_id;
     turn.prompt = prompt;
     turn.completion = answer;
@@ -64,12 +66,12 @@ class MemoryConversationStore final : public store::ConversationStore {
   }
 
   net::awaitable<Result<std::vector<store::StoredMessage>>> RecentMessages(
-      std::string user_id, std::size_t max_messages) override {
+      std::string owner, std::string user_id, std::size_t max_messages) override {
     ++read_calls_;
     if (read_error_) co_return *read_error_;
     std::vector<store::StoredMessage> out;
-    for (const auto& row : rows_) {
-      if (row.user_id == user_id) out.push_back(row);
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      if (owners_[i] == owner && rows_[i].user_id == user_id) out.push_back(rows_[i]);
     }
     if (max_messages != 0 && out.size() > max_messages) {
       out.erase(out.begin(), out.end() - static_cast<std::ptrdiff_t>(max_messages));
@@ -77,14 +79,15 @@ class MemoryConversationStore final : public store::ConversationStore {
     co_return out;
   }
 
-  net::awaitable<Result<store::MessagePage>> ListMessages(std::string user_id,
+  net::awaitable<Result<store::MessagePage>> ListMessages(std::string owner, std::string user_id,
                                                           std::int64_t after_id,
                                                           std::size_t limit) override {
     ++read_calls_;
     if (read_error_) co_return *read_error_;
     store::MessagePage page;
-    for (const auto& row : rows_) {
-      if (row.user_id != user_id || row.id <= after_id) continue;
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      const auto& row = rows_[i];
+      if (owners_[i] != owner || row.user_id != user_id || row.id <= after_id) continue;
       if (page.messages.size() == limit) {
         page.has_more = true;
         break;
@@ -94,11 +97,18 @@ class MemoryConversationStore final : public store::ConversationStore {
     co_return page;
   }
 
-  net::awaitable<Result<std::int64_t>> DeleteMessages(std::string user_id) override {
+  net::awaitable<Result<std::int64_t>> DeleteMessages(std::string owner,
+                                                      std::string user_id) override {
     if (append_error_) co_return *append_error_;
-    const auto before = rows_.size();
-    std::erase_if(rows_, [&](const store::StoredMessage& row) { return row.user_id == user_id; });
-    co_return static_cast<std::int64_t>(before - rows_.size());
+    std::int64_t deleted = 0;
+    for (std::size_t i = rows_.size(); i-- > 0;) {
+      if (owners_[i] == owner && rows_[i].user_id == user_id) {
+        rows_.erase(rows_.begin() + static_cast<std::ptrdiff_t>(i));
+        owners_.erase(owners_.begin() + static_cast<std::ptrdiff_t>(i));
+        ++deleted;
+      }
+    }
+    co_return deleted;
   }
 
   net::awaitable<Status> Ping() override {
@@ -126,11 +136,14 @@ class MemoryConversationStore final : public store::ConversationStore {
     assistant.completion_tokens = turn.completion_tokens;
     assistant.latency_ms = turn.latency_ms;
     rows_.push_back(assistant);
+    owners_.push_back(turn.owner);
+    owners_.push_back(turn.owner);
     turns_.push_back(std::move(turn));
   }
 
   std::vector<store::Turn> turns_;
   std::vector<store::StoredMessage> rows_;
+  std::vector<std::string> owners_;  // the owner of rows_[i]
   std::int64_t next_id_ = 1;
   std::optional<Error> append_error_;
   std::optional<Error> read_error_;

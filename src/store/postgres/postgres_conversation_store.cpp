@@ -27,7 +27,7 @@ namespace {
 // done. PostgreSQL's DDL is transactional, so a crash never leaves a half-migrated database.
 
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 1;
+constexpr std::int64_t kSchemaVersion = 2;
 
 // pg_advisory_xact_lock key reserved for Staple's migrations ("Stap" in ASCII).
 constexpr std::string_view kMigrationLock = "SELECT pg_advisory_xact_lock(1400136048)";
@@ -49,12 +49,21 @@ const std::vector<std::string_view> kMigrationToVersion1 = {
     R"sql(CREATE VIEW message AS SELECT id, user_id, "timestamp", role, content FROM messages)sql",
 };
 
+// Version 2: conversations belong to an owner (a client key's id, "" for none: every older row),
+// read through an (owner, user_id, id) index.
+const std::vector<std::string_view> kMigrationToVersion2 = {
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS owner TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX IF NOT EXISTS messages_owner_user_id_id ON messages (owner, user_id, id)",
+    "DROP INDEX IF EXISTS messages_user_id_id",
+};
+
 struct Migration {
   std::int64_t version;  // the schema version after this migration
   const std::vector<std::string_view>* statements;
 };
 
-const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1}};
+const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1},
+                                            {2, &kMigrationToVersion2}};
 
 Query Sql(std::string_view sql) { return Query{std::string(sql), {}}; }
 
@@ -65,9 +74,9 @@ constexpr std::string_view kSelectColumns =
 
 constexpr std::string_view kInsertTurn =
     R"sql(INSERT INTO messages (user_id, "timestamp", role, content, request_id, model, )sql"
-    "prompt_tokens, completion_tokens, latency_ms) VALUES "
-    "($1, $2::timestamp, 'user', $3, $4, $5, NULL, NULL, NULL), "
-    "($1, $6::timestamp, 'assistant', $7, $4, $5, $8::bigint, $9::bigint, $10::bigint)";
+    "prompt_tokens, completion_tokens, latency_ms, owner) VALUES "
+    "($1, $2::timestamp, 'user', $3, $4, $5, NULL, NULL, NULL, $11), "
+    "($1, $6::timestamp, 'assistant', $7, $4, $5, $8::bigint, $9::bigint, $10::bigint, $11)";
 
 StoredMessage ReadMessage(const QueryResult& rows, int row) {
   StoredMessage message;
@@ -249,15 +258,16 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
         std::string(kInsertTurn),
         {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id, turn.model,
          FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
-         OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms)}});
+         OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms), turn.owner}});
     return op;
   }
 
   Status Appended(const Status& committed, WriteOp&) { return committed; }
 
-  WriteOp DeleteOp(std::string user_id) {
+  WriteOp DeleteOp(std::string owner, std::string user_id) {
     WriteOp op;
-    op.queries.push_back(Query{"DELETE FROM messages WHERE user_id = $1", {std::move(user_id)}});
+    op.queries.push_back(Query{"DELETE FROM messages WHERE owner = $2 AND user_id = $1",
+                               {std::move(user_id), std::move(owner)}});
     return op;
   }
 
@@ -267,13 +277,15 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
   }
 
   Result<std::vector<StoredMessage>> Recent(Reader& session, Deadline deadline,
-                                            const std::string& user_id, std::size_t max_messages) {
-    // Newest first with a LIMIT walks the (user_id, id) index backwards; the page is then
+                                            const std::string& owner, const std::string& user_id,
+                                            std::size_t max_messages) {
+    // Newest first with a LIMIT walks the (owner, user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     std::vector<Query> queries;
-    queries.push_back(
-        Query{std::string(kSelectColumns) + "WHERE user_id = $1 ORDER BY id DESC LIMIT $2::bigint",
-              {user_id, max_messages == 0 ? std::nullopt : SqlLimit(max_messages)}});
+    queries.push_back(Query{std::string(kSelectColumns) +
+                                "WHERE owner = $3 AND user_id = $1 ORDER BY id DESC LIMIT $2::bigint",
+                            {user_id, max_messages == 0 ? std::nullopt : SqlLimit(max_messages),
+                             owner}});
     auto results = session.Run(queries, deadline);
     if (!results) return Context("database read failed", results.error());
     const QueryResult& rows = results->front();
@@ -283,15 +295,17 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     return messages;
   }
 
-  Result<MessagePage> List(Reader& session, Deadline deadline, const std::string& user_id,
-                           std::int64_t after_id, std::size_t limit) {
+  Result<MessagePage> List(Reader& session, Deadline deadline, const std::string& owner,
+                           const std::string& user_id, std::int64_t after_id, std::size_t limit) {
     // One row more than asked tells whether another page exists.
     std::vector<Query> queries;
     queries.push_back(
         Query{std::string(kSelectColumns) +
-                  "WHERE user_id = $1 AND id > $2::bigint ORDER BY id ASC LIMIT $3::bigint",
+                  "WHERE owner = $4 AND user_id = $1 AND id > $2::bigint ORDER BY id ASC "
+                  "LIMIT $3::bigint",
               {user_id, std::to_string(after_id),
-               SqlLimit(limit == std::numeric_limits<std::size_t>::max() ? limit : limit + 1)}});
+               SqlLimit(limit == std::numeric_limits<std::size_t>::max() ? limit : limit + 1),
+               owner}});
     auto results = session.Run(queries, deadline);
     if (!results) return Context("database read failed", results.error());
     const QueryResult& rows = results->front();

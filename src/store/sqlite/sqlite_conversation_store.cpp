@@ -132,15 +132,36 @@ Status MigrateToVersion1(Database& db) {
   return Ok();
 }
 
+// Version 2: conversations belong to an owner (a client key's id; "" for none, which every row of
+// an older database gets), and history reads go through an (owner, user_id, id) index instead of
+// (user_id, id), so one key's rows never lengthen another key's reads.
+Status MigrateToVersion2(Database& db) {
+  auto columns = TableColumns(db, "messages");
+  if (!columns) return columns.error();
+  if (std::find(columns->begin(), columns->end(), "owner") == columns->end()) {
+    if (auto added = db.Exec("ALTER TABLE messages ADD COLUMN owner TEXT NOT NULL DEFAULT ''");
+        !added) {
+      return added;
+    }
+  }
+  if (auto indexed = db.Exec(
+          "CREATE INDEX IF NOT EXISTS messages_owner_user_id_id ON messages (owner, user_id, id)");
+      !indexed) {
+    return indexed;
+  }
+  return db.Exec("DROP INDEX IF EXISTS messages_user_id_id");
+}
+
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 1;
+constexpr std::int64_t kSchemaVersion = 2;
 
 struct Migration {
   std::int64_t version;  // the user_version after this migration
   Status (*apply)(Database&);
 };
 
-constexpr std::array<Migration, 1> kMigrations = {{{1, &MigrateToVersion1}}};
+constexpr std::array<Migration, 2> kMigrations = {
+    {{1, &MigrateToVersion1}, {2, &MigrateToVersion2}}};
 static_assert(kMigrations.back().version == kSchemaVersion);
 
 Status MigrateInTransaction(Database& db) {
@@ -201,6 +222,15 @@ StoredMessage ReadMessage(const Statement& row) {
   message.completion_tokens = row.ColumnOptionalInt64(8);
   message.latency_ms = row.ColumnOptionalInt64(9);
   return message;
+}
+
+// The HistoryCache key of a conversation (stored text holds no NUL, see ToStorableText).
+std::string CacheKey(const std::string& owner, const std::string& user_id) {
+  std::string key;
+  key.reserve(owner.size() + 1 + user_id.size());
+  key.append(owner).push_back('\0');
+  key.append(user_id);
+  return key;
 }
 
 // HistoryCache bounds: more rows than any default context window (100 messages), and a memory
@@ -294,9 +324,10 @@ class Writer {
     return Ok();
   }
 
-  Result<std::int64_t> DeleteUser(const std::string& user_id) {
+  Result<std::int64_t> DeleteUser(const std::string& owner, const std::string& user_id) {
     StatementReset reset(delete_);
     if (auto ok = delete_.BindText(1, user_id); !ok) return ok.error();
+    if (auto ok = delete_.BindText(2, owner); !ok) return ok.error();
     if (auto done = delete_.Step(); !done) return done.error();
     return db_.Changes();
   }
@@ -326,9 +357,9 @@ class Writer {
         {&rollback_, "ROLLBACK"},
         {&insert_,
          "INSERT INTO messages (user_id, timestamp, role, content, request_id, model, "
-         "prompt_tokens, completion_tokens, latency_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-         "?9)"},
-        {&delete_, "DELETE FROM messages WHERE user_id = ?1"},
+         "prompt_tokens, completion_tokens, latency_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+         "?7, ?8, ?9, ?10)"},
+        {&delete_, "DELETE FROM messages WHERE owner = ?2 AND user_id = ?1"},
     }};
     for (const Item& item : items) {
       auto statement = db_.Prepare(item.sql);
@@ -350,7 +381,7 @@ class Writer {
                    std::optional<std::int64_t> completion_tokens,
                    std::optional<std::int64_t> latency_ms) {
     StatementReset reset(insert_);
-    const std::array<Status, 9> bound = {
+    const std::array<Status, 10> bound = {
         insert_.BindText(1, turn.user_id),
         insert_.BindText(2, timestamp),
         insert_.BindText(3, role),
@@ -360,6 +391,7 @@ class Writer {
         insert_.BindInt64OrNull(7, prompt_tokens),
         insert_.BindInt64OrNull(8, completion_tokens),
         insert_.BindInt64OrNull(9, latency_ms),
+        insert_.BindText(10, turn.owner),
     };
     for (const Status& status : bound) {
       if (!status) return status;
@@ -392,33 +424,37 @@ class Reader {
     return reader;
   }
 
-  Result<std::vector<StoredMessage>> Recent(const std::string& user_id, std::size_t max,
-                                            HistoryCache& cache) {
-    // With a cached window, its row count and newest id come from the (user_id, id) index alone
-    // (a few pages); they decide whether the cached rows are the stored ones (see HistoryCache).
-    if (const auto oldest = cache.OldestId(user_id)) {
+  Result<std::vector<StoredMessage>> Recent(const std::string& owner, const std::string& user_id,
+                                            std::size_t max, HistoryCache& cache) {
+    // With a cached window, its row count and newest id come from the (owner, user_id, id) index
+    // alone (a few pages); they decide whether the cached rows are the stored ones (see
+    // HistoryCache).
+    const std::string key = CacheKey(owner, user_id);
+    if (const auto oldest = cache.OldestId(key)) {
       StatementReset reset(window_);
       if (auto ok = window_.BindText(1, user_id); !ok) return ok.error();
       if (auto ok = window_.BindInt64(2, *oldest); !ok) return ok.error();
+      if (auto ok = window_.BindText(3, owner); !ok) return ok.error();
       auto row = window_.Step();
       if (!row) return Context("database read failed", row.error());
       if (*row) {
-        auto cached =
-            cache.Get(user_id, *oldest, window_.ColumnInt64(0), window_.ColumnInt64(1), max);
+        auto cached = cache.Get(key, *oldest, window_.ColumnInt64(0), window_.ColumnInt64(1), max);
         if (cached) return std::move(*cached);
       }
     }
-    auto messages = ReadRecent(user_id, max);
+    auto messages = ReadRecent(owner, user_id, max);
     // Fewer rows than the limit: the read saw the whole conversation.
-    if (messages) cache.Put(user_id, *messages, max == 0 || messages->size() < max);
+    if (messages) cache.Put(key, *messages, max == 0 || messages->size() < max);
     return messages;
   }
 
-  Result<std::vector<StoredMessage>> ReadRecent(const std::string& user_id, std::size_t max) {
-    // Newest first with a LIMIT uses the (user_id, id) index backwards; the page is then
+  Result<std::vector<StoredMessage>> ReadRecent(const std::string& owner,
+                                                const std::string& user_id, std::size_t max) {
+    // Newest first with a LIMIT uses the (owner, user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     StatementReset reset(recent_);
     if (auto ok = recent_.BindText(1, user_id); !ok) return ok.error();
+    if (auto ok = recent_.BindText(3, owner); !ok) return ok.error();
     if (auto ok = recent_.BindInt64(2, max == 0 ? -1 : SqlLimit(max)); !ok) return ok.error();
     std::vector<StoredMessage> messages;
     for (;;) {
@@ -431,7 +467,8 @@ class Reader {
     return messages;
   }
 
-  Result<MessagePage> List(const std::string& user_id, std::int64_t after_id, std::size_t limit) {
+  Result<MessagePage> List(const std::string& owner, const std::string& user_id,
+                           std::int64_t after_id, std::size_t limit) {
     // One row more than asked tells whether another page exists.
     StatementReset reset(list_);
     const std::int64_t sql_limit =
@@ -439,6 +476,7 @@ class Reader {
     if (auto ok = list_.BindText(1, user_id); !ok) return ok.error();
     if (auto ok = list_.BindInt64(2, after_id); !ok) return ok.error();
     if (auto ok = list_.BindInt64(3, sql_limit); !ok) return ok.error();
+    if (auto ok = list_.BindText(4, owner); !ok) return ok.error();
     MessagePage page;
     for (;;) {
       auto row = list_.Step();
@@ -466,15 +504,15 @@ class Reader {
   Status Prepare(const SqliteStoreOptions& options) {
     if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
     auto recent =
-        db_.Prepare(std::string(kSelectColumns) + "WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2");
+        db_.Prepare(std::string(kSelectColumns) + "WHERE owner = ?3 AND user_id = ?1 ORDER BY id DESC LIMIT ?2");
     if (!recent) return recent.error();
     recent_ = std::move(recent).value();
     auto window =
-        db_.Prepare("SELECT count(*), max(id) FROM messages WHERE user_id = ?1 AND id >= ?2");
+        db_.Prepare("SELECT count(*), max(id) FROM messages WHERE owner = ?3 AND user_id = ?1 AND id >= ?2");
     if (!window) return window.error();
     window_ = std::move(window).value();
     auto list = db_.Prepare(std::string(kSelectColumns) +
-                            "WHERE user_id = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3");
+                            "WHERE owner = ?4 AND user_id = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3");
     if (!list) return list.error();
     list_ = std::move(list).value();
     auto ping = db_.Prepare("SELECT 1 FROM messages LIMIT 1");
@@ -497,6 +535,7 @@ class Reader {
 // One queued write: a turn to insert or a conversation to delete, and what it did.
 struct SqliteWrite {
   std::optional<Turn> turn;
+  std::string delete_owner;
   std::string delete_user_id;
   // Filled inside the batch, read by Appended and Deleted on the writer thread.
   std::vector<StoredMessage> inserted;
@@ -549,7 +588,7 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
         if (op->turn) {
           status = writer.InsertTurn(*op->turn, &op->inserted);
         } else {
-          auto deleted = writer.DeleteUser(op->delete_user_id);
+          auto deleted = writer.DeleteUser(op->delete_owner, op->delete_user_id);
           if (deleted) {
             op->deleted = *deleted;
           } else {
@@ -574,33 +613,34 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
   Status Appended(const Status& committed, WriteOp& op) {
     // Before the caller resumes, so that its next read of the conversation finds the turn there;
     // also when the caller stopped waiting, since the turn is committed all the same.
-    if (committed && !op.inserted.empty()) {
-      const std::string user_id = op.inserted.front().user_id;
-      history_.Append(user_id, std::move(op.inserted));
+    if (committed && !op.inserted.empty() && op.turn) {
+      history_.Append(CacheKey(op.turn->owner, op.turn->user_id), std::move(op.inserted));
     }
     return committed;
   }
 
-  WriteOp DeleteOp(std::string user_id) {
+  WriteOp DeleteOp(std::string owner, std::string user_id) {
     WriteOp op;
+    op.delete_owner = std::move(owner);
     op.delete_user_id = std::move(user_id);
     return op;
   }
 
   Result<std::int64_t> Deleted(const Status& committed, WriteOp& op) {
     if (!committed) return committed.error();
-    history_.Erase(op.delete_user_id);
+    history_.Erase(CacheKey(op.delete_owner, op.delete_user_id));
     return op.deleted;
   }
 
-  Result<std::vector<StoredMessage>> Recent(Reader& reader, Deadline, const std::string& user_id,
+  Result<std::vector<StoredMessage>> Recent(Reader& reader, Deadline, const std::string& owner,
+                                            const std::string& user_id,
                                             std::size_t max_messages) {
-    return reader.Recent(user_id, max_messages, history_);
+    return reader.Recent(owner, user_id, max_messages, history_);
   }
 
-  Result<MessagePage> List(Reader& reader, Deadline, const std::string& user_id,
-                           std::int64_t after_id, std::size_t limit) {
-    return reader.List(user_id, after_id, limit);
+  Result<MessagePage> List(Reader& reader, Deadline, const std::string& owner,
+                           const std::string& user_id, std::int64_t after_id, std::size_t limit) {
+    return reader.List(owner, user_id, after_id, limit);
   }
 
   Status Ping(Reader& reader, Deadline) { return reader.Ping(); }

@@ -51,7 +51,7 @@ std::vector<std::string> Contents(const std::vector<StoredMessage>& messages) {
 }
 
 std::vector<std::string> RecentContents(ConversationStore& store, const std::string& user_id) {
-  auto messages = RunSync(store.RecentMessages(user_id, 0));
+  auto messages = RunSync(store.RecentMessages("", user_id, 0));
   EXPECT_TRUE(messages.ok()) << Describe(messages);
   return messages.ok() ? Contents(*messages) : std::vector<std::string>{};
 }
@@ -66,7 +66,7 @@ TEST(PostgresConversationStore, SeedViewAndSchemaVersionAnswerInPsql) {
   ASSERT_TRUE(RunSync(store->AppendTurn(turn)).ok());
 
   const std::string db = DatabaseOf(url);
-  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "1\n");
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "2\n");
   EXPECT_EQ(SharedPostgres().Psql(db, "SELECT * FROM message ORDER BY id LIMIT 1"),
             "1|alice|2024-03-01 12:34:56.789012|user|prompt 1\n");
   EXPECT_EQ(SharedPostgres().Psql(db,
@@ -75,7 +75,7 @@ TEST(PostgresConversationStore, SeedViewAndSchemaVersionAnswerInPsql) {
             "id,user_id,timestamp,role,content\n");
   EXPECT_EQ(SharedPostgres().Psql(db,
                                   "SELECT count(*) FROM pg_indexes WHERE indexname = "
-                                  "'messages_user_id_id'"),
+                                  "'messages_owner_user_id_id'"),
             "1\n");
   store->Close();
 }
@@ -107,7 +107,7 @@ TEST(PostgresConversationStore, ReplicasStartingTogetherMigrateOnce) {
   for (const auto& store : stores) ASSERT_NE(store, nullptr);
   EXPECT_EQ(
       SharedPostgres().Psql(DatabaseOf(url), "SELECT count(*), max(version) FROM schema_version"),
-      "1|1\n");
+      "1|2\n");
 }
 
 TEST(PostgresConversationStore, TwoReplicasSeeEachOthersTurns) {
@@ -126,7 +126,7 @@ TEST(PostgresConversationStore, TwoReplicasSeeEachOthersTurns) {
   EXPECT_EQ(RecentContents(*a, "alice"), expected);
   EXPECT_EQ(RecentContents(*b, "alice"), expected);
 
-  auto deleted = RunSync(b->DeleteMessages("alice"));
+  auto deleted = RunSync(b->DeleteMessages("", "alice"));
   ASSERT_TRUE(deleted.ok()) << Describe(deleted);
   EXPECT_EQ(*deleted, 8);
   EXPECT_TRUE(RecentContents(*a, "alice").empty());
@@ -196,7 +196,7 @@ TEST(PostgresConversationStore, ServerOutageFailsFastThenRecovers) {
     EXPECT_LT(std::chrono::steady_clock::now() - started, limit);
 
     started = std::chrono::steady_clock::now();
-    auto recent = RunSync(store->RecentMessages("alice", 0));
+    auto recent = RunSync(store->RecentMessages("", "alice", 0));
     ASSERT_FALSE(recent.ok());
     EXPECT_EQ(recent.error().kind, ErrorKind::kStorage);
     EXPECT_LT(std::chrono::steady_clock::now() - started, limit);
@@ -226,7 +226,7 @@ TEST(PostgresConversationStore, ServerOutageFailsFastThenRecovers) {
   ASSERT_TRUE(ping.ok()) << Describe(ping);
   std::vector<std::string> contents;
   while (std::chrono::steady_clock::now() < give_up) {
-    auto messages = RunSync(store->RecentMessages("alice", 0));
+    auto messages = RunSync(store->RecentMessages("", "alice", 0));
     if (messages.ok()) {
       contents = Contents(*messages);
       break;

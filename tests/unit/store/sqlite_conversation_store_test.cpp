@@ -116,14 +116,15 @@ TEST_F(SqliteConversationStoreTest, CreatesMissingDirectoriesAndTheVersionedSche
   EXPECT_TRUE(std::filesystem::exists(path_));
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "1");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "2");
   EXPECT_EQ(raw.Scalar("PRAGMA journal_mode"), "wal");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns, ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id",
-                                   "model", "prompt_tokens", "completion_tokens", "latency_ms"));
+                                   "model", "prompt_tokens", "completion_tokens", "latency_ms",
+                                   "owner"));
   EXPECT_EQ(raw.Scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
-                       "tbl_name = 'messages' AND sql LIKE '%(user_id, id)%'"),
+                       "tbl_name = 'messages' AND sql LIKE '%(owner, user_id, id)%'"),
             "1");
   EXPECT_THAT(raw.Scalar("SELECT sql FROM sqlite_master WHERE name = 'messages'"),
               HasSubstr("AUTOINCREMENT"));
@@ -193,7 +194,7 @@ TEST_F(SqliteConversationStoreTest, AcknowledgedTurnsSurviveKill9) {
   // Every acknowledged turn is there, and only whole turns are.
   auto store = OpenStore();
   ASSERT_NE(store, nullptr);
-  auto messages = RunSync(store->RecentMessages("crash", 0));
+  auto messages = RunSync(store->RecentMessages("", "crash", 0));
   ASSERT_TRUE(messages.ok()) << Describe(messages);
   ASSERT_GE(messages->size(), 2u * static_cast<std::size_t>(last_ack + 1));
   EXPECT_EQ(messages->size() % 2, 0u);
@@ -232,7 +233,7 @@ std::vector<std::string> TableRows(RawConnection& raw, const std::string& user_i
 
 std::vector<std::string> HistoryRows(SqliteConversationStore& store, const std::string& user_id,
                                      std::size_t n) {
-  auto read = RunSync(store.RecentMessages(user_id, n));
+  auto read = RunSync(store.RecentMessages("", user_id, n));
   EXPECT_TRUE(read.ok()) << Describe(read);
   std::vector<std::string> out;
   if (read.ok()) {
@@ -275,7 +276,7 @@ TEST_F(SqliteConversationStoreTest, HistoryReadsShowEveryCommittedChange) {
 
   // After the store's own delete, a new conversation under the same id.
   EXPECT_EQ(HistoryRows(*store, "bob", 100), TableRows(raw, "bob", 100));
-  ASSERT_TRUE(RunSync(store->DeleteMessages("bob")).ok());
+  ASSERT_TRUE(RunSync(store->DeleteMessages("", "bob")).ok());
   EXPECT_TRUE(HistoryRows(*store, "bob", 100).empty());
   ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("bob", 1))).ok());
   EXPECT_EQ(HistoryRows(*store, "bob", 100), TableRows(raw, "bob", 100));
@@ -308,12 +309,12 @@ TEST_F(SqliteConversationStoreTest, ReopeningTheFileKeepsTheData) {
   }  // the destructor closes
   auto store = OpenStore();
   ASSERT_NE(store, nullptr);
-  auto messages = RunSync(store->RecentMessages("alice", 0));
+  auto messages = RunSync(store->RecentMessages("", "alice", 0));
   ASSERT_TRUE(messages.ok()) << Describe(messages);
   ASSERT_EQ(messages->size(), 4u);
   EXPECT_EQ((*messages)[3].content, "answer 2");
   ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", 3))).ok());
-  auto more = RunSync(store->RecentMessages("alice", 1));
+  auto more = RunSync(store->RecentMessages("", "alice", 1));
   ASSERT_TRUE(more.ok());
   EXPECT_GT((*more)[0].id, (*messages)[3].id);
 }
@@ -334,7 +335,7 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   auto store = OpenStore();
   ASSERT_NE(store, nullptr);
 
-  auto old = RunSync(store->RecentMessages("old-user", 0));
+  auto old = RunSync(store->RecentMessages("", "old-user", 0));
   ASSERT_TRUE(old.ok()) << Describe(old);
   ASSERT_EQ(old->size(), 2u);
   EXPECT_EQ((*old)[0].content, "old prompt");
@@ -344,18 +345,19 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   EXPECT_EQ((*old)[1].prompt_tokens, std::nullopt);
 
   ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("old-user", 1))).ok());
-  auto all = RunSync(store->RecentMessages("old-user", 0));
+  auto all = RunSync(store->RecentMessages("", "old-user", 0));
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 4u);
   EXPECT_GT((*all)[2].id, (*all)[1].id);
   EXPECT_EQ((*all)[3].completion_tokens, 21);
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "1");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "2");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns, ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id",
-                                   "model", "prompt_tokens", "completion_tokens", "latency_ms"));
+                                   "model", "prompt_tokens", "completion_tokens", "latency_ms",
+                                   "owner"));
   EXPECT_EQ(raw.Query("SELECT * FROM message").size(), 4u);
 }
 
@@ -364,17 +366,17 @@ TEST_F(SqliteConversationStoreTest, RefusesASchemaNewerThanThisBuild) {
   {
     RawConnection raw(path_);
     raw.Exec(
-        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 2;");
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 3;");
   }
   auto store = SqliteConversationStore::Open(Options());
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr(path_));
-  EXPECT_THAT(store.error().message, HasSubstr("schema version 2 is newer"));
+  EXPECT_THAT(store.error().message, HasSubstr("schema version 3 is newer"));
 
   // The file was left as it was.
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "2");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "3");
 }
 
 TEST_F(SqliteConversationStoreTest, RefusesATableItCannotMigrate) {
@@ -459,18 +461,18 @@ TEST_F(SqliteConversationStoreTest, AFailedBatchIsUnavailableAndTheStoreKeepsSer
   ASSERT_FALSE(failed.ok());
   EXPECT_EQ(failed.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(failed.error().message, ::testing::Not(HasSubstr("do not leak")));
-  auto deleted = RunSync(store->DeleteMessages("alice"));
+  auto deleted = RunSync(store->DeleteMessages("", "alice"));
   ASSERT_FALSE(deleted.ok());
   EXPECT_EQ(deleted.error().kind, ErrorKind::kStorage);
   // Reads still work while the write lock is held (WAL).
-  auto during = RunSync(store->RecentMessages("alice", 0));
+  auto during = RunSync(store->RecentMessages("", "alice", 0));
   ASSERT_TRUE(during.ok()) << Describe(during);
   EXPECT_EQ(during->size(), 2u);
   other.Exec("COMMIT");
 
   Status recovered = RunSync(store->AppendTurn(MakeTurn("alice", 3)));
   ASSERT_TRUE(recovered.ok()) << Describe(recovered);
-  auto messages = RunSync(store->RecentMessages("alice", 0));
+  auto messages = RunSync(store->RecentMessages("", "alice", 0));
   ASSERT_TRUE(messages.ok());
   std::vector<std::string> contents;
   for (const StoredMessage& m : *messages) contents.push_back(m.content);

@@ -51,13 +51,13 @@ class ConversationStoreContract : public ::testing::TestWithParam<ContractParam>
   Status Append(const Turn& turn) { return RunSync(store_->AppendTurn(turn)); }
 
   std::vector<StoredMessage> Recent(const std::string& user_id, std::size_t max) {
-    auto messages = RunSync(store_->RecentMessages(user_id, max));
+    auto messages = RunSync(store_->RecentMessages("", user_id, max));
     EXPECT_TRUE(messages.ok()) << Describe(messages);
     return messages.ok() ? std::move(messages).value() : std::vector<StoredMessage>{};
   }
 
   MessagePage List(const std::string& user_id, std::int64_t after_id, std::size_t limit) {
-    auto page = RunSync(store_->ListMessages(user_id, after_id, limit));
+    auto page = RunSync(store_->ListMessages("", user_id, after_id, limit));
     EXPECT_TRUE(page.ok()) << Describe(page);
     return page.ok() ? std::move(page).value() : MessagePage{};
   }
@@ -189,7 +189,7 @@ TEST_P(ConversationStoreContract, InvalidUserIdsAreStoredAndLookedUpReplaced) {
   EXPECT_EQ(Recent(stored, 0).size(), 2u);
   EXPECT_EQ(List(raw, 0, 10).messages.size(), 2u);
 
-  auto deleted = RunSync(store_->DeleteMessages(raw));
+  auto deleted = RunSync(store_->DeleteMessages("", raw));
   ASSERT_TRUE(deleted.ok()) << Describe(deleted);
   EXPECT_EQ(*deleted, 2);
   EXPECT_TRUE(Recent(stored, 0).empty());
@@ -282,17 +282,48 @@ TEST_P(ConversationStoreContract, ListMessagesPagesOldestFirstWithHasMore) {
   EXPECT_FALSE(middle.has_more);
 }
 
+// A conversation is (owner, user_id): two owners with the same user_id never see, continue or
+// delete each other's rows, and the rows without an owner are a third conversation.
+TEST_P(ConversationStoreContract, OwnersHaveSeparateConversations) {
+  Turn of_a = MakeTurn("alice", 0);
+  of_a.owner = "key_a";
+  Turn of_b = MakeTurn("alice", 1);
+  of_b.owner = "key_b";
+  ASSERT_TRUE(Append(of_a).ok());
+  ASSERT_TRUE(Append(of_b).ok());
+  AppendTurns("alice", 1);  // no owner
+
+  auto recent_a = RunSync(store_->RecentMessages("key_a", "alice", 0));
+  ASSERT_TRUE(recent_a.ok()) << Describe(recent_a);
+  EXPECT_THAT(Contents(*recent_a), ::testing::ElementsAre("prompt 0", "answer 0"));
+  auto page_b = RunSync(store_->ListMessages("key_b", "alice", 0, 10));
+  ASSERT_TRUE(page_b.ok()) << Describe(page_b);
+  EXPECT_THAT(Contents(page_b->messages), ::testing::ElementsAre("prompt 1", "answer 1"));
+  EXPECT_EQ(Recent("alice", 0).size(), 2u);
+  auto none = RunSync(store_->RecentMessages("key_c", "alice", 0));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+
+  auto deleted = RunSync(store_->DeleteMessages("key_b", "alice"));
+  ASSERT_TRUE(deleted.ok()) << Describe(deleted);
+  EXPECT_EQ(*deleted, 2);
+  auto still_a = RunSync(store_->RecentMessages("key_a", "alice", 0));
+  ASSERT_TRUE(still_a.ok());
+  EXPECT_EQ(still_a->size(), 2u);
+  EXPECT_EQ(Recent("alice", 0).size(), 2u);
+}
+
 TEST_P(ConversationStoreContract, DeleteMessagesRemovesOnlyThatUser) {
   AppendTurns("alice", 3);
   AppendTurns("bob", 2);
 
-  auto deleted = RunSync(store_->DeleteMessages("alice"));
+  auto deleted = RunSync(store_->DeleteMessages("", "alice"));
   ASSERT_TRUE(deleted.ok()) << Describe(deleted);
   EXPECT_EQ(*deleted, 6);
   EXPECT_TRUE(Recent("alice", 0).empty());
   EXPECT_EQ(Recent("bob", 0).size(), 4u);
 
-  auto again = RunSync(store_->DeleteMessages("alice"));
+  auto again = RunSync(store_->DeleteMessages("", "alice"));
   ASSERT_TRUE(again.ok()) << Describe(again);
   EXPECT_EQ(*again, 0);
 
@@ -380,15 +411,15 @@ TEST_P(ConversationStoreContract, CallsAfterCloseAreUnavailable) {
   ASSERT_FALSE(appended.ok());
   EXPECT_EQ(appended.error().kind, ErrorKind::kStorage);
 
-  auto recent = RunSync(store_->RecentMessages("alice", 0));
+  auto recent = RunSync(store_->RecentMessages("", "alice", 0));
   ASSERT_FALSE(recent.ok());
   EXPECT_EQ(recent.error().kind, ErrorKind::kStorage);
 
-  auto page = RunSync(store_->ListMessages("alice", 0, 10));
+  auto page = RunSync(store_->ListMessages("", "alice", 0, 10));
   ASSERT_FALSE(page.ok());
   EXPECT_EQ(page.error().kind, ErrorKind::kStorage);
 
-  auto deleted = RunSync(store_->DeleteMessages("alice"));
+  auto deleted = RunSync(store_->DeleteMessages("", "alice"));
   ASSERT_FALSE(deleted.ok());
   EXPECT_EQ(deleted.error().kind, ErrorKind::kStorage);
 
