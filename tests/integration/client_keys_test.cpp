@@ -254,6 +254,45 @@ TEST_F(ClientKeysTest, AdminApiValidatesAndNeverShowsSecretsAgain) {
   ExpectNoSecretIn(staple->AllStderr());
 }
 
+// A key's own limit is one exact limit across replicas sharing Redis (and PostgreSQL for the keys):
+// 9 requests alternating between two replicas against "3 per minute" admit exactly 3.
+TEST_F(ClientKeysTest, PerKeyLimitsAreExactAcrossReplicas) {
+  PostgresServer postgres;
+  postgres.CreateDatabase("staple");
+  RedisServer redis;
+  auto env = KeysEnv(
+      {{"STAPLE_DATABASE_URL", postgres.Url("staple")}, {"STAPLE_RATELIMIT_STORAGE", redis.url()}});
+  // Made with `staple keys create` before the replicas start, so both load it at start-up.
+  TempDir cli_dir;
+  RunResult created =
+      RunStaple({"keys", "create", "--name", "metered", "--request-limits", "3 per minute"},
+                {{"STAPLE_DATABASE_URL", postgres.Url("staple")}}, cli_dir.path());
+  ASSERT_TRUE(created.status.has_value() && created.status->Success()) << created.err;
+  std::string key;
+  for (const auto& line : SplitLines(created.out)) {
+    if (line.rfind("sk-staple-", 0) == 0) key = line;
+  }
+  ASSERT_FALSE(key.empty()) << created.out;
+  secrets_.push_back(key);
+  auto a = StartStaple(env);
+  auto b = StartStaple(env);
+  int passed = 0;
+  int limited = 0;
+  for (int i = 0; i < 9; ++i) {
+    HttpResponse response = Chat(i % 2 == 0 ? *a : *b, key);
+    if (response.status == 200) {
+      ++passed;
+    } else if (response.status == 429) {
+      ++limited;
+    } else {
+      ADD_FAILURE() << i << ": " << response.status << " " << response.body;
+    }
+  }
+  EXPECT_EQ(passed, 3);
+  EXPECT_EQ(limited, 6);
+  EXPECT_EQ(fake_.chat_bodies().size(), 3u);
+}
+
 // Two replicas sharing PostgreSQL and Redis: a key revoked on one is refused by the other within
 // two seconds (each replica polls the keys' version every second).
 TEST_F(ClientKeysTest, ARevocationReachesTheOtherReplica) {
