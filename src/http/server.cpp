@@ -193,6 +193,28 @@ Status Server::Bind() {
   if (ec)
     return MakeError(ErrorKind::kInvalidArgument, "invalid listen address '" + options_.host + "'");
   std::uint16_t port = options_.port;
+  // The listeners share the port through SO_REUSEPORT, which would let a second process of the
+  // same user join it too, and the kernel would then split connections between the two. A probe
+  // bound without SO_REUSEPORT fails while anyone listens there, so a busy port is a start-up
+  // error. (Two processes starting at the same instant can still both pass the probe.)
+  if (port != 0) {
+    net::io_context probe_context(1);
+    tcp::acceptor probe(probe_context);
+    const tcp::endpoint endpoint(address, port);
+    probe.open(endpoint.protocol(), ec);
+    if (!ec) probe.set_option(net::socket_base::reuse_address(true), ec);
+    if (!ec) probe.bind(endpoint, ec);
+    if (ec == net::error::address_in_use) {
+      return MakeError(ErrorKind::kUnavailable,
+                       "cannot listen on " + options_.host + ":" + std::to_string(port) +
+                           ": the port is already in use (another Staple or another server "
+                           "listens there)");
+    }
+    if (ec) {
+      return MakeError(ErrorKind::kUnavailable, "cannot listen on " + options_.host + ":" +
+                                                    std::to_string(port) + ": " + ec.message());
+    }
+  }
   const int threads = options_.threads < 1 ? 1 : options_.threads;
   for (int i = 0; i < threads; ++i) {
     auto worker = std::make_unique<Worker>();

@@ -8,6 +8,21 @@ namespace {
 
 class OperationsTest : public GatewayTest {};
 
+// A second Staple on a port that one already serves must not start (SO_REUSEPORT would otherwise
+// let the kernel split the traffic between the two); the first keeps serving.
+TEST_F(OperationsTest, ABusyPortIsAStartUpError) {
+  auto first = StartStaple();
+  TempDir dir;
+  const std::string port = std::to_string(first->port());
+  auto second =
+      RunStaple({"serve", "--host", "127.0.0.1", "--port", port}, UpstreamEnv(fake_), dir.path());
+  ASSERT_TRUE(second.status.has_value()) << "the second instance kept running";
+  EXPECT_FALSE(second.status->Success());
+  EXPECT_NE(second.err.find("127.0.0.1:" + port), std::string::npos) << second.err;
+  EXPECT_NE(second.err.find("already in use"), std::string::npos) << second.err;
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(Turn(*first, "still here").is_object(), true);
+}
+
 TEST_F(OperationsTest, MessagesArePagedOldestFirstAndCanBeDeleted) {
   auto staple = StartStaple({{"STAPLE_COMPLETION_LIMIT", ""}});
   const auto first = Turn(*staple, "one");
