@@ -1,7 +1,9 @@
 #include "api/admission.h"
 
+#include <algorithm>
 #include <boost/asio/ip/network_v4.hpp>
 #include <boost/asio/ip/network_v6.hpp>
+#include <cctype>
 #include <cmath>
 
 #include "api/errors.h"
@@ -86,10 +88,42 @@ std::string Admission::ClientOf(const http::Request& request) const {
   return candidate;
 }
 
+bool HostAllowed(const http::Request& request, const std::vector<std::string>& allowed) {
+  const auto host_header = request.headers.Get("Host");
+  if (!host_header) return true;
+  std::string host(Trim(*host_header));
+  // Drop the port: "[::1]:5000" -> "::1", "localhost:5000" -> "localhost".
+  if (!host.empty() && host.front() == '[') {
+    const auto close = host.find(']');
+    host = close == std::string::npos ? std::string() : host.substr(1, close - 1);
+  } else if (const auto colon = host.find(':');
+             colon != std::string::npos && host.find(':', colon + 1) == std::string::npos) {
+    host.resize(colon);
+  }
+  for (auto& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (!host.empty() && host.back() == '.') host.pop_back();
+  if (host == "localhost" || host.ends_with(".localhost")) return true;
+  boost::system::error_code ec;
+  const auto address = net::ip::make_address(host, ec);
+  if (!ec && address.is_loopback()) return true;
+  return std::find(allowed.begin(), allowed.end(), host) != allowed.end();
+}
+
 net::awaitable<Admission::Outcome> Admission::Admit(
     const http::Request& request, const std::vector<ratelimit::RateLimitItem>& route_limits,
     std::string route_key, ErrorStyle style) const {
   Outcome outcome;
+  if (settings_.check_host && !HostAllowed(request, settings_.allowed_hosts)) {
+    const std::string message =
+        "Host '" + std::string(request.headers.Get("Host").value_or("")) +
+        "' is not allowed: without client keys Staple answers only requests addressed to "
+        "localhost or to a name in STAPLE_ALLOWED_HOSTS";
+    outcome.rejection =
+        style == ErrorStyle::kSeed
+            ? SeedError(403, message)
+            : OpenAIError(403, message, "invalid_request_error", "host_not_allowed");
+    co_return outcome;
+  }
   outcome.client = ClientOf(request);
   if (auth_ != nullptr) {
     auto authenticated = co_await auth_->Authenticate(request, outcome.client, style);

@@ -17,7 +17,17 @@ struct AdmissionSettings {
   std::vector<ratelimit::RateLimitItem> default_limits;  // per client, shared by all API routes
   bool fail_open = false;                    // limiter storage failure: admit (true) or 503
   std::vector<std::string> trusted_proxies;  // IPs or CIDR networks (validated by config)
+  // Refuse (403) a request whose Host is neither a loopback name or address nor one of
+  // `allowed_hosts`: without client keys, a web page could otherwise reach a Staple on localhost
+  // through a DNS-rebinding name and spend its key.
+  bool check_host = false;
+  std::vector<std::string> allowed_hosts;  // lower case, without port
 };
+
+// Whether the Host header of `request` names this machine's loopback (localhost, 127.0.0.0/8,
+// [::1]) or one of `allowed` (lower case), whatever its port. A request without Host is allowed
+// (HTTP/1.0; HTTP/1.1 requires it and the server refuses its absence).
+bool HostAllowed(const http::Request& request, const std::vector<std::string>& allowed);
 
 // The gate in front of API routes: identifies the client (its address, and with client keys its
 // key, see Authenticator), asks the limiter for the global limits (per address) plus the route's

@@ -173,6 +173,8 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   admission_settings.default_limits = config.limits.default_limits;
   admission_settings.fail_open = config.limits.fail_open;
   admission_settings.trusted_proxies = config.limits.trusted_proxies;
+  admission_settings.check_host = config.auth.check_host;
+  admission_settings.allowed_hosts = config.auth.allowed_hosts;
   api::Admission admission(limiter, metrics, admission_settings,
                            authenticator ? &*authenticator : nullptr, usage);
   api::TokenLimitSettings token_settings;

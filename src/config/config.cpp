@@ -4,6 +4,7 @@
 
 #include <boost/asio/ip/network_v4.hpp>
 #include <boost/asio/ip/network_v6.hpp>
+#include <cctype>
 #include <charconv>
 #include <thread>
 
@@ -137,6 +138,10 @@ std::vector<Variable> MakeVariables() {
        true},
       {"STAPLE_AUTH_FAILURE_LIMIT", "--auth-failure-limit", "10 per minute",
        "failed authentications allowed per client address", false},
+      {"STAPLE_ALLOWED_HOSTS", "--allowed-hosts", "",
+       "without client keys: Host names accepted besides localhost and loopback addresses "
+       "(comma-separated)",
+       false},
       {"STAPLE_SYSTEM_PROMPT", "--system-prompt", "", "system message sent first", false},
       {"STAPLE_HISTORY_MAX_MESSAGES", "--history-max-messages", number(window.max_messages),
        "stored messages sent with a prompt (0 = no limit)", false},
@@ -325,6 +330,26 @@ Result<Config> Load(const Sources& sources) {
       ParseLimitList("STAPLE_AUTH_FAILURE_LIMIT", get("STAPLE_AUTH_FAILURE_LIMIT"));
   if (!failure_limits) return failure_limits.error();
   auth.failure_limits = std::move(failure_limits).value();
+  {
+    const auto& text = get("STAPLE_ALLOWED_HOSTS");
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      auto end = text.find(',', start);
+      if (end == std::string::npos) end = text.size();
+      auto entry = Trim(std::string_view(text).substr(start, end - start));
+      start = end + 1;
+      if (entry.empty()) continue;
+      for (auto& c : entry) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (entry.find_first_of(" /:@") != std::string::npos) {
+        return Invalid("STAPLE_ALLOWED_HOSTS", text, "'" + entry + "' is not a host name");
+      }
+      auth.allowed_hosts.push_back(entry);
+    }
+    boost::system::error_code ec;
+    const auto listen =
+        net::ip::make_address(server.host == "localhost" ? "127.0.0.1" : server.host, ec);
+    auth.check_host = !auth.keys && (listen.is_loopback() || !auth.allowed_hosts.empty());
+  }
 
   auto& store = config.store;
   store.url = Trim(get("STAPLE_DATABASE_URL"));

@@ -65,6 +65,12 @@ struct AuthSettings {
   bool keys = false;      // STAPLE_AUTH=keys: every API route needs a client key
   std::string admin_key;  // STAPLE_ADMIN_KEY ("" = no admin API); at least 32 characters
   std::vector<ratelimit::RateLimitItem> failure_limits;  // failed authentications per address
+  // Without client keys, the Host names a request may carry besides loopback ones (lower case,
+  // no port); see `check_host`.
+  std::vector<std::string> allowed_hosts;
+  // Without client keys: refuse requests whose Host is neither a loopback name nor in
+  // allowed_hosts (DNS rebinding). On when listening on loopback or when allowed_hosts is set.
+  bool check_host = false;
 };
 
 struct ChatSettings {

@@ -23,6 +23,33 @@ TEST_F(OperationsTest, ABusyPortIsAStartUpError) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(Turn(*first, "still here").is_object(), true);
 }
 
+// DNS rebinding: without client keys, a request addressed to another name (a page on
+// evil.example whose name now resolves to 127.0.0.1) is refused before anything is read or spent.
+TEST_F(OperationsTest, WithoutKeysOnlyRequestsAddressedToLocalhostAreServed) {
+  auto staple = StartStaple();
+  Turn(*staple, "stored", std::string("victim"));
+  const Headers rebound = {{"Host", "evil.example:" + std::to_string(staple->port())}};
+  HttpResponse read = client_.Get(staple->url() + "/users/victim/messages", rebound);
+  EXPECT_EQ(read.status, 403);
+  EXPECT_EQ(read.body.find("stored"), std::string::npos);
+  HttpResponse spend = Complete(*staple, "spend the key", std::nullopt, rebound);
+  EXPECT_EQ(spend.status, 403);
+  Headers json_rebound = rebound;
+  json_rebound.emplace_back("Content-Type", "application/json");
+  HttpResponse chat =
+      client_.Request("POST", staple->url() + "/v1/chat/completions",
+                      R"({"model":"m","messages":[{"role":"user","content":"hi"}]})", json_rebound);
+  EXPECT_EQ(chat.status, 403);
+  EXPECT_EQ(chat.Json()["error"]["code"], "host_not_allowed");
+  EXPECT_EQ(fake_.chat_bodies().size(), 1u);  // only the first, legitimate turn
+  const Headers named = {{"Host", "localhost:" + std::to_string(staple->port())}};
+  EXPECT_EQ(client_.Get(staple->url() + "/users/victim/messages", named).status, 200);
+
+  auto listed = StartStaple({{"STAPLE_ALLOWED_HOSTS", "gateway.internal"}});
+  const Headers allowed = {{"Host", "gateway.internal:" + std::to_string(listed->port())}};
+  EXPECT_EQ(client_.Get(listed->url() + "/users/victim/messages", allowed).status, 200);
+}
+
 TEST_F(OperationsTest, MessagesArePagedOldestFirstAndCanBeDeleted) {
   auto staple = StartStaple({{"STAPLE_COMPLETION_LIMIT", ""}});
   const auto first = Turn(*staple, "one");

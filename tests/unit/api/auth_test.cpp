@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "api/admission.h"
 #include "ratelimit/clock.h"
 #include "ratelimit/memory/memory_rate_limiter.h"
 #include "support/temp_dir.h"
@@ -115,6 +116,36 @@ TEST_F(AuthenticatorTest, PastTheFailureLimitNoKeyIsLookedAt) {
   auto right = Run(WithHeader("X-API-Key", secret_), ErrorStyle::kOpenAI);
   ASSERT_TRUE(right.rejection.has_value());
   EXPECT_EQ(right.rejection->status, 429);
+}
+
+}  // namespace
+}  // namespace staple::api
+
+namespace staple::api {
+namespace {
+
+http::Request AddressedTo(const std::string& host) {
+  http::Request request;
+  request.headers.Add("Host", host);
+  return request;
+}
+
+TEST(HostAllowedTest, LoopbackNamesAndAddressesWithAnyPort) {
+  for (const char* host :
+       {"localhost", "LOCALHOST:5000", "127.0.0.1", "127.0.0.1:5000", "127.8.9.10", "[::1]:5000",
+        "[::1]", "app.localhost:5000", "localhost."}) {
+    EXPECT_TRUE(HostAllowed(AddressedTo(host), {})) << host;
+  }
+  EXPECT_TRUE(HostAllowed(http::Request{}, {}));  // no Host (HTTP/1.0)
+}
+
+TEST(HostAllowedTest, OtherNamesOnlyWhenListed) {
+  for (const char* host : {"evil.example", "evil.example:5000", "10.0.0.5", "[2001:db8::1]:5000",
+                           "localhost.evil.example", "127.0.0.1.evil.example", ""}) {
+    EXPECT_FALSE(HostAllowed(AddressedTo(host), {})) << host;
+  }
+  EXPECT_TRUE(HostAllowed(AddressedTo("Gateway.Internal:8080"), {"gateway.internal"}));
+  EXPECT_FALSE(HostAllowed(AddressedTo("other.internal"), {"gateway.internal"}));
 }
 
 }  // namespace

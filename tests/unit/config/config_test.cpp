@@ -208,6 +208,7 @@ TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
       {"STAPLE_AUTH", ""},
       {"STAPLE_ADMIN_KEY", ""},
       {"STAPLE_AUTH_FAILURE_LIMIT", "10 per minute"},
+      {"STAPLE_ALLOWED_HOSTS", ""},
       {"STAPLE_SYSTEM_PROMPT", ""},
       {"STAPLE_HISTORY_MAX_MESSAGES", "100"},
       {"STAPLE_HISTORY_MAX_CHARS", "200000"},
