@@ -67,6 +67,20 @@ Result<std::vector<ratelimit::RateLimitItem>> ParseLimitList(const char* name,
   return std::move(parsed).value();
 }
 
+// The non-empty entries of a comma-separated list, trimmed.
+std::vector<std::string> SplitList(const std::string& text) {
+  std::vector<std::string> entries;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    auto entry = Trim(std::string_view(text).substr(start, end - start));
+    start = end + 1;
+    if (!entry.empty()) entries.push_back(std::move(entry));
+  }
+  return entries;
+}
+
 Result<bool> ParseBool(const char* name, const std::string& value) {
   const auto text = Trim(value);
   if (text == "1" || text == "true" || text == "on" || text == "yes") return true;
@@ -273,10 +287,13 @@ Result<Config> Load(const Sources& sources) {
   // 2. Parse and validate each subsystem's settings.
   auto& server = config.server;
   server.host = Trim(get("STAPLE_HOST"));
+  bool on_loopback = false;  // nobody but this machine can connect
   {
     boost::system::error_code ec;
-    net::ip::make_address(server.host == "localhost" ? "127.0.0.1" : server.host, ec);
+    const auto address =
+        net::ip::make_address(server.host == "localhost" ? "127.0.0.1" : server.host, ec);
     if (ec) return Invalid("STAPLE_HOST", get("STAPLE_HOST"), "expected an IP address");
+    on_loopback = address.is_loopback();
   }
   auto port = ParseInteger("STAPLE_PORT", get("STAPLE_PORT"), 0, 65535);
   if (!port) return port.error();
@@ -308,10 +325,7 @@ Result<Config> Load(const Sources& sources) {
     auth.keys = true;
   } else if (auth_mode.empty()) {
     // Secure by default: open only while nobody but this machine can connect.
-    boost::system::error_code ec;
-    const auto address =
-        net::ip::make_address(server.host == "localhost" ? "127.0.0.1" : server.host, ec);
-    if (!address.is_loopback()) {
+    if (!on_loopback) {
       return MakeError(ErrorKind::kInvalidArgument,
                        "STAPLE_AUTH is not set while listening on " + server.host +
                            ": set STAPLE_AUTH=keys (client keys required) or STAPLE_AUTH=off "
@@ -332,23 +346,14 @@ Result<Config> Load(const Sources& sources) {
   auth.failure_limits = std::move(failure_limits).value();
   {
     const auto& text = get("STAPLE_ALLOWED_HOSTS");
-    std::size_t start = 0;
-    while (start <= text.size()) {
-      auto end = text.find(',', start);
-      if (end == std::string::npos) end = text.size();
-      auto entry = Trim(std::string_view(text).substr(start, end - start));
-      start = end + 1;
-      if (entry.empty()) continue;
+    for (auto& entry : SplitList(text)) {
       for (auto& c : entry) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       if (entry.find_first_of(" /:@") != std::string::npos) {
         return Invalid("STAPLE_ALLOWED_HOSTS", text, "'" + entry + "' is not a host name");
       }
       auth.allowed_hosts.push_back(entry);
     }
-    boost::system::error_code ec;
-    const auto listen =
-        net::ip::make_address(server.host == "localhost" ? "127.0.0.1" : server.host, ec);
-    auth.check_host = !auth.keys && (listen.is_loopback() || !auth.allowed_hosts.empty());
+    auth.check_host = !auth.keys && (on_loopback || !auth.allowed_hosts.empty());
   }
 
   auto& store = config.store;
@@ -407,13 +412,7 @@ Result<Config> Load(const Sources& sources) {
   limits.fail_open = failure == "open";
   {
     const auto& text = get("STAPLE_TRUSTED_PROXIES");
-    std::size_t start = 0;
-    while (start <= text.size()) {
-      auto end = text.find(',', start);
-      if (end == std::string::npos) end = text.size();
-      auto entry = Trim(std::string_view(text).substr(start, end - start));
-      start = end + 1;
-      if (entry.empty()) continue;
+    for (auto& entry : SplitList(text)) {
       if (!ValidProxy(entry)) {
         return Invalid("STAPLE_TRUSTED_PROXIES", text,
                        "'" + entry + "' is not an IP address or CIDR network");
