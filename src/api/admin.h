@@ -23,8 +23,7 @@ struct AdminSettings {
 //   DELETE /admin/keys/{id}   revoke (in force on every replica within about a second)
 // Errors are the seed's shape {"error": "..."}: 400 invalid input (naming the field), 401 wrong or
 // missing admin key, 404 unknown key, 503 storage.
-void RegisterAdminRoutes(http::Router& router, keys::KeyRegistry& registry,
-                         AdminSettings settings);
+void RegisterAdminRoutes(http::Router& router, keys::KeyRegistry& registry, AdminSettings settings);
 
 // A key record as the admin API shows it (no secret, no hash).
 nlohmann::json KeyJson(const keys::KeyRecord& record);

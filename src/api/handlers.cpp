@@ -114,8 +114,7 @@ http::Handler MessagesRoute(std::shared_ptr<Dependencies> deps, MessagesAction a
     if (admission.rejection) co_return std::move(*admission.rejection);
     std::string user_id = DecodePathSegment(request.path_params.at(0));
     std::string owner = admission.owner();
-    http::Response response =
-        co_await action(*deps, request, std::move(owner), std::move(user_id));
+    http::Response response = co_await action(*deps, request, std::move(owner), std::move(user_id));
     AddHeaders(response, admission.headers);
     co_return response;
   };
@@ -139,7 +138,8 @@ net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request
     limit = static_cast<std::size_t>(*value);
   }
   std::string conversation = user_id;
-  auto page = co_await d.store.ListMessages(std::move(owner), std::move(conversation), after, limit);
+  auto page =
+      co_await d.store.ListMessages(std::move(owner), std::move(conversation), after, limit);
   if (!page) co_return FailureAnswer(page.error(), ErrorStyle::kSeed);
   json messages = json::array();
   for (const auto& m : page->messages) messages.push_back(MessageJson(m));
@@ -243,67 +243,69 @@ std::optional<http::Response> ParseSeedRequest(const http::Request& request, See
 void RegisterRoutes(http::Router& router, Dependencies deps) {
   auto shared = std::make_shared<Dependencies>(std::move(deps));
 
-  router.Add(
-      "POST", "/openai-completion", "/openai-completion",
-      [d = shared](http::Request& request) -> net::awaitable<http::Response> {
-        const auto received_at = std::chrono::system_clock::now();
-        // Limits first, as Flask-Limiter does: rejected requests never cost an upstream
-        // call.
-        std::string scope = "route:/openai-completion";
-        auto admission = co_await d->admission.Admit(request, d->completion_limits,
-                                                     std::move(scope), ErrorStyle::kSeed);
-        if (admission.rejection) co_return std::move(*admission.rejection);
+  router.Add("POST", "/openai-completion", "/openai-completion",
+             [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+               const auto received_at = std::chrono::system_clock::now();
+               // Limits first, as Flask-Limiter does: rejected requests never cost an upstream
+               // call.
+               std::string scope = "route:/openai-completion";
+               auto admission = co_await d->admission.Admit(request, d->completion_limits,
+                                                            std::move(scope), ErrorStyle::kSeed);
+               if (admission.rejection) co_return std::move(*admission.rejection);
 
-        SeedRequest parsed;
-        auto invalid = ParseSeedRequest(request, parsed);
-        http::Response response;
-        if (invalid) {
-          response = std::move(*invalid);
-        } else if (admission.key && !admission.key->AllowsModel(d->conversations.model())) {
-          response = SeedError(403, "This API key may not use the model '" +
-                                        d->conversations.model() + "'");
-        } else {
-          auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
-          // Arguments are built before the co_await: g++ 12 destroys temporaries of a
-          // co_await expression twice.
-          auto ticket = d->tokens.Ticket(admission, ErrorStyle::kSeed);
-          chat::CompletionRequest ask{admission.owner(), user_id,
-                                      std::move(parsed.prompt), request.request_id,
-                                      received_at,       parsed.user_id.empty(),
-                                      ticket};
-          auto error_answer = [&ticket](const Error& error) {
-            return error.kind == ErrorKind::kLimited && ticket
-                       ? ticket->TakeRejection()
-                       : FailureAnswer(error, ErrorStyle::kSeed);
-          };
-          if (parsed.stream) {
-            auto opened = co_await d->conversations.OpenStream(std::move(ask));
-            if (opened) {
-              response = SeedStreamResponse(std::move(opened).value(), std::move(user_id));
-            } else {
-              response = error_answer(opened.error());
-            }
-          } else {
-            auto completion = co_await d->conversations.Complete(std::move(ask));
-            response = completion ? http::JsonResponse(200, {{"user_id", user_id},
+               SeedRequest parsed;
+               auto invalid = ParseSeedRequest(request, parsed);
+               http::Response response;
+               if (invalid) {
+                 response = std::move(*invalid);
+               } else if (admission.key && !admission.key->AllowsModel(d->conversations.model())) {
+                 response = SeedError(
+                     403, "This API key may not use the model '" + d->conversations.model() + "'");
+               } else {
+                 auto user_id = parsed.user_id.empty() ? NewUserId() : parsed.user_id;
+                 // Arguments are built before the co_await: g++ 12 destroys temporaries of a
+                 // co_await expression twice.
+                 auto ticket = d->tokens.Ticket(admission, ErrorStyle::kSeed);
+                 chat::CompletionRequest ask{admission.owner(),
+                                             user_id,
+                                             std::move(parsed.prompt),
+                                             request.request_id,
+                                             received_at,
+                                             parsed.user_id.empty(),
+                                             ticket};
+                 auto error_answer = [&ticket](const Error& error) {
+                   return error.kind == ErrorKind::kLimited && ticket
+                              ? ticket->TakeRejection()
+                              : FailureAnswer(error, ErrorStyle::kSeed);
+                 };
+                 if (parsed.stream) {
+                   auto opened = co_await d->conversations.OpenStream(std::move(ask));
+                   if (opened) {
+                     response = SeedStreamResponse(std::move(opened).value(), std::move(user_id));
+                   } else {
+                     response = error_answer(opened.error());
+                   }
+                 } else {
+                   auto completion = co_await d->conversations.Complete(std::move(ask));
+                   response = completion
+                                  ? http::JsonResponse(200, {{"user_id", user_id},
                                                              {"completion", completion->text}})
                                   : error_answer(completion.error());
-          }
-          if (ticket) AddHeaders(response, ticket->headers());
-        }
-        AddHeaders(response, admission.headers);
-        co_return response;
-      });
+                 }
+                 if (ticket) AddHeaders(response, ticket->headers());
+               }
+               AddHeaders(response, admission.headers);
+               co_return response;
+             });
 
   router.Add("GET", "/users/{user_id}/messages", "/users/{user_id}/messages",
              MessagesRoute(shared, ListMessages));
   router.Add("DELETE", "/users/{user_id}/messages", "/users/{user_id}/messages",
              MessagesRoute(shared, DeleteMessages));
 
-  router.Add("GET", "/healthz", "healthz",
-             [](http::Request&) -> net::awaitable<http::Response> {
-               co_return http::JsonResponse(200, {{"status", "ok"}});
-             });
+  router.Add("GET", "/healthz", "healthz", [](http::Request&) -> net::awaitable<http::Response> {
+    co_return http::JsonResponse(200, {{"status", "ok"}});
+  });
 
   router.Add("GET", "/readyz", "readyz",
              [d = shared](http::Request&) -> net::awaitable<http::Response> {

@@ -142,14 +142,13 @@ loadHistory();
 }  // namespace
 
 void RegisterPlayground(http::Router& router) {
-  router.Add("GET", "/", "/",
-             [](http::Request&) -> net::awaitable<http::Response> {
-               http::Response response;
-               response.headers.Add("Content-Type", "text/html; charset=utf-8");
-               response.headers.Add("Cache-Control", "no-cache");
-               response.body = kPage;
-               co_return response;
-             });
+  router.Add("GET", "/", "/", [](http::Request&) -> net::awaitable<http::Response> {
+    http::Response response;
+    response.headers.Add("Content-Type", "text/html; charset=utf-8");
+    response.headers.Add("Cache-Control", "no-cache");
+    response.body = kPage;
+    co_return response;
+  });
 }
 
 }  // namespace staple::api

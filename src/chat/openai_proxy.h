@@ -14,8 +14,8 @@
 namespace staple::chat {
 
 struct ProxyRequest {
-  std::string body;  // as the client sent it
-  ChatBody parsed;   // ParseChatBody(body)
+  std::string body;   // as the client sent it
+  ChatBody parsed;    // ParseChatBody(body)
   std::string owner;  // the caller's key id, "" without client keys (see TurnRequest)
   std::string conversation_id;
   // True when the client named the conversation: its history is inserted. Otherwise the body goes

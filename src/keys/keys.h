@@ -19,16 +19,16 @@ namespace staple::keys {
 
 // One key as stored (never its secret).
 struct KeyRecord {
-  std::string id;           // public id, "key_" + 16 lower-case hex digits; logged and shown
-  std::string name;         // free text, logged and shown
-  std::string secret_hash;  // SHA-256 of the secret, 64 lower-case hex digits
-  std::int64_t created_at = 0;                // Unix seconds
-  std::optional<std::int64_t> expires_at;     // Unix seconds; none: never expires
+  std::string id;               // public id, "key_" + 16 lower-case hex digits; logged and shown
+  std::string name;             // free text, logged and shown
+  std::string secret_hash;      // SHA-256 of the secret, 64 lower-case hex digits
+  std::int64_t created_at = 0;  // Unix seconds
+  std::optional<std::int64_t> expires_at;  // Unix seconds; none: never expires
   bool revoked = false;
-  std::vector<std::string> allowed_models;    // empty: every model
-  std::string request_limits;                 // limits notation ("" = none), per key
-  std::string token_limits;                   // limits notation ("" = none), per key
-  std::string metadata = "{}";                // a JSON object, as text
+  std::vector<std::string> allowed_models;  // empty: every model
+  std::string request_limits;               // limits notation ("" = none), per key
+  std::string token_limits;                 // limits notation ("" = none), per key
+  std::string metadata = "{}";              // a JSON object, as text
 };
 
 // A key as the running server holds it: the record, its limits parsed.

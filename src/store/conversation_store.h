@@ -70,10 +70,10 @@ class ConversationStore {
   virtual ~ConversationStore() = default;
 
   // Appends both rows of `turn` in one transaction and completes only after that transaction is
-  // durably committed (many turns may share one commit). Its text fields (owner, user_id, request_id,
-  // model, prompt, completion) are stored as ToStorableText makes them: "a\0b" is stored, and read
-  // back, as "a\uFFFDb". Errors: kStorage when the database cannot be written, the deadline
-  // passed or the store is closed.
+  // durably committed (many turns may share one commit). Its text fields (owner, user_id,
+  // request_id, model, prompt, completion) are stored as ToStorableText makes them: "a\0b" is
+  // stored, and read back, as "a\uFFFDb". Errors: kStorage when the database cannot be written, the
+  // deadline passed or the store is closed.
   virtual net::awaitable<Status> AppendTurn(Turn turn) = 0;
 
   // The most recent `max_messages` messages of (owner, user_id) (0 = all of them), oldest first.

@@ -466,8 +466,7 @@ void DbWorkers<Writer, Reader, WriteOp>::RunWrites(std::vector<QueuedWrite>& bat
       status = MakeError(ErrorKind::kInternal, e.what());
     }
     if (!status) {
-      status =
-          MakeError(ErrorKind::kStorage, "database write failed: " + status.error().message);
+      status = MakeError(ErrorKind::kStorage, "database write failed: " + status.error().message);
     }
   }
 

@@ -81,9 +81,8 @@ std::string ToStorableText(std::string_view text) {
 }
 
 void MakeStorable(Turn& turn) {
-  for (std::string* text :
-       {&turn.owner, &turn.user_id, &turn.request_id, &turn.model, &turn.prompt,
-        &turn.completion}) {
+  for (std::string* text : {&turn.owner, &turn.user_id, &turn.request_id, &turn.model, &turn.prompt,
+                            &turn.completion}) {
     if (!IsStorableText(*text)) *text = ToStorableText(*text);
   }
 }

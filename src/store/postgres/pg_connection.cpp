@@ -195,7 +195,8 @@ Status Connection::Connect(Deadline deadline) {
   keywords.push_back(nullptr);
   values.push_back(nullptr);
   conn_ = PQconnectStartParams(keywords.data(), values.data(), 0);
-  if (conn_ == nullptr) return StorageFailure(target_.description + ": cannot allocate a connection");
+  if (conn_ == nullptr)
+    return StorageFailure(target_.description + ": cannot allocate a connection");
   if (PQstatus(conn_) == CONNECTION_BAD) return Fail("cannot connect", "");
 
   // PQconnectPoll's protocol: wait for the socket in the direction it asks, then call it again,

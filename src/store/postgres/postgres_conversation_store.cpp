@@ -62,8 +62,7 @@ struct Migration {
   const std::vector<std::string_view>* statements;
 };
 
-const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1},
-                                            {2, &kMigrationToVersion2}};
+const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1}, {2, &kMigrationToVersion2}};
 
 Query Sql(std::string_view sql) { return Query{std::string(sql), {}}; }
 
@@ -130,7 +129,7 @@ class Session {
     if (now < next_attempt_) {
       const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next_attempt_ - now);
       return StorageFailure(last_error_ + " (next attempt in " + std::to_string(wait.count()) +
-                         " ms)");
+                            " ms)");
     }
     Status connected = connection_.Connect(deadline);
     if (connected) {
@@ -174,8 +173,8 @@ Status Migrate(Session& session, Deadline deadline) {
     migrate.push_back(Sql("ROLLBACK"));
     (void)session.Run(migrate, deadline);
     return StorageFailure("schema version " + std::to_string(version) +
-                       " is newer than this build supports (" + std::to_string(kSchemaVersion) +
-                       "); refusing to open it");
+                          " is newer than this build supports (" + std::to_string(kSchemaVersion) +
+                          "); refusing to open it");
   }
   for (const Migration& migration : kMigrations) {
     if (migration.version <= version) continue;
@@ -282,10 +281,10 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     // Newest first with a LIMIT walks the (owner, user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     std::vector<Query> queries;
-    queries.push_back(Query{std::string(kSelectColumns) +
-                                "WHERE owner = $3 AND user_id = $1 ORDER BY id DESC LIMIT $2::bigint",
-                            {user_id, max_messages == 0 ? std::nullopt : SqlLimit(max_messages),
-                             owner}});
+    queries.push_back(
+        Query{std::string(kSelectColumns) +
+                  "WHERE owner = $3 AND user_id = $1 ORDER BY id DESC LIMIT $2::bigint",
+              {user_id, max_messages == 0 ? std::nullopt : SqlLimit(max_messages), owner}});
     auto results = session.Run(queries, deadline);
     if (!results) return Context("database read failed", results.error());
     const QueryResult& rows = results->front();
@@ -299,13 +298,12 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
                            const std::string& user_id, std::int64_t after_id, std::size_t limit) {
     // One row more than asked tells whether another page exists.
     std::vector<Query> queries;
-    queries.push_back(
-        Query{std::string(kSelectColumns) +
-                  "WHERE owner = $4 AND user_id = $1 AND id > $2::bigint ORDER BY id ASC "
-                  "LIMIT $3::bigint",
-              {user_id, std::to_string(after_id),
-               SqlLimit(limit == std::numeric_limits<std::size_t>::max() ? limit : limit + 1),
-               owner}});
+    queries.push_back(Query{
+        std::string(kSelectColumns) +
+            "WHERE owner = $4 AND user_id = $1 AND id > $2::bigint ORDER BY id ASC "
+            "LIMIT $3::bigint",
+        {user_id, std::to_string(after_id),
+         SqlLimit(limit == std::numeric_limits<std::size_t>::max() ? limit : limit + 1), owner}});
     auto results = session.Run(queries, deadline);
     if (!results) return Context("database read failed", results.error());
     const QueryResult& rows = results->front();

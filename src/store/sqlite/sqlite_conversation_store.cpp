@@ -105,7 +105,7 @@ Status MigrateToVersion1(Database& db) {
     for (std::string_view name : kSeedColumns) {
       if (!has(name)) {
         return StorageFailure("table `messages` has no column `" + std::string(name) +
-                           "`; it is not a conversation table this build can migrate");
+                              "`; it is not a conversation table this build can migrate");
       }
     }
     for (const AddedColumn& column : kStapleColumns) {
@@ -169,8 +169,8 @@ Status MigrateInTransaction(Database& db) {
   if (!version) return version.error();
   if (*version > kSchemaVersion) {
     return StorageFailure("schema version " + std::to_string(*version) +
-                       " is newer than this build supports (" + std::to_string(kSchemaVersion) +
-                       "); refusing to open it");
+                          " is newer than this build supports (" + std::to_string(kSchemaVersion) +
+                          "); refusing to open it");
   }
   for (const Migration& migration : kMigrations) {
     if (migration.version <= *version) continue;
@@ -340,7 +340,8 @@ class Writer {
     // The first statement that reads the file: a non-database file fails here.
     auto mode = db_.QueryText("PRAGMA journal_mode = WAL");
     if (!mode) return mode.error();
-    if (*mode != "wal") return StorageFailure("cannot switch to WAL journal mode (got " + *mode + ")");
+    if (*mode != "wal")
+      return StorageFailure("cannot switch to WAL journal mode (got " + *mode + ")");
     const char* synchronous = options.synchronous == SqliteSynchronous::kFull ? "FULL" : "NORMAL";
     if (auto ok = db_.Exec(std::string("PRAGMA synchronous = ") + synchronous); !ok) return ok;
     return db_.Exec("PRAGMA foreign_keys = ON");
@@ -503,16 +504,17 @@ class Reader {
 
   Status Prepare(const SqliteStoreOptions& options) {
     if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
-    auto recent =
-        db_.Prepare(std::string(kSelectColumns) + "WHERE owner = ?3 AND user_id = ?1 ORDER BY id DESC LIMIT ?2");
+    auto recent = db_.Prepare(std::string(kSelectColumns) +
+                              "WHERE owner = ?3 AND user_id = ?1 ORDER BY id DESC LIMIT ?2");
     if (!recent) return recent.error();
     recent_ = std::move(recent).value();
-    auto window =
-        db_.Prepare("SELECT count(*), max(id) FROM messages WHERE owner = ?3 AND user_id = ?1 AND id >= ?2");
+    auto window = db_.Prepare(
+        "SELECT count(*), max(id) FROM messages WHERE owner = ?3 AND user_id = ?1 AND id >= ?2");
     if (!window) return window.error();
     window_ = std::move(window).value();
-    auto list = db_.Prepare(std::string(kSelectColumns) +
-                            "WHERE owner = ?4 AND user_id = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3");
+    auto list =
+        db_.Prepare(std::string(kSelectColumns) +
+                    "WHERE owner = ?4 AND user_id = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3");
     if (!list) return list.error();
     list_ = std::move(list).value();
     auto ping = db_.Prepare("SELECT 1 FROM messages LIMIT 1");
@@ -561,7 +563,7 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
       std::filesystem::create_directories(parent, ec);
       if (ec) {
         return StorageFailure("cannot create directory '" + parent.string() +
-                           "' for SQLite database '" + options.path + "': " + ec.message());
+                              "' for SQLite database '" + options.path + "': " + ec.message());
       }
     }
     // The writer creates and migrates the schema first; readers open read-only afterwards.
@@ -633,8 +635,7 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
   }
 
   Result<std::vector<StoredMessage>> Recent(Reader& reader, Deadline, const std::string& owner,
-                                            const std::string& user_id,
-                                            std::size_t max_messages) {
+                                            const std::string& user_id, std::size_t max_messages) {
     return reader.Recent(owner, user_id, max_messages, history_);
   }
 

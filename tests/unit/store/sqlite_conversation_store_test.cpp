@@ -120,9 +120,9 @@ TEST_F(SqliteConversationStoreTest, CreatesMissingDirectoriesAndTheVersionedSche
   EXPECT_EQ(raw.Scalar("PRAGMA journal_mode"), "wal");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
-  EXPECT_THAT(columns, ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id",
-                                   "model", "prompt_tokens", "completion_tokens", "latency_ms",
-                                   "owner"));
+  EXPECT_THAT(columns,
+              ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id", "model",
+                          "prompt_tokens", "completion_tokens", "latency_ms", "owner"));
   EXPECT_EQ(raw.Scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                        "tbl_name = 'messages' AND sql LIKE '%(owner, user_id, id)%'"),
             "1");
@@ -355,9 +355,9 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "2");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
-  EXPECT_THAT(columns, ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id",
-                                   "model", "prompt_tokens", "completion_tokens", "latency_ms",
-                                   "owner"));
+  EXPECT_THAT(columns,
+              ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id", "model",
+                          "prompt_tokens", "completion_tokens", "latency_ms", "owner"));
   EXPECT_EQ(raw.Query("SELECT * FROM message").size(), 4u);
 }
 
