@@ -126,6 +126,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   upstream_settings.total_timeout = config.upstream.total_timeout;
   upstream_settings.first_byte_timeout = config.upstream.first_byte_timeout;
   upstream_settings.idle_timeout = config.upstream.idle_timeout;
+  upstream_settings.stream_timeout = config.upstream.stream_timeout;
   upstream_settings.connect_timeout = config.upstream.connect_timeout;
   upstream_settings.max_retries = config.upstream.max_retries;
   upstream::CurlClient upstream_client(upstream_settings);

@@ -15,6 +15,23 @@ constexpr std::size_t kMaxPendingBytes = 64 * 1024;
 
 bool IsSuccess(long status) { return status >= 200 && status <= 299; }
 
+// Whether a stream's Content-Type is text/event-stream (parameters and case aside). A stream
+// without one is read as an event stream too: some servers omit it.
+bool IsEventStream(std::string_view content_type) {
+  constexpr std::string_view kEventStream = "text/event-stream";
+  const auto start = content_type.find_first_not_of(" \t");
+  if (start == std::string_view::npos) return true;
+  content_type.remove_prefix(start);
+  if (content_type.size() < kEventStream.size()) return false;
+  for (std::size_t i = 0; i < kEventStream.size(); ++i) {
+    const char c = content_type[i];
+    const char lower = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+    if (lower != kEventStream[i]) return false;
+  }
+  const std::string_view rest = content_type.substr(kEventStream.size());
+  return rest.empty() || rest[0] == ';' || rest[0] == ' ' || rest[0] == '\t';
+}
+
 TokenUsage UsageOf(const ChatAnswer& answer) {
   return TokenUsage{answer.prompt_tokens, answer.completion_tokens, answer.text.size()};
 }
@@ -189,6 +206,16 @@ net::awaitable<Result<std::unique_ptr<TurnStream>>> TurnPipeline::OpenStream(Tur
     if (request.tokens) co_await request.tokens->Release();
   }
   if (!opened) co_return UpstreamFailure(opened.error());
+  if (IsSuccess((*opened)->status()) && !IsEventStream((*opened)->content_type())) {
+    // An upstream that answered a stream request with something else (e.g. a whole JSON
+    // completion) cannot be relayed as the stream the client asked for. Its tokens may have been
+    // generated, so the reservation stays, as for a timeout.
+    const std::string content_type = (*opened)->content_type().substr(0, 100);
+    opened->reset();  // cancels the transfer
+    co_return UpstreamFailure(
+        MakeError(ErrorKind::kUpstream,
+                  "upstream answered a streaming request with Content-Type: " + content_type));
+  }
   std::unique_ptr<TurnStream> stream(
       new TurnStream(*this, std::move(request), std::move(opened).value(), asked_at));
   if (!stream->success()) {

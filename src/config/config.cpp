@@ -162,7 +162,12 @@ std::vector<Variable> MakeVariables() {
       {"STAPLE_HISTORY_MAX_CHARS", "--history-max-chars", number(window.max_chars),
        "characters of stored messages sent with a prompt (0 = no limit)", false},
       {"STAPLE_UPSTREAM_TIMEOUT", "--upstream-timeout", SecondsText(upstream.total_timeout),
-       "upstream total timeout, seconds", false},
+       "upstream total timeout of a non-streaming exchange, and of a stream until its headers "
+       "(retries included), seconds",
+       false},
+      {"STAPLE_UPSTREAM_STREAM_TIMEOUT", "--upstream-stream-timeout",
+       SecondsText(upstream.stream_timeout), "upstream total timeout of a whole stream, seconds",
+       false},
       {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "--upstream-connect-timeout",
        SecondsText(upstream.connect_timeout), "upstream connect timeout, seconds", false},
       {"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "--upstream-first-byte-timeout",
@@ -174,7 +179,9 @@ std::vector<Variable> MakeVariables() {
        SecondsText(upstream.idle_timeout), "upstream stream idle time between chunks, seconds",
        false},
       {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", number(upstream.max_retries),
-       "extra attempts on connect errors, 429 and 5xx", false},
+       "extra attempts on connect errors, 429 and 5xx (never once the upstream got the request "
+       "and went silent)",
+       false},
       {"STAPLE_MAX_BODY_BYTES", "--max-body-bytes", number(server.max_body_bytes),
        "largest request body", false},
       {"STAPLE_SHUTDOWN_TIMEOUT", "--shutdown-timeout", "30",
@@ -457,6 +464,10 @@ Result<Config> Load(const Sources& sources) {
       ParseSeconds("STAPLE_UPSTREAM_IDLE_TIMEOUT", get("STAPLE_UPSTREAM_IDLE_TIMEOUT"), 0.05, 3600);
   if (!idle) return idle.error();
   upstream.idle_timeout = *idle;
+  auto stream_total = ParseSeconds("STAPLE_UPSTREAM_STREAM_TIMEOUT",
+                                   get("STAPLE_UPSTREAM_STREAM_TIMEOUT"), 0.05, 24 * 3600);
+  if (!stream_total) return stream_total.error();
+  upstream.stream_timeout = *stream_total;
   auto retries = ParseInteger("STAPLE_UPSTREAM_RETRIES", get("STAPLE_UPSTREAM_RETRIES"), 0, 10);
   if (!retries) return retries.error();
   upstream.max_retries = static_cast<int>(*retries);

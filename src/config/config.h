@@ -87,6 +87,7 @@ struct UpstreamSettings {
   std::chrono::milliseconds connect_timeout{0};
   std::chrono::milliseconds first_byte_timeout{0};  // request sent -> first response byte
   std::chrono::milliseconds idle_timeout{0};        // between two chunks of a stream
+  std::chrono::milliseconds stream_timeout{0};      // a whole stream
   int max_retries = 0;
 };
 

@@ -22,9 +22,16 @@ struct Settings {
   // Per attempt: request sent -> first response byte. For a non-streaming answer that byte comes
   // when the answer is complete; for a stream it is the time to the first token.
   std::chrono::milliseconds first_byte_timeout{60'000};
-  std::chrono::milliseconds idle_timeout{60'000};    // between two chunks of a stream
-  std::chrono::milliseconds total_timeout{120'000};  // whole exchange, non-streaming
-  int max_retries = 2;  // extra attempts after the first, on connect errors, 429 and 5xx
+  std::chrono::milliseconds idle_timeout{60'000};  // between two chunks of a stream
+  // A non-streaming exchange as a whole, and a stream until its response headers, retries
+  // included.
+  std::chrono::milliseconds total_timeout{120'000};
+  // A stream as a whole, from the request to its last byte (a long answer streams for minutes).
+  std::chrono::milliseconds stream_timeout{600'000};
+  // Extra attempts after the first, on connect errors, 429 and 5xx. A request the upstream
+  // received but did not answer within the first-byte timeout is not sent again: it may be at
+  // work on it, and a second attempt would be paid twice.
+  int max_retries = 2;
   std::chrono::milliseconds backoff_base{200};  // attempt n waits base * 2^(n-1), full jitter
   std::chrono::milliseconds backoff_max{2'000};
   std::size_t max_response_bytes = 16 * 1024 * 1024;  // non-streaming body limit

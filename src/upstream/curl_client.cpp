@@ -1,5 +1,6 @@
 #include "upstream/curl_client.h"
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <optional>
@@ -127,14 +128,16 @@ net::awaitable<void> AwaitTransfer(std::shared_ptr<CurlTransfer> transfer, Limit
     std::string why;
     bool retryable = false;
     if (!transfer->first_byte()) {
-      retryable = true;
       if (auto sent = transfer->request_sent_at()) {
+        // The upstream has the request and may be at work on it: another attempt could be paid
+        // twice, so a silence past the first-byte deadline ends the exchange.
         if (!limits.answer_at_once) {
           deadline = *sent + limits.first_byte;
           why = "upstream sent no response within " + Ms(limits.first_byte);
         }
       } else {
         // Resolving, connecting, TLS, or waiting for a connection that can multiplex.
+        retryable = true;
         deadline = started + limits.connect + limits.first_byte;
         why = "upstream connection not ready within " + Ms(limits.connect + limits.first_byte);
       }
@@ -170,9 +173,14 @@ std::optional<milliseconds> RetryWait(const CurlTransfer& transfer, const Settin
 
 class CurlStream final : public Stream {
  public:
+  // `ends_at`: the stream's own total deadline (Settings::stream_timeout from the request).
   CurlStream(std::shared_ptr<CurlCall> call, std::shared_ptr<CurlTransfer> transfer,
-             milliseconds idle)
-      : call_(std::move(call)), transfer_(std::move(transfer)), idle_(idle) {}
+             milliseconds idle, Clock::time_point ends_at, milliseconds total)
+      : call_(std::move(call)),
+        transfer_(std::move(transfer)),
+        idle_(idle),
+        ends_at_(ends_at),
+        total_(total) {}
 
   // Stops a transfer still running: libcurl closes its connection (HTTP/1.1) or resets the stream
   // (HTTP/2). Runs outside libcurl callbacks, which never resume coroutines inline.
@@ -194,11 +202,13 @@ class CurlStream final : public Stream {
         if (transfer->failure()) co_return *transfer->failure();
         co_return std::optional<std::string>();
       }
-      const auto deadline = transfer->last_activity() + idle_;
+      const auto idle_deadline = transfer->last_activity() + idle_;
+      const auto deadline = std::min(idle_deadline, ends_at_);
       if (Clock::now() >= deadline) {
-        transfer->Cancel(
-            MakeError(ErrorKind::kTimeout, "upstream stream idle for more than " + Ms(idle_)),
-            false);
+        std::string why = deadline == ends_at_
+                              ? "upstream stream exceeded the stream timeout of " + Ms(total_)
+                              : "upstream stream idle for more than " + Ms(idle_);
+        transfer->Cancel(MakeError(ErrorKind::kTimeout, std::move(why)), false);
         continue;
       }
       co_await transfer->WaitUntil(deadline);
@@ -209,6 +219,8 @@ class CurlStream final : public Stream {
   std::shared_ptr<CurlCall> call_;  // keeps the stream reachable by Shutdown()
   std::shared_ptr<CurlTransfer> transfer_;
   milliseconds idle_;
+  Clock::time_point ends_at_;
+  milliseconds total_;
 };
 
 // The coroutines take the client state by value: they never touch the CurlClient, which may be
@@ -268,9 +280,17 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
   const auto executor = co_await net::this_coro::executor;
   CurlMulti& multi = CurlMulti::Of(executor);
   auto call = CurlCall::Begin(state, multi.executor());
+  const auto started = Clock::now();
+  // Opening (every attempt until the response headers) is bounded like a whole non-streaming
+  // exchange; the stream as a whole by its own, longer deadline.
+  const std::optional<Clock::time_point> total = started + settings.total_timeout;
+  const auto ends_at = started + settings.stream_timeout;
 
   for (int attempt = 1;; ++attempt) {
     if (call->cancelled()) co_return ShutDownError();
+    if (Clock::now() >= *total) {
+      co_return MakeError(ErrorKind::kTimeout, "upstream exchange exceeded the total timeout");
+    }
     CurlTransfer::Options options;
     options.mode = CurlTransfer::Mode::kStream;
     options.body_limit = settings.stream_buffer_bytes;
@@ -282,13 +302,12 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
 
     const Limits limits = LimitsOf(settings);
     const auto attempt_started = Clock::now();
-    const std::optional<Clock::time_point> no_total;
-    co_await AwaitTransfer(transfer, limits, Goal::kHeaders, attempt_started, no_total);
+    co_await AwaitTransfer(transfer, limits, Goal::kHeaders, attempt_started, total);
 
     // Retries happen only here, before any body byte was handed out.
     const bool by_status = transfer->headers_complete();
     if (auto wait = RetryWait(*transfer, settings, attempt, request.retry, by_status)) {
-      if (!call->cancelled()) {
+      if (Clock::now() + *wait < *total && !call->cancelled()) {
         transfer->Cancel(MakeError(ErrorKind::kCancelled, "superseded by a retry"), false);
         co_await call->Sleep(*wait);
         continue;
@@ -299,7 +318,8 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
       co_return MakeError(ErrorKind::kUpstream, "upstream sent no HTTP response");
     }
     std::unique_ptr<Stream> stream =
-        std::make_unique<CurlStream>(std::move(call), std::move(transfer), settings.idle_timeout);
+        std::make_unique<CurlStream>(std::move(call), std::move(transfer), settings.idle_timeout,
+                                     ends_at, settings.stream_timeout);
     co_return stream;
   }
 }

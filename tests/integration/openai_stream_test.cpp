@@ -178,6 +178,51 @@ TEST_F(OpenAIStreamTest, FirstByteTimeoutIs504) {
   EXPECT_EQ(body["error"]["type"], "upstream_timeout");
 }
 
+// A hung upstream is asked once (retries are for connect errors, 429 and 5xx): the client waits
+// one first-byte timeout, not one per attempt.
+TEST_F(OpenAIStreamTest, AHungUpstreamIsAskedOnce) {
+  auto staple = StartStaple({{"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "0.5"}});
+  StreamResponse response = ChatStream(*staple, StreamBody("FAULT:hang"));
+  EXPECT_EQ(response.status, 504) << response.body;
+  EXPECT_EQ(fake_.chat_bodies().size(), 1u);
+}
+
+// An upstream that answers a stream request with a JSON body (it ignored "stream": true) is a
+// broken upstream: 502 in the OpenAI error shape, not a 200 carrying an error event.
+TEST_F(OpenAIStreamTest, AnUpstreamAnswerThatIsNotAnEventStreamIs502) {
+  auto staple = StartStaple();
+  StreamResponse response =
+      ChatStream(*staple, StreamBody("FAULT:invalid-json"), {{"X-Staple-Conversation", "not-sse"}});
+  EXPECT_EQ(response.status, 502) << response.body;
+  EXPECT_NE(response.Header("Content-Type").value_or("").find("application/json"),
+            std::string::npos);
+  json body = response.Json();
+  ASSERT_TRUE(body.is_object() && body.contains("error")) << response.body;
+  EXPECT_EQ(body["error"]["type"], "upstream_error");
+  EXPECT_TRUE(StoredMessages(*staple, "not-sse").empty());
+}
+
+// A stream that keeps coming (never idle) still ends at STAPLE_UPSTREAM_STREAM_TIMEOUT, with an
+// error event, and is not stored.
+TEST_F(OpenAIStreamTest, TheStreamTimeoutEndsALongStream) {
+  FakeOpenAIOptions slow_options;
+  slow_options.chunk_delay_ms = 400;
+  slow_options.chunks = 20;
+  FakeOpenAI slow(slow_options);
+  auto staple = StartStapleFor(slow, {{"STAPLE_UPSTREAM_STREAM_TIMEOUT", "1"}});
+  StreamResponse response =
+      ChatStream(*staple, StreamBody("a rather long answer of many words to come"),
+                 {{"X-Staple-Conversation", "long"}});
+  ASSERT_EQ(response.status, 200) << response.body;
+  auto data = ParseSseData(response.body);
+  ASSERT_FALSE(data.empty());
+  json last = json::parse(data.back(), nullptr, false);
+  ASSERT_TRUE(last.is_object() && last.contains("error")) << data.back();
+  EXPECT_EQ(last["error"]["type"], "upstream_timeout");
+  EXPECT_NE(last["error"]["message"].get<std::string>().find("stream timeout"), std::string::npos);
+  EXPECT_TRUE(StoredMessages(*staple, "long").empty());
+}
+
 TEST_F(OpenAIStreamTest, IdleTimeoutEndsTheStreamWithAnErrorEvent) {
   FakeOpenAIOptions slow_options;
   slow_options.chunk_delay_ms = 1500;
@@ -257,6 +302,14 @@ TEST_F(SeedStreamTest, StreamMustBeABoolean) {
 TEST_F(SeedStreamTest, UpstreamErrorBeforeStreamingIsTheSeeds500) {
   auto staple = StartStaple({{"STAPLE_UPSTREAM_RETRIES", "0"}});
   StreamResponse response = SeedStream(*staple, {{"prompt", "FAULT:status=400"}, {"stream", true}});
+  EXPECT_EQ(response.status, 500) << response.body;
+  EXPECT_EQ(response.Json().value("type", ""), "upstream_error") << response.body;
+}
+
+TEST_F(SeedStreamTest, AnUpstreamAnswerThatIsNotAnEventStreamIsTheSeeds500) {
+  auto staple = StartStaple();
+  StreamResponse response =
+      SeedStream(*staple, {{"prompt", "FAULT:invalid-json"}, {"stream", true}});
   EXPECT_EQ(response.status, 500) << response.body;
   EXPECT_EQ(response.Json().value("type", ""), "upstream_error") << response.body;
 }

@@ -378,6 +378,36 @@ TEST_F(TurnTest, AStreamErrorStatusReleasesTheTokensAndKeepsTheBody) {
   EXPECT_TRUE(store_.turns().empty());
 }
 
+// An upstream that ignores "stream": true and answers a whole JSON completion cannot be relayed
+// as the event stream the client asked for: an upstream error (502), the transfer cancelled.
+TEST_F(TurnTest, AStreamAnsweredWithoutAnEventStreamIsAnUpstreamError) {
+  ScriptedReply reply = ScriptedReply::Events({kAnswer});
+  reply.content_type = "application/json";
+  reply.stream_hangs = true;
+  upstream_.Push(std::move(reply));
+  auto opened = Start(io_, pipeline_.OpenStream(Request(true), Builder()));
+  io_.run();
+  ASSERT_FALSE(**opened);
+  EXPECT_EQ((**opened).error().kind, ErrorKind::kUpstream);
+  EXPECT_NE((**opened).error().message.find("application/json"), std::string::npos);
+  EXPECT_EQ(upstream_.cancelled_streams(), 1u);
+  EXPECT_TRUE(store_.turns().empty());
+  EXPECT_EQ(gate_->calls, (Calls{"reserve"}));  // an answer may have been generated
+}
+
+// Media types compare without case and parameters; a stream without a Content-Type is read.
+TEST_F(TurnTest, EventStreamContentTypesWithParametersOrNoneAreRelayed) {
+  std::size_t stored = 0;
+  for (const char* type : {"text/event-stream; charset=utf-8", "Text/Event-Stream", ""}) {
+    ScriptedReply reply = ScriptedReply::Events({Chunk("a"), kDone});
+    reply.content_type = type;
+    upstream_.Push(std::move(reply));
+    auto relayed = RunStream();
+    ASSERT_TRUE(relayed.result && *relayed.result) << type;
+    EXPECT_EQ(store_.turns().size(), ++stored) << type;
+  }
+}
+
 TEST_F(TurnTest, StreamRequestsAskForEventsAndCompleteOnesAreBoundByTheTotalTimeout) {
   upstream_.Push(ScriptedReply::Json(kAnswer));
   ASSERT_TRUE(Complete(Request()));

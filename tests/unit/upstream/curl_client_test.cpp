@@ -364,17 +364,84 @@ TEST(CurlClientTest, SilentServerTimesOutAfterTheFirstByteTimeout) {
   EXPECT_LT(elapsed, 1500ms);
 }
 
-TEST(CurlClientTest, FirstByteTimeoutIsRetried) {
+// The upstream got the request and went silent: it may be generating an answer, so sending the
+// request again could be paid twice. Connect failures stay retried (ConnectionRefused... above).
+TEST(CurlClientTest, FirstByteTimeoutIsNotRetried) {
   TestServer server(Hang);
   Settings settings = TestSettings(server.base_url());
   settings.first_byte_timeout = 200ms;
-  settings.max_retries = 1;
+  settings.max_retries = 2;
   CurlClient client(settings);
-  std::optional<Result<Response>> result;
-  RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
-  ASSERT_TRUE(result && !result->ok());
-  EXPECT_EQ(result->error().kind, ErrorKind::kTimeout);
-  EXPECT_EQ(server.request_count(), 2);
+  std::optional<Result<Response>> sent;
+  std::optional<Result<std::unique_ptr<Stream>>> opened;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    sent.emplace(co_await client.Send(Post()));
+    opened.emplace(co_await client.OpenStream(Post()));
+  });
+  ASSERT_TRUE(sent && !sent->ok());
+  EXPECT_EQ(sent->error().kind, ErrorKind::kTimeout) << Describe(sent->error());
+  ASSERT_TRUE(opened && !opened->ok());
+  EXPECT_EQ(opened->error().kind, ErrorKind::kTimeout) << Describe(opened->error());
+  EXPECT_EQ(server.request_count(), 2);  // one attempt each
+}
+
+// STAPLE_UPSTREAM_TIMEOUT bounds a stream until its headers, retries included.
+TEST(CurlClientTest, OpeningAStreamIsBoundByTheTotalTimeout) {
+  TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
+    co_await test::Write(socket, test::HttpResponse(503, "{}"));
+    co_return true;
+  });
+  Settings settings = TestSettings(server.base_url());
+  settings.max_retries = 10;
+  settings.backoff_base = 150ms;
+  settings.backoff_max = 150ms;
+  settings.total_timeout = 400ms;
+  CurlClient client(settings);
+  std::optional<Result<std::unique_ptr<Stream>>> opened;
+  RunCoroutine(
+      [&]() -> net::awaitable<void> { opened.emplace(co_await client.OpenStream(Post())); });
+  // The retries stop when the next wait would pass the total deadline; the last answer stands.
+  ASSERT_TRUE(opened && opened->ok()) << Describe(opened->error());
+  EXPECT_EQ((**opened)->status(), 503);
+  EXPECT_LT(server.request_count(), 11);
+}
+
+// A stream that keeps trickling (never idle) ends at STAPLE_UPSTREAM_STREAM_TIMEOUT.
+TEST(CurlClientTest, AStreamEndsAtTheStreamTimeout) {
+  TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
+    co_await test::Write(socket, test::ChunkedHead(200, "text/event-stream"));
+    for (int i = 0; i < 600; ++i) {
+      co_await test::Write(socket, test::Chunk(": keep-alive\n\n"));
+      co_await test::Sleep(50ms);
+    }
+    co_return false;
+  });
+  Settings settings = TestSettings(server.base_url());
+  settings.idle_timeout = 2s;
+  settings.stream_timeout = 500ms;
+  CurlClient client(settings);
+  std::optional<Error> ended;
+  int chunks = 0;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    auto opened = co_await client.OpenStream(Post());
+    if (!opened.ok()) {
+      ADD_FAILURE() << Describe(opened.error());
+      co_return;
+    }
+    for (;;) {
+      auto next = co_await (*opened)->Next();
+      if (!next.ok()) {
+        ended = next.error();
+        co_return;
+      }
+      if (!next->has_value()) co_return;
+      ++chunks;
+    }
+  });
+  ASSERT_TRUE(ended) << "the stream ended without an error";
+  EXPECT_EQ(ended->kind, ErrorKind::kTimeout) << Describe(*ended);
+  EXPECT_THAT(ended->message, HasSubstr("stream timeout"));
+  EXPECT_GT(chunks, 1);
 }
 
 // A non-streaming completion's first byte comes with the whole answer, which may take longer than
