@@ -85,6 +85,26 @@ std::optional<http::Response> ParseOpenAIChatRequest(const http::Request& reques
   return std::nullopt;
 }
 
+// A key limited to some models sees only those in GET /v1/models (a 2xx list whose entries
+// carry an "id"; anything else passes as it came).
+void OnlyAllowedModels(const keys::Key& key, upstream::Response& models) {
+  if (key.record.allowed_models.empty() || models.status < 200 || models.status > 299) return;
+  json list = json::parse(models.body, nullptr, /*allow_exceptions=*/false);
+  if (!list.is_object()) return;
+  auto data = list.find("data");
+  if (data == list.end() || !data->is_array()) return;
+  json kept = json::array();
+  for (auto& entry : *data) {
+    auto id = entry.is_object() ? entry.find("id") : entry.end();
+    if (id != entry.end() && id->is_string() &&
+        key.AllowsModel(id->get_ref<const std::string&>())) {
+      kept.push_back(std::move(entry));
+    }
+  }
+  *data = std::move(kept);
+  models.body = list.dump();
+}
+
 http::Response PassThrough(const upstream::Response& upstream) {
   const int status = static_cast<int>(upstream.status);
   http::Response response;
@@ -192,6 +212,7 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                auto answered = co_await d->proxy.Models(std::move(request_id));
                http::Response response;
                if (answered) {
+                 if (admission.key) OnlyAllowedModels(*admission.key, *answered);
                  response = PassThrough(*answered);
                } else {
                  response = ProxyError(answered.error());

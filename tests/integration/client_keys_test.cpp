@@ -188,6 +188,26 @@ TEST_F(ClientKeysTest, AKeysModelsAreEnforcedOnBothRoutes) {
   EXPECT_EQ(fake_.chat_bodies().size(), 1u);
 }
 
+// GET /v1/models lists what the key may use; a key without a model list sees the upstream's.
+TEST_F(ClientKeysTest, AKeySeesOnlyItsModelsInTheModelList) {
+  auto staple = StartStaple(KeysEnv());
+  const std::string limited =
+      CreateKey(*staple, {{"name", "l"}, {"models", {"gpt-4o-mini", "absent"}}})["key"];
+  const std::string open = CreateKey(*staple, {{"name", "o"}})["key"];
+  auto ids = [&](const std::string& key) {
+    HttpResponse listed = client_.Get(staple->url() + "/v1/models", Bearer(key));
+    EXPECT_EQ(listed.status, 200) << listed.body;
+    std::vector<std::string> names;
+    json body = listed.Json();
+    if (body.is_object() && body["data"].is_array()) {
+      for (const auto& model : body["data"]) names.push_back(model.value("id", ""));
+    }
+    return names;
+  };
+  EXPECT_EQ(ids(limited), std::vector<std::string>{"gpt-4o-mini"});
+  EXPECT_EQ(ids(open), (std::vector<std::string>{"fake-model", "gpt-4o-mini"}));
+}
+
 TEST_F(ClientKeysTest, GuessingKeysFromOneAddressIsStopped) {
   auto staple = StartStaple(KeysEnv({{"STAPLE_AUTH_FAILURE_LIMIT", "5 per minute"}}));
   const std::string good = CreateKey(*staple, {{"name", "good"}})["key"];
