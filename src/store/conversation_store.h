@@ -91,8 +91,17 @@ class ConversationStore {
   virtual net::awaitable<Result<std::int64_t>> DeleteMessages(std::string owner,
                                                               std::string user_id) = 0;
 
-  // Whether the database answers (for /readyz).
+  // Whether the database answers reads and accepts writes (for /readyz). Writes are judged by the
+  // last commit when it is recent, else by a write probe (one tiny write transaction, run at most
+  // once every few seconds). Errors: kStorage; while writes fail, "write failing: <reason>".
   virtual net::awaitable<Status> Ping() = 0;
+
+  // Whether writes are failing now: kStorage "write failing: <reason>" from a failed commit (or
+  // write probe) until a later one succeeds, else Ok. Cheap and non-blocking (callers ask it
+  // before every turn); thread-safe. While writes fail the store retries on its own, re-opening
+  // its connection when needed, so this clears once the database accepts writes again without
+  // anybody writing.
+  virtual Status WriteHealth() const = 0;
 
   // Writes accepted but not yet committed (for metrics). Thread-safe.
   virtual std::size_t PendingWrites() const = 0;

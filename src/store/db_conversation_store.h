@@ -46,6 +46,7 @@ class DbConversationStore final : public ConversationStore {
   net::awaitable<Result<std::int64_t>> DeleteMessages(std::string owner,
                                                       std::string user_id) override;
   net::awaitable<Status> Ping() override;
+  Status WriteHealth() const override;
   std::size_t PendingWrites() const override;
 
   // Stops accepting operations (later ones fail with kStorage), commits every queued write

@@ -41,6 +41,9 @@ struct BackendTypes {
 //                         readers
 //   static Status RunBatch(Writer&, std::span<WriteOp* const>, Deadline)
 //                         DbWorkers' batch function: the operations in one transaction
+//   static Status Probe(Writer&, Deadline)
+//                         DbWorkers' write probe: one tiny write transaction (re-opening the
+//                         writer's connection first when a failure called for it)
 //   WriteOp AppendOp(Turn), WriteOp DeleteOp(std::string owner, std::string user_id)
 //                         build a write (on the caller's thread; text already storable)
 //   Status Appended(const Status& committed, WriteOp&)
@@ -79,7 +82,7 @@ DbConversationStore<Backend, Options>::Open(Options options) {
   state->workers = std::make_unique<
       DbWorkers<typename State::Writer, typename State::Reader, typename State::WriteOp>>(
       std::string(Backend::kName), static_cast<const StoreThreadOptions&>(options),
-      std::move(opened->writer), std::move(opened->readers), &Backend::RunBatch);
+      std::move(opened->writer), std::move(opened->readers), &Backend::RunBatch, &Backend::Probe);
   // Started before the store exists: on failure the workers stopped what they started.
   if (auto started = state->workers->Start(); !started) return started.error();
   return std::unique_ptr<DbConversationStore>(new DbConversationStore(std::move(state)));
@@ -154,12 +157,20 @@ net::awaitable<Result<MessagePage>> DbConversationStore<Backend, Options>::ListM
 }
 
 template <typename Backend, typename Options>
+Status DbConversationStore<Backend, Options>::WriteHealth() const {
+  return state_->workers->WriteHealth();
+}
+
+// A coroutine (the two checks run in turn); it captures nothing but the back end's pointer.
+template <typename Backend, typename Options>
 net::awaitable<Status> DbConversationStore<Backend, Options>::Ping() {
   auto query = [backend = state_->backend.get()](typename State::Reader& reader,
                                                  Deadline deadline) {
     return backend->Ping(reader, deadline);
   };
-  return state_->workers->template Read<Status>(std::move(query));
+  Status read = co_await state_->workers->template Read<Status>(std::move(query));
+  if (!read) co_return read;
+  co_return co_await state_->workers->CheckWrites();
 }
 
 }  // namespace staple::store

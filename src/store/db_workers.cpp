@@ -22,6 +22,13 @@ Status ValidateThreadOptions(const StoreThreadOptions& options, std::string_view
                          " store options need max_batch >= 1, reader_threads >= 1, a positive "
                          "operation_timeout and max_queued_writes, max_queued_reads >= 1");
   }
+  if (options.write_probe_interval.count() <= 0 || options.first_write_retry.count() <= 0 ||
+      options.max_write_retry < options.first_write_retry) {
+    return MakeError(ErrorKind::kInvalidArgument,
+                     std::string(backend) +
+                         " store options need a positive write_probe_interval and "
+                         "0 < first_write_retry <= max_write_retry");
+  }
   return Ok();
 }
 

@@ -123,6 +123,15 @@ struct StoreThreadOptions {
   // At least 1.
   std::size_t max_queued_writes = 8192;
   std::size_t max_queued_reads = 8192;
+  // Write health (see DbWorkers::CheckWrites): readiness reuses the outcome of the last commit or
+  // write probe while it is at most this old, and runs a new probe otherwise. Positive.
+  std::chrono::milliseconds write_probe_interval{5000};
+  // While writes fail, the writer retries on its own (a write probe, after re-opening its
+  // connection when the back end needs to) this long after the failure, doubling up to
+  // max_write_retry, so that the store recovers without any caller writing. Positive, first <=
+  // max.
+  std::chrono::milliseconds first_write_retry{250};
+  std::chrono::milliseconds max_write_retry{5000};
 };
 
 // kInvalidArgument naming `backend` and every bound of StoreThreadOptions when one is not met.
@@ -148,6 +157,13 @@ Status ValidateThreadOptions(const StoreThreadOptions& options, std::string_view
 // Bounded queues: a call that finds its queue full fails at once with kStorage ("storage queue
 // is full") rather than waiting; so does any call after Close().
 //
+// Write health: the writer remembers the outcome of its last transaction (a batch, or a write
+// probe: the back end's `Probe`, one tiny write transaction). From a failure until the next
+// success, writes are "failing" (WriteHealth); meanwhile the writer retries with a probe on its own
+// (first_write_retry, doubling up to max_write_retry), so the failing state clears as soon as the
+// database accepts writes again, whether or not anybody writes. CheckWrites (for readiness) answers
+// from a recent outcome, or runs a probe when the last one is older than write_probe_interval.
+//
 // Callers are resumed through the `done` callbacks they pass; the awaitable forms (Write, Read)
 // resume the awaiting coroutine on its own executor (see AwaitCallback).
 //
@@ -159,14 +175,19 @@ class DbWorkers {
   // thread and returns its outcome; `deadline` is the earliest of the operations' deadlines. On
   // failure nothing of the batch may stay applied. An exception counts as a failure.
   using RunBatch = std::function<Status(Writer&, std::span<WriteOp* const> ops, Deadline deadline)>;
+  // Runs one tiny write transaction on the writer thread (re-opening the writer's connection first
+  // when the back end needs to) and returns its outcome. An exception counts as a failure.
+  using Probe = std::function<Status(Writer&, Deadline deadline)>;
 
   // `name` names the back end in messages ("SQLite"); `options` must pass ValidateThreadOptions
-  // (reader_threads is the back end's business: there is one reader thread per handle).
+  // (reader_threads is the back end's business: there is one reader thread per handle). Without
+  // `probe`, CheckWrites only reports the last batch's outcome and nothing is retried.
   DbWorkers(std::string name, StoreThreadOptions options, std::unique_ptr<Writer> writer,
-            std::vector<std::unique_ptr<Reader>> readers, RunBatch run_batch)
+            std::vector<std::unique_ptr<Reader>> readers, RunBatch run_batch, Probe probe = {})
       : name_(std::move(name)),
         options_(std::move(options)),
         run_batch_(std::move(run_batch)),
+        probe_(std::move(probe)),
         closed_error_(MakeError(ErrorKind::kStorage, "conversation store is closed")),
         full_error_(MakeError(ErrorKind::kStorage,
                               "storage queue is full (" + name_ + " is not keeping up)")),
@@ -211,6 +232,19 @@ class DbWorkers {
   // Writes accepted and not yet finished (queued or in a running batch).
   std::size_t PendingWrites() const { return pending_writes_.load(std::memory_order_relaxed); }
 
+  // Ok, or kStorage "write failing: <the back end's reason>" from a failed transaction (batch or
+  // probe) until the next one succeeds. Non-blocking: an atomic load while writes succeed.
+  Status WriteHealth() const;
+
+  // The write health for readiness: WriteHealth when the last transaction finished within
+  // write_probe_interval, else the outcome of a probe run now by the writer thread (or of the
+  // batch it runs next, which answers the same question). Bounded by operation_timeout like any
+  // operation (kStorage past it: a stuck writer is not ready either). The awaitable form resumes
+  // the awaiting coroutine on its own executor; `done` is callable as void(Status), on any thread.
+  template <typename Done>
+  void SubmitCheckWrites(Done done);
+  net::awaitable<Status> CheckWrites();
+
   // Stops accepting operations (later ones fail with kStorage), runs every queued write
   // (those past their deadline are dropped) and read, joins the threads, then releases the reader
   // handles and finally the writer's. Blocks while a batch is stuck; callers waiting on it still
@@ -229,6 +263,12 @@ class DbWorkers {
     std::shared_ptr<PendingCall> call;
     // Runs the query and resumes the caller; reader thread only.
     std::function<void(Reader&)> run;
+  };
+  // A caller of CheckWrites waiting for the writer's next outcome.
+  struct QueuedCheck {
+    std::shared_ptr<PendingCall> call;
+    // Resumes the caller with the write health; writer thread only.
+    std::function<void(const Status&)> resume;
   };
 
   // A bounded queue of work and its wake-up: one for the writer, one for the reader pool.
@@ -259,12 +299,19 @@ class DbWorkers {
 
   void WriterLoop();
   void ReaderLoop(Reader& reader);
-  void RunWrites(std::vector<QueuedWrite>& batch);
+  // Whether a transaction ran (false when every write of the batch was past its deadline).
+  bool RunWrites(std::vector<QueuedWrite>& batch);
+  void RunProbe();
+  // Writer thread: records a transaction's outcome, and when it failed, when to retry.
+  void RecordOutcome(const Status& outcome);
+  // The write health when the last outcome is younger than write_probe_interval.
+  std::optional<Status> RecentHealth() const;
 
   // Constant after construction.
   const std::string name_;
   const StoreThreadOptions options_;
   const RunBatch run_batch_;
+  const Probe probe_;
   const Error closed_error_;
   const Error full_error_;
   const Error timeout_error_;
@@ -281,6 +328,19 @@ class DbWorkers {
 
   // Queued plus running writes; written under writes_.mu or by the writer thread, read anywhere.
   std::atomic<std::size_t> pending_writes_{0};
+
+  // CheckWrites callers waiting for the next outcome; guarded by writes_.mu.
+  std::vector<QueuedCheck> checks_;
+
+  // Write health: written by the writer thread under health_mu_; writes_failing_ is also read
+  // without the lock (the cheap check of WriteHealth).
+  std::atomic<bool> writes_failing_{false};
+  mutable std::mutex health_mu_;
+  std::string write_failure_;                // guarded by health_mu_
+  std::optional<Deadline> last_outcome_at_;  // guarded by health_mu_; never before
+  // Writer thread only: the current retry delay and when the next retry is due while failing.
+  std::chrono::milliseconds retry_delay_{0};
+  Deadline next_retry_{};
 
   // Serializes Close(); guarded by close_mu_.
   std::mutex close_mu_;
@@ -344,6 +404,62 @@ void DbWorkers<Writer, Reader, WriteOp>::SubmitWrite(WriteOp op, Finish finish, 
   };
   Enqueue(writes_, options_.max_queued_writes, std::move(queued),
           [this] { pending_writes_.fetch_add(1, std::memory_order_relaxed); });
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+Status DbWorkers<Writer, Reader, WriteOp>::WriteHealth() const {
+  if (!writes_failing_.load(std::memory_order_acquire)) return Ok();
+  std::lock_guard lock(health_mu_);
+  // Cleared between the load and the lock: a success came meanwhile.
+  if (!writes_failing_.load(std::memory_order_relaxed)) return Ok();
+  return MakeError(ErrorKind::kStorage, "write failing: " + write_failure_);
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+std::optional<Status> DbWorkers<Writer, Reader, WriteOp>::RecentHealth() const {
+  {
+    std::lock_guard lock(health_mu_);
+    if (!last_outcome_at_ ||
+        WorkerClock::now() - *last_outcome_at_ >= options_.write_probe_interval) {
+      return std::nullopt;
+    }
+  }
+  return WriteHealth();
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+template <typename Done>
+void DbWorkers<Writer, Reader, WriteOp>::SubmitCheckWrites(Done done) {
+  if (!probe_) {
+    done(WriteHealth());
+    return;
+  }
+  if (auto recent = RecentHealth()) {
+    done(std::move(*recent));
+    return;
+  }
+  auto call = std::make_shared<PendingResult<Status, Done>>(
+      WorkerClock::now() + options_.operation_timeout, std::move(done));
+  QueuedCheck check{call, [this, call](const Status& health) { Complete(*call, Status(health)); }};
+  {
+    std::lock_guard lock(writes_.mu);
+    if (!writes_.closed) {
+      watch_.Watch(call);
+      checks_.push_back(std::move(check));
+      call.reset();
+    }
+  }
+  if (call) {
+    call->Fail(closed_error_);
+    return;
+  }
+  writes_.cv.notify_one();
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+net::awaitable<Status> DbWorkers<Writer, Reader, WriteOp>::CheckWrites() {
+  auto start = [this](auto done) mutable { SubmitCheckWrites(std::move(done)); };
+  return AwaitCallback<Status>(std::move(start));
 }
 
 template <typename Writer, typename Reader, typename WriteOp>
@@ -427,25 +543,76 @@ template <typename Writer, typename Reader, typename WriteOp>
 void DbWorkers<Writer, Reader, WriteOp>::WriterLoop() {
   std::vector<QueuedWrite> batch;
   batch.reserve(options_.max_batch);
+  std::vector<QueuedCheck> checks;
   for (;;) {
+    bool retry_due = false;
     {
       std::unique_lock lock(writes_.mu);
-      writes_.cv.wait(lock, [this] { return !writes_.entries.empty() || writes_.closed; });
-      if (writes_.entries.empty()) return;  // closed and drained
+      const auto has_work = [this] {
+        return !writes_.entries.empty() || !checks_.empty() || writes_.closed;
+      };
+      if (probe_ && writes_failing_.load(std::memory_order_relaxed)) {
+        // Failing: wake up for the retry even when nobody writes.
+        retry_due = !writes_.cv.wait_until(lock, next_retry_, has_work);
+      } else {
+        writes_.cv.wait(lock, has_work);
+      }
+      // Closed and drained; CheckWrites callers still waiting are failed by the watch's Stop.
+      if (writes_.entries.empty() && writes_.closed) return;
       // Group commit: whatever queued up while the previous batch ran goes into this one.
       const std::size_t n = std::min(options_.max_batch, writes_.entries.size());
       for (std::size_t i = 0; i < n; ++i) {
         batch.push_back(std::move(writes_.entries.front()));
         writes_.entries.pop_front();
       }
+      checks.swap(checks_);
     }
-    RunWrites(batch);
+    // A batch answers the health checks as well as a probe would; a probe runs when there is no
+    // batch to run (or every write of it was past its deadline).
+    const bool ran = !batch.empty() && RunWrites(batch);
     batch.clear();
+    if (!ran && probe_ && (retry_due || !checks.empty())) RunProbe();
+    if (!checks.empty()) {
+      const Status health = WriteHealth();
+      for (QueuedCheck& check : checks) check.resume(health);
+      checks.clear();
+    }
   }
 }
 
 template <typename Writer, typename Reader, typename WriteOp>
-void DbWorkers<Writer, Reader, WriteOp>::RunWrites(std::vector<QueuedWrite>& batch) {
+void DbWorkers<Writer, Reader, WriteOp>::RunProbe() {
+  Status status;
+  try {
+    status = probe_(*writer_, WorkerClock::now() + options_.operation_timeout);
+  } catch (const std::exception& e) {
+    status = MakeError(ErrorKind::kInternal, e.what());
+  }
+  RecordOutcome(status);
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+void DbWorkers<Writer, Reader, WriteOp>::RecordOutcome(const Status& outcome) {
+  const Deadline now = WorkerClock::now();
+  if (outcome) {
+    retry_delay_ = std::chrono::milliseconds(0);
+  } else {
+    retry_delay_ = retry_delay_.count() == 0 ? options_.first_write_retry
+                                             : std::min(retry_delay_ * 2, options_.max_write_retry);
+    next_retry_ = now + retry_delay_;
+  }
+  std::lock_guard lock(health_mu_);
+  last_outcome_at_ = now;
+  if (outcome) {
+    write_failure_.clear();
+  } else {
+    write_failure_ = outcome.error().message;
+  }
+  writes_failing_.store(!outcome.ok(), std::memory_order_release);
+}
+
+template <typename Writer, typename Reader, typename WriteOp>
+bool DbWorkers<Writer, Reader, WriteOp>::RunWrites(std::vector<QueuedWrite>& batch) {
   // Operations whose deadline passed while queued are dropped without touching the database; the
   // rest share one transaction bounded by the earliest remaining deadline.
   const Deadline now = WorkerClock::now();
@@ -465,6 +632,8 @@ void DbWorkers<Writer, Reader, WriteOp>::RunWrites(std::vector<QueuedWrite>& bat
     } catch (const std::exception& e) {
       status = MakeError(ErrorKind::kInternal, e.what());
     }
+    // Before any caller resumes: a caller that saw its write fail then sees writes failing.
+    RecordOutcome(status);
     if (!status) {
       status = MakeError(ErrorKind::kStorage, "database write failed: " + status.error().message);
     }
@@ -479,6 +648,7 @@ void DbWorkers<Writer, Reader, WriteOp>::RunWrites(std::vector<QueuedWrite>& bat
       queued.finish(status, queued.op);
     }
   }
+  return !live.empty();
 }
 
 template <typename Writer, typename Reader, typename WriteOp>

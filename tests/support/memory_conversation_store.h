@@ -20,6 +20,10 @@ class MemoryConversationStore final : public store::ConversationStore {
   // Every later AppendTurn (or read) fails with `error`, until cleared with std::nullopt.
   void FailAppends(std::optional<Error> error) { append_error_ = std::move(error); }
   void FailReads(std::optional<Error> error) { read_error_ = std::move(error); }
+  // WriteHealth (and Ping) report writes failing with `reason` (as a real store does after a
+  // failed commit, until a write succeeds again), until cleared with std::nullopt. Appends are not
+  // affected: combine with FailAppends to make them fail too.
+  void MarkWritesFailing(std::optional<std::string> reason) { write_failure_ = std::move(reason); }
 
   // Later AppendTurn calls wait, before committing anything, until Resume() (as a stalled fsync
   // would).
@@ -113,8 +117,14 @@ class MemoryConversationStore final : public store::ConversationStore {
 
   net::awaitable<Status> Ping() override {
     if (read_error_) co_return *read_error_;
-    co_return Ok();
+    co_return WriteHealth();
   }
+  Status WriteHealth() const override {
+    ++write_health_calls_;
+    if (write_failure_) return MakeError(ErrorKind::kStorage, "write failing: " + *write_failure_);
+    return Ok();
+  }
+  std::size_t write_health_calls() const { return write_health_calls_; }
   std::size_t PendingWrites() const override { return waiting_.size(); }
   void Close() override {}
 
@@ -147,6 +157,8 @@ class MemoryConversationStore final : public store::ConversationStore {
   std::int64_t next_id_ = 1;
   std::optional<Error> append_error_;
   std::optional<Error> read_error_;
+  std::optional<std::string> write_failure_;
+  mutable std::size_t write_health_calls_ = 0;
   bool stalled_ = false;
   std::list<std::shared_ptr<net::steady_timer>> waiting_;
   std::size_t append_calls_ = 0;

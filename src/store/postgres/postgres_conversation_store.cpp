@@ -66,6 +66,16 @@ const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1}, {2, &kMi
 
 Query Sql(std::string_view sql) { return Query{std::string(sql), {}}; }
 
+// One row that the write probe updates: readiness proves that the database accepts writes
+// without touching conversation rows.
+constexpr std::string_view kCreateHealth =
+    "CREATE TABLE IF NOT EXISTS staple_health (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "checked_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+constexpr std::string_view kSeedHealth =
+    "INSERT INTO staple_health (id) VALUES (1) ON CONFLICT (id) DO NOTHING";
+constexpr std::string_view kProbeHealth =
+    "UPDATE staple_health SET checked_at = now() WHERE id = 1";
+
 // `timestamp` is stored as TIMESTAMP (UTC, no zone) and read back in the SQLite store's format.
 constexpr std::string_view kSelectColumns =
     R"sql(SELECT id, user_id, to_char("timestamp", 'YYYY-MM-DD HH24:MI:SS.US'), role, content, )sql"
@@ -185,6 +195,9 @@ Status Migrate(Session& session, Deadline deadline) {
     migrate.push_back(Query{"INSERT INTO schema_version (version) VALUES ($1::integer)",
                             {std::to_string(kSchemaVersion)}});
   }
+  // The write probe's row (apart from the versioned schema: it holds no conversation data).
+  migrate.push_back(Sql(kCreateHealth));
+  migrate.push_back(Sql(kSeedHealth));
   migrate.push_back(Sql("COMMIT"));
   auto migrated = session.Run(migrate, deadline);
   if (!migrated) return migrated.error();
@@ -248,6 +261,16 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
         op->results.push_back(std::move((*results)[next++]));
       }
     }
+    return Ok();
+  }
+
+  // One autocommitted UPDATE. A failed connection was closed by the failure; Session reconnects
+  // (with its own backoff) on this call.
+  static Status Probe(Writer& session, Deadline deadline) {
+    std::vector<Query> queries;
+    queries.push_back(Sql(kProbeHealth));
+    auto results = session.Run(queries, deadline);
+    if (!results) return results.error();
     return Ok();
   }
 

@@ -198,6 +198,44 @@ Status Migrate(Database& db) {
   return db.Exec("COMMIT");
 }
 
+// One row that the write probe updates: readiness proves the database accepts writes without
+// touching conversation rows. Created apart from the versioned migrations (it is not conversation
+// data, and a file without it works with older builds).
+constexpr std::string_view kCreateHealth =
+    "CREATE TABLE IF NOT EXISTS staple_health (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "checked_at TEXT NOT NULL); "
+    "INSERT OR IGNORE INTO staple_health (id, checked_at) VALUES (1, '')";
+
+constexpr std::string_view kProbeHealth =
+    "UPDATE staple_health SET checked_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1";
+
+// Failures after which the writer's connection is closed and opened again before its next write:
+// the file became read-only to it, the disk or a file system failed or filled up, or a file could
+// not be opened. A fresh connection picks up restored permissions and a recreated WAL or -shm file.
+bool CallsForReopen(int code) {
+  switch (code & 0xff) {
+    case SQLITE_READONLY:
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_CANTOPEN:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// `reason` with a hint at the usual cause when `code` says the file could not be written.
+std::string WithPermissionHint(std::string reason, int code, const std::string& path) {
+  if ((code & 0xff) == SQLITE_READONLY || (code & 0xff) == SQLITE_CANTOPEN) {
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    reason += " (Staple must be able to write the file and its directory '" +
+              (parent.empty() ? std::string(".") : parent.string()) +
+              "', where SQLite creates its -wal and -shm files: check their permissions and "
+              "owner, and that the file system is not mounted read-only)";
+  }
+  return reason;
+}
+
 // Settings every connection gets once, right after opening.
 Status ConfigureConnection(Database& db, const SqliteStoreOptions& options) {
   db.SetBusyTimeout(static_cast<int>(std::min<std::chrono::milliseconds::rep>(
@@ -273,21 +311,82 @@ namespace sqlite {
 
 class Writer {
  public:
+  // Opens the read-write connection, migrates the schema and proves that the file accepts a write:
+  // a file SQLite could only open read-only (it falls back to that silently when the file or its
+  // directory is not writable) is an error naming the path and the cause.
   static Result<std::unique_ptr<Writer>> Open(const SqliteStoreOptions& options) {
-    auto db = Database::Open(options.path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-    if (!db) return db.error();
-    auto writer = std::unique_ptr<Writer>(new Writer(std::move(db).value()));
-    if (auto ok = writer->Configure(options); !ok) {
-      return Context("cannot open SQLite database '" + options.path + "'", ok.error());
+    auto writer = Connect(options, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, /*hint=*/true);
+    if (!writer) return writer.error();
+    Database& db = (*writer)->db_;
+    if (auto ok = Migrate(db); !ok) {
+      return Context("cannot migrate SQLite database '" + options.path + "'",
+                     MakeError(ok.error().kind,
+                               WithPermissionHint(ok.error().message, sqlite3_errcode(db.handle()),
+                                                  options.path)));
     }
-    if (auto ok = Migrate(writer->db_); !ok) {
-      return Context("cannot migrate SQLite database '" + options.path + "'", ok.error());
+    // Both statements are idempotent, each in a transaction of its own.
+    if (auto ok = db.Exec(kCreateHealth); !ok) {
+      return StorageFailure(
+          "cannot write SQLite database '" + options.path + "': " +
+          WithPermissionHint(ok.error().message, sqlite3_errcode(db.handle()), options.path));
     }
-    if (auto ok = writer->PrepareStatements(); !ok) {
+    if (auto ok = (*writer)->PrepareStatements(); !ok) {
       return Context("cannot prepare statements on SQLite database '" + options.path + "'",
                      ok.error());
     }
+    // A write that reaches the file (the migration may have had nothing to write).
+    if (auto ok = (*writer)->Probe(); !ok) {
+      return StorageFailure(
+          "cannot write SQLite database '" + options.path +
+          "': " + WithPermissionHint(ok.error().message, (*writer)->failure_code_, options.path));
+    }
     return writer;
+  }
+
+  // One tiny write transaction (the staple_health row), re-opening the connection first when an
+  // earlier failure called for it.
+  Status Probe() {
+    if (auto reopened = ReopenIfNeeded(); !reopened) return reopened;
+    return Transaction([this] { return Run(probe_); });
+  }
+
+  // Runs `work` (returning Status) in one IMMEDIATE transaction, rolled back when anything fails.
+  // A failure that calls for a fresh connection marks it for ReopenIfNeeded.
+  template <typename Work>
+  Status Transaction(Work work) {
+    Status status = Begin();
+    if (status) {
+      try {
+        status = work();
+      } catch (const std::exception& e) {
+        status = MakeError(ErrorKind::kInternal, e.what());
+      }
+    }
+    if (status) status = Commit();
+    if (!status) {
+      // Read before the rollback, which sets the connection's error code again.
+      failure_code_ = sqlite3_errcode(db_.handle());
+      if (CallsForReopen(failure_code_)) reopen_ = true;
+      Rollback();
+    }
+    return status;
+  }
+
+  // Closes the connection and opens it again when the last failure called for it. Fails, keeping
+  // the need, while the file still cannot be opened for writing; the writer thread's retries
+  // (DbWorkers) space the attempts out.
+  Status ReopenIfNeeded() {
+    if (!reopen_) return Ok();
+    // Without SQLITE_OPEN_CREATE: a file that vanished must not come back empty.
+    auto fresh = Connect(options_, SQLITE_OPEN_READWRITE, /*hint=*/false);
+    if (!fresh) return fresh.error();
+    if (auto ok = (*fresh)->PrepareStatements(); !ok) {
+      return Context("cannot prepare statements on SQLite database '" + options_.path + "'",
+                     ok.error());
+    }
+    Replace(std::move(**fresh));
+    reopen_ = false;
+    return Ok();
   }
 
   Status Begin() { return Run(begin_); }
@@ -333,7 +432,49 @@ class Writer {
   }
 
  private:
-  explicit Writer(Database db) : db_(std::move(db)) {}
+  Writer(Database db, const SqliteStoreOptions& options) : options_(options), db_(std::move(db)) {}
+
+  // Opens and configures a connection (statements not prepared). A connection SQLite could only
+  // open read-only is refused. `hint`: a failure to write names the likely cause (at start-up;
+  // later failures are reported briefly, through /readyz).
+  static Result<std::unique_ptr<Writer>> Connect(const SqliteStoreOptions& options, int flags,
+                                                 bool hint) {
+    auto db = Database::Open(options.path, flags);
+    if (!db) return db.error();
+    if (sqlite3_db_readonly(db->handle(), "main") == 1) {
+      std::string message = "SQLite database '" + options.path + "' could only be opened read-only";
+      if (hint) message = WithPermissionHint(std::move(message), SQLITE_READONLY, options.path);
+      return StorageFailure(std::move(message));
+    }
+    auto writer = std::unique_ptr<Writer>(new Writer(std::move(db).value(), options));
+    if (auto ok = writer->Configure(options); !ok) {
+      std::string reason = ok.error().message;
+      if (hint) {
+        reason = WithPermissionHint(std::move(reason), sqlite3_errcode(writer->db_.handle()),
+                                    options.path);
+      }
+      return StorageFailure("cannot open SQLite database '" + options.path + "': " + reason);
+    }
+    return writer;
+  }
+
+  // Takes `fresh`'s connection and statements; this one's statements are finalized before its
+  // connection closes.
+  void Replace(Writer&& fresh) {
+    begin_ = Statement();
+    commit_ = Statement();
+    rollback_ = Statement();
+    insert_ = Statement();
+    delete_ = Statement();
+    probe_ = Statement();
+    db_ = std::move(fresh.db_);
+    begin_ = std::move(fresh.begin_);
+    commit_ = std::move(fresh.commit_);
+    rollback_ = std::move(fresh.rollback_);
+    insert_ = std::move(fresh.insert_);
+    delete_ = std::move(fresh.delete_);
+    probe_ = std::move(fresh.probe_);
+  }
 
   Status Configure(const SqliteStoreOptions& options) {
     if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
@@ -352,7 +493,7 @@ class Writer {
       Statement* statement;
       std::string_view sql;
     };
-    const std::array<Item, 5> items = {{
+    const std::array<Item, 6> items = {{
         {&begin_, "BEGIN IMMEDIATE"},
         {&commit_, "COMMIT"},
         {&rollback_, "ROLLBACK"},
@@ -361,6 +502,7 @@ class Writer {
          "prompt_tokens, completion_tokens, latency_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
          "?7, ?8, ?9, ?10)"},
         {&delete_, "DELETE FROM messages WHERE owner = ?2 AND user_id = ?1"},
+        {&probe_, kProbeHealth},
     }};
     for (const Item& item : items) {
       auto statement = db_.Prepare(item.sql);
@@ -402,6 +544,7 @@ class Writer {
     return Ok();
   }
 
+  const SqliteStoreOptions options_;
   // Statements are declared after the connection so that they are finalized before it closes.
   Database db_;
   Statement begin_;
@@ -409,6 +552,11 @@ class Writer {
   Statement rollback_;
   Statement insert_;
   Statement delete_;
+  Statement probe_;
+  // Set by a failure that calls for a fresh connection, cleared by ReopenIfNeeded.
+  bool reopen_ = false;
+  // SQLite's error code of the last failed transaction.
+  int failure_code_ = SQLITE_OK;
 };
 
 // ---- Reader: one read-only connection, used only by its reader thread after Open() ----
@@ -583,28 +731,22 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
   // One IMMEDIATE transaction, rolled back when any operation fails. SQLite has no deadline of its
   // own: a lock held by another process costs at most busy_timeout per statement.
   static Status RunBatch(Writer& writer, std::span<WriteOp* const> ops, Deadline) {
-    Status status = writer.Begin();
-    try {
+    if (auto reopened = writer.ReopenIfNeeded(); !reopened) return reopened;
+    return writer.Transaction([&]() -> Status {
       for (WriteOp* op : ops) {
-        if (!status) break;
         if (op->turn) {
-          status = writer.InsertTurn(*op->turn, &op->inserted);
+          if (auto ok = writer.InsertTurn(*op->turn, &op->inserted); !ok) return ok;
         } else {
           auto deleted = writer.DeleteUser(op->delete_owner, op->delete_user_id);
-          if (deleted) {
-            op->deleted = *deleted;
-          } else {
-            status = deleted.error();
-          }
+          if (!deleted) return deleted.error();
+          op->deleted = *deleted;
         }
       }
-    } catch (const std::exception& e) {
-      status = MakeError(ErrorKind::kInternal, e.what());
-    }
-    if (status) status = writer.Commit();
-    if (!status) writer.Rollback();
-    return status;
+      return Ok();
+    });
   }
+
+  static Status Probe(Writer& writer, Deadline) { return writer.Probe(); }
 
   WriteOp AppendOp(Turn turn) {
     WriteOp op;
