@@ -10,10 +10,13 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -434,6 +437,108 @@ TEST_F(DbWorkersTest, CloseCommitsEverythingQueuedThenRefuses) {
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.error().kind, ErrorKind::kStorage);
   workers_->Close();  // idempotent
+}
+
+// ---- write health ----------------------------------------------------------------------------
+
+// Workers whose batches and probes fail while `broken` is set, counting the probes.
+class WriteHealthTest : public ::testing::Test {
+ protected:
+  void Start(std::chrono::milliseconds probe_interval) {
+    StoreThreadOptions options;
+    options.operation_timeout = std::chrono::minutes(5);
+    options.write_probe_interval = probe_interval;
+    options.first_write_retry = std::chrono::milliseconds(1);
+    options.max_write_retry = std::chrono::milliseconds(5);
+    std::vector<std::unique_ptr<FakeReader>> readers;
+    readers.push_back(std::make_unique<FakeReader>());
+    auto run_batch = [this](FakeWriter&, std::span<int* const>, Deadline) { return Outcome(); };
+    auto probe = [this](FakeWriter&, Deadline) {
+      probes_.fetch_add(1);
+      return Outcome();
+    };
+    workers_ =
+        std::make_unique<Workers>("Fake", options, std::make_unique<FakeWriter>(),
+                                  std::move(readers), std::move(run_batch), std::move(probe));
+    ASSERT_TRUE(workers_->Start().ok());
+  }
+  void TearDown() override {
+    if (workers_) workers_->Close();
+  }
+
+  Status Outcome() const {
+    if (broken_.load()) return MakeError(ErrorKind::kInternal, "disk on fire");
+    return Ok();
+  }
+
+  Status Write() {
+    auto result = std::make_shared<std::promise<Status>>();
+    auto finish = [](const Status& committed, int&) { return committed; };
+    workers_->SubmitWrite<Status>(
+        1, finish, [result](Status status) { result->set_value(std::move(status)); });
+    return result->get_future().get();
+  }
+
+  Status CheckWrites() {
+    auto result = std::make_shared<std::promise<Status>>();
+    workers_->SubmitCheckWrites([result](Status status) { result->set_value(std::move(status)); });
+    return result->get_future().get();
+  }
+
+  static bool Eventually(const std::function<bool()>& condition) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!condition()) {
+      if (std::chrono::steady_clock::now() > give_up) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+  }
+
+  std::atomic<bool> broken_{false};
+  std::atomic<int> probes_{0};
+  std::unique_ptr<Workers> workers_;
+};
+
+TEST_F(WriteHealthTest, AFailedBatchIsReportedUntilTheWritersOwnRetrySucceeds) {
+  Start(std::chrono::hours(1));
+  EXPECT_TRUE(workers_->WriteHealth().ok());
+  broken_ = true;
+  ASSERT_FALSE(Write().ok());
+  Status health = workers_->WriteHealth();
+  ASSERT_FALSE(health.ok());
+  EXPECT_EQ(health.error().kind, ErrorKind::kStorage);
+  EXPECT_EQ(health.error().message, "write failing: disk on fire");
+  // Nobody writes: the writer retries by itself, and keeps reporting the failure meanwhile.
+  ASSERT_TRUE(Eventually([&] { return probes_.load() >= 3; }));
+  EXPECT_FALSE(workers_->WriteHealth().ok());
+
+  broken_ = false;
+  EXPECT_TRUE(Eventually([&] { return workers_->WriteHealth().ok(); }));
+  const int probes = probes_.load();
+  // Healthy again: no more probes of its own (a generous margin of writes instead of a sleep).
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(Write().ok());
+  EXPECT_EQ(probes_.load(), probes);
+}
+
+TEST_F(WriteHealthTest, CheckWritesProbesOnlyWhenTheLastOutcomeIsOld) {
+  Start(std::chrono::hours(1));
+  EXPECT_TRUE(CheckWrites().ok());
+  EXPECT_EQ(probes_.load(), 1);  // no outcome yet: probed
+  broken_ = true;
+  EXPECT_TRUE(CheckWrites().ok());  // within the interval: the probe's outcome stands
+  EXPECT_EQ(probes_.load(), 1);
+  ASSERT_FALSE(Write().ok());
+  Status checked = CheckWrites();
+  EXPECT_FALSE(checked.ok());  // a failed batch is news at once
+  EXPECT_EQ(checked.error().message, "write failing: disk on fire");
+}
+
+TEST_F(WriteHealthTest, CheckWritesProbesWhenTheLastOutcomeIsOlderThanTheInterval) {
+  Start(std::chrono::milliseconds(1));
+  ASSERT_TRUE(Write().ok());
+  broken_ = true;
+  EXPECT_TRUE(Eventually([&] { return !CheckWrites().ok(); }));
+  EXPECT_GE(probes_.load(), 1);
 }
 
 }  // namespace

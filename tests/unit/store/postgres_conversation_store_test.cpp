@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -234,6 +235,52 @@ TEST(PostgresConversationStore, ServerOutageFailsFastThenRecovers) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_THAT(contents, ::testing::ElementsAre("prompt 0", "answer 0", "prompt 2", "answer 2"));
+  store->Close();
+}
+
+TEST(PostgresConversationStore, FailingWritesAreReportedAndClearOnTheirOwn) {
+  PgServer& server = SharedPostgres();
+  static std::atomic<int> counter{0};
+  const std::string name =
+      "staple_health_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
+  server.CreateDatabase(name);
+  PostgresStoreOptions options;
+  options.url = server.Url(name);
+  options.write_probe_interval = std::chrono::milliseconds(1);
+  options.first_write_retry = std::chrono::milliseconds(20);
+  options.max_write_retry = std::chrono::milliseconds(100);
+  options.max_reconnect_backoff = std::chrono::milliseconds(100);
+  auto store = OpenStore(options);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(RunSync(store->Ping()).ok());
+
+  // New sessions of this database may only read; the store's sessions are made to reconnect.
+  // (Changed from another database: a session of this one could not undo it.)
+  server.Psql("postgres", "ALTER DATABASE " + name + " SET default_transaction_read_only = on");
+  server.Psql(name, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" +
+                        name + "' AND pid <> pg_backend_pid()");
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  Status appended;
+  do {
+    appended = RunSync(store->AppendTurn(MakeTurn("alice", 1)));
+    if (!appended.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (std::chrono::steady_clock::now() < give_up);
+  ASSERT_FALSE(appended.ok()) << "a write succeeded on a read-only database";
+  Status health = store->WriteHealth();
+  ASSERT_FALSE(health.ok());
+  EXPECT_THAT(health.error().message, HasSubstr("write failing: "));
+  Status ping = RunSync(store->Ping());
+  ASSERT_FALSE(ping.ok()) << "ready while writes fail";
+  EXPECT_THAT(ping.error().message, HasSubstr("write failing: "));
+
+  // Writable again; nobody writes, yet the store's own retry reconnects and clears the state.
+  server.Psql("postgres", "ALTER DATABASE " + name + " SET default_transaction_read_only = off");
+  while (!store->WriteHealth().ok() && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(store->WriteHealth().ok()) << Describe(store->WriteHealth());
+  EXPECT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", 2))).ok());
   store->Close();
 }
 
