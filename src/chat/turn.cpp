@@ -98,6 +98,14 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
     co_return MakeError(ErrorKind::kMisconfigured,
                         "OPENAI_API_KEY is not set: completions are unavailable until it is");
   }
+  // A turn that could not be stored is refused before anything is read, reserved or asked: the
+  // store knows its writes are failing (it retries on its own, and accepts turns again once a
+  // write succeeds), and asking the upstream would only spend tokens on an answer nobody gets.
+  if (Status writable = store_.WriteHealth(); !writable) {
+    metrics_.CountFailedTurn();
+    co_return MakeError(ErrorKind::kStorage,
+                        "the conversation could not be stored: " + writable.error().message);
+  }
   // prepare: the conversation so far (nothing to read for a new one), then the adapter's body.
   std::vector<store::StoredMessage> history;
   if (request.read_history) {

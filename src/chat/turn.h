@@ -24,6 +24,7 @@ namespace staple::chat {
 // client's request, say how the upstream body is built from the conversation's history, and shape
 // the answer. The pipeline runs, in this order:
 //
+//   check    refuse the turn (kStorage) when the store reports that its writes are failing
 //   prepare  read the conversation's recent messages (when the turn continues one); the adapter
 //            builds the upstream body from the history window and estimates its tokens
 //   admit    reserve the estimate with the turn's TokenGate (kLimited when refused)
@@ -36,7 +37,8 @@ namespace staple::chat {
 //
 // Errors, as ErrorKind (api/errors maps them to each API's status and body):
 //   kMisconfigured  no API key for an upstream that needs one (nothing was asked)
-//   kStorage        the conversation could not be read or the turn could not be stored
+//   kStorage        the conversation could not be read or the turn could not be stored (also
+//                   before anything is asked, while the store's writes are failing)
 //   kLimited        the TokenGate refused the turn (the gate holds the answer to send)
 //   kUpstream       the upstream could not be reached, broke off, or sent something unusable
 //   kTimeout        the upstream did not answer in time

@@ -178,6 +178,43 @@ TEST_F(TurnTest, AStoreFailureAnswersTheStorageErrorAndNothingElse) {
   EXPECT_EQ(gate_->calls, (Calls{"reserve", "settle"}));
 }
 
+TEST_F(TurnTest, WhileStoreWritesFailATurnIsRefusedBeforeAnythingIsAsked) {
+  upstream_.Push(ScriptedReply::Json(kAnswer));
+  store_.MarkWritesFailing("database or disk is full");
+  auto result = Complete(Request());
+  ASSERT_FALSE(result);
+  EXPECT_EQ(result.error().kind, ErrorKind::kStorage);
+  EXPECT_NE(result.error().message.find("write failing: database or disk is full"),
+            std::string::npos)
+      << result.error().message;
+  EXPECT_TRUE(upstream_.requests().empty()) << "the upstream was asked for an answer nobody gets";
+  EXPECT_TRUE(gate_->calls.empty());
+  EXPECT_EQ(store_.read_calls(), 0u);
+  EXPECT_EQ(store_.append_calls(), 0u);
+}
+
+TEST_F(TurnTest, WhileStoreWritesFailAStreamIsRefusedBeforeAnythingIsAsked) {
+  store_.MarkWritesFailing("attempt to write a readonly database");
+  auto opened = Start(io_, pipeline_.OpenStream(Request(true), Builder()));
+  io_.run();
+  ASSERT_TRUE(opened->has_value());
+  ASSERT_FALSE(**opened);
+  EXPECT_EQ((**opened).error().kind, ErrorKind::kStorage);
+  EXPECT_TRUE(upstream_.requests().empty());
+  EXPECT_TRUE(gate_->calls.empty());
+}
+
+TEST_F(TurnTest, TurnsAreAcceptedAgainOnceStoreWritesSucceed) {
+  store_.MarkWritesFailing("database or disk is full");
+  ASSERT_FALSE(Complete(Request()));
+  store_.MarkWritesFailing(std::nullopt);
+  upstream_.Push(ScriptedReply::Json(kAnswer));
+  auto result = Complete(Request());
+  ASSERT_TRUE(result) << result.error().message;
+  EXPECT_EQ(upstream_.requests().size(), 1u);
+  EXPECT_EQ(store_.turns().size(), 1u);
+}
+
 TEST_F(TurnTest, AnUnreadableConversationAsksNothingUpstream) {
   store_.FailReads(MakeError(ErrorKind::kStorage, "database is locked"));
   auto result = Complete(Request());
