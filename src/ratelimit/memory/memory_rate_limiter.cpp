@@ -11,6 +11,8 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "observe/log.h"
+
 namespace staple::ratelimit {
 
 namespace {
@@ -24,6 +26,8 @@ constexpr double kMinSweepInterval = 1.0;
 constexpr std::size_t kGrowthSweepMinSize = 256;
 // See Window::RetryAfter.
 constexpr double kSlidingBoundaryStep = 0.001;
+// Seconds (of the limiter's clock) between two warnings that the cap forgot clients.
+constexpr double kEvictionWarningInterval = 60.0;
 
 std::uint64_t SaturateAmount(Amount amount) {
   return amount > kMaxU64 ? kMaxU64 : static_cast<std::uint64_t>(amount);
@@ -40,8 +44,10 @@ struct Hit {
 struct Entry {
   // From this instant on the entry holds no hit that counts, and a sweep may remove it.
   double expires_at = kNever;
-  // Fixed window: start of the current window. Sliding window: index of the current window.
-  double window_start = 0;
+  // The last operation that looked at the entry: the cap forgets the least recently seen first.
+  double last_seen = kNever;
+  // Sliding window: index of the current window. (A fixed window starts at expires_at - period:
+  // not stored, which keeps the entry within 128 bytes of map node with last_seen.)
   std::int64_t window = 0;
   // Fixed window: units in the window. Sliding: units in the current window. Moving: units in
   // the log.
@@ -109,7 +115,7 @@ class Window {
   double ResetAt(const Entry& e) const {
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        return now_ < e.expires_at ? e.window_start + period_ : now_;
+        return now_ < e.expires_at ? e.expires_at : now_;
       case Strategy::kMovingWindow:
         return e.count > 0 ? e.log[e.log_head].at + period_ : now_;
       case Strategy::kSlidingWindowCounter: {
@@ -132,7 +138,7 @@ class Window {
     double wait = 0;
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        wait = e.window_start + period_ - now_;
+        wait = e.expires_at - now_;
         break;
       case Strategy::kMovingWindow: {
         // Oldest hits leave first; wait for the one whose departure brings usage down to `room`.
@@ -177,12 +183,10 @@ class Window {
   double Consume(Entry& e, std::uint64_t units) const {
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        if (now_ >= e.expires_at) {
-          e.window_start = now_;
-          e.expires_at = now_ + period_;
-        }
+        if (now_ >= e.expires_at) e.expires_at = now_ + period_;
         e.count += units;
-        return std::max(now_, e.window_start);
+        // Later than now only when the clock stepped back behind the window's start.
+        return now_ + period_ < e.expires_at ? e.expires_at - period_ : now_;
       case Strategy::kMovingWindow: {
         // A clock that stepped back records at the newest time so the log stays ordered.
         const double at = e.log.size() > e.log_head ? std::max(now_, e.log.back().at) : now_;
@@ -209,7 +213,8 @@ class Window {
   void GiveBack(Entry& e, std::uint64_t units, double acquired_at) const {
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        if (now_ >= e.expires_at || acquired_at < e.window_start) return;
+        // acquired_at < window start, compared as Consume computed it.
+        if (now_ >= e.expires_at || acquired_at + period_ < e.expires_at) return;
         e.count -= std::min(e.count, units);
         return;
       case Strategy::kSlidingWindowCounter: {
@@ -399,8 +404,45 @@ class ShardLocks {
 
 }  // namespace
 
-MemoryRateLimiter::MemoryRateLimiter(const Clock& clock, Strategy strategy)
-    : clock_(clock), strategy_(strategy), shards_(std::make_unique<Shard[]>(kShardCount)) {}
+MemoryRateLimiter::MemoryRateLimiter(const Clock& clock, Strategy strategy, std::size_t max_entries)
+    : clock_(clock),
+      strategy_(strategy),
+      shard_cap_(max_entries == 0 ? 0 : (max_entries + kShardCount - 1) / kShardCount),
+      shards_(std::make_unique<Shard[]>(kShardCount)) {}
+
+void MemoryRateLimiter::EnforceCap(Shard& shard, double now) {
+  if (shard_cap_ == 0 || shard.entries.size() <= shard_cap_) return;
+  shard.SweepLocked(now);
+  if (shard.entries.size() <= shard_cap_) return;
+  // Forget the least recently seen eighth at once, so that a stream of new clients pays for this
+  // scan once per cap/8 insertions rather than at each.
+  const std::size_t excess = shard.entries.size() - shard_cap_;
+  const std::size_t drop = std::min(shard.entries.size(), std::max(excess, shard_cap_ / 8));
+  std::vector<double> seen;
+  seen.reserve(shard.entries.size());
+  for (const auto& [key, entry] : shard.entries) seen.push_back(entry.last_seen);
+  std::nth_element(seen.begin(), seen.begin() + static_cast<std::ptrdiff_t>(drop - 1), seen.end());
+  const double threshold = seen[drop - 1];
+  std::size_t dropped = 0;
+  for (auto it = shard.entries.begin(); it != shard.entries.end() && dropped < drop;) {
+    if (it->second.last_seen <= threshold) {
+      it = shard.entries.erase(it);
+      ++dropped;
+    } else {
+      ++it;
+    }
+  }
+  shard.size_after_sweep = shard.entries.size();
+  evictions_.fetch_add(dropped, std::memory_order_relaxed);
+  // One warning a minute at most: under a flood of new clients this runs continuously.
+  double last = last_eviction_warning_.load(std::memory_order_relaxed);
+  if (now - last >= kEvictionWarningInterval &&
+      last_eviction_warning_.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
+    observe::Warn("rate limiter is full: forgetting the least recently seen clients",
+                  {{"evicted_total", static_cast<std::int64_t>(Evictions())},
+                   {"max_entries", static_cast<std::int64_t>(shard_cap_ * kShardCount)}});
+  }
+}
 
 MemoryRateLimiter::~MemoryRateLimiter() = default;
 
@@ -436,6 +478,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
       auto found = shard.entries.find(std::string_view(scratch.keys[i]));
       if (found != shard.entries.end()) {
         scratch.entries[i] = &found->second;
+        found->second.last_seen = now;
         window.Advance(found->second);
       }
       const Entry& entry = scratch.entries[i] ? *scratch.entries[i] : kEmptyEntry;
@@ -468,6 +511,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
             // Map references stay valid across rehashing, so earlier pointers remain usable.
             auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
             scratch.entries[i] = &it->second;
+            it->second.last_seen = now;
             if (inserted) window.Advance(it->second);
           }
           decision.at = std::max(decision.at, window.Consume(*scratch.entries[i], cost));
@@ -497,6 +541,8 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
         if (shard.entries.size() >= std::max(kGrowthSweepMinSize, 2 * shard.size_after_sweep)) {
           shard.SweepLocked(now);
         }
+        // Last: the decision above already read every entry this operation touched.
+        EnforceCap(shard, now);
       }
     }
   }
@@ -527,6 +573,7 @@ void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_
       const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
       if (charge) {
         auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
+        it->second.last_seen = now;
         window.Advance(it->second);
         window.Consume(it->second, amount);
         shard.NoteExpiry(it->second.expires_at);
@@ -535,8 +582,12 @@ void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_
       // A refund never creates an entry.
       auto found = shard.entries.find(std::string_view(scratch.keys[i]));
       if (found == shard.entries.end()) continue;
+      found->second.last_seen = now;
       window.Advance(found->second);
       window.GiveBack(found->second, amount, acquired_at);
+    }
+    if (charge) {
+      for (std::size_t index : scratch.shards) EnforceCap(shards_[index], now);
     }
   }
   MaybeSweepOne(now);
