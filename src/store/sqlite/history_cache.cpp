@@ -109,6 +109,11 @@ void HistoryCache::Append(const std::string& user_id, std::vector<StoredMessage>
   EvictOverBudget();
 }
 
+std::size_t HistoryCache::bytes() {
+  std::lock_guard lock(mu_);
+  return bytes_;
+}
+
 void HistoryCache::Erase(const std::string& user_id) {
   std::lock_guard lock(mu_);
   if (auto it = entries_.find(user_id); it != entries_.end()) Drop(it);

@@ -71,5 +71,15 @@ TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
   EXPECT_EQ(tiny.bytes(), 0u);
 }
 
+// The budget bounds memory, so a kept fragment costs its allocation and its map and list nodes,
+// not only its length: a million short messages must not fit where their text alone would.
+TEST(MessageFragmentsTest, TheBudgetCountsEachEntrysBookkeeping) {
+  MessageFragments fragments(1024 * 1024);
+  std::vector<store::StoredMessage> history = {Message(1, "user", "hi")};
+  std::string out;
+  fragments.Append(out, history, 0);
+  EXPECT_GE(fragments.bytes(), out.size() + 100) << "only the text was counted";
+}
+
 }  // namespace
 }  // namespace staple::chat
