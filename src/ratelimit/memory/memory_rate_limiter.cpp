@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <random>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -270,21 +272,91 @@ class Window {
   double period_;
 };
 
-struct KeyHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view key) const noexcept {
-    return std::hash<std::string_view>{}(key);
+// An entry's key: a 128-bit SipHash of its text under the limiter's random key. Fixed size, so
+// the map node holds it inline (a key's text, 30-40 bytes, would be a heap block of its own);
+// keyed and 128 bits wide, so two clients sharing a counter by a collision is out of reach even
+// for someone who chooses key texts (about n^2 / 2^129 for n keys).
+struct KeyDigest {
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+  bool operator==(const KeyDigest&) const = default;
+};
+
+struct DigestHash {
+  std::size_t operator()(const KeyDigest& key) const noexcept {
+    return static_cast<std::size_t>(key.lo);
   }
 };
 
-using EntryMap = std::unordered_map<std::string, Entry, KeyHash, std::equal_to<>>;
+using EntryMap = std::unordered_map<KeyDigest, Entry, DigestHash>;
 
-// Fibonacci hashing of the key's hash picks the shard, so the shard index does not correlate with
-// the bucket index inside the shard's map (which uses the same hash modulo a prime).
-std::size_t ShardOf(std::string_view key) {
-  const std::uint64_t h = static_cast<std::uint64_t>(KeyHash{}(key));
-  return static_cast<std::size_t>((h * 0x9E3779B97F4A7C15ull) >> 58) %
-         MemoryRateLimiter::kShardCount;
+// SipHash-2-4 with a 128-bit output (Aumasson and Bernstein), of `text` under key (k0, k1).
+class SipHash128 {
+ public:
+  static KeyDigest Of(std::string_view text, std::uint64_t k0, std::uint64_t k1) {
+    SipHash128 h(k0, k1);
+    const std::size_t blocks = text.size() / 8;
+    for (std::size_t i = 0; i < blocks; ++i) h.Absorb(Load(text.data() + 8 * i, 8));
+    std::uint64_t last = static_cast<std::uint64_t>(text.size() & 0xff) << 56;
+    last |= Load(text.data() + 8 * blocks, text.size() % 8);
+    h.Absorb(last);
+    h.v2_ ^= 0xee;
+    h.Rounds(4);
+    KeyDigest digest;
+    digest.lo = h.v0_ ^ h.v1_ ^ h.v2_ ^ h.v3_;
+    h.v1_ ^= 0xdd;
+    h.Rounds(4);
+    digest.hi = h.v0_ ^ h.v1_ ^ h.v2_ ^ h.v3_;
+    return digest;
+  }
+
+ private:
+  SipHash128(std::uint64_t k0, std::uint64_t k1)
+      : v0_(k0 ^ 0x736f6d6570736575ull),
+        v1_(k1 ^ 0x646f72616e646f6dull ^ 0xee),
+        v2_(k0 ^ 0x6c7967656e657261ull),
+        v3_(k1 ^ 0x7465646279746573ull) {}
+
+  // `n` (at most 8) bytes, little endian.
+  static std::uint64_t Load(const char* p, std::size_t n) {
+    std::uint64_t value = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      value |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+    }
+    return value;
+  }
+
+  void Absorb(std::uint64_t m) {
+    v3_ ^= m;
+    Rounds(2);
+    v0_ ^= m;
+  }
+
+  void Rounds(int n) {
+    for (int i = 0; i < n; ++i) {
+      v0_ += v1_;
+      v1_ = std::rotl(v1_, 13);
+      v1_ ^= v0_;
+      v0_ = std::rotl(v0_, 32);
+      v2_ += v3_;
+      v3_ = std::rotl(v3_, 16);
+      v3_ ^= v2_;
+      v0_ += v3_;
+      v3_ = std::rotl(v3_, 21);
+      v3_ ^= v0_;
+      v2_ += v1_;
+      v1_ = std::rotl(v1_, 17);
+      v1_ ^= v2_;
+      v2_ = std::rotl(v2_, 32);
+    }
+  }
+
+  std::uint64_t v0_, v1_, v2_, v3_;
+};
+
+// The high half picks the shard, the low half the bucket inside the shard's map.
+std::size_t ShardOf(const KeyDigest& key) {
+  return static_cast<std::size_t>(key.hi % MemoryRateLimiter::kShardCount);
 }
 
 void AppendUnsigned(std::string& out, std::uint64_t value) {
@@ -311,23 +383,25 @@ void BuildKey(const Check& check, std::string& out) {
 
 // Per-thread buffers for one operation, reused so the hot path does not allocate once warm.
 struct Scratch {
-  std::vector<std::string> keys;
+  std::string text;  // a key's text, before hashing
+  std::vector<KeyDigest> keys;
   std::vector<std::size_t> shard_of;
   std::vector<std::size_t> shards;  // sorted, unique: the lock order
   std::vector<Entry*> entries;
   std::vector<std::uint64_t> charged_before;  // units of earlier checks on the same key
   std::vector<LimitState> states;
 
-  void Prepare(const std::vector<Check>& checks) {
+  void Prepare(const std::vector<Check>& checks, std::uint64_t k0, std::uint64_t k1) {
     const std::size_t n = checks.size();
-    if (keys.size() < n) keys.resize(n);
+    keys.resize(n);
     shard_of.resize(n);
     entries.assign(n, nullptr);
     charged_before.assign(n, 0);
     states.resize(n);
     shards.clear();
     for (std::size_t i = 0; i < n; ++i) {
-      BuildKey(checks[i], keys[i]);
+      BuildKey(checks[i], text);
+      keys[i] = SipHash128::Of(text, k0, k1);
       shard_of[i] = ShardOf(keys[i]);
       shards.push_back(shard_of[i]);
     }
@@ -408,7 +482,12 @@ MemoryRateLimiter::MemoryRateLimiter(const Clock& clock, Strategy strategy, std:
     : clock_(clock),
       strategy_(strategy),
       shard_cap_(max_entries == 0 ? 0 : (max_entries + kShardCount - 1) / kShardCount),
-      shards_(std::make_unique<Shard[]>(kShardCount)) {}
+      shards_(std::make_unique<Shard[]>(kShardCount)) {
+  std::random_device random;
+  for (auto& word : hash_key_) {
+    word = (static_cast<std::uint64_t>(random()) << 32) ^ static_cast<std::uint64_t>(random());
+  }
+}
 
 void MemoryRateLimiter::EnforceCap(Shard& shard, double now) {
   if (shard_cap_ == 0 || shard.entries.size() <= shard_cap_) return;
@@ -453,7 +532,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
     return decision;
   }
   Scratch& scratch = ThreadScratch();
-  scratch.Prepare(checks);
+  scratch.Prepare(checks, hash_key_[0], hash_key_[1]);
   const std::size_t n = checks.size();
 
   // A check listed twice (same key, same item) is one counter charged twice: each occurrence
@@ -475,7 +554,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
     for (std::size_t i = 0; i < n; ++i) {
       Shard& shard = shards_[scratch.shard_of[i]];
       const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
-      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
+      auto found = shard.entries.find(scratch.keys[i]);
       if (found != shard.entries.end()) {
         scratch.entries[i] = &found->second;
         found->second.last_seen = now;
@@ -563,7 +642,7 @@ void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_
                                   bool charge, double acquired_at) {
   if (checks.empty() || amount == 0) return;
   Scratch& scratch = ThreadScratch();
-  scratch.Prepare(checks);
+  scratch.Prepare(checks, hash_key_[0], hash_key_[1]);
   double now = 0;
   {
     ShardLocks locks(shards_, scratch.shards);
@@ -580,7 +659,7 @@ void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_
         continue;
       }
       // A refund never creates an entry.
-      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
+      auto found = shard.entries.find(scratch.keys[i]);
       if (found == shard.entries.end()) continue;
       found->second.last_seen = now;
       window.Advance(found->second);

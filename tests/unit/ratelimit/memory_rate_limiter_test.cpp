@@ -71,9 +71,10 @@ TEST_P(MemoryRateLimiterTest, TheTableStaysWithinItsCap) {
 TEST_P(MemoryRateLimiterTest, ExpiredEntriesGoBeforeLiveOnes) {
   constexpr std::size_t kCap = 640;
   MemoryRateLimiter capped(clock_, GetParam(), kCap);
-  // 128 new clients a round (2 a shard on average, never 10), 768 in all: more than the cap.
-  for (int round = 0; round < 6; ++round) {
-    for (int i = 0; i < 128; ++i) {
+  // 64 new clients a round (1 a shard on average; 10 in one shard has odds of about 1e-8), 768 in
+  // all: more than the cap.
+  for (int round = 0; round < 12; ++round) {
+    for (int i = 0; i < 64; ++i) {
       const std::string key = "r" + std::to_string(round) + "-" + std::to_string(i);
       ASSERT_TRUE(capped.AcquireNow({MakeCheck("5/second", key)}, 1).allowed);
     }
@@ -89,8 +90,10 @@ TEST_P(MemoryRateLimiterTest, AClientThatKeepsSendingKeepsItsCount) {
   MemoryRateLimiter capped(clock_, GetParam(), kCap);
   ASSERT_TRUE(capped.AcquireNow({MakeCheck("1/day", "busy")}, 1).allowed);
   int fresh = 0;
-  for (int round = 0; round < 100; ++round) {
-    for (int i = 0; i < 64; ++i) {
+  // 32 new clients a round: the busy client's shard (10 entries) would need 9 of them in one round
+  // to push it out (odds of about 1e-8 a round).
+  for (int round = 0; round < 200; ++round) {
+    for (int i = 0; i < 32; ++i) {
       clock_.Advance(0.001);
       capped.AcquireNow({MakeCheck("1/day", "new-" + std::to_string(fresh++))}, 1);
     }
