@@ -7,6 +7,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -41,6 +42,13 @@ struct Hit {
   std::uint64_t units;
 };
 
+// A moving window's hits, oldest first, starting at `head` (dropping from the front is an index
+// increment; the vector is compacted once the dead prefix dominates).
+struct MovingLog {
+  std::vector<Hit> hits;
+  std::size_t head = 0;
+};
+
 // The stored state of one key. Which fields matter depends on the strategy; one type keeps the
 // map simple and costs a few unused words.
 struct Entry {
@@ -49,17 +57,16 @@ struct Entry {
   // The last operation that looked at the entry: the cap forgets the least recently seen first.
   double last_seen = kNever;
   // Sliding window: index of the current window. (A fixed window starts at expires_at - period:
-  // not stored, which keeps the entry within 128 bytes of map node with last_seen.)
+  // not stored.)
   std::int64_t window = 0;
   // Fixed window: units in the window. Sliding: units in the current window. Moving: units in
   // the log.
   std::uint64_t count = 0;
   // Sliding window: units in the previous window.
   std::uint64_t previous = 0;
-  // Moving window: hits oldest first, starting at log_head (dropping from the front is an index
-  // increment; the vector is compacted once the dead prefix dominates).
-  std::vector<Hit> log;
-  std::size_t log_head = 0;
+  // Moving window only, created by its first hit: a pointer keeps the other strategies' entries
+  // (most of them: fixed window is the default) at 80 bytes of map node.
+  std::unique_ptr<MovingLog> log;
 };
 
 const Entry kEmptyEntry{};
@@ -77,19 +84,23 @@ class Window {
       case Strategy::kFixedWindow:
         if (now_ >= e.expires_at) e.count = 0;
         break;
-      case Strategy::kMovingWindow:
-        while (e.log_head < e.log.size() && e.log[e.log_head].at + period_ <= now_) {
-          e.count -= e.log[e.log_head].units;
-          ++e.log_head;
+      case Strategy::kMovingWindow: {
+        if (!e.log) break;
+        MovingLog& log = *e.log;
+        while (log.head < log.hits.size() && log.hits[log.head].at + period_ <= now_) {
+          e.count -= log.hits[log.head].units;
+          ++log.head;
         }
-        if (e.log_head == e.log.size()) {
-          e.log.clear();
-          e.log_head = 0;
-        } else if (e.log_head >= 16 && e.log_head * 2 >= e.log.size()) {
-          e.log.erase(e.log.begin(), e.log.begin() + static_cast<std::ptrdiff_t>(e.log_head));
-          e.log_head = 0;
+        if (log.head == log.hits.size()) {
+          log.hits.clear();
+          log.head = 0;
+        } else if (log.head >= 16 && log.head * 2 >= log.hits.size()) {
+          log.hits.erase(log.hits.begin(),
+                         log.hits.begin() + static_cast<std::ptrdiff_t>(log.head));
+          log.head = 0;
         }
         break;
+      }
       case Strategy::kSlidingWindowCounter: {
         // A clock that stepped back stays in the stored window rather than rewinding it.
         const std::int64_t index = WindowIndex();
@@ -119,7 +130,7 @@ class Window {
       case Strategy::kFixedWindow:
         return now_ < e.expires_at ? e.expires_at : now_;
       case Strategy::kMovingWindow:
-        return e.count > 0 ? e.log[e.log_head].at + period_ : now_;
+        return e.count > 0 && e.log ? e.log->hits[e.log->head].at + period_ : now_;
       case Strategy::kSlidingWindowCounter: {
         const double left = period_ - Elapsed(e);
         double reset = std::numeric_limits<double>::infinity();
@@ -146,10 +157,11 @@ class Window {
         // Oldest hits leave first; wait for the one whose departure brings usage down to `room`.
         const std::uint64_t excess = e.count - room;
         std::uint64_t freed = 0;
-        for (std::size_t i = e.log_head; i < e.log.size(); ++i) {
-          freed += e.log[i].units;
+        const std::size_t size = e.log ? e.log->hits.size() : 0;
+        for (std::size_t i = e.log ? e.log->head : 0; i < size; ++i) {
+          freed += e.log->hits[i].units;
           if (freed >= excess) {
-            wait = e.log[i].at + period_ - now_;
+            wait = e.log->hits[i].at + period_ - now_;
             break;
           }
         }
@@ -191,11 +203,13 @@ class Window {
         return now_ + period_ < e.expires_at ? e.expires_at - period_ : now_;
       case Strategy::kMovingWindow: {
         // A clock that stepped back records at the newest time so the log stays ordered.
-        const double at = e.log.size() > e.log_head ? std::max(now_, e.log.back().at) : now_;
-        if (e.log.size() > e.log_head && e.log.back().at == at) {
-          e.log.back().units += units;
+        if (!e.log) e.log = std::make_unique<MovingLog>();
+        MovingLog& log = *e.log;
+        const double at = log.hits.size() > log.head ? std::max(now_, log.hits.back().at) : now_;
+        if (log.hits.size() > log.head && log.hits.back().at == at) {
+          log.hits.back().units += units;
         } else {
-          e.log.push_back(Hit{at, units});
+          log.hits.push_back(Hit{at, units});
         }
         e.count += units;
         e.expires_at = at + period_;
@@ -231,23 +245,24 @@ class Window {
       case Strategy::kMovingWindow:
         break;
     }
-    if (acquired_at + period_ <= now_) return;
+    if (acquired_at + period_ <= now_ || !e.log) return;
     // The acquire's units are in the oldest hit recorded at or after it (a clock that stepped back
     // records at the newest time); later hits follow when that one holds fewer.
-    std::size_t i = e.log_head;
-    while (i < e.log.size() && e.log[i].at < acquired_at) ++i;
+    MovingLog& log = *e.log;
+    std::size_t i = log.head;
+    while (i < log.hits.size() && log.hits[i].at < acquired_at) ++i;
     std::size_t kept = i;
-    for (; i < e.log.size(); ++i) {
-      const std::uint64_t taken = std::min(e.log[i].units, units);
-      e.log[i].units -= taken;
+    for (; i < log.hits.size(); ++i) {
+      const std::uint64_t taken = std::min(log.hits[i].units, units);
+      log.hits[i].units -= taken;
       e.count -= taken;
       units -= taken;
-      if (e.log[i].units > 0) e.log[kept++] = e.log[i];
+      if (log.hits[i].units > 0) log.hits[kept++] = log.hits[i];
     }
-    e.log.resize(kept);
-    if (e.log.size() == e.log_head) {
-      e.log.clear();
-      e.log_head = 0;
+    log.hits.resize(kept);
+    if (log.hits.size() == log.head) {
+      log.hits.clear();
+      log.head = 0;
     }
   }
 
