@@ -55,8 +55,8 @@ namespace staple::ratelimit {
 //   twice.
 //
 // Memory: entries are keyed by a 128-bit keyed hash (SipHash, random key per limiter) of
-// check.key + "/" + item.Key(), in kShardCount shards. An entry whose
-// hits have all expired is reclaimed by a sweep of its shard; each operation offers one shard
+// check.key + "/" + item.Key(), in kShardCount shards. An entry whose hits have all expired is
+// reclaimed by a sweep of its shard; each operation offers one shard
 // (round robin per thread) a sweep when the clock passed that shard's earliest expiry and its last
 // sweep is at least a second old, and a shard that doubled in size since its last sweep is swept at
 // once. So memory follows the clients active within the longest period, not every client ever
@@ -129,6 +129,7 @@ class MemoryRateLimiter final : public RateLimiter {
   const Strategy strategy_;
   const std::size_t shard_cap_;     // 0 = no cap
   std::uint64_t hash_key_[2] = {};  // random: the key of the entries' SipHash (set once)
+  // Updated by any thread, without a lock.
   std::atomic<std::uint64_t> evictions_{0};
   std::atomic<double> last_eviction_warning_{-std::numeric_limits<double>::infinity()};
   // Each shard guards its own entries with its own mutex.
