@@ -70,7 +70,28 @@ bool Admission::Trusted(const std::string& address) const {
   return false;
 }
 
+std::string ClientKey(const std::string& address, int ipv6_prefix) {
+  boost::system::error_code ec;
+  const auto parsed = net::ip::make_address(address, ec);
+  if (ec) return address;
+  if (parsed.is_v4()) return parsed.to_v4().to_string();
+  const auto v6 = parsed.to_v6();
+  if (v6.is_v4_mapped()) return net::ip::make_address_v4(net::ip::v4_mapped, v6).to_string();
+  const int prefix = std::clamp(ipv6_prefix, 1, 128);
+  // The scope id (fe80::1%eth0) names an interface, not a client: it is dropped with the mask.
+  auto bytes = v6.to_bytes();
+  for (int bit = prefix; bit < 128; ++bit) {
+    bytes[static_cast<std::size_t>(bit / 8)] &= static_cast<unsigned char>(~(0x80u >> (bit % 8)));
+  }
+  const std::string network = net::ip::address_v6(bytes).to_string();
+  return prefix == 128 ? network : network + "/" + std::to_string(prefix);
+}
+
 std::string Admission::ClientOf(const http::Request& request) const {
+  return ClientKey(ClientAddressOf(request), settings_.ipv6_prefix);
+}
+
+std::string Admission::ClientAddressOf(const http::Request& request) const {
   if (!Trusted(request.peer_address)) return request.peer_address;
   const auto forwarded = request.headers.Get("X-Forwarded-For");
   if (!forwarded) return request.peer_address;

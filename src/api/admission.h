@@ -17,6 +17,9 @@ struct AdmissionSettings {
   std::vector<ratelimit::RateLimitItem> default_limits;  // per client, shared by all API routes
   bool fail_open = false;                    // limiter storage failure: admit (true) or 503
   std::vector<std::string> trusted_proxies;  // IPs or CIDR networks (validated by config)
+  // IPv6 clients are counted per network of this many leading bits (1..128; 128 = per address):
+  // one host usually holds a whole /64 and can pick any address in it.
+  int ipv6_prefix = 64;
   // Refuse (403) a request whose Host is neither a loopback name or address nor one of
   // `allowed_hosts`: without client keys, a web page could otherwise reach a Staple on localhost
   // through a DNS-rebinding name and spend its key.
@@ -28,6 +31,12 @@ struct AdmissionSettings {
 // [::1]) or one of `allowed` (lower case), whatever its port. A request without Host is allowed
 // (HTTP/1.0; HTTP/1.1 requires it and the server refuses its absence).
 bool HostAllowed(const http::Request& request, const std::vector<std::string>& allowed);
+
+// The identity the limits count for a client `address`: an IPv4 address as is (an IPv4-mapped
+// IPv6 address as its IPv4 address), an IPv6 address as its network of `ipv6_prefix` bits in
+// canonical form ("2001:db8:1:2::/64"; the canonical address itself for 128). Text that is not an
+// IP address is returned unchanged.
+std::string ClientKey(const std::string& address, int ipv6_prefix);
 
 // The gate in front of API routes: identifies the client (its address, and with client keys its
 // key, see Authenticator), asks the limiter for the global limits (per address) plus the route's
@@ -43,7 +52,7 @@ class Admission {
   struct Outcome {
     std::optional<http::Response> rejection;  // send this instead of handling the request
     http::Headers headers;                    // X-RateLimit-* for the eventual answer
-    std::string client;                       // the client's address
+    std::string client;                       // the client's identity (ClientOf)
     std::shared_ptr<const keys::Key> key;     // the caller's key (null without client keys)
     // Whose conversations the request may see: the key's id, "" without client keys.
     const std::string& owner() const { return key ? key->record.id : kNoOwner; }
@@ -60,12 +69,15 @@ class Admission {
                                 const std::vector<ratelimit::RateLimitItem>& route_limits,
                                 std::string route_key, ErrorStyle style) const;
 
-  // The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
-  // untrusted address of X-Forwarded-For (read right to left).
+  // The client's identity for the limits: ClientKey of the client's address, which is the TCP
+  // peer, or, when the peer is a trusted proxy, the nearest untrusted address of X-Forwarded-For
+  // (read right to left).
   std::string ClientOf(const http::Request& request) const;
 
  private:
   bool Trusted(const std::string& address) const;
+  // The client's address itself (the peer, or from X-Forwarded-For), before ClientKey.
+  std::string ClientAddressOf(const http::Request& request) const;
 
   // Constant after construction.
   ratelimit::RateLimiter& limiter_;

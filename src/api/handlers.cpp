@@ -113,6 +113,14 @@ http::Handler MessagesRoute(std::shared_ptr<Dependencies> deps, MessagesAction a
         co_await deps->admission.Admit(request, kNoLimits, std::move(scope), ErrorStyle::kSeed);
     if (admission.rejection) co_return std::move(*admission.rejection);
     std::string user_id = DecodePathSegment(request.path_params.at(0));
+    // The body's bound applies to the path too: a 10 KB id is refused before it reaches the store
+    // or any log line.
+    if (user_id.size() > kMaxUserIdLength) {
+      http::Response refused = SeedError(
+          400, "user_id is too long (at most " + std::to_string(kMaxUserIdLength) + " bytes)");
+      AddHeaders(refused, admission.headers);
+      co_return refused;
+    }
     std::string owner = admission.owner();
     http::Response response = co_await action(*deps, request, std::move(owner), std::move(user_id));
     AddHeaders(response, admission.headers);

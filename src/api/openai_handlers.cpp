@@ -62,6 +62,43 @@ http::Response StreamResponse(std::unique_ptr<chat::TurnStream> stream) {
   return response;
 }
 
+// Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most
+// U+10FFFF), as the JSON parser requires of the body's strings.
+bool IsValidUtf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    std::size_t length = 0;
+    unsigned char low = 0x80;
+    unsigned char high = 0xBF;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      length = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      length = 3;
+      if (c == 0xE0) low = 0xA0;   // overlong
+      if (c == 0xED) high = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      length = 4;
+      if (c == 0xF0) low = 0x90;   // overlong
+      if (c == 0xF4) high = 0x8F;  // above U+10FFFF
+    } else {
+      return false;
+    }
+    if (text.size() - i < length) return false;
+    const auto second = static_cast<unsigned char>(text[i + 1]);
+    if (second < low || second > high) return false;
+    for (std::size_t k = 2; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if (next < 0x80 || next > 0xBF) return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::optional<http::Response> ParseOpenAIChatRequest(const http::Request& request,
@@ -75,6 +112,10 @@ std::optional<http::Response> ParseOpenAIChatRequest(const http::Request& reques
       return OpenAIError(400,
                          std::string(kConversationHeader) + " is too long (at most " +
                              std::to_string(kMaxConversationIdLength) + " bytes)",
+                         "invalid_request_error");
+    }
+    if (!IsValidUtf8(*id)) {
+      return OpenAIError(400, std::string(kConversationHeader) + " is not valid UTF-8",
                          "invalid_request_error");
     }
     parsed.conversation_id = std::string(*id);

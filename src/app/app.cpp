@@ -53,6 +53,29 @@ Result<std::map<std::string, std::string>> ReadDotenv(const std::string& path) {
   return parsed;
 }
 
+// STAPLE_CACHE_MB, split among the caches that grow with the number of conversations:
+// - 5/8 the SQLite store's HistoryCache: it spares a history read its ~40 table-page reads, the
+//   most expensive thing a continued conversation does;
+// - 1/4 the serialized messages of ConversationService (CPU only: a miss serializes again);
+// - 1/8 SQLite's page caches, shared equally by the writer's and the readers' connections (a
+//   reader's cache is emptied by every commit anyway, so more buys little).
+// With PostgreSQL the history and page shares stay unused (the database caches on its side).
+struct CacheBudget {
+  std::size_t history = 0;
+  std::size_t fragments = 0;
+  std::size_t page_cache_per_connection = 0;
+};
+
+CacheBudget SplitCacheBudget(std::size_t bytes, std::size_t connections) {
+  CacheBudget budget;
+  budget.fragments = bytes / 4;
+  const std::size_t pages = bytes / 8;
+  budget.page_cache_per_connection =
+      std::max<std::size_t>(64 * 1024, pages / std::max<std::size_t>(1, connections));
+  budget.history = std::max<std::size_t>(1, bytes - budget.fragments - pages);
+  return budget;
+}
+
 // The conversation store the configuration names: PostgreSQL for postgresql:// and postgres://
 // URLs, else the SQLite file.
 Result<std::unique_ptr<store::ConversationStore>> OpenStore(const config::StoreSettings& settings) {
@@ -70,6 +93,9 @@ Result<std::unique_ptr<store::ConversationStore>> OpenStore(const config::StoreS
   // The file grows with every commit, and mapped readers then keep remapping it (munmap showed up
   // in the profile of the seed endpoint): plain reads are cheaper here.
   options.mmap_size = 0;
+  const CacheBudget budget = SplitCacheBudget(settings.cache_bytes, options.reader_threads + 1);
+  options.history_cache_bytes = budget.history;
+  options.page_cache_bytes = budget.page_cache_per_connection;
   auto opened = store::SqliteConversationStore::Open(options);
   if (!opened) return opened.error();
   return std::unique_ptr<store::ConversationStore>(std::move(opened).value());
@@ -110,7 +136,22 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   ratelimit::SystemClock clock;
   std::unique_ptr<ratelimit::RateLimiter> limiter_storage;
   if (config.limits.storage_url == "memory://") {
-    limiter_storage = std::make_unique<ratelimit::MemoryRateLimiter>(clock, config.limits.strategy);
+    // STAPLE_LIMITER_MAX_CLIENTS counts clients; the limiter counts one entry per limit a client
+    // is counted against (global, route, token and failed-authentication limits).
+    const std::size_t per_client = std::max<std::size_t>(
+        1, config.limits.default_limits.size() +
+               std::max(config.limits.completion_limits.size(), config.limits.v1_limits.size()) +
+               config.limits.token_limits.size() +
+               (config.auth.keys ? config.auth.failure_limits.size() : 0));
+    auto memory = std::make_unique<ratelimit::MemoryRateLimiter>(
+        clock, config.limits.strategy, config.limits.max_clients * per_client);
+    metrics.AddGauge(
+        "staple_limiter_evictions_total",
+        "Limiter entries forgotten at STAPLE_LIMITER_MAX_CLIENTS while still counting.",
+        [m = memory.get()] { return static_cast<double>(m->Evictions()); });
+    metrics.AddGauge("staple_limiter_entries", "Entries held by the in-process limiter.",
+                     [m = memory.get()] { return static_cast<double>(m->EntryCount()); });
+    limiter_storage = std::move(memory);
   } else {
     // Validated with the configuration. Redis being down at start is not fatal: calls fail with
     // kUnavailable (the fail-open/closed policy applies, /readyz says 503) until it answers.
@@ -142,6 +183,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   chat::ServiceSettings chat_settings;
   chat_settings.model = config.chat.model;
   chat_settings.system_prompt = config.chat.system_prompt;
+  chat_settings.fragment_cache_bytes = SplitCacheBudget(config.store.cache_bytes, 1).fragments;
   chat::ConversationService conversations(turns, chat_settings);
   chat::OpenAIProxy openai_proxy(turns, upstream_client);
 
@@ -174,6 +216,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   admission_settings.default_limits = config.limits.default_limits;
   admission_settings.fail_open = config.limits.fail_open;
   admission_settings.trusted_proxies = config.limits.trusted_proxies;
+  admission_settings.ipv6_prefix = config.limits.ipv6_prefix;
   admission_settings.check_host = config.auth.check_host;
   admission_settings.allowed_hosts = config.auth.allowed_hosts;
   api::Admission admission(limiter, metrics, admission_settings,

@@ -7,8 +7,6 @@ namespace {
 
 using nlohmann::json;
 
-// Serialized history messages kept for the next requests of their conversations.
-constexpr std::size_t kFragmentBytes = 32 * 1024 * 1024;
 // Of an error answer to a stream request, only this much is read for its message.
 constexpr std::size_t kMaxErrorBodyBytes = 64 * 1024;
 
@@ -38,7 +36,7 @@ ConversationService::ConversationService(TurnPipeline& pipeline, ServiceSettings
       system_message_(settings_.system_prompt.empty()
                           ? std::string()
                           : MessageFragments::Serialize("system", settings_.system_prompt)),
-      fragments_(kFragmentBytes) {}
+      fragments_(settings_.fragment_cache_bytes) {}
 
 TurnRequest ConversationService::Turn(CompletionRequest request, bool stream) const {
   TurnRequest turn;

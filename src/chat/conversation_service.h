@@ -18,6 +18,8 @@ namespace staple::chat {
 struct ServiceSettings {
   std::string model = "gpt-4o-mini";
   std::string system_prompt;
+  // Memory of the serialized history messages kept for the next requests (MessageFragments).
+  std::size_t fragment_cache_bytes = 32 * 1024 * 1024;
 };
 
 struct CompletionRequest {

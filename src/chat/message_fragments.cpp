@@ -27,17 +27,28 @@ void MessageFragments::Append(std::string& out, const std::vector<store::StoredM
     }
     std::string json = Serialize(message.role, message.content);
     out += json;
-    if (json.size() > max_bytes_) continue;
-    bytes_ += json.size();
+    json.shrink_to_fit();
+    if (CostOf(json) > max_bytes_) continue;
+    bytes_ += CostOf(json);
     lru_.push_front(message.id);
     entries_.emplace(message.id, Entry{std::move(json), lru_.begin()});
     while (bytes_ > max_bytes_) {
       auto oldest = entries_.find(lru_.back());
-      bytes_ -= oldest->second.json.size();
+      bytes_ -= CostOf(oldest->second.json);
       entries_.erase(oldest);
       lru_.pop_back();
     }
   }
+}
+
+std::size_t MessageFragments::CostOf(const std::string& json) {
+  // glibc chunks: 16-byte granularity plus an 8-byte header. The map node holds the id, the
+  // string object, the list iterator, the cached hash and a link (about 80 bytes); the list node
+  // two links and the id (32); plus a bucket pointer.
+  constexpr std::size_t kNodes = 80 + 8 + 32 + 8 + 8;
+  // Kept strings are shrunk to fit, so their size is their capacity.
+  const std::size_t text = json.size() <= 15 ? 0 : (json.size() + 1 + 8 + 15) / 16 * 16;
+  return kNodes + text;
 }
 
 std::size_t MessageFragments::bytes() const {

@@ -17,7 +17,7 @@ namespace staple::chat {
 // again with every prompt, and serializing it (nlohmann checks every byte's UTF-8) was half of
 // the CPU time of such a request; a stored row never changes and its id is never reused, so its
 // serialization can be kept. Bounded by `max_bytes` of serialized text, least recently used
-// dropped first. Thread-safe.
+// dropped first (the budget counts each entry's allocations, see CostOf). Thread-safe.
 class MessageFragments {
  public:
   explicit MessageFragments(std::size_t max_bytes);
@@ -32,7 +32,11 @@ class MessageFragments {
   // The serialized form of one message (not kept).
   static std::string Serialize(std::string_view role, std::string_view content);
 
+  // Memory held, as the budget counts it: each kept fragment's CostOf.
   std::size_t bytes() const;
+
+  // What keeping `json` costs: its allocation and the entry's map and list nodes.
+  static std::size_t CostOf(const std::string& json);
 
  private:
   struct Entry {

@@ -127,6 +127,9 @@ std::vector<Variable> MakeVariables() {
        "conversation store", true},
       {"STAPLE_SQLITE_SYNCHRONOUS", "--sqlite-synchronous", "full",
        "SQLite synchronous level: full or normal", false},
+      {"STAPLE_CACHE_MB", "--cache-mb", "64",
+       "memory budget of the conversation store's caches, MiB (history cache and SQLite pages)",
+       false},
       {"STAPLE_RATELIMIT_STORAGE", "--ratelimit-storage", "memory://",
        "limit counters storage: memory:// or redis://host:port[/db]", true},
       {"STAPLE_DEFAULT_LIMITS", "--default-limits", "200 per day;50 per hour",
@@ -145,6 +148,12 @@ std::vector<Variable> MakeVariables() {
        "when limiter storage fails: closed (503) or open (admit)", false},
       {"STAPLE_TRUSTED_PROXIES", "--trusted-proxies", "",
        "proxies whose X-Forwarded-For is trusted (IPs/CIDRs, comma-separated)", false},
+      {"STAPLE_IPV6_PREFIX", "--ipv6-prefix", "64",
+       "IPv6 clients share limits per network of this many bits (1-128; 128 = per address)", false},
+      {"STAPLE_LIMITER_MAX_CLIENTS", "--limiter-max-clients", "100000",
+       "clients the in-process limiter keeps counters for; beyond it the least recently seen are "
+       "forgotten",
+       false},
       {"STAPLE_AUTH", "--auth", "",
        "off or keys (client keys required); must be set when not listening on loopback", false},
       {"STAPLE_ADMIN_KEY", "--admin-key", "",
@@ -380,6 +389,9 @@ Result<Config> Load(const Sources& sources) {
     return Invalid("STAPLE_SQLITE_SYNCHRONOUS", synchronous, "expected full or normal");
   }
   store.sqlite_synchronous_full = synchronous == "full";
+  auto cache_mb = ParseInteger("STAPLE_CACHE_MB", get("STAPLE_CACHE_MB"), 1, 1024 * 1024);
+  if (!cache_mb) return cache_mb.error();
+  store.cache_bytes = static_cast<std::size_t>(*cache_mb) * 1024 * 1024;
 
   auto& limits = config.limits;
   auto defaults = ParseLimitList("STAPLE_DEFAULT_LIMITS", get("STAPLE_DEFAULT_LIMITS"));
@@ -427,6 +439,13 @@ Result<Config> Load(const Sources& sources) {
       limits.trusted_proxies.push_back(entry);
     }
   }
+  auto ipv6_prefix = ParseInteger("STAPLE_IPV6_PREFIX", get("STAPLE_IPV6_PREFIX"), 1, 128);
+  if (!ipv6_prefix) return ipv6_prefix.error();
+  limits.ipv6_prefix = static_cast<int>(*ipv6_prefix);
+  auto max_clients =
+      ParseInteger("STAPLE_LIMITER_MAX_CLIENTS", get("STAPLE_LIMITER_MAX_CLIENTS"), 1, 100'000'000);
+  if (!max_clients) return max_clients.error();
+  limits.max_clients = static_cast<std::size_t>(*max_clients);
 
   auto& chat = config.chat;
   chat.model = Trim(get("OPENAI_MODEL"));

@@ -47,6 +47,7 @@ struct StoreSettings {
   std::string url;          // as configured
   std::string sqlite_path;  // for sqlite:/// URLs
   bool sqlite_synchronous_full = false;
+  std::size_t cache_bytes = 0;  // STAPLE_CACHE_MB: the store's caches together
 };
 
 struct LimitSettings {
@@ -59,6 +60,8 @@ struct LimitSettings {
   std::string storage_url;  // "memory://" or a redis:// URL
   bool fail_open = false;
   std::vector<std::string> trusted_proxies;  // IP addresses or CIDR networks
+  int ipv6_prefix = 0;                       // IPv6 clients are counted per network of this size
+  std::size_t max_clients = 0;               // in-process limiter: clients kept (see app.cpp)
 };
 
 struct AuthSettings {

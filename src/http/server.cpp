@@ -29,6 +29,17 @@ void LogIfFailed(std::exception_ptr error) {
   }
 }
 
+// The path as the access log shows it: at most kLoggedPathBytes bytes (cut at a UTF-8 character
+// boundary) and "…", so a client cannot fill the log with one long URL.
+constexpr std::size_t kLoggedPathBytes = 512;
+
+std::string LoggedPath(std::string_view path) {
+  if (path.size() <= kLoggedPathBytes) return std::string(path);
+  std::size_t cut = kLoggedPathBytes;
+  while (cut > 0 && (static_cast<unsigned char>(path[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(path.substr(0, cut)) + "\u2026";
+}
+
 // A client-supplied request id is echoed only when it is short and plain, so it cannot break a
 // header or a log line.
 bool UsableRequestId(std::string_view id) {
@@ -454,7 +465,7 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     metrics_.CountRequest(request.route, response.status, seconds);
     if (options_.access_log) {
       observe::Info("request", {{"method", request.method},
-                                {"path", request.path},
+                                {"path", LoggedPath(request.path)},
                                 {"status", response.status},
                                 {"latency_ms", std::round(seconds * 1e6) / 1e3},
                                 {"request_id", request.request_id},

@@ -118,8 +118,9 @@ std::string Metrics::Render() const {
   out += "# TYPE staple_open_connections gauge\n";
   out += fmt::format("staple_open_connections {}\n", open_connections_.load());
   for (const auto& gauge : gauges_) {
-    out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", gauge.name, gauge.help, gauge.name,
-                       gauge.name, gauge.read());
+    const char* type = gauge.name.ends_with("_total") ? "counter" : "gauge";
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", gauge.name, gauge.help, gauge.name,
+                       type, gauge.name, gauge.read());
   }
   return out;
 }

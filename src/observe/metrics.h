@@ -58,7 +58,8 @@ class Metrics {
   }
   void ConnectionClosed() { open_connections_.fetch_sub(1, std::memory_order_relaxed); }
 
-  // A gauge read at render time (e.g. the store's queue depth). Register before serving.
+  // A gauge read at render time (e.g. the store's queue depth). Register before serving. A name
+  // ending in "_total" is rendered as a counter (`read` must then never decrease).
   void AddGauge(std::string name, std::string help, std::function<double()> read);
 
   std::string Render() const;

@@ -2,14 +2,19 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+
+#include "observe/log.h"
 
 namespace staple::ratelimit {
 
@@ -24,6 +29,8 @@ constexpr double kMinSweepInterval = 1.0;
 constexpr std::size_t kGrowthSweepMinSize = 256;
 // See Window::RetryAfter.
 constexpr double kSlidingBoundaryStep = 0.001;
+// Seconds (of the limiter's clock) between two warnings that the cap forgot clients.
+constexpr double kEvictionWarningInterval = 60.0;
 
 std::uint64_t SaturateAmount(Amount amount) {
   return amount > kMaxU64 ? kMaxU64 : static_cast<std::uint64_t>(amount);
@@ -35,23 +42,31 @@ struct Hit {
   std::uint64_t units;
 };
 
+// A moving window's hits, oldest first, starting at `head` (dropping from the front is an index
+// increment; the vector is compacted once the dead prefix dominates).
+struct MovingLog {
+  std::vector<Hit> hits;
+  std::size_t head = 0;
+};
+
 // The stored state of one key. Which fields matter depends on the strategy; one type keeps the
 // map simple and costs a few unused words.
 struct Entry {
   // From this instant on the entry holds no hit that counts, and a sweep may remove it.
   double expires_at = kNever;
-  // Fixed window: start of the current window. Sliding window: index of the current window.
-  double window_start = 0;
+  // The last operation that looked at the entry: the cap forgets the least recently seen first.
+  double last_seen = kNever;
+  // Sliding window: index of the current window. (A fixed window starts at expires_at - period:
+  // not stored.)
   std::int64_t window = 0;
   // Fixed window: units in the window. Sliding: units in the current window. Moving: units in
   // the log.
   std::uint64_t count = 0;
   // Sliding window: units in the previous window.
   std::uint64_t previous = 0;
-  // Moving window: hits oldest first, starting at log_head (dropping from the front is an index
-  // increment; the vector is compacted once the dead prefix dominates).
-  std::vector<Hit> log;
-  std::size_t log_head = 0;
+  // Moving window only, created by its first hit: a pointer keeps the other strategies' entries
+  // (most of them: fixed window is the default) at 80 bytes of map node.
+  std::unique_ptr<MovingLog> log;
 };
 
 const Entry kEmptyEntry{};
@@ -69,19 +84,23 @@ class Window {
       case Strategy::kFixedWindow:
         if (now_ >= e.expires_at) e.count = 0;
         break;
-      case Strategy::kMovingWindow:
-        while (e.log_head < e.log.size() && e.log[e.log_head].at + period_ <= now_) {
-          e.count -= e.log[e.log_head].units;
-          ++e.log_head;
+      case Strategy::kMovingWindow: {
+        if (!e.log) break;
+        MovingLog& log = *e.log;
+        while (log.head < log.hits.size() && log.hits[log.head].at + period_ <= now_) {
+          e.count -= log.hits[log.head].units;
+          ++log.head;
         }
-        if (e.log_head == e.log.size()) {
-          e.log.clear();
-          e.log_head = 0;
-        } else if (e.log_head >= 16 && e.log_head * 2 >= e.log.size()) {
-          e.log.erase(e.log.begin(), e.log.begin() + static_cast<std::ptrdiff_t>(e.log_head));
-          e.log_head = 0;
+        if (log.head == log.hits.size()) {
+          log.hits.clear();
+          log.head = 0;
+        } else if (log.head >= 16 && log.head * 2 >= log.hits.size()) {
+          log.hits.erase(log.hits.begin(),
+                         log.hits.begin() + static_cast<std::ptrdiff_t>(log.head));
+          log.head = 0;
         }
         break;
+      }
       case Strategy::kSlidingWindowCounter: {
         // A clock that stepped back stays in the stored window rather than rewinding it.
         const std::int64_t index = WindowIndex();
@@ -109,9 +128,9 @@ class Window {
   double ResetAt(const Entry& e) const {
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        return now_ < e.expires_at ? e.window_start + period_ : now_;
+        return now_ < e.expires_at ? e.expires_at : now_;
       case Strategy::kMovingWindow:
-        return e.count > 0 ? e.log[e.log_head].at + period_ : now_;
+        return e.count > 0 && e.log ? e.log->hits[e.log->head].at + period_ : now_;
       case Strategy::kSlidingWindowCounter: {
         const double left = period_ - Elapsed(e);
         double reset = std::numeric_limits<double>::infinity();
@@ -132,16 +151,17 @@ class Window {
     double wait = 0;
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        wait = e.window_start + period_ - now_;
+        wait = e.expires_at - now_;
         break;
       case Strategy::kMovingWindow: {
         // Oldest hits leave first; wait for the one whose departure brings usage down to `room`.
         const std::uint64_t excess = e.count - room;
         std::uint64_t freed = 0;
-        for (std::size_t i = e.log_head; i < e.log.size(); ++i) {
-          freed += e.log[i].units;
+        const std::size_t size = e.log ? e.log->hits.size() : 0;
+        for (std::size_t i = e.log ? e.log->head : 0; i < size; ++i) {
+          freed += e.log->hits[i].units;
           if (freed >= excess) {
-            wait = e.log[i].at + period_ - now_;
+            wait = e.log->hits[i].at + period_ - now_;
             break;
           }
         }
@@ -177,19 +197,19 @@ class Window {
   double Consume(Entry& e, std::uint64_t units) const {
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        if (now_ >= e.expires_at) {
-          e.window_start = now_;
-          e.expires_at = now_ + period_;
-        }
+        if (now_ >= e.expires_at) e.expires_at = now_ + period_;
         e.count += units;
-        return std::max(now_, e.window_start);
+        // Later than now only when the clock stepped back behind the window's start.
+        return now_ + period_ < e.expires_at ? e.expires_at - period_ : now_;
       case Strategy::kMovingWindow: {
         // A clock that stepped back records at the newest time so the log stays ordered.
-        const double at = e.log.size() > e.log_head ? std::max(now_, e.log.back().at) : now_;
-        if (e.log.size() > e.log_head && e.log.back().at == at) {
-          e.log.back().units += units;
+        if (!e.log) e.log = std::make_unique<MovingLog>();
+        MovingLog& log = *e.log;
+        const double at = log.hits.size() > log.head ? std::max(now_, log.hits.back().at) : now_;
+        if (log.hits.size() > log.head && log.hits.back().at == at) {
+          log.hits.back().units += units;
         } else {
-          e.log.push_back(Hit{at, units});
+          log.hits.push_back(Hit{at, units});
         }
         e.count += units;
         e.expires_at = at + period_;
@@ -209,7 +229,8 @@ class Window {
   void GiveBack(Entry& e, std::uint64_t units, double acquired_at) const {
     switch (strategy_) {
       case Strategy::kFixedWindow:
-        if (now_ >= e.expires_at || acquired_at < e.window_start) return;
+        // acquired_at < window start, compared as Consume computed it.
+        if (now_ >= e.expires_at || acquired_at + period_ < e.expires_at) return;
         e.count -= std::min(e.count, units);
         return;
       case Strategy::kSlidingWindowCounter: {
@@ -224,23 +245,24 @@ class Window {
       case Strategy::kMovingWindow:
         break;
     }
-    if (acquired_at + period_ <= now_) return;
+    if (acquired_at + period_ <= now_ || !e.log) return;
     // The acquire's units are in the oldest hit recorded at or after it (a clock that stepped back
     // records at the newest time); later hits follow when that one holds fewer.
-    std::size_t i = e.log_head;
-    while (i < e.log.size() && e.log[i].at < acquired_at) ++i;
+    MovingLog& log = *e.log;
+    std::size_t i = log.head;
+    while (i < log.hits.size() && log.hits[i].at < acquired_at) ++i;
     std::size_t kept = i;
-    for (; i < e.log.size(); ++i) {
-      const std::uint64_t taken = std::min(e.log[i].units, units);
-      e.log[i].units -= taken;
+    for (; i < log.hits.size(); ++i) {
+      const std::uint64_t taken = std::min(log.hits[i].units, units);
+      log.hits[i].units -= taken;
       e.count -= taken;
       units -= taken;
-      if (e.log[i].units > 0) e.log[kept++] = e.log[i];
+      if (log.hits[i].units > 0) log.hits[kept++] = log.hits[i];
     }
-    e.log.resize(kept);
-    if (e.log.size() == e.log_head) {
-      e.log.clear();
-      e.log_head = 0;
+    log.hits.resize(kept);
+    if (log.hits.size() == log.head) {
+      log.hits.clear();
+      log.head = 0;
     }
   }
 
@@ -265,21 +287,91 @@ class Window {
   double period_;
 };
 
-struct KeyHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view key) const noexcept {
-    return std::hash<std::string_view>{}(key);
+// An entry's key: a 128-bit SipHash of its text under the limiter's random key. Fixed size, so
+// the map node holds it inline (a key's text, 30-40 bytes, would be a heap block of its own);
+// keyed and 128 bits wide, so two clients sharing a counter by a collision is out of reach even
+// for someone who chooses key texts (about n^2 / 2^129 for n keys).
+struct KeyDigest {
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+  bool operator==(const KeyDigest&) const = default;
+};
+
+struct DigestHash {
+  std::size_t operator()(const KeyDigest& key) const noexcept {
+    return static_cast<std::size_t>(key.lo);
   }
 };
 
-using EntryMap = std::unordered_map<std::string, Entry, KeyHash, std::equal_to<>>;
+using EntryMap = std::unordered_map<KeyDigest, Entry, DigestHash>;
 
-// Fibonacci hashing of the key's hash picks the shard, so the shard index does not correlate with
-// the bucket index inside the shard's map (which uses the same hash modulo a prime).
-std::size_t ShardOf(std::string_view key) {
-  const std::uint64_t h = static_cast<std::uint64_t>(KeyHash{}(key));
-  return static_cast<std::size_t>((h * 0x9E3779B97F4A7C15ull) >> 58) %
-         MemoryRateLimiter::kShardCount;
+// SipHash-2-4 with a 128-bit output (Aumasson and Bernstein), of `text` under key (k0, k1).
+class SipHash128 {
+ public:
+  static KeyDigest Of(std::string_view text, std::uint64_t k0, std::uint64_t k1) {
+    SipHash128 h(k0, k1);
+    const std::size_t blocks = text.size() / 8;
+    for (std::size_t i = 0; i < blocks; ++i) h.Absorb(Load(text.data() + 8 * i, 8));
+    std::uint64_t last = static_cast<std::uint64_t>(text.size() & 0xff) << 56;
+    last |= Load(text.data() + 8 * blocks, text.size() % 8);
+    h.Absorb(last);
+    h.v2_ ^= 0xee;
+    h.Rounds(4);
+    KeyDigest digest;
+    digest.lo = h.v0_ ^ h.v1_ ^ h.v2_ ^ h.v3_;
+    h.v1_ ^= 0xdd;
+    h.Rounds(4);
+    digest.hi = h.v0_ ^ h.v1_ ^ h.v2_ ^ h.v3_;
+    return digest;
+  }
+
+ private:
+  SipHash128(std::uint64_t k0, std::uint64_t k1)
+      : v0_(k0 ^ 0x736f6d6570736575ull),
+        v1_(k1 ^ 0x646f72616e646f6dull ^ 0xee),
+        v2_(k0 ^ 0x6c7967656e657261ull),
+        v3_(k1 ^ 0x7465646279746573ull) {}
+
+  // `n` (at most 8) bytes, little endian.
+  static std::uint64_t Load(const char* p, std::size_t n) {
+    std::uint64_t value = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      value |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+    }
+    return value;
+  }
+
+  void Absorb(std::uint64_t m) {
+    v3_ ^= m;
+    Rounds(2);
+    v0_ ^= m;
+  }
+
+  void Rounds(int n) {
+    for (int i = 0; i < n; ++i) {
+      v0_ += v1_;
+      v1_ = std::rotl(v1_, 13);
+      v1_ ^= v0_;
+      v0_ = std::rotl(v0_, 32);
+      v2_ += v3_;
+      v3_ = std::rotl(v3_, 16);
+      v3_ ^= v2_;
+      v0_ += v3_;
+      v3_ = std::rotl(v3_, 21);
+      v3_ ^= v0_;
+      v2_ += v1_;
+      v1_ = std::rotl(v1_, 17);
+      v1_ ^= v2_;
+      v2_ = std::rotl(v2_, 32);
+    }
+  }
+
+  std::uint64_t v0_, v1_, v2_, v3_;
+};
+
+// The high half picks the shard, the low half the bucket inside the shard's map.
+std::size_t ShardOf(const KeyDigest& key) {
+  return static_cast<std::size_t>(key.hi % MemoryRateLimiter::kShardCount);
 }
 
 void AppendUnsigned(std::string& out, std::uint64_t value) {
@@ -306,23 +398,25 @@ void BuildKey(const Check& check, std::string& out) {
 
 // Per-thread buffers for one operation, reused so the hot path does not allocate once warm.
 struct Scratch {
-  std::vector<std::string> keys;
+  std::string text;  // a key's text, before hashing
+  std::vector<KeyDigest> keys;
   std::vector<std::size_t> shard_of;
   std::vector<std::size_t> shards;  // sorted, unique: the lock order
   std::vector<Entry*> entries;
   std::vector<std::uint64_t> charged_before;  // units of earlier checks on the same key
   std::vector<LimitState> states;
 
-  void Prepare(const std::vector<Check>& checks) {
+  void Prepare(const std::vector<Check>& checks, std::uint64_t k0, std::uint64_t k1) {
     const std::size_t n = checks.size();
-    if (keys.size() < n) keys.resize(n);
+    keys.resize(n);
     shard_of.resize(n);
     entries.assign(n, nullptr);
     charged_before.assign(n, 0);
     states.resize(n);
     shards.clear();
     for (std::size_t i = 0; i < n; ++i) {
-      BuildKey(checks[i], keys[i]);
+      BuildKey(checks[i], text);
+      keys[i] = SipHash128::Of(text, k0, k1);
       shard_of[i] = ShardOf(keys[i]);
       shards.push_back(shard_of[i]);
     }
@@ -399,8 +493,50 @@ class ShardLocks {
 
 }  // namespace
 
-MemoryRateLimiter::MemoryRateLimiter(const Clock& clock, Strategy strategy)
-    : clock_(clock), strategy_(strategy), shards_(std::make_unique<Shard[]>(kShardCount)) {}
+MemoryRateLimiter::MemoryRateLimiter(const Clock& clock, Strategy strategy, std::size_t max_entries)
+    : clock_(clock),
+      strategy_(strategy),
+      shard_cap_(max_entries == 0 ? 0 : (max_entries + kShardCount - 1) / kShardCount),
+      shards_(std::make_unique<Shard[]>(kShardCount)) {
+  std::random_device random;
+  for (auto& word : hash_key_) {
+    word = (static_cast<std::uint64_t>(random()) << 32) ^ static_cast<std::uint64_t>(random());
+  }
+}
+
+void MemoryRateLimiter::EnforceCap(Shard& shard, double now) {
+  if (shard_cap_ == 0 || shard.entries.size() <= shard_cap_) return;
+  shard.SweepLocked(now);
+  if (shard.entries.size() <= shard_cap_) return;
+  // Forget the least recently seen eighth at once, so that a stream of new clients pays for this
+  // scan once per cap/8 insertions rather than at each.
+  const std::size_t excess = shard.entries.size() - shard_cap_;
+  const std::size_t drop = std::min(shard.entries.size(), std::max(excess, shard_cap_ / 8));
+  std::vector<double> seen;
+  seen.reserve(shard.entries.size());
+  for (const auto& [key, entry] : shard.entries) seen.push_back(entry.last_seen);
+  std::nth_element(seen.begin(), seen.begin() + static_cast<std::ptrdiff_t>(drop - 1), seen.end());
+  const double threshold = seen[drop - 1];
+  std::size_t dropped = 0;
+  for (auto it = shard.entries.begin(); it != shard.entries.end() && dropped < drop;) {
+    if (it->second.last_seen <= threshold) {
+      it = shard.entries.erase(it);
+      ++dropped;
+    } else {
+      ++it;
+    }
+  }
+  shard.size_after_sweep = shard.entries.size();
+  evictions_.fetch_add(dropped, std::memory_order_relaxed);
+  // One warning a minute at most: under a flood of new clients this runs continuously.
+  double last = last_eviction_warning_.load(std::memory_order_relaxed);
+  if (now - last >= kEvictionWarningInterval &&
+      last_eviction_warning_.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
+    observe::Warn("rate limiter is full: forgetting the least recently seen clients",
+                  {{"evicted_total", static_cast<std::int64_t>(Evictions())},
+                   {"max_entries", static_cast<std::int64_t>(shard_cap_ * kShardCount)}});
+  }
+}
 
 MemoryRateLimiter::~MemoryRateLimiter() = default;
 
@@ -411,7 +547,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
     return decision;
   }
   Scratch& scratch = ThreadScratch();
-  scratch.Prepare(checks);
+  scratch.Prepare(checks, hash_key_[0], hash_key_[1]);
   const std::size_t n = checks.size();
 
   // A check listed twice (same key, same item) is one counter charged twice: each occurrence
@@ -433,9 +569,10 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
     for (std::size_t i = 0; i < n; ++i) {
       Shard& shard = shards_[scratch.shard_of[i]];
       const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
-      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
+      auto found = shard.entries.find(scratch.keys[i]);
       if (found != shard.entries.end()) {
         scratch.entries[i] = &found->second;
+        found->second.last_seen = now;
         window.Advance(found->second);
       }
       const Entry& entry = scratch.entries[i] ? *scratch.entries[i] : kEmptyEntry;
@@ -468,6 +605,7 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
             // Map references stay valid across rehashing, so earlier pointers remain usable.
             auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
             scratch.entries[i] = &it->second;
+            it->second.last_seen = now;
             if (inserted) window.Advance(it->second);
           }
           decision.at = std::max(decision.at, window.Consume(*scratch.entries[i], cost));
@@ -497,6 +635,8 @@ Decision MemoryRateLimiter::AcquireNow(const std::vector<Check>& checks, std::ui
         if (shard.entries.size() >= std::max(kGrowthSweepMinSize, 2 * shard.size_after_sweep)) {
           shard.SweepLocked(now);
         }
+        // Last: the decision above already read every entry this operation touched.
+        EnforceCap(shard, now);
       }
     }
   }
@@ -517,7 +657,7 @@ void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_
                                   bool charge, double acquired_at) {
   if (checks.empty() || amount == 0) return;
   Scratch& scratch = ThreadScratch();
-  scratch.Prepare(checks);
+  scratch.Prepare(checks, hash_key_[0], hash_key_[1]);
   double now = 0;
   {
     ShardLocks locks(shards_, scratch.shards);
@@ -527,16 +667,21 @@ void MemoryRateLimiter::AdjustNow(const std::vector<Check>& checks, std::uint64_
       const Window window(strategy_, now, static_cast<double>(checks[i].item.PeriodSeconds()));
       if (charge) {
         auto [it, inserted] = shard.entries.try_emplace(scratch.keys[i]);
+        it->second.last_seen = now;
         window.Advance(it->second);
         window.Consume(it->second, amount);
         shard.NoteExpiry(it->second.expires_at);
         continue;
       }
       // A refund never creates an entry.
-      auto found = shard.entries.find(std::string_view(scratch.keys[i]));
+      auto found = shard.entries.find(scratch.keys[i]);
       if (found == shard.entries.end()) continue;
+      found->second.last_seen = now;
       window.Advance(found->second);
       window.GiveBack(found->second, amount, acquired_at);
+    }
+    if (charge) {
+      for (std::size_t index : scratch.shards) EnforceCap(shards_[index], now);
     }
   }
   MaybeSweepOne(now);

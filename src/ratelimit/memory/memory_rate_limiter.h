@@ -1,7 +1,9 @@
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -52,12 +54,22 @@ namespace staple::ratelimit {
 // - Charge consumes like an admitted Acquire, with no room check; a check listed twice is charged
 //   twice.
 //
-// Memory: entries are keyed by check.key + "/" + item.Key() in kShardCount shards. An entry whose
-// hits have all expired is reclaimed by a sweep of its shard; each operation offers one shard
+// Memory: entries are keyed by a 128-bit keyed hash (SipHash, random key per limiter) of
+// check.key + "/" + item.Key(), in kShardCount shards. An entry whose hits have all expired is
+// reclaimed by a sweep of its shard; each operation offers one shard
 // (round robin per thread) a sweep when the clock passed that shard's earliest expiry and its last
 // sweep is at least a second old, and a shard that doubled in size since its last sweep is swept at
 // once. So memory follows the clients active within the longest period, not every client ever
 // seen.
+//
+// Cap: with `max_entries` > 0, each shard keeps at most max_entries / kShardCount entries (rounded
+// up). An operation that leaves a shard over its cap first sweeps the shard's expired entries; if
+// it is still over, it forgets the least recently seen eighth of the shard (seen = looked at by any
+// operation, denied ones included), counting them in Evictions(). Such a client starts again with
+// an empty counter, so a client that many new clients push out gets a fresh allowance; but a
+// client that keeps sending (the one a limit matters for) stays recently seen and keeps its count,
+// and refusing new clients instead would let anyone with enough addresses lock every newcomer
+// out. The cap bounds memory to about max_entries x the entry size (see bench/micro).
 //
 // Thread-safety: every method may be called from any thread. A multi-check operation locks the
 // shards it touches in ascending order, so it is atomic with respect to every other operation.
@@ -66,8 +78,8 @@ class MemoryRateLimiter final : public RateLimiter {
  public:
   static constexpr std::size_t kShardCount = 64;
 
-  // `clock` must outlive the limiter.
-  MemoryRateLimiter(const Clock& clock, Strategy strategy);
+  // `clock` must outlive the limiter. `max_entries`: the cap (0 = none), see above.
+  MemoryRateLimiter(const Clock& clock, Strategy strategy, std::size_t max_entries = 0);
   ~MemoryRateLimiter() override;
   MemoryRateLimiter(const MemoryRateLimiter&) = delete;
   MemoryRateLimiter& operator=(const MemoryRateLimiter&) = delete;
@@ -86,6 +98,9 @@ class MemoryRateLimiter final : public RateLimiter {
 
   // Number of stored keys, expired ones not yet reclaimed included.
   std::size_t EntryCount() const;
+
+  // Entries forgotten at the cap while their window still counted, since construction.
+  std::uint64_t Evictions() const { return evictions_.load(std::memory_order_relaxed); }
 
   // Reclaims every expired entry now, in all shards; returns how many were removed. Operations do
   // this incrementally on their own; a caller may also run it from a timer.
@@ -106,10 +121,17 @@ class MemoryRateLimiter final : public RateLimiter {
                  double acquired_at);
   // Offers one shard a sweep when it is due; called with no shard lock held.
   void MaybeSweepOne(double now);
+  // Brings a shard back under its cap (see above); requires the shard's lock.
+  void EnforceCap(Shard& shard, double now);
 
   // Constant after construction.
   const Clock& clock_;
   const Strategy strategy_;
+  const std::size_t shard_cap_;     // 0 = no cap
+  std::uint64_t hash_key_[2] = {};  // random: the key of the entries' SipHash (set once)
+  // Updated by any thread, without a lock.
+  std::atomic<std::uint64_t> evictions_{0};
+  std::atomic<double> last_eviction_warning_{-std::numeric_limits<double>::infinity()};
   // Each shard guards its own entries with its own mutex.
   std::unique_ptr<Shard[]> shards_;
 };

@@ -9,10 +9,27 @@ namespace staple::store {
 HistoryCache::HistoryCache(std::size_t max_rows_per_conversation, std::size_t max_bytes)
     : max_rows_(std::max<std::size_t>(1, max_rows_per_conversation)), max_bytes_(max_bytes) {}
 
+namespace {
+
+// What the allocator hands out for a string's text: nothing for a short string (kept inside the
+// object), else its capacity and terminator rounded up to glibc's 16-byte chunks, plus the
+// chunk's 8-byte header.
+std::size_t HeapBytes(const std::string& text) {
+  if (text.capacity() <= 15) return 0;
+  return (text.capacity() + 1 + 8 + 15) / 16 * 16;
+}
+
+// An entry's bookkeeping besides its rows: the map node (key, Entry, hash, link) and the LRU list
+// node (links and a second copy of the key), each with its chunk header.
+constexpr std::size_t kEntryOverhead = 160;
+
+}  // namespace
+
 std::size_t HistoryCache::BytesOf(const StoredMessage& message) {
-  return sizeof(StoredMessage) + message.user_id.size() + message.timestamp.size() +
-         message.role.size() + message.content.size() + message.request_id.size() +
-         message.model.size();
+  // The budget is memory, so the strings' allocations count rather than their lengths.
+  return sizeof(StoredMessage) + HeapBytes(message.user_id) + HeapBytes(message.timestamp) +
+         HeapBytes(message.role) + HeapBytes(message.content) + HeapBytes(message.request_id) +
+         HeapBytes(message.model);
 }
 
 std::optional<std::int64_t> HistoryCache::OldestId(const std::string& user_id) {
@@ -55,6 +72,7 @@ void HistoryCache::Put(const std::string& user_id, std::vector<StoredMessage> ne
   entry.rows = std::move(newest);
   entry.complete = complete;
   Trim(entry);
+  entry.bytes = kEntryOverhead + 2 * HeapBytes(user_id);
   for (const auto& message : entry.rows) entry.bytes += BytesOf(message);
   if (entry.bytes > max_bytes_) return;
   lru_.push_front(user_id);
@@ -89,6 +107,11 @@ void HistoryCache::Append(const std::string& user_id, std::vector<StoredMessage>
   }
   lru_.splice(lru_.begin(), lru_, entry.lru);
   EvictOverBudget();
+}
+
+std::size_t HistoryCache::bytes() {
+  std::lock_guard lock(mu_);
+  return bytes_;
 }
 
 void HistoryCache::Erase(const std::string& user_id) {

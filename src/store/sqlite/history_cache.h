@@ -62,6 +62,10 @@ class HistoryCache {
   // Forgets `user_id`'s conversation.
   void Erase(const std::string& user_id);
 
+  // Memory held, as the budget counts it: rows, their strings' allocations and each entry's
+  // bookkeeping (map and LRU nodes, keys).
+  std::size_t bytes();
+
  private:
   struct Entry {
     std::vector<StoredMessage> rows;  // the newest rows, oldest first; never empty

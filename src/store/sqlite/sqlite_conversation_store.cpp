@@ -240,7 +240,11 @@ std::string WithPermissionHint(std::string reason, int code, const std::string& 
 Status ConfigureConnection(Database& db, const SqliteStoreOptions& options) {
   db.SetBusyTimeout(static_cast<int>(std::min<std::chrono::milliseconds::rep>(
       options.busy_timeout.count(), std::numeric_limits<int>::max())));
-  return db.Exec("PRAGMA mmap_size = " + std::to_string(options.mmap_size));
+  if (auto ok = db.Exec("PRAGMA mmap_size = " + std::to_string(options.mmap_size)); !ok) return ok;
+  if (options.page_cache_bytes == 0) return Ok();
+  // A negative cache_size is KiB rather than pages.
+  const std::size_t kib = std::max<std::size_t>(1, options.page_cache_bytes / 1024);
+  return db.Exec("PRAGMA cache_size = -" + std::to_string(kib));
 }
 
 constexpr std::string_view kSelectColumns =
@@ -271,10 +275,9 @@ std::string CacheKey(const std::string& owner, const std::string& user_id) {
   return key;
 }
 
-// HistoryCache bounds: more rows than any default context window (100 messages), and a memory
-// budget that holds a few thousand conversations of ordinary length.
+// HistoryCache rows per conversation: more than any default context window (100 messages). Its
+// memory is SqliteStoreOptions::history_cache_bytes.
 constexpr std::size_t kCachedRowsPerConversation = 256;
-constexpr std::size_t kHistoryCacheBytes = 64 * 1024 * 1024;
 
 // A row as InsertRow stores it and ReadMessage reads it back (empty request_id and model are NULL,
 // which reads back as empty).
@@ -696,14 +699,19 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
  public:
   static constexpr std::string_view kName = "SQLite";
 
+  explicit SqliteBackend(std::size_t history_cache_bytes)
+      : history_(kCachedRowsPerConversation, history_cache_bytes) {}
+
   static Result<OpenedBackend<SqliteBackend>> Open(const SqliteStoreOptions& options) {
     if (options.path.empty() || options.path == ":memory:") {
       return MakeError(ErrorKind::kInvalidArgument,
                        "SQLite database path must name a file, got '" + options.path + "'");
     }
-    if (options.busy_timeout.count() < 0 || options.mmap_size < 0) {
+    if (options.busy_timeout.count() < 0 || options.mmap_size < 0 ||
+        options.history_cache_bytes == 0) {
       return MakeError(ErrorKind::kInvalidArgument,
-                       "SQLite store options need non-negative busy_timeout and mmap_size");
+                       "SQLite store options need non-negative busy_timeout and mmap_size and a "
+                       "positive history_cache_bytes");
     }
     const std::filesystem::path parent = std::filesystem::path(options.path).parent_path();
     if (!parent.empty()) {
@@ -724,7 +732,7 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
       if (!reader) return reader.error();
       opened.readers.push_back(std::move(reader).value());
     }
-    opened.backend = std::make_unique<SqliteBackend>();
+    opened.backend = std::make_unique<SqliteBackend>(options.history_cache_bytes);
     return opened;
   }
 
@@ -790,7 +798,7 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
 
  private:
   // Shared by the writer (appends committed turns) and the readers; thread-safe.
-  HistoryCache history_{kCachedRowsPerConversation, kHistoryCacheBytes};
+  HistoryCache history_;
 };
 
 template class DbConversationStore<SqliteBackend, SqliteStoreOptions>;

@@ -25,6 +25,11 @@ struct SqliteStoreOptions : StoreThreadOptions {
   std::chrono::milliseconds busy_timeout{5000};
   // Bytes of the file SQLite may memory-map on each connection (PRAGMA mmap_size; 0 = none).
   std::int64_t mmap_size = 256 * 1024 * 1024;
+  // Memory of the HistoryCache (messages, their strings and bookkeeping). At least 1.
+  std::size_t history_cache_bytes = 64 * 1024 * 1024;
+  // SQLite's page cache of each connection, the writer's and every reader's (PRAGMA cache_size);
+  // 0 keeps SQLite's default (2000 KiB).
+  std::size_t page_cache_bytes = 0;
 };
 
 // The SQLite side of SqliteConversationStore; defined in sqlite_conversation_store.cpp.

@@ -66,9 +66,9 @@ class ChatRoutesTest : public ::testing::Test {
   }
 
   http::Response Post(const std::string& path, const std::string& body,
-                      const std::string& conversation = "") {
+                      const std::string& conversation = "", const std::string& method = "POST") {
     auto request = std::make_shared<http::Request>();
-    request->method = "POST";
+    request->method = method;
     request->path = path;
     request->target = path;
     request->headers.Add("Content-Type", "application/json");
@@ -119,6 +119,17 @@ const std::string kSeedStreamBody = R"({"prompt":"hi","user_id":"u1","stream":tr
 const std::string kChatBody = R"({"model":"m","messages":[{"role":"user","content":"hi"}]})";
 const std::string kChatStreamBody =
     R"({"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]})";
+
+TEST_F(ChatRoutesTest, OverlongPathUserIdIsRefusedLikeTheBodys) {
+  for (const char* method : {"GET", "DELETE"}) {
+    auto response = Post("/users/" + std::string(10'000, 'u') + "/messages", "", "", method);
+    EXPECT_EQ(response.status, 400) << method;
+    EXPECT_EQ(json::parse(response.body)["error"], "user_id is too long (at most 256 bytes)")
+        << method << ": " << response.body;
+  }
+  auto fits = Post("/users/" + std::string(256, 'u') + "/messages", "", "", "GET");
+  EXPECT_EQ(fits.status, 200) << fits.body;
+}
 
 TEST_F(ChatRoutesTest, SeedAnswerAfterTheTurnIsStored) {
   upstream_.Push(ScriptedReply::Json(kAnswer));

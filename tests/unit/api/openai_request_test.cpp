@@ -67,6 +67,26 @@ TEST(OpenAIChatRequestTest, LongConversationIdIs400) {
   EXPECT_EQ(answer->status, 400);
 }
 
+TEST(OpenAIChatRequestTest, ConversationIdMustBeValidUtf8) {
+  // Truncated sequence, lone continuation byte, overlong '/', UTF-16 surrogate, above U+10FFFF.
+  for (const std::string& id :
+       {std::string("conv-\xC3"), std::string("\x80"), std::string("\xC0\xAF"),
+        std::string("\xED\xA0\x80"), std::string("\xF4\x90\x80\x80")}) {
+    auto request = ChatRequest(R"({"messages":[]})");
+    request.headers.Add("X-Staple-Conversation", id);
+    OpenAIChatRequest parsed;
+    auto answer = ParseOpenAIChatRequest(request, parsed);
+    ASSERT_TRUE(answer) << "accepted a conversation id that is not UTF-8";
+    EXPECT_EQ(answer->status, 400);
+    EXPECT_EQ(ErrorOf(*answer)["type"], "invalid_request_error");
+  }
+  auto request = ChatRequest(R"({"messages":[]})");
+  request.headers.Add("X-Staple-Conversation", "caf\xC3\xA9-\xF0\x9F\x98\x80");
+  OpenAIChatRequest parsed;
+  EXPECT_FALSE(ParseOpenAIChatRequest(request, parsed));
+  EXPECT_EQ(parsed.conversation_id, "caf\xC3\xA9-\xF0\x9F\x98\x80");
+}
+
 TEST(PassThroughTest, KeepsStatusBodyAndContentType) {
   upstream::Response upstream;
   upstream.status = 200;

@@ -55,12 +55,12 @@ TEST(MessageFragmentsTest, AppendsTheMessagesFromFirstJoinedByCommas) {
 
 TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
   const std::string fragment = MessageFragments::Serialize("user", std::string(100, 'x'));
-  MessageFragments fragments(3 * fragment.size());
+  MessageFragments fragments(3 * MessageFragments::CostOf(fragment));
   std::vector<store::StoredMessage> history;
   for (int id = 1; id <= 5; ++id) history.push_back(Message(id, "user", std::string(100, 'x')));
   std::string out;
   fragments.Append(out, history, 0);
-  EXPECT_EQ(fragments.bytes(), 3 * fragment.size());
+  EXPECT_EQ(fragments.bytes(), 3 * MessageFragments::CostOf(fragment));
   EXPECT_EQ(out, Joined(history, 0));
 
   // A message bigger than the whole budget is serialized but not kept.
@@ -69,6 +69,16 @@ TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
   tiny.Append(big, history, 4);
   EXPECT_EQ(big, fragment);
   EXPECT_EQ(tiny.bytes(), 0u);
+}
+
+// The budget bounds memory, so a kept fragment costs its allocation and its map and list nodes,
+// not only its length: a million short messages must not fit where their text alone would.
+TEST(MessageFragmentsTest, TheBudgetCountsEachEntrysBookkeeping) {
+  MessageFragments fragments(1024 * 1024);
+  std::vector<store::StoredMessage> history = {Message(1, "user", "hi")};
+  std::string out;
+  fragments.Append(out, history, 0);
+  EXPECT_GE(fragments.bytes(), out.size() + 100) << "only the text was counted";
 }
 
 }  // namespace

@@ -91,6 +91,10 @@ TEST(ConfigTest, InvalidValuesNameTheVariable) {
       {"STAPLE_DATABASE_URL", "mysql://localhost/db"},
       {"STAPLE_TOKEN_LIMITS", "lots per day"},
       {"STAPLE_TOKEN_COMPLETION_RESERVE", "-5"},
+      {"STAPLE_IPV6_PREFIX", "0"},
+      {"STAPLE_IPV6_PREFIX", "129"},
+      {"STAPLE_LIMITER_MAX_CLIENTS", "0"},
+      {"STAPLE_CACHE_MB", "0"},
   };
   for (const auto& [name, value] : cases) {
     auto config = Load(EnvOnly({{name, value}}));
@@ -196,6 +200,7 @@ TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
       {"STAPLE_THREADS", "0"},
       {"STAPLE_DATABASE_URL", "sqlite:///instance/chat_history.db"},
       {"STAPLE_SQLITE_SYNCHRONOUS", "full"},
+      {"STAPLE_CACHE_MB", "64"},
       {"STAPLE_RATELIMIT_STORAGE", "memory://"},
       {"STAPLE_DEFAULT_LIMITS", "200 per day;50 per hour"},
       {"STAPLE_COMPLETION_LIMIT", "10 per minute"},
@@ -205,6 +210,8 @@ TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
       {"STAPLE_RATELIMIT_STRATEGY", "fixed-window"},
       {"STAPLE_RATELIMIT_FAILURE", "closed"},
       {"STAPLE_TRUSTED_PROXIES", ""},
+      {"STAPLE_IPV6_PREFIX", "64"},
+      {"STAPLE_LIMITER_MAX_CLIENTS", "100000"},
       {"STAPLE_AUTH", ""},
       {"STAPLE_ADMIN_KEY", ""},
       {"STAPLE_AUTH_FAILURE_LIMIT", "10 per minute"},
@@ -266,6 +273,21 @@ TEST(DotenvTest, ErrorsNameTheLine) {
   EXPECT_NE(parsed.error().message.find("line 2"), std::string::npos);
   auto unterminated = ParseDotenv("A=\"open\n");
   ASSERT_FALSE(unterminated.ok());
+}
+
+TEST(ConfigTest, ClientLimitAndCacheSettings) {
+  auto defaults = Load(EnvOnly({}));
+  ASSERT_TRUE(defaults.ok()) << defaults.error().message;
+  EXPECT_EQ(defaults->limits.ipv6_prefix, 64);
+  EXPECT_EQ(defaults->limits.max_clients, 100'000u);
+  EXPECT_EQ(defaults->store.cache_bytes, 64u * 1024 * 1024);
+  auto set = Load(EnvOnly({{"STAPLE_IPV6_PREFIX", "128"},
+                           {"STAPLE_LIMITER_MAX_CLIENTS", "500"},
+                           {"STAPLE_CACHE_MB", "16"}}));
+  ASSERT_TRUE(set.ok()) << set.error().message;
+  EXPECT_EQ(set->limits.ipv6_prefix, 128);
+  EXPECT_EQ(set->limits.max_clients, 500u);
+  EXPECT_EQ(set->store.cache_bytes, 16u * 1024 * 1024);
 }
 
 }  // namespace

@@ -55,6 +55,63 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, MemoryRateLimiterTest,
                                            Strategy::kSlidingWindowCounter),
                          Name);
 
+// STAPLE_LIMITER_MAX_CLIENTS: a flood of new clients cannot grow the table past its cap.
+TEST_P(MemoryRateLimiterTest, TheTableStaysWithinItsCap) {
+  constexpr std::size_t kCap = 640;  // 10 per shard
+  MemoryRateLimiter capped(clock_, GetParam(), kCap);
+  for (int i = 0; i < 20'000; ++i) {
+    clock_.Advance(0.001);
+    ASSERT_TRUE(capped.AcquireNow({MakeCheck("5/day", "client-" + std::to_string(i))}, 1).allowed);
+    ASSERT_LE(capped.EntryCount(), kCap) << "after client " << i;
+  }
+  EXPECT_GE(capped.Evictions(), 20'000u - kCap);
+}
+
+// Expired entries make room before any live one is forgotten.
+TEST_P(MemoryRateLimiterTest, ExpiredEntriesGoBeforeLiveOnes) {
+  constexpr std::size_t kCap = 640;
+  MemoryRateLimiter capped(clock_, GetParam(), kCap);
+  // 64 new clients a round (1 a shard on average; 10 in one shard has odds of about 1e-8), 768 in
+  // all: more than the cap.
+  for (int round = 0; round < 12; ++round) {
+    for (int i = 0; i < 64; ++i) {
+      const std::string key = "r" + std::to_string(round) + "-" + std::to_string(i);
+      ASSERT_TRUE(capped.AcquireNow({MakeCheck("5/second", key)}, 1).allowed);
+    }
+    clock_.Advance(3);  // every window of this round has ended
+  }
+  EXPECT_EQ(capped.Evictions(), 0u);
+}
+
+// The client a limit matters for keeps sending, so it stays recently seen: new clients push out
+// the idle entries, not its count.
+TEST_P(MemoryRateLimiterTest, AClientThatKeepsSendingKeepsItsCount) {
+  constexpr std::size_t kCap = 640;
+  MemoryRateLimiter capped(clock_, GetParam(), kCap);
+  ASSERT_TRUE(capped.AcquireNow({MakeCheck("1/day", "busy")}, 1).allowed);
+  int fresh = 0;
+  // 32 new clients a round: the busy client's shard (10 entries) would need 9 of them in one round
+  // to push it out (odds of about 1e-8 a round).
+  for (int round = 0; round < 200; ++round) {
+    for (int i = 0; i < 32; ++i) {
+      clock_.Advance(0.001);
+      capped.AcquireNow({MakeCheck("1/day", "new-" + std::to_string(fresh++))}, 1);
+    }
+    clock_.Advance(0.001);
+    EXPECT_FALSE(capped.AcquireNow({MakeCheck("1/day", "busy")}, 1).allowed)
+        << "round " << round << ": the busy client's count was forgotten";
+  }
+  EXPECT_GT(capped.Evictions(), 0u);
+}
+
+TEST_P(MemoryRateLimiterTest, NoCapByDefault) {
+  for (int i = 0; i < 5'000; ++i) {
+    ASSERT_TRUE(Hit({MakeCheck("5/day", "client-" + std::to_string(i))}).allowed);
+  }
+  EXPECT_EQ(limiter_.EntryCount(), 5'000u);
+  EXPECT_EQ(limiter_.Evictions(), 0u);
+}
+
 // A zero-cost peek and a denial store nothing, so they cannot grow the table.
 TEST_P(MemoryRateLimiterTest, PeeksAndDenialsStoreNothing) {
   EXPECT_TRUE(Hit({MakeCheck("1/minute", "peek")}, 0).allowed);
