@@ -336,10 +336,23 @@ class Writer {
     return db_.Changes();
   }
 
-  // One retention step inside the batch's transaction: deletes the rows older than `cutoff`
-  // among the `max_rows` oldest, then moves at most kVacuumPagesPerStep pages from the end of
-  // the file into free ones and truncates it (a no-op unless auto_vacuum is INCREMENTAL).
+  // One retention step inside the batch's transaction, under a savepoint: a failed step is undone
+  // alone and the turns committed beside it are not lost with it.
   Result<RetentionBatch> DeleteOldest(const std::string& cutoff, std::size_t max_rows) {
+    if (auto ok = db_.Exec("SAVEPOINT retention"); !ok) return ok.error();
+    auto batch = DeleteOldestInSavepoint(cutoff, max_rows);
+    if (!batch) (void)db_.Exec("ROLLBACK TO retention");
+    if (auto ok = db_.Exec("RELEASE retention"); !ok && batch) return ok.error();
+    return batch;
+  }
+
+ private:
+  explicit Writer(Database db) : db_(std::move(db)) {}
+
+  // Deletes the rows older than `cutoff` among the `max_rows` oldest, then moves at most
+  // kIncrementalVacuum's pages from the end of the file into free ones and truncates it (a no-op
+  // unless auto_vacuum is INCREMENTAL).
+  Result<RetentionBatch> DeleteOldestInSavepoint(const std::string& cutoff, std::size_t max_rows) {
     RetentionBatch batch;
     {
       StatementReset reset(delete_oldest_);
@@ -355,9 +368,6 @@ class Writer {
     if (*row) batch.free_pages = free_pages_.ColumnInt64(0);
     return batch;
   }
-
- private:
-  explicit Writer(Database db) : db_(std::move(db)) {}
 
   Status Configure(const SqliteStoreOptions& options) {
     if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
@@ -576,7 +586,7 @@ struct SqliteWrite {
   std::optional<Turn> turn;
   std::optional<std::string> retention_cutoff;  // a retention step: delete rows older than this
   std::size_t retention_rows = 0;               // among this many oldest rows
-  RetentionBatch retained;
+  Result<RetentionBatch> retained = RetentionBatch{};
   std::string delete_owner;
   std::string delete_user_id;
   // Filled inside the batch, read by Appended and Deleted on the writer thread.
@@ -630,12 +640,8 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
         if (op->turn) {
           status = writer.InsertTurn(*op->turn, &op->inserted);
         } else if (op->retention_cutoff) {
-          auto retained = writer.DeleteOldest(*op->retention_cutoff, op->retention_rows);
-          if (retained) {
-            op->retained = *retained;
-          } else {
-            status = retained.error();
-          }
+          // Its failure is its own (see DeleteOldest): the batch goes on.
+          op->retained = writer.DeleteOldest(*op->retention_cutoff, op->retention_rows);
         } else {
           auto deleted = writer.DeleteUser(op->delete_owner, op->delete_user_id);
           if (deleted) {
@@ -692,6 +698,7 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
   // entry holding a deleted row (see HistoryCache), and entries whose rows all remain stay right.
   Result<RetentionBatch> Retained(const Status& committed, WriteOp& op) {
     if (!committed) return committed.error();
+    if (!op.retained) return Context("retention step failed", op.retained.error());
     return op.retained;
   }
 

@@ -321,6 +321,56 @@ TEST_F(SqliteRetentionTest, TurnsKeepCommittingWhileARunDeletes) {
   EXPECT_EQ(raw.Int("SELECT count(*) FROM messages WHERE user_id = 'live'"), 2 * appended.load());
 }
 
+void Rethrow(std::exception_ptr e) {
+  if (e) std::rethrow_exception(e);
+}
+
+TEST_F(SqliteRetentionTest, AFailedStepFailsAloneAndTheTurnsBesideItCommit) {
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  InsertRaw("old", 5, kPeriod * 2);
+  {
+    RawConnection raw(path_);
+    raw.Exec(
+        "CREATE TRIGGER keep_messages BEFORE DELETE ON messages "
+        "BEGIN SELECT RAISE(ABORT, 'deletion refused'); END");
+  }
+  // Another connection holds the write lock while the writer takes a first turn, so that the
+  // turn and the step queued after it wait together and share the next transaction.
+  auto lock = std::make_unique<RawConnection>(path_);
+  lock->Exec("BEGIN IMMEDIATE");
+  net::io_context io;
+  std::optional<Status> first;
+  std::optional<Status> appended;
+  std::optional<Result<RetentionBatch>> step;
+  net::co_spawn(io, testing::StoreResultIn(store->AppendTurn(MakeTurn("first", 1)), &first),
+                Rethrow);
+  net::co_spawn(io, testing::StoreResultIn(store->AppendTurn(MakeTurn("alice", 1)), &appended),
+                Rethrow);
+  net::co_spawn(io, testing::StoreResultIn(store->DeleteOlderThan(kNow - kPeriod, 500), &step),
+                Rethrow);
+  std::thread release([&] {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (store->PendingWrites() < 3 && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+    lock->Exec("COMMIT");
+  });
+  io.run();
+  release.join();
+  lock.reset();
+  ASSERT_TRUE(first.has_value() && first->ok());
+  ASSERT_TRUE(appended.has_value() && step.has_value());
+  EXPECT_TRUE(appended->ok()) << Describe(*appended);
+  ASSERT_FALSE(step->ok());
+  EXPECT_EQ(step->error().kind, ErrorKind::kStorage);
+  EXPECT_NE(step->error().message.find("deletion refused"), std::string::npos)
+      << step->error().message;
+  RawConnection raw(path_);
+  EXPECT_EQ(raw.Int("SELECT count(*) FROM messages WHERE user_id = 'old'"), 10);
+  EXPECT_EQ(raw.Int("SELECT count(*) FROM messages WHERE user_id = 'alice'"), 2);
+}
+
 // ---- The task's thread ----
 
 TEST(RetentionTask, RunsAtStartThenEveryIntervalUntilStopped) {
