@@ -277,6 +277,9 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
                                         {"free_pages", run.free_pages}});
       }
     };
+    observe::Info("retention on: conversation messages older than the period are deleted",
+                  {{"period_seconds", config.store.retention.count()},
+                   {"interval_ms", retention_options.interval.count()}});
     retention = std::make_unique<store::RetentionTask>(*store, std::move(retention_options),
                                                        std::move(report));
     if (Status started_retention = retention->Start(); !started_retention) {
