@@ -6,8 +6,10 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -31,7 +33,9 @@
 #include "ratelimit/memory/memory_rate_limiter.h"
 #include "ratelimit/redis/redis_rate_limiter.h"
 #include "store/postgres/postgres_conversation_store.h"
+#include "store/retention.h"
 #include "store/sqlite/sqlite_conversation_store.h"
+#include "store/sqlite/sqlite_maintenance.h"
 #include "upstream/curl_client.h"
 
 namespace staple::app {
@@ -76,10 +80,44 @@ CacheBudget SplitCacheBudget(std::size_t bytes, std::size_t connections) {
   return budget;
 }
 
+bool IsPostgresUrl(const std::string& url) {
+  return url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0;
+}
+
+// Retention on SQLite gives deleted rows' pages back to the file system, which needs incremental
+// auto-vacuum. New files get it from the store; an older file is switched once, here, before the
+// store opens: a VACUUM that rewrites the whole file.
+Status PrepareSqliteForRetention(const config::StoreSettings& settings) {
+  auto mode = store::ReadAutoVacuum(settings.sqlite_path);
+  if (!mode) return mode.error();
+  if (!*mode || **mode == store::AutoVacuum::kIncremental) return Ok();
+  std::error_code ec;
+  const auto bytes = std::filesystem::file_size(settings.sqlite_path, ec);
+  observe::Info(
+      "retention: switching the SQLite database to incremental auto-vacuum (a one-time "
+      "VACUUM that rewrites the file and needs as much free disk space)",
+      {{"path", settings.sqlite_path}, {"bytes", ec ? 0 : bytes}});
+  const auto started = std::chrono::steady_clock::now();
+  if (auto enabled = store::EnableIncrementalVacuum(settings.sqlite_path, std::chrono::seconds(30));
+      !enabled) {
+    return enabled;
+  }
+  const auto seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  observe::Info("retention: incremental auto-vacuum enabled",
+                {{"path", settings.sqlite_path}, {"seconds", std::round(seconds * 10) / 10}});
+  return Ok();
+}
+
+// How often retention runs: every minute, or every half period for periods under two minutes.
+std::chrono::milliseconds RetentionInterval(std::chrono::seconds period) {
+  return std::min<std::chrono::milliseconds>(std::chrono::minutes(1), period / 2);
+}
+
 // The conversation store the configuration names: PostgreSQL for postgresql:// and postgres://
 // URLs, else the SQLite file.
 Result<std::unique_ptr<store::ConversationStore>> OpenStore(const config::StoreSettings& settings) {
-  if (settings.url.rfind("postgresql://", 0) == 0 || settings.url.rfind("postgres://", 0) == 0) {
+  if (IsPostgresUrl(settings.url)) {
     store::PostgresStoreOptions options;
     options.url = settings.url;
     auto opened = store::PostgresConversationStore::Open(options);
@@ -124,6 +162,13 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   observe::Metrics metrics;
 
   // 1. Back ends: the conversation store, the limiter, the upstream client.
+  if (config.store.retention.count() > 0 && !IsPostgresUrl(config.store.url)) {
+    if (auto prepared = PrepareSqliteForRetention(config.store); !prepared) {
+      observe::Error("cannot prepare the database for retention",
+                     {{"error", prepared.error().message}});
+      return 1;
+    }
+  }
   auto opened = OpenStore(config.store);
   if (!opened) {
     observe::Error("cannot open the conversation store", {{"error", opened.error().message}});
@@ -132,6 +177,11 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   std::unique_ptr<store::ConversationStore> store = std::move(opened).value();
   metrics.AddGauge("staple_store_pending_writes", "Turns accepted but not yet committed.",
                    [s = store.get()] { return static_cast<double>(s->PendingWrites()); });
+  std::atomic<std::int64_t> retention_deleted{0};
+  metrics.AddCounter(
+      "staple_retention_deleted_total",
+      "Conversation messages deleted by retention (STAPLE_RETENTION).",
+      [&retention_deleted] { return static_cast<double>(retention_deleted.load()); });
 
   ratelimit::SystemClock clock;
   std::unique_ptr<ratelimit::RateLimiter> limiter_storage;
@@ -145,7 +195,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
                (config.auth.keys ? config.auth.failure_limits.size() : 0));
     auto memory = std::make_unique<ratelimit::MemoryRateLimiter>(
         clock, config.limits.strategy, config.limits.max_clients * per_client);
-    metrics.AddGauge(
+    metrics.AddCounter(
         "staple_limiter_evictions_total",
         "Limiter entries forgotten at STAPLE_LIMITER_MAX_CLIENTS while still counting.",
         [m = memory.get()] { return static_cast<double>(m->Evictions()); });
@@ -252,6 +302,39 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   }
   server.Start();
 
+  // Retention: the first run now, then one every interval, on a thread of its own.
+  std::unique_ptr<store::RetentionTask> retention;
+  if (config.store.retention.count() > 0) {
+    store::RetentionOptions retention_options;
+    retention_options.period = config.store.retention;
+    retention_options.interval = RetentionInterval(config.store.retention);
+    // Runs that delete nothing (most of them) are not logged.
+    auto report = [&retention_deleted](const store::RetentionRun& run) {
+      retention_deleted.fetch_add(run.deleted);
+      if (run.error) {
+        observe::Warn("retention run failed",
+                      {{"deleted", run.deleted}, {"error", run.error->message}});
+      } else if (run.deleted > 0) {
+        observe::Info("retention run", {{"deleted", run.deleted},
+                                        {"steps", static_cast<std::int64_t>(run.steps)},
+                                        {"free_pages", run.free_pages}});
+      }
+    };
+    observe::Info("retention on: conversation messages older than the period are deleted",
+                  {{"period_seconds", config.store.retention.count()},
+                   {"interval_ms", retention_options.interval.count()}});
+    retention = std::make_unique<store::RetentionTask>(*store, std::move(retention_options),
+                                                       std::move(report));
+    if (Status started_retention = retention->Start(); !started_retention) {
+      observe::Error("cannot start retention", {{"error", started_retention.error().message}});
+      server.Shutdown(config.server.shutdown_grace);
+      upstream_client.Shutdown();
+      if (key_registry) key_registry->Stop();
+      store->Close();
+      return 1;
+    }
+  }
+
   const auto ready_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   observe::Fields banner;
@@ -272,6 +355,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   server.Shutdown(config.server.shutdown_grace);
   upstream_client.Shutdown();
   if (key_registry) key_registry->Stop();  // flushes the usage counted so far
+  if (retention) retention->Stop();        // after the step in progress
   store->Close();
   observe::Info("stopped");
   observe::FlushLogs();
@@ -459,29 +543,35 @@ int KeysFailure(const Error& error) {
   return error.kind == ErrorKind::kInvalidArgument ? 2 : 1;
 }
 
-int RunKeys(const KeysCommand& keys) {
-  // The configuration as `serve` loads it, reduced to the database: flag > environment > .env.
+// The configuration as `serve` loads it, reduced to the database: flag > environment > .env.
+// Only STAPLE_DATABASE_URL is read, so an unrelated bad variable does not stop a command.
+Result<config::StoreSettings> LoadDatabaseSettings(const std::string& env_file,
+                                                   const CLI::Option& url_option,
+                                                   const std::string& url) {
   config::Sources sources;
   constexpr const char* kDatabaseUrl = "STAPLE_DATABASE_URL";
-  if (keys.database_url_option->count() > 0) sources.flags[kDatabaseUrl] = keys.database_url;
+  if (url_option.count() > 0) sources.flags[kDatabaseUrl] = url;
   sources.environment = [](const std::string& name) -> std::optional<std::string> {
     const char* value = name == kDatabaseUrl ? std::getenv(name.c_str()) : nullptr;
     return value == nullptr ? std::nullopt : std::optional<std::string>(value);
   };
-  auto dotenv = ReadDotenv(keys.env_file);
-  if (!dotenv) {
-    std::cerr << "staple keys: " << dotenv.error().message << '\n';
-    return 2;
-  }
+  auto dotenv = ReadDotenv(env_file);
+  if (!dotenv) return dotenv.error();
   if (auto found = dotenv->find(kDatabaseUrl); found != dotenv->end()) {
     sources.dotenv[kDatabaseUrl] = found->second;
   }
   auto loaded = config::Load(sources);
+  if (!loaded) return loaded.error();
+  return std::move(loaded->store);
+}
+
+int RunKeys(const KeysCommand& keys) {
+  auto loaded = LoadDatabaseSettings(keys.env_file, *keys.database_url_option, keys.database_url);
   if (!loaded) {
     std::cerr << "staple keys: " << loaded.error().message << '\n';
     return 2;
   }
-  auto opened = keys::OpenKeyStore(loaded->store.url, loaded->store.sqlite_path);
+  auto opened = keys::OpenKeyStore(loaded->url, loaded->sqlite_path);
   if (!opened) return KeysFailure(opened.error());
   keys::KeyStore& store = **opened;
 
@@ -549,6 +639,65 @@ int RunKeys(const KeysCommand& keys) {
   return 0;
 }
 
+// `staple backup PATH`: a consistent copy of the configured SQLite database, taken while a server
+// may be writing to it. Exit codes: 0 copied, 1 the copy failed, 2 usage (the destination
+// exists, no database, a PostgreSQL URL).
+struct BackupCommand {
+  CLI::App* command = nullptr;
+  std::string env_file = ".env";
+  std::string database_url;
+  CLI::Option* database_url_option = nullptr;
+  std::string path;
+  bool force = false;
+};
+
+std::unique_ptr<BackupCommand> AddBackupCommand(CLI::App& cli) {
+  auto backup = std::make_unique<BackupCommand>();
+  backup->command = cli.add_subcommand(
+      "backup",
+      "Copy the SQLite database to PATH while Staple may be running (SQLite's online backup: "
+      "one consistent snapshot, written to a temporary file next to PATH, then renamed). "
+      "For PostgreSQL use pg_dump.");
+  backup->command->add_option("path", backup->path, "the backup file to write")->required();
+  backup->command->add_flag("--force", backup->force, "replace PATH if it exists");
+  backup->command->add_option("--env-file", backup->env_file, "file of KEY=VALUE defaults")
+      ->capture_default_str();
+  backup->database_url_option =
+      backup->command->add_option("--database-url", backup->database_url,
+                                  "the database [env STAPLE_DATABASE_URL, default "
+                                  "'sqlite:///instance/chat_history.db']");
+  return backup;
+}
+
+int RunBackup(const BackupCommand& backup) {
+  auto loaded =
+      LoadDatabaseSettings(backup.env_file, *backup.database_url_option, backup.database_url);
+  if (!loaded) {
+    std::cerr << "staple backup: " << loaded.error().message << '\n';
+    return 2;
+  }
+  if (IsPostgresUrl(loaded->url)) {
+    std::cerr << "staple backup: the database is PostgreSQL ("
+              << config::MaskUrlPassword(loaded->url)
+              << "); staple backup copies SQLite databases only. Use PostgreSQL's own tools, "
+                 "e.g.: pg_dump --format=custom --file="
+              << backup.path << " \"$STAPLE_DATABASE_URL\"\n";
+    return 2;
+  }
+  store::BackupOptions options;
+  options.source = loaded->sqlite_path;
+  options.destination = backup.path;
+  options.overwrite = backup.force;
+  auto copied = store::BackupDatabase(options);
+  if (!copied) {
+    std::cerr << "staple backup: " << copied.error().message << '\n';
+    return copied.error().kind == ErrorKind::kInvalidArgument ? 2 : 1;
+  }
+  std::cout << "backed up " << loaded->sqlite_path << " to " << backup.path << " (" << copied->pages
+            << " pages, " << copied->bytes << " bytes)\n";
+  return 0;
+}
+
 }  // namespace
 
 int Main(int argc, char** argv) {
@@ -567,6 +716,7 @@ int Main(int argc, char** argv) {
     flag_options.emplace_back(variable.name, option);
   }
   auto keys_command = AddKeysCommand(cli);
+  auto backup_command = AddBackupCommand(cli);
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -577,6 +727,14 @@ int Main(int argc, char** argv) {
       return RunKeys(*keys_command);
     } catch (const std::exception& e) {
       std::cerr << "staple keys: " << e.what() << '\n';
+      return 1;
+    }
+  }
+  if (backup_command->command->parsed()) {
+    try {
+      return RunBackup(*backup_command);
+    } catch (const std::exception& e) {
+      std::cerr << "staple backup: " << e.what() << '\n';
       return 1;
     }
   }

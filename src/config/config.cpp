@@ -129,6 +129,9 @@ std::vector<Variable> MakeVariables() {
        "SQLite synchronous level: full or normal", false},
       {"STAPLE_CACHE_MB", "--cache-mb", "64",
        "memory budget of the conversation store's caches, MiB (history cache and SQLite pages)",
+      {"STAPLE_RETENTION", "--retention", "",
+       "delete conversation messages older than this period, e.g. \"90 days\" or \"12 hours\" "
+       "(empty = keep forever)",
        false},
       {"STAPLE_RATELIMIT_STORAGE", "--ratelimit-storage", "memory://",
        "limit counters storage: memory:// or redis://host:port[/db]", true},
@@ -202,6 +205,29 @@ std::vector<Variable> MakeVariables() {
 }
 
 }  // namespace
+
+Result<std::chrono::seconds> ParsePeriod(std::string_view text) {
+  const std::string trimmed = Trim(text);
+  const auto invalid =
+      MakeError(ErrorKind::kInvalidArgument,
+                "expected a period such as \"90 days\", \"12 hours\" or \"30 minutes\"");
+  // A separator would make "1 per" apply to the first period only.
+  if (trimmed.empty() || trimmed.find_first_of(";,|") != std::string::npos) return invalid;
+  // The notation reads a count of 0 as 1 ("0 days" is a day); a period of zero is refused.
+  const auto digits = trimmed.find_first_not_of("0123456789");
+  if (digits != 0 && trimmed.find_first_not_of('0') >= digits) {
+    return MakeError(ErrorKind::kInvalidArgument, "a period must be longer than zero");
+  }
+  auto parsed = ratelimit::ParseLimits("1 per " + trimmed);
+  if (!parsed || parsed->size() != 1) return invalid;
+  // Far beyond any sensible retention, and short enough that "now minus the period" stays within
+  // the clock's range.
+  constexpr std::int64_t kMaxSeconds = std::int64_t{100} * 366 * 86400;
+  if (parsed->front().PeriodSeconds() > kMaxSeconds) {
+    return MakeError(ErrorKind::kInvalidArgument, "a period can be at most 100 years");
+  }
+  return std::chrono::seconds(parsed->front().PeriodSeconds());
+}
 
 const std::vector<Variable>& Variables() {
   static const std::vector<Variable> kVariables = MakeVariables();
@@ -392,6 +418,15 @@ Result<Config> Load(const Sources& sources) {
   auto cache_mb = ParseInteger("STAPLE_CACHE_MB", get("STAPLE_CACHE_MB"), 1, 1024 * 1024);
   if (!cache_mb) return cache_mb.error();
   store.cache_bytes = static_cast<std::size_t>(*cache_mb) * 1024 * 1024;
+  {
+    const auto& text = get("STAPLE_RETENTION");
+    const auto trimmed = Trim(text);
+    if (!trimmed.empty() && trimmed != "off") {
+      auto period = ParsePeriod(trimmed);
+      if (!period) return Invalid("STAPLE_RETENTION", text, period.error().message);
+      store.retention = *period;
+    }
+  }
 
   auto& limits = config.limits;
   auto defaults = ParseLimitList("STAPLE_DEFAULT_LIMITS", get("STAPLE_DEFAULT_LIMITS"));

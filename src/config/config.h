@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -48,6 +49,8 @@ struct StoreSettings {
   std::string sqlite_path;  // for sqlite:/// URLs
   bool sqlite_synchronous_full = false;
   std::size_t cache_bytes = 0;  // STAPLE_CACHE_MB: the store's caches together
+  // STAPLE_RETENTION: conversation messages older than this are deleted; 0 = kept forever.
+  std::chrono::seconds retention{0};
 };
 
 struct LimitSettings {
@@ -121,6 +124,10 @@ Result<Config> Load(const Sources& sources);
 // Parses a `.env` file's text: KEY=VALUE lines, optional `export `, # comments, single- or
 // double-quoted values (double quotes understand \n \t \" \\). Errors name the line number.
 Result<std::map<std::string, std::string>> ParseDotenv(const std::string& text);
+
+// A bare period in the limits notation ("90 days", "12 hours", "1 day", "day"): the period of the
+// limit "1 per <text>", read by ratelimit::ParseLimits. kInvalidArgument for anything else.
+Result<std::chrono::seconds> ParsePeriod(std::string_view text);
 
 // Shows the start and end of a secret only: "sk-a…wxyz"; short secrets become "***".
 std::string MaskSecret(const std::string& secret);

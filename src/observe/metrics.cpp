@@ -60,6 +60,10 @@ void Metrics::AddGauge(std::string name, std::string help, std::function<double(
   gauges_.push_back(Gauge{std::move(name), std::move(help), std::move(read)});
 }
 
+void Metrics::AddCounter(std::string name, std::string help, std::function<double()> read) {
+  gauges_.push_back(Gauge{std::move(name), std::move(help), std::move(read), "counter"});
+}
+
 std::string Metrics::Render() const {
   std::string out;
   out.reserve(16 * 1024);
@@ -118,9 +122,8 @@ std::string Metrics::Render() const {
   out += "# TYPE staple_open_connections gauge\n";
   out += fmt::format("staple_open_connections {}\n", open_connections_.load());
   for (const auto& gauge : gauges_) {
-    const char* type = gauge.name.ends_with("_total") ? "counter" : "gauge";
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", gauge.name, gauge.help, gauge.name,
-                       type, gauge.name, gauge.read());
+                       gauge.type, gauge.name, gauge.read());
   }
   return out;
 }

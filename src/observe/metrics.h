@@ -58,9 +58,11 @@ class Metrics {
   }
   void ConnectionClosed() { open_connections_.fetch_sub(1, std::memory_order_relaxed); }
 
-  // A gauge read at render time (e.g. the store's queue depth). Register before serving. A name
-  // ending in "_total" is rendered as a counter (`read` must then never decrease).
+  // A gauge read at render time (e.g. the store's queue depth). Register before serving.
   void AddGauge(std::string name, std::string help, std::function<double()> read);
+  // The same for a counter kept by a subsystem (a value that only grows, e.g. rows deleted by
+  // retention); rendered with TYPE counter.
+  void AddCounter(std::string name, std::string help, std::function<double()> read);
 
   std::string Render() const;
 
@@ -90,6 +92,7 @@ class Metrics {
     std::string name;
     std::string help;
     std::function<double()> read;
+    const char* type = "gauge";
   };
   std::vector<Gauge> gauges_;  // constant after start-up
 };

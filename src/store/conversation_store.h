@@ -46,6 +46,13 @@ struct MessagePage {
   bool has_more = false;                // more rows exist after the last one returned
 };
 
+// What one retention step did (ConversationStore::DeleteOlderThan).
+struct RetentionBatch {
+  std::int64_t deleted = 0;     // messages deleted
+  std::int64_t free_pages = 0;  // unused pages the file still holds afterwards (SQLite); 0 when the
+                                // back end reclaims space by itself (PostgreSQL's autovacuum)
+};
+
 // Formats a time point as the `timestamp` column does: UTC "YYYY-MM-DD HH:MM:SS.ffffff".
 std::string FormatTimestamp(std::chrono::system_clock::time_point t);
 
@@ -90,6 +97,18 @@ class ConversationStore {
   // return.
   virtual net::awaitable<Result<std::int64_t>> DeleteMessages(std::string owner,
                                                               std::string user_id) = 0;
+
+  // Retention: one step of deleting old messages of every conversation, as one short write
+  // (committed with the turns queued beside it, never holding the writer for long). Looks at the
+  // `max_rows` oldest messages (lowest ids, which grow with time) and deletes those whose
+  // timestamp is before `cutoff`; the caller repeats while a step deletes `max_rows`. A message
+  // stored after a newer one (a turn that took longer than the turns committed before it) goes
+  // at a later step, once every message before it is older than the cutoff too. On SQLite the
+  // step then gives a bounded number of free pages back to the file system (with incremental
+  // auto-vacuum). Other tables (client keys, usage) are never touched. Durable on return; errors
+  // as DeleteMessages.
+  virtual net::awaitable<Result<RetentionBatch>> DeleteOlderThan(
+      std::chrono::system_clock::time_point cutoff, std::size_t max_rows) = 0;
 
   // Whether the database answers reads and accepts writes (for /readyz). Writes are judged by the
   // last commit when it is recent, else by a write probe (one tiny write transaction, run at most

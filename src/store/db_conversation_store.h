@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -45,6 +46,8 @@ class DbConversationStore final : public ConversationStore {
                                                    std::size_t limit) override;
   net::awaitable<Result<std::int64_t>> DeleteMessages(std::string owner,
                                                       std::string user_id) override;
+  net::awaitable<Result<RetentionBatch>> DeleteOlderThan(
+      std::chrono::system_clock::time_point cutoff, std::size_t max_rows) override;
   net::awaitable<Status> Ping() override;
   Status WriteHealth() const override;
   std::size_t PendingWrites() const override;

@@ -47,7 +47,11 @@ struct BackendTypes {
 //   WriteOp AppendOp(Turn), WriteOp DeleteOp(std::string owner, std::string user_id)
 //                         build a write (on the caller's thread; text already storable)
 //   Status Appended(const Status& committed, WriteOp&)
+//   WriteOp RetentionOp(std::string cutoff_timestamp, std::size_t max_rows)
+//                         one retention step (ConversationStore::DeleteOlderThan); the cutoff in
+//                         the `timestamp` column's format
 //   Result<std::int64_t> Deleted(const Status& committed, WriteOp&)
+//   Result<RetentionBatch> Retained(const Status& committed, WriteOp&)
 //                         a write's result once its batch committed or failed (writer thread;
 //                         also runs when the caller's deadline has passed)
 //   Result<std::vector<StoredMessage>> Recent(Reader&, Deadline, const std::string& owner,
@@ -131,6 +135,17 @@ net::awaitable<Result<std::int64_t>> DbConversationStore<Backend, Options>::Dele
   };
   return state_->workers->template Write<Result<std::int64_t>>(
       backend->DeleteOp(ToStorableText(owner), ToStorableText(user_id)), std::move(finish));
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<RetentionBatch>> DbConversationStore<Backend, Options>::DeleteOlderThan(
+    std::chrono::system_clock::time_point cutoff, std::size_t max_rows) {
+  Backend* backend = state_->backend.get();
+  auto finish = [backend](const Status& committed, typename State::WriteOp& op) {
+    return backend->Retained(committed, op);
+  };
+  return state_->workers->template Write<Result<RetentionBatch>>(
+      backend->RetentionOp(FormatTimestamp(cutoff), max_rows), std::move(finish));
 }
 
 template <typename Backend, typename Options>

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -115,6 +117,25 @@ class MemoryConversationStore final : public store::ConversationStore {
     co_return deleted;
   }
 
+  net::awaitable<Result<store::RetentionBatch>> DeleteOlderThan(
+      std::chrono::system_clock::time_point cutoff, std::size_t max_rows) override {
+    if (append_error_) co_return *append_error_;
+    // As the real stores: among the max_rows oldest rows, those older than the cutoff.
+    const std::string before = store::FormatTimestamp(cutoff);
+    store::RetentionBatch batch;
+    std::size_t kept = 0;
+    for (std::size_t seen = 0; seen < max_rows && kept < rows_.size(); ++seen) {
+      if (rows_[kept].timestamp < before) {
+        rows_.erase(rows_.begin() + static_cast<std::ptrdiff_t>(kept));
+        owners_.erase(owners_.begin() + static_cast<std::ptrdiff_t>(kept));
+        ++batch.deleted;
+      } else {
+        ++kept;
+      }
+    }
+    co_return batch;
+  }
+
   net::awaitable<Status> Ping() override {
     if (read_error_) co_return *read_error_;
     co_return WriteHealth();
@@ -133,6 +154,7 @@ class MemoryConversationStore final : public store::ConversationStore {
     store::StoredMessage user;
     user.id = next_id_++;
     user.user_id = turn.user_id;
+    user.timestamp = store::FormatTimestamp(turn.prompt_time);
     user.role = "user";
     user.content = turn.prompt;
     user.request_id = turn.request_id;
@@ -140,6 +162,7 @@ class MemoryConversationStore final : public store::ConversationStore {
     rows_.push_back(user);
     store::StoredMessage assistant = user;
     assistant.id = next_id_++;
+    assistant.timestamp = store::FormatTimestamp(turn.completion_time);
     assistant.role = "assistant";
     assistant.content = turn.completion;
     assistant.prompt_tokens = turn.prompt_tokens;

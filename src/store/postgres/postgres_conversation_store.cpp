@@ -298,6 +298,24 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     return op.results.front().AffectedRows();
   }
 
+  // The oldest rows by id come from the primary key's index (a LIMIT in id order); autovacuum
+  // makes their space reusable later, so a step reports no free pages.
+  WriteOp RetentionOp(std::string cutoff_timestamp, std::size_t max_rows) {
+    WriteOp op;
+    op.queries.push_back(
+        Query{R"sql(DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id )sql"
+              R"sql(LIMIT $2::bigint) AND "timestamp" < $1::timestamp)sql",
+              {std::move(cutoff_timestamp), SqlLimit(max_rows)}});
+    return op;
+  }
+
+  Result<RetentionBatch> Retained(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    RetentionBatch batch;
+    batch.deleted = op.results.front().AffectedRows();
+    return batch;
+  }
+
   Result<std::vector<StoredMessage>> Recent(Reader& session, Deadline deadline,
                                             const std::string& owner, const std::string& user_id,
                                             std::size_t max_messages) {

@@ -300,6 +300,10 @@ StoredMessage RowOf(const Turn& turn, std::int64_t id, const std::string& timest
   return message;
 }
 
+// Pages one retention step gives back to the file system at most (1 MiB of 4 KiB pages): enough
+// to keep up with the rows a step deletes, short enough not to hold the writer.
+constexpr std::string_view kIncrementalVacuum = "PRAGMA incremental_vacuum(256)";
+
 // SQLite's LIMIT takes a signed 64-bit value; a negative one means "no limit".
 std::int64_t SqlLimit(std::size_t n) {
   constexpr auto kMax = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
@@ -434,6 +438,16 @@ class Writer {
     return db_.Changes();
   }
 
+  // One retention step inside the batch's transaction, under a savepoint: a failed step is undone
+  // alone and the turns committed beside it are not lost with it.
+  Result<RetentionBatch> DeleteOldest(const std::string& cutoff, std::size_t max_rows) {
+    if (auto ok = db_.Exec("SAVEPOINT retention"); !ok) return ok.error();
+    auto batch = DeleteOldestInSavepoint(cutoff, max_rows);
+    if (!batch) (void)db_.Exec("ROLLBACK TO retention");
+    if (auto ok = db_.Exec("RELEASE retention"); !ok && batch) return ok.error();
+    return batch;
+  }
+
  private:
   Writer(Database db, const SqliteStoreOptions& options) : options_(options), db_(std::move(db)) {}
 
@@ -479,9 +493,33 @@ class Writer {
     probe_ = std::move(fresh.probe_);
   }
 
+  // Deletes the rows older than `cutoff` among the `max_rows` oldest, then moves at most
+  // kIncrementalVacuum's pages from the end of the file into free ones and truncates it (a no-op
+  // unless auto_vacuum is INCREMENTAL).
+  Result<RetentionBatch> DeleteOldestInSavepoint(const std::string& cutoff, std::size_t max_rows) {
+    RetentionBatch batch;
+    {
+      StatementReset reset(delete_oldest_);
+      if (auto ok = delete_oldest_.BindText(1, cutoff); !ok) return ok.error();
+      if (auto ok = delete_oldest_.BindInt64(2, SqlLimit(max_rows)); !ok) return ok.error();
+      if (auto done = delete_oldest_.Step(); !done) return done.error();
+      batch.deleted = db_.Changes();
+    }
+    if (auto ok = db_.Exec(kIncrementalVacuum); !ok) return ok.error();
+    StatementReset reset(free_pages_);
+    auto row = free_pages_.Step();
+    if (!row) return row.error();
+    if (*row) batch.free_pages = free_pages_.ColumnInt64(0);
+    return batch;
+  }
+
   Status Configure(const SqliteStoreOptions& options) {
     if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
-    // The first statement that reads the file: a non-database file fails here.
+    // The first statement that reads the file: a non-database file fails here. A new file gets
+    // incremental auto-vacuum, so that retention can give freed pages back to the file system;
+    // it must come before anything (the switch to WAL included) writes the file's first page, and
+    // on an existing file it changes nothing (see EnableIncrementalVacuum).
+    if (auto ok = db_.Exec("PRAGMA auto_vacuum = INCREMENTAL"); !ok) return ok;
     auto mode = db_.QueryText("PRAGMA journal_mode = WAL");
     if (!mode) return mode.error();
     if (*mode != "wal")
@@ -496,7 +534,7 @@ class Writer {
       Statement* statement;
       std::string_view sql;
     };
-    const std::array<Item, 6> items = {{
+    const std::array<Item, 8> items = {{
         {&begin_, "BEGIN IMMEDIATE"},
         {&commit_, "COMMIT"},
         {&rollback_, "ROLLBACK"},
@@ -506,6 +544,12 @@ class Writer {
          "?7, ?8, ?9, ?10)"},
         {&delete_, "DELETE FROM messages WHERE owner = ?2 AND user_id = ?1"},
         {&probe_, kProbeHealth},
+        // The oldest rows by id come from the table's own b-tree (a LIMIT on rowid order); the
+        // deletion then finds each by its rowid.
+        {&delete_oldest_,
+         "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?2) AND "
+         "timestamp < ?1"},
+        {&free_pages_, "PRAGMA freelist_count"},
     }};
     for (const Item& item : items) {
       auto statement = db_.Prepare(item.sql);
@@ -560,6 +604,8 @@ class Writer {
   bool reopen_ = false;
   // SQLite's error code of the last failed transaction.
   int failure_code_ = SQLITE_OK;
+  Statement delete_oldest_;
+  Statement free_pages_;
 };
 
 // ---- Reader: one read-only connection, used only by its reader thread after Open() ----
@@ -685,9 +731,13 @@ class Reader {
 
 // ---- The back end of SqliteConversationStore (see DbConversationStore) ----
 
-// One queued write: a turn to insert or a conversation to delete, and what it did.
+// One queued write: a turn to insert, a conversation to delete or a retention step, and what it
+// did.
 struct SqliteWrite {
   std::optional<Turn> turn;
+  std::optional<std::string> retention_cutoff;  // a retention step: delete rows older than this
+  std::size_t retention_rows = 0;               // among this many oldest rows
+  Result<RetentionBatch> retained = RetentionBatch{};
   std::string delete_owner;
   std::string delete_user_id;
   // Filled inside the batch, read by Appended and Deleted on the writer thread.
@@ -744,6 +794,9 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
       for (WriteOp* op : ops) {
         if (op->turn) {
           if (auto ok = writer.InsertTurn(*op->turn, &op->inserted); !ok) return ok;
+        } else if (op->retention_cutoff) {
+          // Its failure is its own (see DeleteOldest): the batch goes on.
+          op->retained = writer.DeleteOldest(*op->retention_cutoff, op->retention_rows);
         } else {
           auto deleted = writer.DeleteUser(op->delete_owner, op->delete_user_id);
           if (!deleted) return deleted.error();
@@ -782,6 +835,21 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
     if (!committed) return committed.error();
     history_.Erase(CacheKey(op.delete_owner, op.delete_user_id));
     return op.deleted;
+  }
+
+  WriteOp RetentionOp(std::string cutoff_timestamp, std::size_t max_rows) {
+    WriteOp op;
+    op.retention_cutoff = std::move(cutoff_timestamp);
+    op.retention_rows = max_rows;
+    return op;
+  }
+
+  // The history cache needs no update: a deletion changes the row count that validates every
+  // entry holding a deleted row (see HistoryCache), and entries whose rows all remain stay right.
+  Result<RetentionBatch> Retained(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    if (!op.retained) return Context("retention step failed", op.retained.error());
+    return op.retained;
   }
 
   Result<std::vector<StoredMessage>> Recent(Reader& reader, Deadline, const std::string& owner,

@@ -201,6 +201,7 @@ TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
       {"STAPLE_DATABASE_URL", "sqlite:///instance/chat_history.db"},
       {"STAPLE_SQLITE_SYNCHRONOUS", "full"},
       {"STAPLE_CACHE_MB", "64"},
+      {"STAPLE_RETENTION", ""},
       {"STAPLE_RATELIMIT_STORAGE", "memory://"},
       {"STAPLE_DEFAULT_LIMITS", "200 per day;50 per hour"},
       {"STAPLE_COMPLETION_LIMIT", "10 per minute"},
