@@ -1,7 +1,6 @@
 #include "http/server.h"
 
 #include <malloc.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <array>
@@ -161,34 +160,6 @@ void CopyHeaders(const Response& response, const Request& request, Message& mess
 }
 
 }  // namespace
-
-std::uint64_t OpenFileLimit() {
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
-  return limit.rlim_cur == RLIM_INFINITY ? std::numeric_limits<std::uint32_t>::max()
-                                         : static_cast<std::uint64_t>(limit.rlim_cur);
-}
-
-std::uint64_t RaiseOpenFileLimit() {
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
-    rlimit raised = limit;
-    raised.rlim_cur = limit.rlim_max;
-    // Refused (e.g. a hard limit above the kernel's nr_open): the soft limit stays.
-    ::setrlimit(RLIMIT_NOFILE, &raised);
-  }
-  return OpenFileLimit();
-}
-
-std::size_t DefaultMaxConnections(std::uint64_t file_limit) {
-  const std::uint64_t reserve = std::max<std::uint64_t>(64, file_limit / 8);
-  if (file_limit <= reserve) return 1;
-  return static_cast<std::size_t>(file_limit - reserve);
-}
-
-std::size_t DefaultMaxConnectionsPerPeer(std::size_t max_connections) {
-  return std::min(max_connections, std::max<std::size_t>(16, max_connections / 4));
-}
 
 // The networks whose peers have no share (ServerOptions::unshared_peers).
 struct Server::Networks {

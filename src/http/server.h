@@ -35,7 +35,8 @@ struct ServerOptions {
   std::chrono::milliseconds read_timeout{30'000};   // reading one request body once the head came
   std::chrono::milliseconds write_timeout{30'000};  // writing one response (or one stream chunk)
   bool access_log = true;
-  // Open client connections allowed over all I/O threads. At the cap a new connection takes the
+  // Open client connections allowed over all I/O threads (default for a process: see
+  // http/connection_limits.h). At the cap a new connection takes the
   // place of the connection that has been idle longest (waiting for its next request); when none
   // is idle it is answered 503 and closed. 0: no cap.
   std::size_t max_connections = 0;
@@ -46,19 +47,6 @@ struct ServerOptions {
   // many clients); entries that do not parse are ignored (config validates them).
   std::vector<std::string> unshared_peers;
 };
-
-// The open-file limit (RLIMIT_NOFILE, soft) of this process.
-std::uint64_t OpenFileLimit();
-// Raises the soft open-file limit to the hard limit, when allowed; returns the soft limit after.
-std::uint64_t RaiseOpenFileLimit();
-// The default connection cap for an open-file limit: the limit minus a reserve of
-// max(64, limit / 8) descriptors for listeners, log files, the database, Redis and upstream
-// connections (one upstream connection per streamed request at most); at least 1.
-std::size_t DefaultMaxConnections(std::uint64_t file_limit);
-// The default share of one peer: a quarter of the cap (so that at least four addresses are needed
-// to fill it), but at least 16 (a browser opens 6 per host; a NAT puts several behind one
-// address) and at most the cap.
-std::size_t DefaultMaxConnectionsPerPeer(std::size_t max_connections);
 
 // The HTTP/1.1 listener: N threads, each running its own io_context with its own listener on the
 // same port (SO_REUSEPORT), serving keep-alive connections with Beast and C++20 coroutines.

@@ -16,6 +16,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "http/connection_limits.h"
+
 namespace staple::http {
 namespace {
 
