@@ -27,10 +27,14 @@ using Clock = std::chrono::steady_clock;
 // operation up to this much late, which is nothing next to timeouts of tens of seconds.
 constexpr std::chrono::milliseconds kSweepPeriod{1000};
 
-// A connection over the cap or its peer's share asks for an idle connection to be closed this many
-// times (another new connection may take the freed slot first) before it is refused, and waits at
-// most kEvictionWait for each answer (the workers answer within one turn of their event loop).
-constexpr int kAdmitAttempts = 3;
+// A connection over the cap or its peer's share asks for an idle connection to be closed up to this
+// many times before it is refused: another new connection may take the freed slot first, and
+// connections accepted a moment ago may not have started waiting yet (they become idle when they
+// do), so after finding no idle connection it looks again kAdmitBackoff later, then twice that...
+// (about 0.1 s in all). It waits at most kEvictionWait for each answer (the workers answer within
+// one turn of their event loop).
+constexpr int kAdmitAttempts = 6;
+constexpr std::chrono::milliseconds kAdmitBackoff{5};
 constexpr std::chrono::milliseconds kEvictionWait{1000};
 
 // A refused connection gets its 503, then is kept open up to kRefusalLinger while what the client
@@ -511,7 +515,10 @@ net::awaitable<void> Server::Admit(Worker& worker, tcp::socket socket, std::stri
               });
     beast::error_code ec;
     co_await answered->async_wait(net::redirect_error(net::use_awaitable, ec));
-    if (!*closed) break;
+    if (!*closed) {
+      answered->expires_after(kAdmitBackoff * (attempt + 1));
+      co_await answered->async_wait(net::redirect_error(net::use_awaitable, ec));
+    }
     refusal = Reserve(peer);
   }
   if (refusal == Refusal::kNone) {
