@@ -46,9 +46,12 @@ constexpr std::chrono::milliseconds kRefusalLinger{1000};
 constexpr int kMaxLingering = 64;
 
 // Freed memory goes back to the system (malloc_trim) once the open connections dropped by at least
-// kTrimDrop and by half from their highest count since the last trim, at most every
-// kTrimInterval: the process keeps up to 64 MiB free per heap otherwise (see app.cpp), which after
-// a burst of connections is mostly their coroutine frames and buffers.
+// kTrimDrop and by half from their highest count since the last trim and stopped falling, at most
+// every kTrimInterval: the process keeps up to 64 MiB free per heap otherwise (see app.cpp). What
+// it can give back after a burst is limited: Asio keeps the reactor's per-descriptor state of every
+// connection ever open at once in a pool (never freed), allocated between the connections'
+// coroutine frames and buffers, and those live objects pin most of the pages the freed frames were
+// on. A later burst reuses that memory, so it does not grow.
 constexpr int kTrimDrop = 512;
 constexpr std::chrono::seconds kTrimInterval{10};
 
@@ -601,11 +604,18 @@ void Server::TrimMemory() {
     std::lock_guard lock(slots_mutex_);
     const int open = sessions_.load();
     const int high = high_water_.load();
-    if (high - open < kTrimDrop || open > high / 2) return;
+    // Not while the count is still falling: the connections closing now free their memory later.
+    const bool falling = open < open_at_last_sweep_;
+    open_at_last_sweep_ = open;
+    if (falling || high - open < kTrimDrop || open > high / 2) return;
     high_water_.store(open);
   }
   last_trim_ = now;
+  // Gives back the whole free pages inside every heap (not only the main one's top, as glibc does
+  // on its own above M_TRIM_THRESHOLD).
   malloc_trim(0);
+  observe::Info("returned freed memory to the system after connections closed",
+                {{"open_connections", sessions_.load()}});
 }
 
 // Runs with a slot taken by Reserve, which it gives back when it ends (unless the connection was

@@ -138,9 +138,10 @@ class Server {
   std::atomic<int> lingering_{0};  // refused connections being drained (Refuse)
 
   // Memory trimming (TrimMemory, worker 0's thread only): the highest connection count since the
-  // last trim, and when that was.
+  // last trim, when that was, and the count at the previous sweep.
   std::atomic<int> high_water_{0};
   std::chrono::steady_clock::time_point last_trim_{};
+  int open_at_last_sweep_ = 0;  // guarded by slots_mutex_
 };
 
 }  // namespace staple::http
