@@ -203,7 +203,7 @@ std::vector<Variable> MakeVariables() {
        false},
       {"STAPLE_MAX_CONNECTIONS_PER_PEER", "--max-connections-per-peer", "0",
        "open connections one client address may hold; trusted proxies are exempt (0 = a quarter "
-       "of the cap, at least 16)",
+       "of the cap, at least 16; no share when listening on loopback)",
        false},
       {"STAPLE_IDLE_TIMEOUT", "--idle-timeout", SecondsText(server.idle_timeout),
        "seconds a keep-alive connection may wait for its next request", false},
@@ -386,7 +386,11 @@ Result<Config> Load(const Sources& sources) {
                               get("STAPLE_MAX_CONNECTIONS_PER_PEER"), 0, std::int64_t{1} << 31);
     if (!share) return share.error();
     if (*share == 0) {
-      server.max_connections_per_peer = http::DefaultMaxConnectionsPerPeer(server.max_connections);
+      // Listening on loopback, every peer is this machine (typically a reverse proxy in front):
+      // a per-address share would only limit that proxy.
+      server.max_connections_per_peer =
+          on_loopback ? server.max_connections
+                      : http::DefaultMaxConnectionsPerPeer(server.max_connections);
     } else if (static_cast<std::size_t>(*share) > server.max_connections) {
       return Invalid("STAPLE_MAX_CONNECTIONS_PER_PEER", get("STAPLE_MAX_CONNECTIONS_PER_PEER"),
                      fmt::format("more than the connection cap ({})", server.max_connections));

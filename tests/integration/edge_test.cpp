@@ -76,10 +76,11 @@ TEST_F(EdgeTest, IdleConnectionsOverTheCapDoNotLockOutANewClient) {
   EXPECT_GT(Metric(metrics.body, "staple_connections_evicted_total"), 0) << metrics.body;
 }
 
-// The share of one address, at its default (a quarter of the cap, at least 16): a flood from one
-// address closes its own idle connections, not the others'.
+// The share of one address: a flood from one address closes its own idle connections, and never
+// holds more than its share.
 TEST_F(EdgeTest, OneAddressFloodingStaysWithinItsShare) {
-  auto staple = StartStaple({{"STAPLE_MAX_CONNECTIONS", "64"}});
+  auto staple =
+      StartStaple({{"STAPLE_MAX_CONNECTIONS", "64"}, {"STAPLE_MAX_CONNECTIONS_PER_PEER", "16"}});
   std::vector<std::unique_ptr<IdleConnection>> flood;
   for (int i = 0; i < 100; ++i) {
     flood.push_back(std::make_unique<IdleConnection>(staple->port()));

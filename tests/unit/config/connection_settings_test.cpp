@@ -38,12 +38,25 @@ TEST(ConnectionSettingsTest, CapDerivesFromTheOpenFileLimitAndTheShareFromTheCap
   const auto cap = http::DefaultMaxConnections(http::OpenFileLimit());
   EXPECT_EQ(config->server.max_connections, cap);
   EXPECT_LT(config->server.max_connections, http::OpenFileLimit());
-  EXPECT_EQ(config->server.max_connections_per_peer, http::DefaultMaxConnectionsPerPeer(cap));
+  // Listening on loopback (the default), every peer is this machine: no share.
+  EXPECT_EQ(config->server.max_connections_per_peer, cap);
   // The banner shows the resolved numbers, not "0".
   EXPECT_EQ(Effective(*config, "STAPLE_MAX_CONNECTIONS"), std::to_string(cap));
   const http::ServerOptions server;
   EXPECT_EQ(config->server.idle_timeout, server.idle_timeout);
   EXPECT_EQ(config->server.header_timeout, server.header_timeout);
+}
+
+TEST(ConnectionSettingsTest, ShareIsAQuarterOfTheCapWhenListeningBeyondLoopback) {
+  auto config = LoadEnv({{"STAPLE_HOST", "0.0.0.0"}, {"STAPLE_AUTH", "keys"}});
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->server.max_connections_per_peer,
+            http::DefaultMaxConnectionsPerPeer(config->server.max_connections));
+  EXPECT_LT(config->server.max_connections_per_peer, config->server.max_connections);
+  auto small = LoadEnv(
+      {{"STAPLE_HOST", "0.0.0.0"}, {"STAPLE_AUTH", "keys"}, {"STAPLE_MAX_CONNECTIONS", "10"}});
+  ASSERT_TRUE(small.ok()) << small.error().message;
+  EXPECT_EQ(small->server.max_connections_per_peer, 10u);
 }
 
 TEST(ConnectionSettingsTest, ExplicitValuesAreKept) {
@@ -56,10 +69,6 @@ TEST(ConnectionSettingsTest, ExplicitValuesAreKept) {
   EXPECT_EQ(config->server.max_connections_per_peer, 8u);
   EXPECT_EQ(config->server.idle_timeout, std::chrono::seconds(5));
   EXPECT_EQ(config->server.header_timeout, std::chrono::milliseconds(1500));
-  // A small cap gets a share of at least 16, but never more than the cap.
-  auto small = LoadEnv({{"STAPLE_MAX_CONNECTIONS", "10"}});
-  ASSERT_TRUE(small.ok()) << small.error().message;
-  EXPECT_EQ(small->server.max_connections_per_peer, 10u);
 }
 
 TEST(ConnectionSettingsTest, InvalidValuesFailWithTheVariablesName) {
