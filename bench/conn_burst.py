@@ -14,7 +14,7 @@ Prints one Markdown table row and stops the server it started (by PID).
 
 Environment (defaults in brackets):
   BURST_CONNECTIONS [20000]  BURST_SOURCES [8]: connections come from 127.0.0.2..127.0.0.(1+N), so
-  that the per-address share (a quarter of the cap by default) is not what limits them
+  that a per-address share (STAPLE_MAX_CONNECTIONS_PER_PEER in BURST_ENV) is not what limits them
   BURST_PROCESSES [4]        client processes (each needs BURST_CONNECTIONS/N descriptors)
   BENCH_BUILD_DIR [build]    where `staple` is
   BURST_ENV [""]             extra KEY=VALUE settings for staple, space-separated
