@@ -165,10 +165,10 @@ class ServerTest : public ::testing::Test {
 
   void TearDown() override { StopServer(); }
 
-  void StartServer(ServerOptions options = {}) {
+  void StartServer(ServerOptions options = {}, int threads = 1) {
     options.host = "127.0.0.1";
     options.port = 0;
-    options.threads = 1;
+    options.threads = threads;
     options.access_log = false;
     server_ = std::make_unique<Server>(options, router_, metrics_);
     auto bound = server_->Bind();
@@ -592,6 +592,28 @@ TEST_F(ServerTest, AtTheCapTheLongestIdleConnectionMakesRoomForANewClient) {
   ExpectServed(*newer);
   EXPECT_TRUE(MetricsContain("staple_connections_evicted_total 1\n")) << metrics_.Render();
   EXPECT_TRUE(MetricsContain("staple_open_connections 2\n")) << metrics_.Render();
+}
+
+// With several I/O threads the connection idle longest may belong to another thread, which closes
+// it on its own thread; the count stays exact.
+TEST_F(ServerTest, AtTheCapIdleConnectionsOfEveryThreadMakeRoomOldestFirst) {
+  ServerOptions options;
+  options.max_connections = 8;
+  StartServer(options, /*threads=*/4);
+  std::vector<std::unique_ptr<RawClient>> older;
+  for (int i = 0; i < 8; ++i) {
+    older.push_back(Connect());
+    ExpectServed(*older.back());
+  }
+  std::vector<std::unique_ptr<RawClient>> newer;
+  for (int i = 0; i < 8; ++i) {
+    newer.push_back(Connect());
+    ExpectServed(*newer.back());
+  }
+  for (auto& client : older) EXPECT_TRUE(client->WaitForClose());
+  for (auto& client : newer) ExpectServed(*client);
+  EXPECT_TRUE(MetricsContain("staple_connections_evicted_total 8\n")) << metrics_.Render();
+  EXPECT_TRUE(MetricsContain("staple_open_connections 8\n")) << metrics_.Render();
 }
 
 // Connections that never sent a byte are idle too: a flood of them cannot fill the server.
