@@ -130,6 +130,7 @@ std::vector<Variable> MakeVariables() {
        "SQLite synchronous level: full or normal", false},
       {"STAPLE_CACHE_MB", "--cache-mb", "64",
        "memory budget of the conversation store's caches, MiB (history cache and SQLite pages)",
+       false},
       {"STAPLE_RETENTION", "--retention", "",
        "delete conversation messages older than this period, e.g. \"90 days\" or \"12 hours\" "
        "(empty = keep forever)",
