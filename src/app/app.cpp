@@ -24,6 +24,7 @@
 #include "chat/conversation_service.h"
 #include "chat/openai_proxy.h"
 #include "config/config.h"
+#include "http/connection_limits.h"
 #include "http/router.h"
 #include "http/server.h"
 #include "keys/keys.h"
@@ -294,6 +295,12 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   server_options.threads = config.server.threads;
   server_options.max_body_bytes = config.server.max_body_bytes;
   server_options.access_log = config.server.access_log;
+  server_options.max_connections = config.server.max_connections;
+  server_options.max_connections_per_peer = config.server.max_connections_per_peer;
+  // A trusted proxy carries many clients: it has no per-address share.
+  server_options.unshared_peers = config.limits.trusted_proxies;
+  server_options.idle_timeout = config.server.idle_timeout;
+  server_options.header_timeout = config.server.header_timeout;
   http::Server server(server_options, router, metrics);
   if (auto bound = server.Bind(); !bound) {
     observe::Error("cannot start", {{"error", bound.error().message}});
@@ -753,6 +760,8 @@ int Main(int argc, char** argv) {
     return 2;
   }
   sources.dotenv = std::move(dotenv).value();
+  // Before the configuration is loaded: the default connection cap derives from the limit.
+  http::RaiseOpenFileLimit();
   auto loaded = config::Load(sources);
   if (!loaded) {
     std::cerr << "staple: " << loaded.error().message << '\n';

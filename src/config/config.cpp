@@ -12,6 +12,7 @@
 #include "chat/context_window.h"
 #include "chat/conversation_service.h"
 #include "common/net.h"
+#include "http/connection_limits.h"
 #include "http/server.h"
 #include "ratelimit/redis_url.h"
 #include "upstream/client.h"
@@ -197,6 +198,18 @@ std::vector<Variable> MakeVariables() {
        false},
       {"STAPLE_MAX_BODY_BYTES", "--max-body-bytes", number(server.max_body_bytes),
        "largest request body", false},
+      {"STAPLE_MAX_CONNECTIONS", "--max-connections", "0",
+       "open client connections allowed; at the cap the longest-idle one is closed, else new ones "
+       "get 503 (0 = the open-file limit minus max(64, limit/8))",
+       false},
+      {"STAPLE_MAX_CONNECTIONS_PER_PEER", "--max-connections-per-peer", "0",
+       "open connections one client address may hold; trusted proxies are exempt (0 = a quarter "
+       "of the cap, at least 16; no share when listening on loopback)",
+       false},
+      {"STAPLE_IDLE_TIMEOUT", "--idle-timeout", SecondsText(server.idle_timeout),
+       "seconds a keep-alive connection may wait for its next request", false},
+      {"STAPLE_HEADER_TIMEOUT", "--header-timeout", SecondsText(server.header_timeout),
+       "seconds a request head may take from its first byte (then 408)", false},
       {"STAPLE_SHUTDOWN_TIMEOUT", "--shutdown-timeout", "30",
        "seconds in-flight requests get at shutdown", false},
       {"STAPLE_LOG_FORMAT", "--log-format", "text", "text or json", false},
@@ -350,6 +363,56 @@ Result<Config> Load(const Sources& sources) {
                            std::int64_t{1} << 30);
   if (!body) return body.error();
   server.max_body_bytes = static_cast<std::size_t>(*body);
+  {
+    // Descriptors kept for listeners, log files, the database, Redis and upstream connections
+    // when the cap is set by hand (the default keeps max(64, limit / 8)).
+    constexpr std::uint64_t kMinReserve = 64;
+    const std::uint64_t file_limit = http::OpenFileLimit();
+    auto cap = ParseInteger("STAPLE_MAX_CONNECTIONS", get("STAPLE_MAX_CONNECTIONS"), 0,
+                            std::int64_t{1} << 31);
+    if (!cap) return cap.error();
+    if (*cap == 0) {
+      server.max_connections = http::DefaultMaxConnections(file_limit);
+    } else if (static_cast<std::uint64_t>(*cap) + kMinReserve > file_limit) {
+      return Invalid("STAPLE_MAX_CONNECTIONS", get("STAPLE_MAX_CONNECTIONS"),
+                     fmt::format("the open-file limit is {}, and {} descriptors are kept for "
+                                 "listeners, logs, the database and upstream connections: set at "
+                                 "most {}, or raise the limit (ulimit -n)",
+                                 file_limit, kMinReserve,
+                                 file_limit > kMinReserve ? file_limit - kMinReserve : 0));
+    } else {
+      server.max_connections = static_cast<std::size_t>(*cap);
+    }
+    auto share = ParseInteger("STAPLE_MAX_CONNECTIONS_PER_PEER",
+                              get("STAPLE_MAX_CONNECTIONS_PER_PEER"), 0, std::int64_t{1} << 31);
+    if (!share) return share.error();
+    if (*share == 0) {
+      // Listening on loopback, every peer is this machine (typically a reverse proxy in front):
+      // a per-address share would only limit that proxy.
+      server.max_connections_per_peer =
+          on_loopback ? server.max_connections
+                      : http::DefaultMaxConnectionsPerPeer(server.max_connections);
+    } else if (static_cast<std::size_t>(*share) > server.max_connections) {
+      return Invalid("STAPLE_MAX_CONNECTIONS_PER_PEER", get("STAPLE_MAX_CONNECTIONS_PER_PEER"),
+                     fmt::format("more than the connection cap ({})", server.max_connections));
+    } else {
+      server.max_connections_per_peer = static_cast<std::size_t>(*share);
+    }
+    // The banner shows what the defaults resolved to.
+    for (auto& [name, value] : config.effective) {
+      if (name == "STAPLE_MAX_CONNECTIONS") value = std::to_string(server.max_connections);
+      if (name == "STAPLE_MAX_CONNECTIONS_PER_PEER") {
+        value = std::to_string(server.max_connections_per_peer);
+      }
+    }
+  }
+  auto idle_timeout = ParseSeconds("STAPLE_IDLE_TIMEOUT", get("STAPLE_IDLE_TIMEOUT"), 0.1, 86400);
+  if (!idle_timeout) return idle_timeout.error();
+  server.idle_timeout = *idle_timeout;
+  auto header_timeout =
+      ParseSeconds("STAPLE_HEADER_TIMEOUT", get("STAPLE_HEADER_TIMEOUT"), 0.1, 3600);
+  if (!header_timeout) return header_timeout.error();
+  server.header_timeout = *header_timeout;
   auto grace = ParseSeconds("STAPLE_SHUTDOWN_TIMEOUT", get("STAPLE_SHUTDOWN_TIMEOUT"), 0, 3600);
   if (!grace) return grace.error();
   server.shutdown_grace = *grace;

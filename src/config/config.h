@@ -39,6 +39,12 @@ struct ServerSettings {
   std::uint16_t port = 0;
   int threads = 0;  // resolved: at least 1
   std::size_t max_body_bytes = 0;
+  // Resolved: STAPLE_MAX_CONNECTIONS=0 becomes http::DefaultMaxConnections(open-file limit), the
+  // share 0 becomes http::DefaultMaxConnectionsPerPeer(max_connections).
+  std::size_t max_connections = 0;
+  std::size_t max_connections_per_peer = 0;
+  std::chrono::milliseconds idle_timeout{0};    // keep-alive wait for the next request
+  std::chrono::milliseconds header_timeout{0};  // first byte of a request head -> its end
   std::chrono::milliseconds shutdown_grace{0};
   bool json_logs = false;
   bool access_log = false;

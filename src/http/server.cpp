@@ -1,8 +1,15 @@
 #include "http/server.h"
 
+#include <malloc.h>
+
+#include <algorithm>
+#include <array>
+#include <boost/asio/ip/network_v4.hpp>
+#include <boost/asio/ip/network_v6.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cmath>
+#include <limits>
 #include <list>
 #include <optional>
 
@@ -19,6 +26,37 @@ using Clock = std::chrono::steady_clock;
 // How often a worker looks for connections whose deadline passed. A deadline therefore ends an
 // operation up to this much late, which is nothing next to timeouts of tens of seconds.
 constexpr std::chrono::milliseconds kSweepPeriod{1000};
+
+// A connection over the cap or its peer's share asks for an idle connection to be closed up to this
+// many times before it is refused: another new connection may take the freed slot first, and
+// connections accepted a moment ago may not have started waiting yet (they become idle when they
+// do), so after finding no idle connection it looks again kAdmitBackoff later, then twice that...
+// (about 0.1 s in all). It waits at most kEvictionWait for each answer (the workers answer within
+// one turn of their event loop).
+constexpr int kAdmitAttempts = 6;
+constexpr std::chrono::milliseconds kAdmitBackoff{5};
+constexpr std::chrono::milliseconds kEvictionWait{1000};
+
+// A refused connection gets its 503, then is kept open up to kRefusalLinger while what the client
+// sent is read and dropped: closing a socket with unread data resets the connection, and the
+// client could lose the answer. At most kMaxLingering refused connections linger at once; the
+// others are closed right after the answer, so a flood of refused connections cannot hold many
+// descriptors.
+constexpr std::chrono::milliseconds kRefusalLinger{1000};
+constexpr int kMaxLingering = 64;
+
+// Freed memory goes back to the system (malloc_trim) once the open connections dropped by at least
+// kTrimDrop and by half from their highest count since the last trim and stopped falling, at most
+// every kTrimInterval: the process keeps up to 64 MiB free per heap otherwise (see app.cpp). What
+// it can give back after a burst is limited: Asio keeps the reactor's per-descriptor state of every
+// connection ever open at once in a pool (never freed), allocated between the connections'
+// coroutine frames and buffers, and those live objects pin most of the pages the freed frames were
+// on. A later burst reuses that memory, so it does not grow.
+constexpr int kTrimDrop = 512;
+constexpr std::chrono::seconds kTrimInterval{10};
+
+// The idle-since time of a worker without idle connections.
+constexpr Clock::rep kNoIdle = std::numeric_limits<Clock::rep>::max();
 
 void LogIfFailed(std::exception_ptr error) {
   if (!error) return;
@@ -82,6 +120,15 @@ std::string_view FramingProblem(const bhttp::request<bhttp::string_body>& head) 
   return {};
 }
 
+// The address a connection's share is counted under: an IPv4 client reaching an IPv6 listener is
+// counted as the IPv4 address it is.
+std::string PeerKey(const net::ip::address& address) {
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    return net::ip::make_address_v4(net::ip::v4_mapped, address.to_v6()).to_string();
+  }
+  return address.to_string();
+}
+
 Request ToRequest(bhttp::request<bhttp::string_body>&& message, const std::string& peer) {
   Request request;
   request.method = std::string(message.method_string());
@@ -121,10 +168,63 @@ void CopyHeaders(const Response& response, const Request& request, Message& mess
 
 }  // namespace
 
+// The networks whose peers have no share (ServerOptions::unshared_peers).
+struct Server::Networks {
+  std::vector<net::ip::network_v4> v4;
+  std::vector<net::ip::network_v6> v6;
+
+  explicit Networks(const std::vector<std::string>& entries) {
+    for (const auto& entry : entries) {
+      boost::system::error_code ec;
+      std::string text = entry;
+      if (text.find('/') == std::string::npos) {
+        const auto address = net::ip::make_address(text, ec);
+        if (ec) continue;
+        text += address.is_v4() ? "/32" : "/128";
+      }
+      const auto network_v4 = net::ip::make_network_v4(text, ec);
+      if (!ec) {
+        v4.push_back(network_v4);
+        continue;
+      }
+      ec.clear();
+      const auto network_v6 = net::ip::make_network_v6(text, ec);
+      if (!ec) v6.push_back(network_v6);
+    }
+  }
+
+  // `peer` is a PeerKey.
+  bool Contains(const std::string& peer) const {
+    if (v4.empty() && v6.empty()) return false;
+    boost::system::error_code ec;
+    const auto address = net::ip::make_address(peer, ec);
+    if (ec) return false;
+    if (address.is_v4()) {
+      const net::ip::network_v4 host(address.to_v4(), 32);
+      return std::any_of(v4.begin(), v4.end(), [&](const auto& network) {
+        return host == network || host.is_subnet_of(network);
+      });
+    }
+    const net::ip::network_v6 host(address.to_v6(), 128);
+    return std::any_of(v6.begin(), v6.end(), [&](const auto& network) {
+      return host == network || host.is_subnet_of(network);
+    });
+  }
+};
+
 // One open connection. Touched only on its worker's thread.
 struct Server::Session {
   tcp::socket* socket = nullptr;
+  std::string peer;   // its PeerKey
   bool busy = false;  // a request is being handled: let it finish
+  // Waiting for the first byte of the next request head, nothing in flight: it may be closed to
+  // make room for a new connection. Then `idle_position` is its place in Worker::idle.
+  bool idle = false;
+  std::list<Session*>::iterator idle_position;
+  Clock::time_point idle_since;
+  bool reading_head = false;    // between the first byte of a head and its end
+  bool head_timed_out = false;  // the sweep cancelled the head's read: answer 408
+  bool released = false;        // its slot was given back early (closed to make room)
   // When the read or write in progress must be done; Clock::time_point::max() while nothing is
   // expected from or sent to the client (the request is being handled). The worker's sweep closes
   // the socket once it passes, which fails the pending operation.
@@ -172,16 +272,42 @@ class ChunkWriter final : public BodyWriter {
 // (`acceptor`, `sweep`) belong to `context` and are declared after it, so they go first. `thread`
 // must have been joined before any of this (~Server and Shutdown do).
 struct Server::Worker {
+  std::size_t index = 0;
   std::list<Session*> sessions;  // guarded by being touched only on `thread`
+  std::list<Session*> idle;      // the idle ones, longest idle first; only on `thread`
+  // idle.front()'s idle_since (kNoIdle when none), for other workers choosing whom to ask for room.
+  std::atomic<Clock::rep> oldest_idle{kNoIdle};
   net::io_context context{1};
   tcp::acceptor acceptor{context};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
   net::steady_timer sweep{context};
   std::thread thread;
+
+  void MarkIdle(Session& session) {
+    session.idle = true;
+    session.idle_since = Clock::now();
+    idle.push_back(&session);
+    session.idle_position = std::prev(idle.end());
+    if (idle.size() == 1) PublishOldestIdle();
+  }
+  void MarkNotIdle(Session& session) {
+    if (!session.idle) return;
+    const bool was_oldest = session.idle_position == idle.begin();
+    idle.erase(session.idle_position);
+    session.idle = false;
+    if (was_oldest) PublishOldestIdle();
+  }
+  void PublishOldestIdle() {
+    oldest_idle.store(idle.empty() ? kNoIdle : idle.front()->idle_since.time_since_epoch().count(),
+                      std::memory_order_relaxed);
+  }
 };
 
 Server::Server(ServerOptions options, const Router& router, observe::Metrics& metrics)
-    : options_(std::move(options)), router_(router), metrics_(metrics) {}
+    : options_(std::move(options)),
+      router_(router),
+      metrics_(metrics),
+      unshared_(std::make_unique<Networks>(options_.unshared_peers)) {}
 
 Server::~Server() {
   for (auto& worker : workers_) {
@@ -229,6 +355,7 @@ Status Server::Bind() {
   const int threads = options_.threads < 1 ? 1 : options_.threads;
   for (int i = 0; i < threads; ++i) {
     auto worker = std::make_unique<Worker>();
+    worker->index = workers_.size();
     auto& acceptor = worker->acceptor;
     const tcp::endpoint endpoint(address, port);
     acceptor.open(endpoint.protocol(), ec);
@@ -279,8 +406,168 @@ net::awaitable<void> Server::Accept(Worker& worker) {
       continue;
     }
     socket.set_option(tcp::no_delay(true), ec);
-    net::co_spawn(worker.context, Serve(worker, std::move(socket)), LogIfFailed);
+    const auto remote = socket.remote_endpoint(ec);
+    std::string peer = ec ? std::string("unknown") : PeerKey(remote.address());
+    const auto refusal = Reserve(peer);
+    if (refusal == Refusal::kNone) {
+      net::co_spawn(worker.context, Serve(worker, std::move(socket), std::move(peer)), LogIfFailed);
+    } else {
+      net::co_spawn(worker.context, Admit(worker, std::move(socket), std::move(peer), refusal),
+                    LogIfFailed);
+    }
   }
+}
+
+Server::Refusal Server::Reserve(const std::string& peer) {
+  std::lock_guard lock(slots_mutex_);
+  // The share first: when both are reached, closing one of the peer's own idle connections makes
+  // room under both.
+  const auto found = peer_connections_.find(peer);
+  const std::size_t held = found == peer_connections_.end() ? 0 : found->second;
+  if (options_.max_connections_per_peer > 0 && held >= options_.max_connections_per_peer &&
+      !unshared_->Contains(peer)) {
+    return Refusal::kPeer;
+  }
+  const int open = sessions_.load(std::memory_order_relaxed);
+  if (options_.max_connections > 0 && static_cast<std::size_t>(open) >= options_.max_connections) {
+    return Refusal::kCapacity;
+  }
+  ++peer_connections_[peer];
+  sessions_.store(open + 1);
+  if (open + 1 > high_water_.load(std::memory_order_relaxed)) high_water_.store(open + 1);
+  return Refusal::kNone;
+}
+
+void Server::Release(const std::string& peer) {
+  std::lock_guard lock(slots_mutex_);
+  if (const auto found = peer_connections_.find(peer); found != peer_connections_.end()) {
+    if (--found->second == 0) peer_connections_.erase(found);
+  }
+  sessions_.fetch_sub(1);
+}
+
+std::size_t Server::OldestIdleWorker(std::size_t fallback) const {
+  std::size_t oldest = fallback;
+  Clock::rep oldest_since = kNoIdle;
+  for (const auto& worker : workers_) {
+    const auto since = worker->oldest_idle.load(std::memory_order_relaxed);
+    if (since < oldest_since) {
+      oldest_since = since;
+      oldest = worker->index;
+    }
+  }
+  return oldest;
+}
+
+// Each worker closes only its own connections, on its own thread: a request for room travels from
+// worker to worker (posted to each one's io_context) until one of them closed an idle connection,
+// and the answer is posted back to the worker holding the new connection.
+void Server::EvictIdle(std::size_t index, std::size_t left, std::string peer, Worker& origin,
+                       std::function<void(bool)> done) {
+  Worker& worker = *workers_[index];
+  net::post(worker.context, [this, &worker, left, peer = std::move(peer), &origin,
+                             done = std::move(done)]() mutable {
+    Session* victim = nullptr;
+    for (Session* session : worker.idle) {  // longest idle first
+      if (peer.empty() || session->peer == peer) {
+        victim = session;
+        break;
+      }
+    }
+    if (victim != nullptr) {
+      // The slot is given back now, not when its coroutine has unwound: the descriptor is closed
+      // here, and the new connection waiting for it may be served at once.
+      worker.MarkNotIdle(*victim);
+      victim->released = true;
+      victim->deadline = Clock::time_point::max();
+      beast::error_code ignored;
+      victim->socket->close(ignored);  // fails its pending wait: its coroutine ends
+      Release(victim->peer);
+      metrics_.ConnectionClosed();
+      metrics_.CountIdleConnectionEvicted();
+    }
+    if (victim != nullptr || left <= 1) {
+      const bool closed = victim != nullptr;
+      net::post(origin.context, [done = std::move(done), closed] { done(closed); });
+      return;
+    }
+    EvictIdle((worker.index + 1) % workers_.size(), left - 1, std::move(peer), origin,
+              std::move(done));
+  });
+}
+
+net::awaitable<void> Server::Admit(Worker& worker, tcp::socket socket, std::string peer,
+                                   Refusal refusal) {
+  for (int attempt = 0; attempt < kAdmitAttempts && refusal != Refusal::kNone; ++attempt) {
+    if (stopping_.load(std::memory_order_relaxed)) break;
+    // Over its share, the peer makes room with its own idle connections, starting with this
+    // worker's; over the cap, the connection idle longest anywhere goes.
+    const bool own = refusal == Refusal::kPeer;
+    const std::size_t first = own ? worker.index : OldestIdleWorker(worker.index);
+    auto answered = std::make_shared<net::steady_timer>(worker.context);
+    auto closed = std::make_shared<bool>(false);
+    answered->expires_after(kEvictionWait);
+    std::string victim_peer = own ? peer : std::string();
+    // The answer holds the timer weakly: it may be destroyed with another worker's io_context,
+    // after this one's (at shutdown), and must not own a timer of this one.
+    std::weak_ptr<net::steady_timer> waiting = answered;
+    EvictIdle(first, workers_.size(), std::move(victim_peer), worker,
+              [waiting, closed](bool result) {
+                *closed = result;
+                if (auto timer = waiting.lock()) timer->cancel();
+              });
+    beast::error_code ec;
+    co_await answered->async_wait(net::redirect_error(net::use_awaitable, ec));
+    if (!*closed) {
+      answered->expires_after(kAdmitBackoff * (attempt + 1));
+      co_await answered->async_wait(net::redirect_error(net::use_awaitable, ec));
+    }
+    refusal = Reserve(peer);
+  }
+  if (refusal == Refusal::kNone) {
+    net::co_spawn(worker.context, Serve(worker, std::move(socket), std::move(peer)), LogIfFailed);
+    co_return;
+  }
+  metrics_.CountConnectionRefused(refusal == Refusal::kPeer);
+  co_await Refuse(worker, std::move(socket), refusal);
+}
+
+net::awaitable<void> Server::Refuse(Worker& worker, tcp::socket socket, Refusal refusal) {
+  auto connection = std::make_shared<tcp::socket>(std::move(socket));
+  // The deadline of the whole refusal: the answer and the lingering read.
+  net::steady_timer deadline(worker.context);
+  deadline.expires_after(kRefusalLinger);
+  deadline.async_wait([connection](const beast::error_code& ec) {
+    beast::error_code ignored;
+    if (!ec) connection->close(ignored);
+  });
+
+  const std::string reason = refusal == Refusal::kPeer
+                                 ? "Too many connections from this address: try again later"
+                                 : "Too many connections: try again later";
+  Response response = router_.format_error()(503, reason, "/");
+  bhttp::response<bhttp::string_body> message{bhttp::status::service_unavailable, 11};
+  message.set(bhttp::field::server, "staple");
+  for (const auto& [name, value] : response.headers.fields()) message.insert(name, value);
+  message.set(bhttp::field::retry_after, "1");
+  message.keep_alive(false);
+  message.body() = std::move(response.body);
+  message.prepare_payload();
+  beast::error_code ec;
+  co_await bhttp::async_write(*connection, message, net::redirect_error(net::use_awaitable, ec));
+  if (!ec) {
+    if (lingering_.fetch_add(1) < kMaxLingering) {
+      connection->shutdown(tcp::socket::shutdown_send, ec);
+      std::array<char, 512> drain;
+      while (!ec) {
+        co_await connection->async_read_some(net::buffer(drain),
+                                             net::redirect_error(net::use_awaitable, ec));
+      }
+    }
+    lingering_.fetch_sub(1);
+  }
+  deadline.cancel();
+  connection->close(ec);
 }
 
 // One timer per worker enforces every connection's deadline, instead of one timer operation per
@@ -296,61 +583,115 @@ net::awaitable<void> Server::Sweep(Worker& worker) {
     const auto now = Clock::now();
     for (Session* session : worker.sessions) {
       if (session->deadline > now) continue;
-      // Closing fails the pending operation (operation_aborted) and every later one.
       session->deadline = Clock::time_point::max();
+      if (session->reading_head) {
+        // The head is late: its read is cancelled (operation_aborted) and answered 408.
+        session->head_timed_out = true;
+        session->socket->cancel(ec);
+        continue;
+      }
+      // Closing fails the pending operation (operation_aborted) and every later one.
       session->socket->close(ec);
     }
+    if (worker.index == 0) TrimMemory();
   }
 }
 
-net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
+void Server::TrimMemory() {
+  const auto now = Clock::now();
+  if (now - last_trim_ < kTrimInterval) return;
+  {
+    std::lock_guard lock(slots_mutex_);
+    const int open = sessions_.load();
+    const int high = high_water_.load();
+    // Not while the count is still falling: the connections closing now free their memory later.
+    const bool falling = open < open_at_last_sweep_;
+    open_at_last_sweep_ = open;
+    if (falling || high - open < kTrimDrop || open > high / 2) return;
+    high_water_.store(open);
+  }
+  last_trim_ = now;
+  // Gives back the whole free pages inside every heap (not only the main one's top, as glibc does
+  // on its own above M_TRIM_THRESHOLD).
+  malloc_trim(0);
+  observe::Info("returned freed memory to the system after connections closed",
+                {{"open_connections", sessions_.load()}});
+}
+
+// Runs with a slot taken by Reserve, which it gives back when it ends (unless the connection was
+// closed to make room, which gave it back then).
+net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket, std::string peer) {
   beast::error_code ec;
-  const auto remote = socket.remote_endpoint(ec);
-  const std::string peer = ec ? std::string("unknown") : remote.address().to_string();
   // Registration for the deadline sweep and graceful shutdown, undone however this coroutine ends.
   Session session;
   session.socket = &socket;
+  session.peer = peer;
   // Deadlines cost no system call: the sweep reads them.
   const auto expires_after = [&session](std::chrono::milliseconds timeout) {
     session.deadline = Clock::now() + timeout;
   };
   worker.sessions.push_back(&session);
   const auto registration = std::prev(worker.sessions.end());
-  sessions_.fetch_add(1);
   metrics_.ConnectionOpened();
   struct Unregister {
     Server* server;
     Worker* worker;
+    Session* session;
     std::list<Session*>::iterator it;
     ~Unregister() {
+      worker->MarkNotIdle(*session);
       worker->sessions.erase(it);
-      server->metrics_.ConnectionClosed();
-      server->sessions_.fetch_sub(1);
+      if (!session->released) {
+        server->Release(session->peer);
+        server->metrics_.ConnectionClosed();
+      }
     }
-  } unregister{this, &worker, registration};
+  } unregister{this, &worker, &session, registration};
 
   beast::flat_buffer buffer;
+  char first_byte = 0;
   while (!stopping_.load(std::memory_order_relaxed)) {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(options_.max_header_bytes));
     parser.body_limit(options_.max_body_bytes);
 
-    // 1. Wait for the next request head (idle keep-alive wait).
-    expires_after(options_.idle_timeout);
+    // 1. Idle: wait for the first byte of the next head, unless it already arrived (pipelining).
+    // The byte is peeked, not read, so that no buffer is held meanwhile: an idle connection costs
+    // its coroutine frame only, and can be closed to make room for a new one. (A peek rather than
+    // a readiness wait: the reactor reports readiness once, and it may have been reported before
+    // the wait was queued.)
+    if (buffer.size() == 0) {
+      buffer.shrink_to_fit();
+      expires_after(options_.idle_timeout);
+      worker.MarkIdle(session);
+      co_await socket.async_receive(net::buffer(&first_byte, 1), tcp::socket::message_peek,
+                                    net::redirect_error(net::use_awaitable, ec));
+      worker.MarkNotIdle(session);
+      if (ec) break;  // closed by the client, by the sweep, to make room, or at shutdown
+    }
+
+    // 2. Read the head, which must be complete within the header timeout of its first byte.
+    session.reading_head = true;
+    expires_after(options_.header_timeout);
     co_await bhttp::async_read_header(socket, buffer, parser,
                                       net::redirect_error(net::use_awaitable, ec));
-    if (ec == bhttp::error::end_of_stream || ec == net::error::operation_aborted ||
-        ec == net::error::bad_descriptor || ec == net::error::connection_reset ||
-        ec == net::error::eof) {
+    session.reading_head = false;
+    if (!session.head_timed_out &&
+        (ec == bhttp::error::end_of_stream || ec == net::error::operation_aborted ||
+         ec == net::error::bad_descriptor || ec == net::error::connection_reset ||
+         ec == net::error::eof)) {
       break;
     }
     session.busy = true;
     const auto started = std::chrono::steady_clock::now();
 
-    // 2. Read the body, unless the head already shows a problem.
+    // 3. Read the body, unless the head already shows a problem.
     int early_status = 0;
     std::string early_message;
-    if (ec == bhttp::error::body_limit) {
+    if (session.head_timed_out) {
+      early_status = 408;
+      early_message = "Request header timeout";
+    } else if (ec == bhttp::error::body_limit) {
       early_status = 413;  // the declared Content-Length is over the limit
     } else if (ec == bhttp::error::header_limit) {
       early_status = 431;
@@ -391,7 +732,7 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
                       std::to_string(options_.max_body_bytes) + " bytes";
     }
 
-    // 3. Handle it.
+    // 4. Handle it.
     const bool parsed = early_status == 0;
     Request request = ToRequest(parser.release(), peer);
     // (No co_await inside a conditional expression: g++ 12 miscompiles it.)
@@ -416,7 +757,7 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket) {
     const bool keep_alive =
         parsed && parser.keep_alive() && !stopping_.load(std::memory_order_relaxed);
 
-    // 4. Write the answer.
+    // 5. Write the answer.
     bool write_failed = false;
     if (!response.stream) {
       bhttp::response<bhttp::string_body> message{static_cast<bhttp::status>(response.status), 11};

@@ -118,6 +118,15 @@ std::string Metrics::Render() const {
           handler_exceptions_.load());
   counter("staple_connections_total", "Client connections accepted.", "",
           connections_total_.load());
+  out += "# HELP staple_connections_refused_total New connections refused (answered 503).\n";
+  out += "# TYPE staple_connections_refused_total counter\n";
+  out += fmt::format("staple_connections_refused_total{{reason=\"capacity\"}} {}\n",
+                     refused_capacity_.load());
+  out +=
+      fmt::format("staple_connections_refused_total{{reason=\"peer\"}} {}\n", refused_peer_.load());
+  counter("staple_connections_evicted_total",
+          "Idle keep-alive connections closed to make room for a new connection.", "",
+          evicted_idle_.load());
   out += "# HELP staple_open_connections Client connections currently open.\n";
   out += "# TYPE staple_open_connections gauge\n";
   out += fmt::format("staple_open_connections {}\n", open_connections_.load());

@@ -57,6 +57,13 @@ class Metrics {
     connections_total_.fetch_add(1, std::memory_order_relaxed);
   }
   void ConnectionClosed() { open_connections_.fetch_sub(1, std::memory_order_relaxed); }
+  // A new connection was refused: the connection cap (`by_peer` false) or its peer's share was
+  // reached and no idle connection could make room.
+  void CountConnectionRefused(bool by_peer) {
+    (by_peer ? refused_peer_ : refused_capacity_).fetch_add(1, std::memory_order_relaxed);
+  }
+  // An idle keep-alive connection was closed to make room for a new one.
+  void CountIdleConnectionEvicted() { evicted_idle_.fetch_add(1, std::memory_order_relaxed); }
 
   // A gauge read at render time (e.g. the store's queue depth). Register before serving.
   void AddGauge(std::string name, std::string help, std::function<double()> read);
@@ -88,6 +95,9 @@ class Metrics {
   std::atomic<std::uint64_t> handler_exceptions_{0};
   std::atomic<std::int64_t> open_connections_{0};
   std::atomic<std::uint64_t> connections_total_{0};
+  std::atomic<std::uint64_t> refused_capacity_{0};
+  std::atomic<std::uint64_t> refused_peer_{0};
+  std::atomic<std::uint64_t> evicted_idle_{0};
   struct Gauge {
     std::string name;
     std::string help;

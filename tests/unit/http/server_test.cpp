@@ -1,15 +1,22 @@
 #include "http/server.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/beast/http.hpp>
+#include <condition_variable>
 #include <future>
 #include <map>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
+
+#include "http/connection_limits.h"
 
 namespace staple::http {
 namespace {
@@ -40,8 +47,16 @@ struct Reply {
 // Every wait is bounded by a deadline.
 class RawClient {
  public:
-  explicit RawClient(std::uint16_t port) {
+  // Connects from `source` (a loopback address such as 127.0.0.2) when given, so that tests can
+  // play several peers.
+  explicit RawClient(std::uint16_t port, const char* source = nullptr) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (source != nullptr) {
+      sockaddr_in local{};
+      local.sin_family = AF_INET;
+      ::inet_pton(AF_INET, source, &local.sin_addr);
+      if (::bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0) return;
+    }
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(port);
@@ -150,10 +165,10 @@ class ServerTest : public ::testing::Test {
 
   void TearDown() override { StopServer(); }
 
-  void StartServer(ServerOptions options = {}) {
+  void StartServer(ServerOptions options = {}, int threads = 1) {
     options.host = "127.0.0.1";
     options.port = 0;
-    options.threads = 1;
+    options.threads = threads;
     options.access_log = false;
     server_ = std::make_unique<Server>(options, router_, metrics_);
     auto bound = server_->Bind();
@@ -167,11 +182,63 @@ class ServerTest : public ::testing::Test {
     server_.reset();
   }
 
-  std::unique_ptr<RawClient> Connect() {
-    auto client = std::make_unique<RawClient>(server_->port());
+  std::unique_ptr<RawClient> Connect(const char* source = nullptr) {
+    auto client = std::make_unique<RawClient>(server_->port(), source);
     EXPECT_TRUE(client->connected());
     return client;
   }
+
+  // Adds GET /hang, whose requests stay in flight until the server is destroyed; WaitForHanging(n)
+  // returns once n of them are being handled.
+  void AddHangingRoute() {
+    router_.Add("GET", "/hang", "hang", [this](Request&) -> net::awaitable<Response> {
+      net::steady_timer forever(co_await net::this_coro::executor);
+      forever.expires_after(std::chrono::hours(24));
+      {
+        std::lock_guard lock(hanging_mutex_);
+        ++hanging_;
+      }
+      hanging_changed_.notify_all();
+      co_await forever.async_wait(net::use_awaitable);
+      co_return JsonResponse(200, {{"too", "late"}});
+    });
+  }
+  bool WaitForHanging(int count) {
+    std::unique_lock lock(hanging_mutex_);
+    return hanging_changed_.wait_for(lock, kWait, [&] { return hanging_ >= count; });
+  }
+
+  // Sends GET /ok and expects a 200 that keeps the connection open (the connection is then idle).
+  void ExpectServed(RawClient& client) {
+    ASSERT_TRUE(client.Send(Get("/ok")));
+    auto reply = client.ReadResponse();
+    ASSERT_TRUE(reply);
+    EXPECT_EQ(reply->status, 200);
+    EXPECT_TRUE(reply->keep_alive);
+  }
+
+  // Sends GET /ok and expects the refusal: 503 in the router's error shape, then the close.
+  void ExpectRefused(RawClient& client, std::string_view message) {
+    ASSERT_TRUE(client.Send(Get("/ok")));
+    auto reply = client.ReadResponse();
+    ASSERT_TRUE(reply);
+    EXPECT_EQ(reply->status, 503);
+    EXPECT_EQ(reply->headers["content-type"], "application/json");
+    EXPECT_FALSE(reply->keep_alive);
+    const auto body = nlohmann::json::parse(reply->body, nullptr, false);
+    ASSERT_TRUE(body.is_object()) << reply->body;
+    EXPECT_EQ(body["error"], message) << reply->body;
+    EXPECT_EQ(body["path"], "/") << reply->body;
+    EXPECT_TRUE(client.WaitForClose());
+  }
+
+  bool MetricsContain(const std::string& line) const {
+    return metrics_.Render().find(line) != std::string::npos;
+  }
+
+  std::mutex hanging_mutex_;
+  std::condition_variable hanging_changed_;
+  int hanging_ = 0;  // guarded by hanging_mutex_
 
   // Declared before the server, which must not outlive them.
   Router router_;
@@ -502,6 +569,198 @@ TEST_F(ServerTest, AbsoluteFormTargetIsRoutedByItsPath) {
     EXPECT_EQ(root->status, 404);
     EXPECT_EQ(ParseJson(root->body)["path"], "/");
   }
+}
+
+// ---- connection cap, per-peer share, header deadline --------------------------------------------
+
+// One peer holding the server's connections idle must not lock everyone else out: at the cap, the
+// connection idle longest is closed and the new client is served.
+TEST_F(ServerTest, AtTheCapTheLongestIdleConnectionMakesRoomForANewClient) {
+  ServerOptions options;
+  options.max_connections = 2;
+  StartServer(options);
+  auto oldest = Connect();
+  ExpectServed(*oldest);
+  auto newer = Connect();
+  ExpectServed(*newer);
+
+  auto client = Connect();
+  ExpectServed(*client);
+  EXPECT_TRUE(oldest->WaitForClose());
+  EXPECT_TRUE(oldest->unread().empty()) << oldest->unread();
+  // The other idle connection was left alone.
+  ExpectServed(*newer);
+  EXPECT_TRUE(MetricsContain("staple_connections_evicted_total 1\n")) << metrics_.Render();
+  EXPECT_TRUE(MetricsContain("staple_open_connections 2\n")) << metrics_.Render();
+}
+
+// With several I/O threads the connection idle longest may belong to another thread, which closes
+// it on its own thread; the count stays exact.
+TEST_F(ServerTest, AtTheCapIdleConnectionsOfEveryThreadMakeRoomOldestFirst) {
+  ServerOptions options;
+  options.max_connections = 8;
+  StartServer(options, /*threads=*/4);
+  std::vector<std::unique_ptr<RawClient>> older;
+  for (int i = 0; i < 8; ++i) {
+    older.push_back(Connect());
+    ExpectServed(*older.back());
+  }
+  std::vector<std::unique_ptr<RawClient>> newer;
+  for (int i = 0; i < 8; ++i) {
+    newer.push_back(Connect());
+    ExpectServed(*newer.back());
+  }
+  for (auto& client : older) EXPECT_TRUE(client->WaitForClose());
+  for (auto& client : newer) ExpectServed(*client);
+  EXPECT_TRUE(MetricsContain("staple_connections_evicted_total 8\n")) << metrics_.Render();
+  EXPECT_TRUE(MetricsContain("staple_open_connections 8\n")) << metrics_.Render();
+}
+
+// Connections that never sent a byte are idle too: a flood of them cannot fill the server.
+TEST_F(ServerTest, ConnectionsThatNeverSentARequestMakeRoomAtTheCap) {
+  ServerOptions options;
+  options.max_connections = 4;
+  StartServer(options);
+  std::vector<std::unique_ptr<RawClient>> flood;
+  for (int i = 0; i < 12; ++i) flood.push_back(Connect());
+  auto client = Connect();
+  ExpectServed(*client);
+}
+
+TEST_F(ServerTest, AtTheCapWithEveryConnectionBusyANewOneIsRefused503) {
+  AddHangingRoute();
+  ServerOptions options;
+  options.max_connections = 2;
+  StartServer(options);
+  auto first = Connect();
+  auto second = Connect();
+  ASSERT_TRUE(first->Send(Get("/hang")));
+  ASSERT_TRUE(second->Send(Get("/hang")));
+  ASSERT_TRUE(WaitForHanging(2));
+
+  auto refused = Connect();
+  ExpectRefused(*refused, "Too many connections: try again later");
+  EXPECT_TRUE(MetricsContain("staple_connections_refused_total{reason=\"capacity\"} 1\n"))
+      << metrics_.Render();
+  EXPECT_TRUE(MetricsContain("staple_open_connections 2\n")) << metrics_.Render();
+  StopServer(std::chrono::milliseconds(50));
+}
+
+TEST_F(ServerTest, PeerOverItsShareClosesItsOwnLongestIdleConnection) {
+  ServerOptions options;
+  options.max_connections = 100;
+  options.max_connections_per_peer = 2;
+  StartServer(options);
+  auto other = Connect("127.0.0.3");
+  ExpectServed(*other);  // idle longest of all, but another peer's
+  auto oldest = Connect("127.0.0.2");
+  ExpectServed(*oldest);
+  auto newer = Connect("127.0.0.2");
+  ExpectServed(*newer);
+
+  auto client = Connect("127.0.0.2");
+  ExpectServed(*client);
+  EXPECT_TRUE(oldest->WaitForClose());
+  ExpectServed(*newer);
+  ExpectServed(*other);
+}
+
+TEST_F(ServerTest, PeerOverItsShareWithEveryConnectionBusyIsRefusedAndOthersAreServed) {
+  AddHangingRoute();
+  ServerOptions options;
+  options.max_connections = 100;
+  options.max_connections_per_peer = 2;
+  StartServer(options);
+  auto first = Connect("127.0.0.2");
+  auto second = Connect("127.0.0.2");
+  ASSERT_TRUE(first->Send(Get("/hang")));
+  ASSERT_TRUE(second->Send(Get("/hang")));
+  ASSERT_TRUE(WaitForHanging(2));
+
+  auto refused = Connect("127.0.0.2");
+  ExpectRefused(*refused, "Too many connections from this address: try again later");
+  EXPECT_TRUE(MetricsContain("staple_connections_refused_total{reason=\"peer\"} 1\n"))
+      << metrics_.Render();
+  auto other = Connect("127.0.0.3");
+  ExpectServed(*other);
+  StopServer(std::chrono::milliseconds(50));
+}
+
+// A trusted proxy carries many clients over its connections: it has no share.
+TEST_F(ServerTest, UnsharedPeerIsNotLimitedToAShare) {
+  AddHangingRoute();
+  ServerOptions options;
+  options.max_connections = 100;
+  options.max_connections_per_peer = 1;
+  options.unshared_peers = {"127.0.0.4", "10.0.0.0/8"};
+  StartServer(options);
+  auto first = Connect("127.0.0.4");
+  ASSERT_TRUE(first->Send(Get("/hang")));
+  ASSERT_TRUE(WaitForHanging(1));
+  auto second = Connect("127.0.0.4");
+  ExpectServed(*second);
+  StopServer(std::chrono::milliseconds(50));
+}
+
+// A head sent a byte at a time must not hold the connection for the whole idle timeout.
+TEST_F(ServerTest, HeadNotCompleteWithinTheHeaderTimeoutIs408AndClosed) {
+  ServerOptions options;
+  options.header_timeout = std::chrono::milliseconds(500);
+  options.idle_timeout = std::chrono::minutes(5);
+  options.read_timeout = std::chrono::minutes(5);
+  StartServer(options);
+  auto client = Connect();
+  ASSERT_TRUE(client->Send("GET /ok HTTP/1.1\r\nHost: te"));
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 408);
+  EXPECT_EQ(reply->headers["content-type"], "application/json");
+  const auto body = ParseJson(reply->body);
+  ASSERT_TRUE(body.is_object()) << reply->body;
+  EXPECT_EQ(body["error"], "Request header timeout");
+  EXPECT_FALSE(reply->keep_alive);
+  EXPECT_TRUE(client->WaitForClose());
+}
+
+TEST_F(ServerTest, SlowHeadCompleteWithinTheHeaderTimeoutIsServed) {
+  ServerOptions options;
+  options.header_timeout = std::chrono::seconds(8);
+  StartServer(options);
+  auto client = Connect();
+  const std::string head = Get("/ok");
+  // Three pieces a little apart: slow, but far inside the deadline.
+  const std::size_t third = head.size() / 3;
+  for (std::size_t start = 0; start < head.size(); start += third) {
+    ASSERT_TRUE(client->Send(std::string_view(head).substr(start, third)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  auto reply = client->ReadResponse();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 200);
+}
+
+// The header timeout runs from the first byte of a head: a keep-alive connection waiting for its
+// next request has the (longer) idle timeout.
+TEST_F(ServerTest, IdleConnectionOutlivesTheHeaderTimeout) {
+  ServerOptions options;
+  options.header_timeout = std::chrono::milliseconds(200);
+  options.idle_timeout = std::chrono::minutes(5);
+  StartServer(options);
+  auto client = Connect();
+  ExpectServed(*client);
+  // Several sweeps pass, each of which would have closed it on the header timeout.
+  EXPECT_FALSE(client->WaitForClose(std::chrono::milliseconds(2500)));
+  ExpectServed(*client);
+}
+
+TEST(ConnectionLimitsTest, DefaultsLeaveAReserveOfDescriptors) {
+  EXPECT_EQ(DefaultMaxConnections(1024), 1024u - 128u);
+  EXPECT_EQ(DefaultMaxConnections(256), 256u - 64u);
+  EXPECT_EQ(DefaultMaxConnections(1'048'576), 1'048'576u - 131'072u);
+  EXPECT_EQ(DefaultMaxConnections(50), 1u);
+  EXPECT_EQ(DefaultMaxConnectionsPerPeer(896), 224u);
+  EXPECT_EQ(DefaultMaxConnectionsPerPeer(40), 16u);
+  EXPECT_EQ(DefaultMaxConnectionsPerPeer(8), 8u);
 }
 
 }  // namespace
