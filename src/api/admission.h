@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "api/auth.h"
+#include "api/client_address.h"
 #include "api/errors.h"
 #include "common/net.h"
 #include "http/message.h"
@@ -26,17 +27,6 @@ struct AdmissionSettings {
   bool check_host = false;
   std::vector<std::string> allowed_hosts;  // lower case, without port
 };
-
-// Whether the Host header of `request` names this machine's loopback (localhost, 127.0.0.0/8,
-// [::1]) or one of `allowed` (lower case), whatever its port. A request without Host is allowed
-// (HTTP/1.0; HTTP/1.1 requires it and the server refuses its absence).
-bool HostAllowed(const http::Request& request, const std::vector<std::string>& allowed);
-
-// The identity the limits count for a client `address`: an IPv4 address as is (an IPv4-mapped
-// IPv6 address as its IPv4 address), an IPv6 address as its network of `ipv6_prefix` bits in
-// canonical form ("2001:db8:1:2::/64"; the canonical address itself for 128). Text that is not an
-// IP address is returned unchanged.
-std::string ClientKey(const std::string& address, int ipv6_prefix);
 
 // The gate in front of API routes: identifies the client (its address, and with client keys its
 // key, see Authenticator), asks the limiter for the global limits (per address) plus the route's
@@ -75,18 +65,13 @@ class Admission {
   std::string ClientOf(const http::Request& request) const;
 
  private:
-  bool Trusted(const std::string& address) const;
-  // The client's address itself (the peer, or from X-Forwarded-For), before ClientKey.
-  std::string ClientAddressOf(const http::Request& request) const;
-
   // Constant after construction.
   ratelimit::RateLimiter& limiter_;
   observe::Metrics& metrics_;
   const AdmissionSettings settings_;
   const Authenticator* auth_;
   keys::KeyRegistry* usage_;
-  std::vector<net::ip::network_v4> networks_v4_;
-  std::vector<net::ip::network_v6> networks_v6_;
+  const TrustedProxies proxies_;
 };
 
 // Copies `headers` into `response`.

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "api/admission.h"
+#include "api/seed_request.h"
 #include "api/token_limits.h"
 #include "chat/conversation_service.h"
 #include "http/router.h"
@@ -27,22 +28,7 @@ struct Dependencies {
 // GET /readyz, GET /metrics.
 void RegisterRoutes(http::Router& router, Dependencies deps);
 
-// Request-body checks of the seed endpoint, as plain functions (tested without a server).
-struct SeedRequest {
-  std::string prompt;
-  std::string user_id;  // empty when the client sent none
-  bool stream = false;  // "stream": true asks for server-sent events
-};
-// Validates Content-Type and body into `parsed`; when invalid, returns the 400/415 answer instead.
-std::optional<http::Response> ParseSeedRequest(const http::Request& request, SeedRequest& parsed);
-
-// Whether a Content-Type value names application/json (parameters such as charset allowed).
-bool IsJsonContentType(std::string_view value);
-
 // A new conversation id: a lower-case RFC 4122 version-4 UUID.
 std::string NewUserId();
-
-// Percent-decodes a path segment; invalid escapes are kept as they are.
-std::string DecodePathSegment(std::string_view segment);
 
 }  // namespace staple::api
