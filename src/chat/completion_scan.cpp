@@ -1,5 +1,6 @@
 #include "chat/completion_scan.h"
 
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "chat/sax_scan.h"
@@ -89,8 +90,11 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
   }
   bool boolean(bool /*value*/) { return Other(); }
   bool number_integer(number_integer_t value) { return Integer(value); }
+  // A count beyond 64-bit signed saturates: cast, it would turn negative and count as nothing.
   bool number_unsigned(number_unsigned_t value) {
-    return Integer(static_cast<std::int64_t>(value));
+    constexpr auto kMax = std::numeric_limits<std::int64_t>::max();
+    return Integer(value > static_cast<number_unsigned_t>(kMax) ? kMax
+                                                                 : static_cast<std::int64_t>(value));
   }
   bool number_float(number_float_t /*value*/, const string_t& /*text*/) { return Other(); }
   bool binary(binary_t& /*value*/) { return Other(); }

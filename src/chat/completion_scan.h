@@ -32,6 +32,7 @@ struct CompletionFields {
   std::string error_text;
 };
 
+// Integers beyond 64-bit signed (an answer can claim any count) saturate at its maximum.
 // Reads `body`; std::nullopt when it is not valid JSON or not a JSON object. When a member
 // appears twice, the last one counts (as in a parsed tree).
 std::optional<CompletionFields> ScanCompletion(std::string_view body);

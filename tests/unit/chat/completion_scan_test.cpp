@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -153,6 +154,18 @@ TEST(ScanCompletionTest, AgreesWithAParsedTree) {
     EXPECT_EQ(fields->model, tree["model"].is_string() ? tree["model"].get<std::string>() : "")
         << body;
   }
+}
+
+// Found by tests/fuzz/completion_scan_fuzz.cpp: a count above 2^63-1 used to wrap to a negative
+// number, which the token limits read as "nothing used".
+TEST(ScanCompletionTest, HugeCountsSaturate) {
+  auto fields = ScanCompletion(
+      R"({"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":9223372036854775808},)"
+      R"("choices":[{"index":9223372036854775807}]})");
+  ASSERT_TRUE(fields.has_value());
+  EXPECT_EQ(fields->prompt_tokens, std::numeric_limits<std::int64_t>::max());
+  EXPECT_EQ(fields->completion_tokens, std::numeric_limits<std::int64_t>::max());
+  EXPECT_EQ(fields->index, std::numeric_limits<std::int64_t>::max());
 }
 
 }  // namespace
