@@ -49,6 +49,43 @@ std::string RawUrlPassword(const std::string& url) {
   return url.substr(colon + 1, at - colon - 1);
 }
 
+// `text` with its valid %XX escapes decoded (as libpq decodes a query parameter's name).
+std::string PercentDecoded(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    unsigned value = 0;
+    if (text[i] == '%' && i + 2 < text.size() &&
+        std::from_chars(text.data() + i + 1, text.data() + i + 3, value, 16).ptr ==
+            text.data() + i + 3) {
+      out += static_cast<char>(value);
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+// The raw values of the URL's `password` query parameters ("…?password=secret&…", the name
+// possibly percent-encoded).
+std::vector<std::string> RawQueryPasswords(const std::string& url) {
+  std::vector<std::string> passwords;
+  const std::size_t query = url.find('?');
+  if (query == std::string::npos) return passwords;
+  std::string_view rest = std::string_view(url).substr(query + 1);
+  while (!rest.empty()) {
+    const std::size_t amp = rest.find('&');
+    const std::string_view pair = rest.substr(0, amp);
+    const std::size_t equals = pair.find('=');
+    if (equals != std::string_view::npos && PercentDecoded(pair.substr(0, equals)) == "password") {
+      passwords.emplace_back(pair.substr(equals + 1));
+    }
+    if (amp == std::string_view::npos) break;
+    rest.remove_prefix(amp + 1);
+  }
+  return passwords;
+}
+
 }  // namespace
 
 // ---- Target ----
@@ -63,10 +100,11 @@ Result<Target> ParseTarget(const std::string& url) {
   if (options == nullptr) {
     std::string reason = parse_error != nullptr ? OneLine(parse_error) : "out of memory";
     PQfreemem(parse_error);
-    // The reason may quote the URL: keep only libpq's wording, with no part of the URL.
-    return MakeError(
-        ErrorKind::kInvalidArgument,
-        "invalid PostgreSQL URL: " + Scrub(Scrub(std::move(reason), url), RawUrlPassword(url)));
+    // The reason may quote the URL or one of its tokens: keep only libpq's wording, with no
+    // password, whether it came before the '@' or as a `password` query parameter.
+    reason = Scrub(Scrub(std::move(reason), url), RawUrlPassword(url));
+    for (const auto& password : RawQueryPasswords(url)) reason = Scrub(std::move(reason), password);
+    return MakeError(ErrorKind::kInvalidArgument, "invalid PostgreSQL URL: " + reason);
   }
   Target target;
   std::string user, host, port, dbname;
