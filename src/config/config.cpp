@@ -53,8 +53,9 @@ Result<std::chrono::milliseconds> ParseSeconds(const char* name, const std::stri
   const auto text = Trim(value);
   double parsed = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), parsed);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || parsed < min ||
-      parsed > max) {
+  // Written so that NaN ("nan" parses) fails the range check too.
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() ||
+      !(parsed >= min && parsed <= max)) {
     return Invalid(name, value, "expected seconds (e.g. 30 or 2.5)");
   }
   return std::chrono::milliseconds(static_cast<std::int64_t>(parsed * 1000));

@@ -104,6 +104,19 @@ TEST(ConfigTest, InvalidValuesNameTheVariable) {
   }
 }
 
+// Found by tests/fuzz/config_fuzz.cpp: "nan" parses as a double and passed the range check, then
+// converting it to milliseconds was undefined behaviour.
+TEST(ConfigTest, SecondsRejectNotANumberAndInfinity) {
+  for (const std::string value : {"nan", "NaN", "-nan", "inf", "-inf", "1e400"}) {
+    for (const std::string name : {"STAPLE_UPSTREAM_TIMEOUT", "STAPLE_SHUTDOWN_TIMEOUT",
+                                   "STAPLE_UPSTREAM_IDLE_TIMEOUT"}) {
+      auto config = Load(EnvOnly({{name, value}}));
+      ASSERT_FALSE(config.ok()) << name << "=" << value << " was accepted";
+      EXPECT_NE(config.error().message.find(name), std::string::npos) << config.error().message;
+    }
+  }
+}
+
 TEST(ConfigTest, SecretsAreMaskedInTheEffectiveConfiguration) {
   auto config = Load(EnvOnly({{"OPENAI_API_KEY", "sk-test-SECRET-1234567890"}}));
   ASSERT_TRUE(config.ok());
