@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# libFuzzer's runtime is packaged per clang version (clang -> clang-14 -> libclang-rt-14-dev).
+# Empty before the first `apt-get update` of a fresh machine; scripts/fuzz.sh then runs this again.
+fuzzer_runtime_package() {
+  local version
+  version=$(apt-cache depends clang 2> /dev/null |
+    sed -n 's/.*Depends: clang-\([0-9][0-9]*\)$/\1/p' | head -n 1)
+  if [ -n "$version" ]; then echo "libclang-rt-$version-dev"; fi
+}
+
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates curl
   libboost-dev libcurl4-openssl-dev libsqlite3-dev sqlite3 nlohmann-json3-dev
@@ -14,6 +23,8 @@ packages=(
 )
 if [ "${STAPLE_SETUP_TEST:-0}" = 1 ]; then
   packages+=(redis-server postgresql nginx-light libnginx-mod-http-echo wrk procps)
+  # scripts/fuzz.sh: clang and libFuzzer's runtime (Debian ships it in libclang-rt-<version>-dev).
+  packages+=(clang $(fuzzer_runtime_package))
   # Node 20 may already come from another source; Debian's nodejs/npm only when there is none.
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)

@@ -29,6 +29,14 @@ if [ "${STAPLE_TEST_SANITIZERS:-0}" = 1 ]; then
       -L 'unit|integration|redis|postgres'
 fi
 
+# Optionally (CI does it) the fuzz targets of tests/fuzz, built with clang in build-fuzz, each for
+# a few seconds over its seed corpus: a regression check for the parsers; long runs are for
+# scripts/fuzz.sh by hand (README: Fuzzing).
+if [ "${STAPLE_TEST_FUZZ:-0}" = 1 ]; then
+  echo "test: fuzz targets (build-fuzz)"
+  scripts/fuzz.sh "${STAPLE_TEST_FUZZ_SECONDS:-10}"
+fi
+
 # The micro benchmarks only have to run (timing belongs in bench/, not in tests).
 micro_bench=$(find build -maxdepth 2 -name staple_micro_bench -type f | head -n 1)
 if [ -n "$micro_bench" ]; then
