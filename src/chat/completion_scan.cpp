@@ -94,7 +94,7 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
   bool number_unsigned(number_unsigned_t value) {
     constexpr auto kMax = std::numeric_limits<std::int64_t>::max();
     return Integer(value > static_cast<number_unsigned_t>(kMax) ? kMax
-                                                                 : static_cast<std::int64_t>(value));
+                                                                : static_cast<std::int64_t>(value));
   }
   bool number_float(number_float_t /*value*/, const string_t& /*text*/) { return Other(); }
   bool binary(binary_t& /*value*/) { return Other(); }
