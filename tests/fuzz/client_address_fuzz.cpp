@@ -1,5 +1,6 @@
 // X-Forwarded-For against the trusted-proxy list, and the Host check. Input lines: the trusted
 // proxies (comma-separated, as STAPLE_TRUSTED_PROXIES), the TCP peer, X-Forwarded-For, Host.
+#include <boost/asio/ip/network_v6.hpp>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,29 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       while (i > 1 && proxies.Contains(hops[i - 1])) --i;
       FUZZ_CHECK(client == hops[i - 1]);
     }
+  }
+
+  // The limits' identity of the client: a canonical address or IPv6 network, stable when applied
+  // again; anything else unchanged.
+  const int prefix = 1 + static_cast<int>(size % 128);
+  const std::string key = staple::api::ClientKey(client, prefix);
+  boost::system::error_code ec;
+  const auto address = staple::net::ip::make_address(client, ec);
+  if (ec) {
+    FUZZ_CHECK(key == client);
+  } else if (address.is_v4() || address.to_v6().is_v4_mapped() || prefix == 128) {
+    FUZZ_CHECK(staple::api::ClientKey(key, prefix) == key);
+    staple::net::ip::make_address(key, ec);
+    FUZZ_CHECK(!ec);
+  } else {
+    const auto network = staple::net::ip::make_network_v6(key, ec);
+    FUZZ_CHECK(!ec);
+    FUZZ_CHECK(network.prefix_length() == prefix);
+    FUZZ_CHECK(network.network().to_string() + "/" + std::to_string(prefix) == key);
+    // The client's address (without its scope id) lies in that network.
+    const staple::net::ip::network_v6 single(
+        staple::net::ip::address_v6(address.to_v6().to_bytes()), 128);
+    FUZZ_CHECK(single.is_subnet_of(network));
   }
 
   // The Host check ignores case and the port.
