@@ -10,8 +10,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::size_t kMaxUserIdLength = 256;
-
 }  // namespace
 
 bool IsJsonContentType(std::string_view value) {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -7,6 +8,9 @@
 #include "http/message.h"
 
 namespace staple::api {
+
+// The longest conversation id accepted, in the body or in a path.
+inline constexpr std::size_t kMaxUserIdLength = 256;
 
 // Request-body checks of the seed endpoint, as plain functions (tested without a server, and
 // fuzzed by tests/fuzz/seed_request_fuzz.cpp).

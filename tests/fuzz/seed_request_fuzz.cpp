@@ -27,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(tree.is_object());
   FUZZ_CHECK(tree["prompt"].is_string() && tree["prompt"].get<std::string>() == parsed.prompt);
   FUZZ_CHECK(!parsed.prompt.empty());
-  FUZZ_CHECK(parsed.user_id.size() <= 256);
+  FUZZ_CHECK(parsed.user_id.size() <= staple::api::kMaxUserIdLength);
   const auto stream = tree.find("stream");
   FUZZ_CHECK(parsed.stream ==
              (stream != tree.end() && stream->is_boolean() && stream->get<bool>()));
