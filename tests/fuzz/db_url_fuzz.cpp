@@ -119,7 +119,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (message.rfind(kPrefix, 0) == 0) {
         const std::string reason = message.substr(kPrefix.size());
         for (const auto& password : RawPasswords(url)) {
-          if (password.size() >= 4) FUZZ_CHECK(reason.find(password) == std::string::npos);
+          // Scrubbing writes "***": with several passwords, one holding '*' can be formed again
+          // by the scrubbing of another, so those are left out.
+          if (password.size() >= 4 && password.find('*') == std::string::npos) {
+            FUZZ_CHECK(reason.find(password) == std::string::npos);
+          }
         }
       }
     }
