@@ -96,7 +96,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       FUZZ_CHECK(target->keywords.size() == target->values.size());
       // The description shows user, host, port and database only: the password appears in it
       // only when one of those happens to contain it.
-      std::string shown;
+      std::string shown = "localhost\n";  // the host shown when none is given
       for (std::size_t i = 0; i < target->keywords.size(); ++i) {
         const auto& keyword = target->keywords[i];
         if (keyword == "user" || keyword == "host" || keyword == "hostaddr" || keyword == "port" ||
