@@ -108,8 +108,8 @@ TEST(ConfigTest, InvalidValuesNameTheVariable) {
 // converting it to milliseconds was undefined behaviour.
 TEST(ConfigTest, SecondsRejectNotANumberAndInfinity) {
   for (const std::string value : {"nan", "NaN", "-nan", "inf", "-inf", "1e400"}) {
-    for (const std::string name : {"STAPLE_UPSTREAM_TIMEOUT", "STAPLE_SHUTDOWN_TIMEOUT",
-                                   "STAPLE_UPSTREAM_IDLE_TIMEOUT"}) {
+    for (const std::string name :
+         {"STAPLE_UPSTREAM_TIMEOUT", "STAPLE_SHUTDOWN_TIMEOUT", "STAPLE_UPSTREAM_IDLE_TIMEOUT"}) {
       auto config = Load(EnvOnly({{name, value}}));
       ASSERT_FALSE(config.ok()) << name << "=" << value << " was accepted";
       EXPECT_NE(config.error().message.find(name), std::string::npos) << config.error().message;
