@@ -1,8 +1,6 @@
 #include "api/client_address.h"
 
 #include <algorithm>
-#include <boost/asio/ip/network_v4.hpp>
-#include <boost/asio/ip/network_v6.hpp>
 #include <cctype>
 
 namespace staple::api {
@@ -16,48 +14,6 @@ std::string Trim(std::string_view text) {
 }
 
 }  // namespace
-
-TrustedProxies::TrustedProxies(const std::vector<std::string>& entries) {
-  for (const auto& entry : entries) {
-    boost::system::error_code ec;
-    std::string text = entry;
-    if (text.find('/') == std::string::npos) {
-      const auto address = net::ip::make_address(text, ec);
-      if (ec) continue;
-      text += address.is_v4() ? "/32" : "/128";
-    }
-    auto v4 = net::ip::make_network_v4(text, ec);
-    if (!ec) {
-      networks_v4_.push_back(v4);
-      continue;
-    }
-    ec.clear();
-    auto v6 = net::ip::make_network_v6(text, ec);
-    if (!ec) networks_v6_.push_back(v6);
-  }
-}
-
-bool TrustedProxies::Contains(std::string_view address) const {
-  if (networks_v4_.empty() && networks_v6_.empty()) return false;
-  boost::system::error_code ec;
-  auto parsed = net::ip::make_address(std::string(address), ec);
-  if (ec) return false;
-  if (parsed.is_v6() && parsed.to_v6().is_v4_mapped()) {
-    parsed = net::ip::make_address_v4(net::ip::v4_mapped, parsed.to_v6());
-  }
-  if (parsed.is_v4()) {
-    const auto host = net::ip::network_v4(parsed.to_v4(), 32);
-    for (const auto& network : networks_v4_) {
-      if (host == network || host.is_subnet_of(network)) return true;
-    }
-  } else {
-    const auto host = net::ip::network_v6(parsed.to_v6(), 128);
-    for (const auto& network : networks_v6_) {
-      if (host == network || host.is_subnet_of(network)) return true;
-    }
-  }
-  return false;
-}
 
 std::string ClientAddress(const std::string& peer, std::optional<std::string_view> forwarded_for,
                           const TrustedProxies& proxies) {

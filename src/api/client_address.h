@@ -5,30 +5,14 @@
 #include <string_view>
 #include <vector>
 
+#include "common/ip_networks.h"
 #include "common/net.h"
 #include "http/message.h"
 
 namespace staple::api {
 
-// The proxies whose X-Forwarded-For is believed: IP addresses and CIDR networks, v4 and v6.
-// Constant after construction; thread-safe.
-class TrustedProxies {
- public:
-  TrustedProxies() = default;
-  // Entries that are neither an address nor a network are skipped (the configuration has
-  // refused them already).
-  explicit TrustedProxies(const std::vector<std::string>& entries);
-
-  // Whether `address` (an IPv4 or IPv6 address; an IPv4-mapped IPv6 address counts as its IPv4
-  // address) lies in one of the networks. False for anything that is not an address.
-  bool Contains(std::string_view address) const;
-
-  std::size_t size() const { return networks_v4_.size() + networks_v6_.size(); }
-
- private:
-  std::vector<net::ip::network_v4> networks_v4_;
-  std::vector<net::ip::network_v6> networks_v6_;
-};
+// The proxies whose X-Forwarded-For is believed (common/ip_networks.h).
+using TrustedProxies = IpNetworks;
 
 // The client's address: `peer` (the TCP peer), or, when the peer is a trusted proxy, the nearest
 // untrusted address of `forwarded_for` (the X-Forwarded-For value, read right to left; empty

@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <boost/asio/ip/network_v4.hpp>
-#include <boost/asio/ip/network_v6.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cmath>
@@ -168,50 +166,6 @@ void CopyHeaders(const Response& response, const Request& request, Message& mess
 
 }  // namespace
 
-// The networks whose peers have no share (ServerOptions::unshared_peers).
-struct Server::Networks {
-  std::vector<net::ip::network_v4> v4;
-  std::vector<net::ip::network_v6> v6;
-
-  explicit Networks(const std::vector<std::string>& entries) {
-    for (const auto& entry : entries) {
-      boost::system::error_code ec;
-      std::string text = entry;
-      if (text.find('/') == std::string::npos) {
-        const auto address = net::ip::make_address(text, ec);
-        if (ec) continue;
-        text += address.is_v4() ? "/32" : "/128";
-      }
-      const auto network_v4 = net::ip::make_network_v4(text, ec);
-      if (!ec) {
-        v4.push_back(network_v4);
-        continue;
-      }
-      ec.clear();
-      const auto network_v6 = net::ip::make_network_v6(text, ec);
-      if (!ec) v6.push_back(network_v6);
-    }
-  }
-
-  // `peer` is a PeerKey.
-  bool Contains(const std::string& peer) const {
-    if (v4.empty() && v6.empty()) return false;
-    boost::system::error_code ec;
-    const auto address = net::ip::make_address(peer, ec);
-    if (ec) return false;
-    if (address.is_v4()) {
-      const net::ip::network_v4 host(address.to_v4(), 32);
-      return std::any_of(v4.begin(), v4.end(), [&](const auto& network) {
-        return host == network || host.is_subnet_of(network);
-      });
-    }
-    const net::ip::network_v6 host(address.to_v6(), 128);
-    return std::any_of(v6.begin(), v6.end(), [&](const auto& network) {
-      return host == network || host.is_subnet_of(network);
-    });
-  }
-};
-
 // One open connection. Touched only on its worker's thread.
 struct Server::Session {
   tcp::socket* socket = nullptr;
@@ -307,7 +261,7 @@ Server::Server(ServerOptions options, const Router& router, observe::Metrics& me
     : options_(std::move(options)),
       router_(router),
       metrics_(metrics),
-      unshared_(std::make_unique<Networks>(options_.unshared_peers)) {}
+      unshared_(options_.unshared_peers) {}
 
 Server::~Server() {
   for (auto& worker : workers_) {
@@ -425,7 +379,7 @@ Server::Refusal Server::Reserve(const std::string& peer) {
   const auto found = peer_connections_.find(peer);
   const std::size_t held = found == peer_connections_.end() ? 0 : found->second;
   if (options_.max_connections_per_peer > 0 && held >= options_.max_connections_per_peer &&
-      !unshared_->Contains(peer)) {
+      !unshared_.Contains(peer)) {
     return Refusal::kPeer;
   }
   const int open = sessions_.load(std::memory_order_relaxed);

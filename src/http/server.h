@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/ip_networks.h"
 #include "common/net.h"
 #include "common/result.h"
 #include "http/router.h"
@@ -132,8 +133,7 @@ class Server {
   // open connection have an entry).
   std::mutex slots_mutex_;
   std::unordered_map<std::string, std::size_t> peer_connections_;  // guarded by slots_mutex_
-  struct Networks;
-  std::unique_ptr<const Networks> unshared_;  // constant after construction
+  const IpNetworks unshared_;  // peers without a share (ServerOptions::unshared_peers)
 
   std::atomic<int> lingering_{0};  // refused connections being drained (Refuse)
 
