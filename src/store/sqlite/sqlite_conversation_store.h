@@ -42,10 +42,10 @@ class SqliteBackend;
 // is not a database, or cannot be migrated.
 //
 // Threads: the writer thread owns the read-write connection and commits queued AppendTurn,
-// DeleteMessages and DeleteOlderThan operations in groups of up to `max_batch` per transaction, in the order they were
-// accepted; `reader_threads` threads own read-only connections and serve RecentMessages,
-// ListMessages and Ping. The writer's connection closes last, so that SQLite checkpoints the WAL
-// into the main file.
+// DeleteMessages and DeleteOlderThan operations in groups of up to `max_batch` per transaction, in
+// the order they were accepted; `reader_threads` threads own read-only connections and serve
+// RecentMessages, ListMessages and Ping. The writer's connection closes last, so that SQLite
+// checkpoints the WAL into the main file.
 //
 // RecentMessages serves a conversation's newest rows from a HistoryCache when the (user_id, id)
 // index shows that the cached rows are still exactly the stored ones, else from the table;
