@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -25,6 +26,8 @@ struct StoredMessage {
   std::optional<std::int64_t> latency_ms;
 };
 
+struct ResponseRecord;  // below
+
 // One completed exchange: the user's prompt and the assistant's answer. Stored as two rows
 // (role "user" then "assistant") in one transaction.
 struct Turn {
@@ -39,6 +42,9 @@ struct Turn {
   std::optional<std::int64_t> prompt_tokens;      // as the upstream reported, on the assistant row
   std::optional<std::int64_t> completion_tokens;  // as the upstream reported, on the assistant row
   std::int64_t latency_ms = 0;                    // upstream latency, on the assistant row
+  // A Responses API turn that is stored (`store: true`): its response and items are written in
+  // the same transaction as the two rows above. Null for every other turn.
+  std::shared_ptr<const ResponseRecord> response;
 };
 
 struct MessagePage {
@@ -51,6 +57,66 @@ struct RetentionBatch {
   std::int64_t deleted = 0;     // messages deleted
   std::int64_t free_pages = 0;  // unused pages the file still holds afterwards (SQLite); 0 when the
                                 // back end reclaims space by itself (PostgreSQL's autovacuum)
+};
+
+// --- The Responses and Conversations APIs' state (schema version 3) ---
+//
+// Items are JSON objects exactly as the Responses API shows them (their "id" included): input
+// and output items of responses, and the items of conversations. Every stored item gets a
+// store-wide sequence number that grows with insertion order; "oldest first" means by it.
+
+// An item to store: its id (the item's "id") and the item object's JSON.
+struct ItemToStore {
+  std::string id;
+  std::string json;
+};
+
+// A stored item.
+struct StoredItem {
+  std::int64_t seq = 0;     // store-assigned, grows with insertion order
+  std::string id;           // the item's "id"
+  std::string response_id;  // the response it is input or output of; "" when it was added to a
+                            // conversation directly
+  bool output = false;      // one of its response's output items (else an input item)
+  std::string json;         // the item object
+};
+
+// A stored response: what GET /v1/responses/{id} answers.
+struct StoredResponse {
+  std::string id;                    // "resp_…"
+  std::string conversation_id;       // "" when the response is not in a conversation
+  std::string previous_response_id;  // "" when it continues none
+  std::int64_t created_at = 0;       // Unix seconds
+  std::string json;                  // the response object
+};
+
+// What a stored Responses API turn writes besides its two message rows (Turn::response), in the
+// same transaction. When response.conversation_id is set, the input and output items are
+// appended to that conversation too (in that order).
+struct ResponseRecord {
+  StoredResponse response;
+  std::vector<ItemToStore> input;
+  std::vector<ItemToStore> output;
+};
+
+struct StoredConversation {
+  std::string id;  // "conv_…"
+  std::int64_t created_at = 0;  // Unix seconds
+  std::string metadata_json = "{}";  // a JSON object
+};
+
+enum class ItemOrder { kAscending, kDescending };
+
+// One page of a listing, in the order asked for.
+struct ItemPage {
+  std::vector<StoredItem> items;
+  bool has_more = false;  // more items follow the last one returned, in that order
+};
+
+// The most recent items of a context (a response chain or a conversation), oldest first.
+struct ItemWindow {
+  std::vector<StoredItem> items;
+  bool has_more = false;  // older items exist beyond those returned (max_items cut them)
 };
 
 // Formats a time point as the `timestamp` column does: UTC "YYYY-MM-DD HH:MM:SS.ffffff".
@@ -109,6 +175,77 @@ class ConversationStore {
   // as DeleteMessages.
   virtual net::awaitable<Result<RetentionBatch>> DeleteOlderThan(
       std::chrono::system_clock::time_point cutoff, std::size_t max_rows) = 0;
+
+  // --- Responses (an owner only ever sees its own; another owner's id is "not found") ---
+
+  // The response `id` of `owner`, std::nullopt when there is none.
+  virtual net::awaitable<Result<std::optional<StoredResponse>>> GetResponse(std::string owner,
+                                                                            std::string id) = 0;
+
+  // The context of a response that continues response `id` (previous_response_id): the items of
+  // the chain that ends with `id` — each response's input then output items, from the first
+  // response of the chain (followed through previous_response_id) to `id` — the most recent
+  // `max_items` of them (0 = all), oldest first. Read with one query whatever the chain's length.
+  // A response deleted from the middle of a chain ends it there. std::nullopt when `id` is not a
+  // response of `owner`.
+  virtual net::awaitable<Result<std::optional<ItemWindow>>> ResponseChain(
+      std::string owner, std::string id, std::size_t max_items) = 0;
+
+  // Up to `limit` input items (or output items) of response `id` in `order`, starting after the
+  // item whose id is `after` ("" = from the start). std::nullopt when there is no such response;
+  // kNotFound when `after` is not one of its items.
+  virtual net::awaitable<Result<std::optional<ItemPage>>> ListResponseItems(
+      std::string owner, std::string id, bool output, std::string after, std::size_t limit,
+      ItemOrder order) = 0;
+
+  // Deletes response `id` and those of its items that are in no conversation. Returns whether it
+  // existed. Durable on return.
+  virtual net::awaitable<Result<bool>> DeleteResponse(std::string owner, std::string id) = 0;
+
+  // --- Conversations ---
+
+  // Stores a new conversation with its initial items (in order), in one transaction. Durable on
+  // return.
+  virtual net::awaitable<Status> CreateConversation(std::string owner,
+                                                    StoredConversation conversation,
+                                                    std::vector<ItemToStore> items) = 0;
+
+  // The conversation `id` of `owner`, std::nullopt when there is none.
+  virtual net::awaitable<Result<std::optional<StoredConversation>>> GetConversation(
+      std::string owner, std::string id) = 0;
+
+  // Replaces the conversation's metadata; returns it as updated, std::nullopt when there is none.
+  virtual net::awaitable<Result<std::optional<StoredConversation>>> UpdateConversation(
+      std::string owner, std::string id, std::string metadata_json) = 0;
+
+  // Deletes the conversation and its items (its responses stay). Returns whether it existed.
+  virtual net::awaitable<Result<bool>> DeleteConversation(std::string owner, std::string id) = 0;
+
+  // Appends items (in order) to the conversation; returns them as stored, std::nullopt when there
+  // is no such conversation. Durable on return.
+  virtual net::awaitable<Result<std::optional<std::vector<StoredItem>>>> AppendConversationItems(
+      std::string owner, std::string id, std::vector<ItemToStore> items) = 0;
+
+  // The most recent `max_items` items of the conversation (0 = all), oldest first; std::nullopt
+  // when there is no such conversation.
+  virtual net::awaitable<Result<std::optional<ItemWindow>>> ConversationItems(
+      std::string owner, std::string id, std::size_t max_items) = 0;
+
+  // Up to `limit` items of the conversation in `order`, after the item whose id is `after` (""
+  // = from the start). std::nullopt when there is no such conversation; kNotFound when `after` is
+  // not one of its items.
+  virtual net::awaitable<Result<std::optional<ItemPage>>> ListConversationItems(
+      std::string owner, std::string id, std::string after, std::size_t limit,
+      ItemOrder order) = 0;
+
+  // The item `item_id` of the conversation, std::nullopt when the conversation or the item does
+  // not exist.
+  virtual net::awaitable<Result<std::optional<StoredItem>>> GetConversationItem(
+      std::string owner, std::string id, std::string item_id) = 0;
+
+  // Removes the item from the conversation. Returns whether it was there. Durable on return.
+  virtual net::awaitable<Result<bool>> DeleteConversationItem(std::string owner, std::string id,
+                                                              std::string item_id) = 0;
 
   // Whether the database answers reads and accepts writes (for /readyz). Writes are judged by the
   // last commit when it is recent, else by a write probe (one tiny write transaction, run at most

@@ -1,0 +1,194 @@
+#pragma once
+
+// The Responses API on a Chat Completions upstream: plain functions and one translator, no I/O.
+// api/responses_handlers.cpp runs them around the turn pipeline (chat/turn.h).
+//
+//   request  ParseResponsesRequest: the client's POST /v1/responses body, validated; every field
+//            it does not support is refused (a 400 naming it), never dropped
+//   context  the stored items (a previous_response_id chain or a conversation), ContextStart
+//            for the history window (truncation)
+//   upstream BuildChatBody: instructions, context items and input items as chat messages, tools,
+//            tool_choice, text.format → response_format, max_output_tokens…
+//   answer   ReadChatCompletion (a whole answer) or ResponseEventStream (a streamed one) give the
+//            output items, status and usage; ResponseObject the response the client gets
+
+#include <cstddef>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "chat/context_window.h"
+#include "chat/token_gate.h"
+#include "common/result.h"
+
+namespace staple::chat::responses {
+
+using Json = nlohmann::ordered_json;
+
+// A 400 for the client, in OpenAI's shape {"error": {"message", "type": "invalid_request_error",
+// "param", "code"}}.
+struct RequestError {
+  std::string message;
+  std::string param;  // the offending field, e.g. "input[2].type"; "" when none
+  std::string code;   // e.g. "unsupported_parameter"; "" for null
+};
+
+// A new id: `prefix` ("resp", "msg", "fc", "conv", …), "_", then 48 lower-case hex digits from a
+// cryptographically secure source (ids are not guessable).
+std::string NewId(std::string_view prefix);
+
+// Normalizes client-given items (POST /v1/responses `input`, POST /v1/conversations `items`,
+// POST /v1/conversations/{id}/items `items`) into the items that are stored and shown:
+//   - a message: {"type": "message", "id", "role", "content": [parts], "status": "completed"};
+//     `content` given as a string becomes [{"type": "input_text", "text"}] (for an assistant,
+//     [{"type": "output_text", "text", "annotations": []}]); roles user, assistant, system,
+//     developer; parts input_text (user/system/developer), output_text and refusal (assistant);
+//   - {"type": "function_call", "id", "call_id", "name", "arguments", "status": "completed"};
+//   - {"type": "function_call_output", "id", "call_id", "output", "status": "completed"}
+//     (`output` a string, or a list of input_text parts whose texts are joined);
+// keeping a client's "id" and giving items without one a new id ("msg", "fc", "fco"). Anything
+// else (other item types such as item_reference or reasoning, other part types such as
+// input_image, missing or mistyped fields) is a RequestError naming the field as
+// `param_prefix` + "[i]…", e.g. "input[1].content[0].type".
+std::optional<RequestError> NormalizeItems(const Json& items, std::string_view param_prefix,
+                                           Json& normalized);
+
+// A validated POST /v1/responses request.
+struct ResponsesRequest {
+  std::string model;
+  Json input = Json::array();  // normalized items (NormalizeItems); a string input is one user
+                               // message
+  std::optional<std::string> instructions;
+  std::string previous_response_id;  // "" for none
+  std::string conversation_id;       // "" for none; {"id": …} and a plain string are accepted
+  bool store = true;
+  bool stream = false;
+  Json tools = Json::array();  // as given: function tools only
+  Json tool_choice = "auto";   // as given: "auto" | "none" | "required" | {"type": "function",
+                               // "name"}
+  std::optional<bool> parallel_tool_calls;
+  std::optional<std::int64_t> max_output_tokens;
+  std::optional<double> temperature;
+  std::optional<double> top_p;
+  Json metadata = Json::object();  // at most 16 string values
+  Json text = {{"format", {{"type", "text"}}}};  // as given
+  bool truncation_auto = false;                  // "auto"; "disabled" is the default
+  std::string user;                              // "" for none
+  // The text of the last user message of `input` ("" when there is none): the prompt the turn
+  // log stores.
+  std::string prompt_text;
+};
+
+// Parses and validates a request body. Accepted and ignored when null or empty: `include` (an
+// empty list), `reasoning` (null or {}), `service_tier` ("auto" or "default"), `background`
+// (false), `stream_options`. Every other field not listed in ResponsesRequest, and every listed
+// field of the wrong type or value, is a RequestError with `param` set (code
+// "unsupported_parameter" for a field Staple does not support). Both previous_response_id and
+// conversation → a RequestError. A body that is not a JSON object → a RequestError without param.
+std::optional<RequestError> ParseResponsesRequest(std::string_view body, ResponsesRequest& parsed);
+
+// How much of `context` (stored items, oldest first) goes upstream before the new input: the
+// index of the first item kept. The most recent whole turns (a turn starts at a user message
+// item) that fit `limits` together with the new input: at most limits.max_messages items and
+// limits.max_chars characters of text (context and input counted together; 0 = no limit; the new
+// input always goes, whatever it costs). `fits` is set to whether nothing had to be dropped.
+std::size_t ContextStart(std::span<const Json> context, const Json& input,
+                         const WindowLimits& limits, bool& fits);
+
+// The upstream's /chat/completions body: `model`; `messages` = instructions as a "system"
+// message first, then the context items from `context_start`, then the input items (a message →
+// a chat message with its text; consecutive function_call items → one assistant message with
+// `tool_calls` (joined to a directly preceding assistant message); a function_call_output → a
+// "tool" message); `tools` (as chat tools: {"type": "function", "function": {name, description,
+// parameters, strict}}), `tool_choice`, `parallel_tool_calls`, `max_tokens` (from
+// max_output_tokens), `temperature`, `top_p`, `user`, `response_format` (from text.format:
+// json_schema → {"type": "json_schema", "json_schema": {name, schema, strict, description}},
+// json_object → {"type": "json_object"}, text → none); with `stream`, "stream": true and
+// "stream_options": {"include_usage": true}. `estimate` receives the prompt estimate
+// (EstimatePromptTokens of the messages) and max_output_tokens.
+std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json> context,
+                          std::size_t context_start, bool stream, TokenEstimate& estimate);
+
+// What the upstream answered, as the Responses API shows it.
+struct ResponseOutput {
+  Json output = Json::array();  // items: a "message" with one output_text part (when the answer
+                                // has text, or has neither text nor tool calls), then a
+                                // "function_call" per tool call, each with a new id
+  std::string status = "completed";  // "incomplete" when finish_reason was "length" or
+                                     // "content_filter"
+  Json incomplete_details = nullptr;  // {"reason": "max_output_tokens" | "content_filter"}
+  std::string model;                  // the upstream's `model`, "" when absent
+  std::string text;                   // the output text (for the turn log)
+  std::optional<std::int64_t> input_tokens;   // usage.prompt_tokens
+  std::optional<std::int64_t> output_tokens;  // usage.completion_tokens
+};
+
+// A whole chat.completion body. Errors: kUpstream when it is not one (not JSON, no choices…).
+Result<ResponseOutput> ReadChatCompletion(std::string_view body);
+
+// The response object: id, "object": "response", created_at, status, error (null),
+// incomplete_details, instructions, max_output_tokens, model (the output's model, else the
+// request's), output, parallel_tool_calls, previous_response_id, conversation ({"id"} or null),
+// reasoning {"effort": null, "summary": null}, store, temperature, text, tool_choice, tools,
+// top_p, truncation, usage ({input_tokens, input_tokens_details: {cached_tokens: 0},
+// output_tokens, output_tokens_details: {reasoning_tokens: 0}, total_tokens}; null when the
+// upstream reported none), user, metadata. `output` null: status "in_progress" and no output
+// (the first events of a stream).
+Json ResponseObject(const ResponsesRequest& request, std::string_view id, std::int64_t created_at,
+                    const ResponseOutput* output);
+
+// The Responses event stream of a streamed answer, made from the upstream's chat.completion.chunk
+// events. Each call returns SSE text: for each event "event: <type>\ndata: <json>\n\n", the json
+// carrying "type" and a "sequence_number" that counts from 0 across the whole stream.
+class ResponseEventStream {
+ public:
+  ResponseEventStream(ResponsesRequest request, std::string id, std::int64_t created_at);
+
+  // response.created and response.in_progress.
+  std::string Start();
+
+  // One upstream event's data (a chat.completion.chunk's JSON; the caller skips "[DONE]"):
+  // response.output_item.added / response.content_part.added before the first text of the
+  // message, response.output_text.delta per text delta, response.output_item.added and
+  // response.function_call_arguments.delta for tool calls (by their `index`), usage and model
+  // remembered. Errors: kUpstream for data that is not a chunk.
+  Result<std::string> Add(std::string_view chunk_data);
+
+  // The answer ended whole: response.output_text.done, response.content_part.done,
+  // response.function_call_arguments.done and response.output_item.done for what is open. After
+  // it output() is final.
+  std::string Finish();
+
+  // The output so far (final after Finish).
+  const ResponseOutput& output() const { return output_; }
+
+  // response.completed with the whole response object (call after Finish, once it is stored).
+  std::string Completed();
+
+  // response.failed: the response object with status "failed" and error {code, message}
+  // (code "server_error", or "timeout" for kTimeout).
+  std::string Failed(const Error& error);
+
+ private:
+  std::string Event(std::string_view type, Json payload);
+
+  ResponsesRequest request_;
+  std::string id_;
+  std::int64_t created_at_;
+  std::int64_t sequence_ = 0;
+  ResponseOutput output_;
+  // Translation state, the implementation's own.
+  std::optional<std::size_t> message_index_;  // index in output_.output of the open message
+  struct OpenCall {
+    int upstream_index = 0;
+    std::size_t output_index = 0;
+  };
+  std::vector<OpenCall> calls_;
+  bool finished_ = false;
+};
+
+}  // namespace staple::chat::responses
