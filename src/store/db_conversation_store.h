@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,35 @@ class DbConversationStore final : public ConversationStore {
                                                       std::string user_id) override;
   net::awaitable<Result<RetentionBatch>> DeleteOlderThan(
       std::chrono::system_clock::time_point cutoff, std::size_t max_rows) override;
+  net::awaitable<Result<std::optional<StoredResponse>>> GetResponse(std::string owner,
+                                                                    std::string id) override;
+  net::awaitable<Result<std::optional<ItemWindow>>> ResponseChain(std::string owner,
+                                                                  std::string id,
+                                                                  std::size_t max_items) override;
+  net::awaitable<Result<std::optional<ItemPage>>> ListResponseItems(std::string owner,
+                                                                    std::string id, bool output,
+                                                                    std::string after,
+                                                                    std::size_t limit,
+                                                                    ItemOrder order) override;
+  net::awaitable<Result<bool>> DeleteResponse(std::string owner, std::string id) override;
+  net::awaitable<Status> CreateConversation(std::string owner, StoredConversation conversation,
+                                            std::vector<ItemToStore> items) override;
+  net::awaitable<Result<std::optional<StoredConversation>>> GetConversation(
+      std::string owner, std::string id) override;
+  net::awaitable<Result<std::optional<StoredConversation>>> UpdateConversation(
+      std::string owner, std::string id, std::string metadata_json) override;
+  net::awaitable<Result<bool>> DeleteConversation(std::string owner, std::string id) override;
+  net::awaitable<Result<std::optional<std::vector<StoredItem>>>> AppendConversationItems(
+      std::string owner, std::string id, std::vector<ItemToStore> items) override;
+  net::awaitable<Result<std::optional<ItemWindow>>> ConversationItems(
+      std::string owner, std::string id, std::size_t max_items) override;
+  net::awaitable<Result<std::optional<ItemPage>>> ListConversationItems(
+      std::string owner, std::string id, std::string after, std::size_t limit,
+      ItemOrder order) override;
+  net::awaitable<Result<std::optional<StoredItem>>> GetConversationItem(
+      std::string owner, std::string id, std::string item_id) override;
+  net::awaitable<Result<bool>> DeleteConversationItem(std::string owner, std::string id,
+                                                      std::string item_id) override;
   net::awaitable<Status> Ping() override;
   Status WriteHealth() const override;
   std::size_t PendingWrites() const override;

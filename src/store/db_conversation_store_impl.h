@@ -4,6 +4,7 @@
 // Backend, includes this file and instantiates the template explicitly.
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -30,6 +31,66 @@ struct BackendTypes {
   using Writer = WriterT;
   using Reader = ReaderT;
   using WriteOp = WriteOpT;
+};
+
+// One write of the Responses and Conversations state (a stored response itself rides on its
+// turn: Turn::response, written by AppendOp's batch). Built by DbConversationStore, text already
+// storable.
+struct StateChange {
+  enum class Kind {
+    kDeleteResponse,      // id: the response; also its items that are in no conversation
+    kCreateConversation,  // conversation, items (in order)
+    kUpdateConversation,  // id, conversation.metadata_json
+    kDeleteConversation,  // id; also its items
+    kAppendItems,         // id: the conversation; items (in order)
+    kDeleteItem,          // id: the conversation; item_id
+  };
+  Kind kind = Kind::kDeleteResponse;
+  std::string owner;
+  std::string id;
+  std::string item_id;
+  StoredConversation conversation;
+  std::vector<ItemToStore> items;
+};
+
+// What a StateChange did, once committed.
+struct StateOutcome {
+  bool found = false;  // the response, conversation or item existed (every kind but create)
+  std::optional<StoredConversation> conversation;  // kUpdateConversation: as updated
+  std::vector<StoredItem> items;                   // kAppendItems: as stored
+};
+
+// One read of the Responses and Conversations state.
+struct StateQuery {
+  enum class Kind {
+    kResponse,           // id → response
+    kResponseChain,      // id, max_items → window (ConversationStore::ResponseChain)
+    kResponseItems,      // id, output, after, limit, order → page
+    kConversation,       // id → conversation
+    kConversationItems,  // id, max_items → window
+    kConversationPage,   // id, after, limit, order → page
+    kConversationItem,   // id, item_id → item
+  };
+  Kind kind = Kind::kResponse;
+  std::string owner;
+  std::string id;
+  std::string item_id;
+  std::string after;  // an item id, "" = from the start
+  bool output = false;
+  std::size_t max_items = 0;
+  std::size_t limit = 0;
+  ItemOrder order = ItemOrder::kDescending;
+};
+
+// What a StateQuery found. `found`: the response or conversation named by the query exists for
+// its owner (for kConversationItem: the item too); the other members only then.
+struct StateAnswer {
+  bool found = false;
+  std::optional<StoredResponse> response;
+  std::optional<StoredConversation> conversation;
+  ItemWindow window;
+  ItemPage page;
+  std::optional<StoredItem> item;
 };
 
 // A Backend provides:
@@ -60,6 +121,11 @@ struct BackendTypes {
 //   Result<MessagePage> List(Reader&, Deadline, const std::string& owner,
 //                            const std::string& user_id, std::int64_t after_id,
 //                            std::size_t limit)
+//   WriteOp StateOp(StateChange)
+//   Result<StateOutcome> StateChanged(const Status& committed, WriteOp&)
+//                         a write of the Responses/Conversations state and its result
+//   Result<StateAnswer> QueryState(Reader&, Deadline, const StateQuery&)
+//                         a read of it: kNotFound when `after` is not an item of the listing
 //   Status Ping(Reader&, Deadline)
 //                         the reads, on a reader thread, within the deadline
 // The members other than Open and RunBatch are called concurrently from several threads.
@@ -169,6 +235,250 @@ net::awaitable<Result<MessagePage>> DbConversationStore<Backend, Options>::ListM
     return backend->List(reader, deadline, owner, user_id, after_id, limit);
   };
   return state_->workers->template Read<Result<MessagePage>>(std::move(query));
+}
+
+// ---- The Responses and Conversations state: each call is one StateChange or StateQuery ----
+
+// Runs `change` as one write and returns its outcome.
+template <typename Backend, typename Options>
+net::awaitable<Result<StateOutcome>> ChangeState(DbWorkers<typename Backend::Writer,
+                                                           typename Backend::Reader,
+                                                           typename Backend::WriteOp>& workers,
+                                                 Backend* backend, StateChange change) {
+  change.owner = ToStorableText(change.owner);
+  change.id = ToStorableText(change.id);
+  change.item_id = ToStorableText(change.item_id);
+  change.conversation.metadata_json = ToStorableText(change.conversation.metadata_json);
+  for (ItemToStore& item : change.items) {
+    item.id = ToStorableText(item.id);
+    item.json = ToStorableText(item.json);
+  }
+  auto finish = [backend](const Status& committed, typename Backend::WriteOp& op) {
+    return backend->StateChanged(committed, op);
+  };
+  return workers.template Write<Result<StateOutcome>>(backend->StateOp(std::move(change)),
+                                                      std::move(finish));
+}
+
+// Runs `query` as one read.
+template <typename Backend, typename Options>
+net::awaitable<Result<StateAnswer>> AskState(DbWorkers<typename Backend::Writer,
+                                                       typename Backend::Reader,
+                                                       typename Backend::WriteOp>& workers,
+                                             Backend* backend, StateQuery query) {
+  query.owner = ToStorableText(query.owner);
+  query.id = ToStorableText(query.id);
+  query.item_id = ToStorableText(query.item_id);
+  query.after = ToStorableText(query.after);
+  auto read = [backend, query = std::move(query)](typename Backend::Reader& reader,
+                                                  Deadline deadline) {
+    return backend->QueryState(reader, deadline, query);
+  };
+  return workers.template Read<Result<StateAnswer>>(std::move(read));
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<StoredResponse>>>
+DbConversationStore<Backend, Options>::GetResponse(std::string owner, std::string id) {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kResponse;
+  query.owner = std::move(owner);
+  query.id = std::move(id);
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  if (!answer->found) co_return std::optional<StoredResponse>();
+  co_return std::move(answer->response);
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<ItemWindow>>>
+DbConversationStore<Backend, Options>::ResponseChain(std::string owner, std::string id,
+                                                     std::size_t max_items) {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kResponseChain;
+  query.owner = std::move(owner);
+  query.id = std::move(id);
+  query.max_items = max_items;
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  if (!answer->found) co_return std::optional<ItemWindow>();
+  co_return std::optional<ItemWindow>(std::move(answer->window));
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<ItemPage>>>
+DbConversationStore<Backend, Options>::ListResponseItems(std::string owner, std::string id,
+                                                         bool output, std::string after,
+                                                         std::size_t limit, ItemOrder order) {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kResponseItems;
+  query.owner = std::move(owner);
+  query.id = std::move(id);
+  query.output = output;
+  query.after = std::move(after);
+  query.limit = limit;
+  query.order = order;
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  if (!answer->found) co_return std::optional<ItemPage>();
+  co_return std::optional<ItemPage>(std::move(answer->page));
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<bool>> DbConversationStore<Backend, Options>::DeleteResponse(
+    std::string owner, std::string id) {
+  StateChange change;
+  change.kind = StateChange::Kind::kDeleteResponse;
+  change.owner = std::move(owner);
+  change.id = std::move(id);
+  auto outcome = co_await ChangeState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                        std::move(change));
+  if (!outcome) co_return outcome.error();
+  co_return outcome->found;
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Status> DbConversationStore<Backend, Options>::CreateConversation(
+    std::string owner, StoredConversation conversation, std::vector<ItemToStore> items) {
+  StateChange change;
+  change.kind = StateChange::Kind::kCreateConversation;
+  change.owner = std::move(owner);
+  change.id = conversation.id;
+  change.conversation = std::move(conversation);
+  change.conversation.id = ToStorableText(change.conversation.id);
+  change.items = std::move(items);
+  auto outcome = co_await ChangeState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                        std::move(change));
+  if (!outcome) co_return outcome.error();
+  co_return Ok();
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<StoredConversation>>>
+DbConversationStore<Backend, Options>::GetConversation(std::string owner, std::string id) {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kConversation;
+  query.owner = std::move(owner);
+  query.id = std::move(id);
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  if (!answer->found) co_return std::optional<StoredConversation>();
+  co_return std::move(answer->conversation);
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<StoredConversation>>>
+DbConversationStore<Backend, Options>::UpdateConversation(std::string owner, std::string id,
+                                                          std::string metadata_json) {
+  StateChange change;
+  change.kind = StateChange::Kind::kUpdateConversation;
+  change.owner = std::move(owner);
+  change.id = std::move(id);
+  change.conversation.metadata_json = std::move(metadata_json);
+  auto outcome = co_await ChangeState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                        std::move(change));
+  if (!outcome) co_return outcome.error();
+  if (!outcome->found) co_return std::optional<StoredConversation>();
+  co_return std::move(outcome->conversation);
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<bool>> DbConversationStore<Backend, Options>::DeleteConversation(
+    std::string owner, std::string id) {
+  StateChange change;
+  change.kind = StateChange::Kind::kDeleteConversation;
+  change.owner = std::move(owner);
+  change.id = std::move(id);
+  auto outcome = co_await ChangeState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                        std::move(change));
+  if (!outcome) co_return outcome.error();
+  co_return outcome->found;
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<std::vector<StoredItem>>>>
+DbConversationStore<Backend, Options>::AppendConversationItems(std::string owner, std::string id,
+                                                               std::vector<ItemToStore> items) {
+  StateChange change;
+  change.kind = StateChange::Kind::kAppendItems;
+  change.owner = std::move(owner);
+  change.id = std::move(id);
+  change.items = std::move(items);
+  auto outcome = co_await ChangeState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                        std::move(change));
+  if (!outcome) co_return outcome.error();
+  if (!outcome->found) co_return std::optional<std::vector<StoredItem>>();
+  co_return std::optional<std::vector<StoredItem>>(std::move(outcome->items));
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<ItemWindow>>>
+DbConversationStore<Backend, Options>::ConversationItems(std::string owner, std::string id,
+                                                         std::size_t max_items) {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kConversationItems;
+  query.owner = std::move(owner);
+  query.id = std::move(id);
+  query.max_items = max_items;
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  if (!answer->found) co_return std::optional<ItemWindow>();
+  co_return std::optional<ItemWindow>(std::move(answer->window));
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<ItemPage>>>
+DbConversationStore<Backend, Options>::ListConversationItems(std::string owner, std::string id,
+                                                             std::string after,
+                                                             std::size_t limit,
+                                                             ItemOrder order) {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kConversationPage;
+  query.owner = std::move(owner);
+  query.id = std::move(id);
+  query.after = std::move(after);
+  query.limit = limit;
+  query.order = order;
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  if (!answer->found) co_return std::optional<ItemPage>();
+  co_return std::optional<ItemPage>(std::move(answer->page));
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::optional<StoredItem>>>
+DbConversationStore<Backend, Options>::GetConversationItem(std::string owner, std::string id,
+                                                           std::string item_id) {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kConversationItem;
+  query.owner = std::move(owner);
+  query.id = std::move(id);
+  query.item_id = std::move(item_id);
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  if (!answer->found) co_return std::optional<StoredItem>();
+  co_return std::move(answer->item);
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<bool>> DbConversationStore<Backend, Options>::DeleteConversationItem(
+    std::string owner, std::string id, std::string item_id) {
+  StateChange change;
+  change.kind = StateChange::Kind::kDeleteItem;
+  change.owner = std::move(owner);
+  change.id = std::move(id);
+  change.item_id = std::move(item_id);
+  auto outcome = co_await ChangeState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                        std::move(change));
+  if (!outcome) co_return outcome.error();
+  co_return outcome->found;
 }
 
 template <typename Backend, typename Options>
