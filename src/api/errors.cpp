@@ -82,9 +82,10 @@ http::Response SeedError(int status, std::string_view message, std::string_view 
 }
 
 http::Response OpenAIError(int status, std::string_view message, std::string_view type,
-                           std::string_view code) {
+                           std::string_view code, std::string_view param) {
   json error = {{"message", message}, {"type", type}, {"code", nullptr}};
   if (!code.empty()) error["code"] = code;
+  if (!param.empty()) error["param"] = param;
   return http::JsonResponse(status, {{"error", error}});
 }
 

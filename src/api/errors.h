@@ -55,9 +55,10 @@ http::Response LimiterUnavailable(ErrorStyle style);
 http::Response SeedError(int status, std::string_view message, std::string_view type = {});
 
 // OpenAI's error shape, which the official SDKs turn into their error classes:
-// {"error": {"message": "...", "type": "...", "code": ...}}.
+// {"error": {"message": "...", "type": "...", "code": ...}}, with "param" (the offending field)
+// when one is given.
 http::Response OpenAIError(int status, std::string_view message, std::string_view type,
-                           std::string_view code = {});
+                           std::string_view code = {}, std::string_view param = {});
 
 // The router's and server's error formatter: OpenAI's shape under /v1/, the seed's elsewhere.
 http::Response FormatError(int status, std::string_view message, std::string_view path);

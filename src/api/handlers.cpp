@@ -15,30 +15,6 @@ constexpr std::size_t kDefaultPageSize = 100;
 constexpr std::size_t kMaxPageSize = 1000;
 const std::vector<ratelimit::RateLimitItem> kNoLimits;
 
-// The value of `key` in a query string, not decoded (ids and numbers only).
-std::optional<std::string_view> QueryValue(std::string_view query, std::string_view key) {
-  while (!query.empty()) {
-    const auto amp = query.find('&');
-    const auto pair = query.substr(0, amp);
-    const auto equals = pair.find('=');
-    if (pair.substr(0, equals) == key) {
-      return equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1);
-    }
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return std::nullopt;
-}
-
-std::optional<std::int64_t> ParseNonNegative(std::string_view text) {
-  std::int64_t value = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value < 0) {
-    return std::nullopt;
-  }
-  return value;
-}
-
 json MessageJson(const store::StoredMessage& m) {
   json out = {{"id", m.id},
               {"role", m.role},
@@ -166,6 +142,29 @@ net::awaitable<http::Response> DeleteMessages(Dependencies& d, const http::Reque
 }
 
 }  // namespace
+
+std::optional<std::string_view> QueryValue(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const auto pair = query.substr(0, amp);
+    const auto equals = pair.find('=');
+    if (pair.substr(0, equals) == key) {
+      return equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1);
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::int64_t> ParseNonNegative(std::string_view text) {
+  std::int64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value < 0) {
+    return std::nullopt;
+  }
+  return value;
+}
 
 std::string NewUserId() {
   // A conversation id is all it takes to read the conversation: it must not be guessable, so it

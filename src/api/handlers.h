@@ -1,5 +1,8 @@
 #pragma once
 
+#include <cstdint>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 #include "api/admission.h"
@@ -30,5 +33,12 @@ void RegisterRoutes(http::Router& router, Dependencies deps);
 
 // A new conversation id: a lower-case RFC 4122 version-4 UUID.
 std::string NewUserId();
+
+// The value of `key` in a query string, not decoded (ids and numbers only); std::nullopt when
+// absent.
+std::optional<std::string_view> QueryValue(std::string_view query, std::string_view key);
+
+// A decimal integer ≥ 0 and nothing else, else std::nullopt.
+std::optional<std::int64_t> ParseNonNegative(std::string_view text);
 
 }  // namespace staple::api

@@ -21,6 +21,7 @@
 #include "api/handlers.h"
 #include "api/openai_handlers.h"
 #include "api/playground.h"
+#include "api/responses_handlers.h"
 #include "chat/conversation_service.h"
 #include "chat/openai_proxy.h"
 #include "config/config.h"
@@ -191,7 +192,8 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
     // is counted against (global, route, token and failed-authentication limits).
     const std::size_t per_client = std::max<std::size_t>(
         1, config.limits.default_limits.size() +
-               std::max(config.limits.completion_limits.size(), config.limits.v1_limits.size()) +
+               std::max({config.limits.completion_limits.size(), config.limits.v1_limits.size(),
+                         config.limits.responses_limits.size()}) +
                config.limits.token_limits.size() +
                (config.auth.keys ? config.auth.failure_limits.size() : 0));
     auto memory = std::make_unique<ratelimit::MemoryRateLimiter>(
@@ -284,6 +286,9 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   api::RegisterPlayground(router);
   api::RegisterOpenAIRoutes(router, api::OpenAIDependencies{openai_proxy, admission, token_limits,
                                                             config.limits.v1_limits});
+  api::RegisterResponsesRoutes(router,
+                               api::ResponsesDependencies{turns, *store, admission, token_limits,
+                                                          config.limits.responses_limits});
   if (key_registry) {
     api::RegisterAdminRoutes(router, *key_registry, api::AdminSettings{config.auth.admin_key});
   }

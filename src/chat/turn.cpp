@@ -132,7 +132,8 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
 }
 
 net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const ChatAnswer& answer,
-                                            std::chrono::steady_clock::duration upstream_time) {
+                                            std::chrono::steady_clock::duration upstream_time,
+                                            std::string_view answer_body) {
   // settle before the answer goes out, so that the client's next request sees it.
   if (request.tokens) {
     TokenUsage usage = UsageOf(answer);
@@ -153,6 +154,12 @@ net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const Ch
   turn.prompt_tokens = answer.prompt_tokens;
   turn.completion_tokens = answer.completion_tokens;
   turn.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(upstream_time).count();
+  if (request.record) {
+    if (Status recorded = request.record(turn, answer_body); !recorded) {
+      metrics_.CountFailedTurn();
+      co_return recorded.error();
+    }
+  }
   auto stored = co_await store_.AppendTurn(std::move(turn));
   if (!stored) {
     metrics_.CountFailedTurn();
@@ -196,7 +203,7 @@ net::awaitable<Result<TurnResult>> TurnPipeline::Complete(TurnRequest request, B
   }
 
   // settle and store; the answer goes out only once its turn is durable.
-  Status finished = co_await Finish(request, *answer, upstream_time);
+  Status finished = co_await Finish(request, *answer, upstream_time, response->body);
   if (!finished) co_return finished.error();
   co_return TurnResult{std::move(response).value(), std::move(answer)};
 }
@@ -331,7 +338,9 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
     if (done_at) {
       const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
       pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
-      Status committed = co_await pipeline_.Finish(request_, transcript.answer(), upstream_time);
+      const std::string_view streamed;  // a stream's adapter saw its pieces
+      Status committed =
+          co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed);
       if (!committed) co_return committed.error();
       stored = true;
       stored_answer_ = transcript.answer();
@@ -352,7 +361,9 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
   }
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
   pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
-  Status committed = co_await pipeline_.Finish(request_, transcript.answer(), upstream_time);
+  const std::string_view streamed;
+  Status committed =
+      co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed);
   if (!committed) co_return committed.error();
   stored_answer_ = transcript.answer();
   Piece rest{std::move(pending), {}, true};

@@ -70,6 +70,12 @@ struct TurnRequest {
   bool require_message_text = false;
   // Token accounting (token limits), or null. See TokenGate for when it is called.
   std::shared_ptr<TokenGate> tokens;
+  // Called in `store`, once the answer is whole and just before the turn is appended, on the
+  // pipeline's coroutine: may attach what the API stores with the turn (Turn::response) and
+  // change its text. `answer_body` is the upstream's whole answer of a non-streaming turn, ""
+  // for a stream (whose adapter saw every piece before). An error refuses the turn: nothing is
+  // stored and the error is the turn's. Null: the turn is stored as it is.
+  std::function<Status(store::Turn& turn, std::string_view answer_body)> record;
 };
 
 // The upstream request body an adapter builds, and its estimated cost.
@@ -126,7 +132,8 @@ class TurnPipeline {
   net::awaitable<Result<UpstreamBody>> Prepare(const TurnRequest& request, BodyBuilder build);
   // Settles the tokens with what `answer` cost, then stores the turn.
   net::awaitable<Status> Finish(const TurnRequest& request, const ChatAnswer& answer,
-                                std::chrono::steady_clock::duration upstream_time);
+                                std::chrono::steady_clock::duration upstream_time,
+                                std::string_view answer_body);
 
   // Constant after construction.
   store::ConversationStore& store_;

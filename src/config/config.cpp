@@ -143,6 +143,8 @@ std::vector<Variable> MakeVariables() {
       {"STAPLE_COMPLETION_LIMIT", "--completion-limit", "10 per minute",
        "per-client limit of /openai-completion (empty = none)", false},
       {"STAPLE_V1_LIMIT", "--v1-limit", "", "per-client limit of /v1/chat/completions", false},
+      {"STAPLE_RESPONSES_LIMIT", "--responses-limit", "",
+       "per-client limit of POST /v1/responses", false},
       {"STAPLE_TOKEN_LIMITS", "--token-limits", "",
        "per-client token limits across chat routes, e.g. 100000 per day (empty = none)", false},
       {"STAPLE_TOKEN_COMPLETION_RESERVE", "--token-completion-reserve",
@@ -503,6 +505,9 @@ Result<Config> Load(const Sources& sources) {
   auto v1 = ParseLimitList("STAPLE_V1_LIMIT", get("STAPLE_V1_LIMIT"));
   if (!v1) return v1.error();
   limits.v1_limits = std::move(v1).value();
+  auto responses = ParseLimitList("STAPLE_RESPONSES_LIMIT", get("STAPLE_RESPONSES_LIMIT"));
+  if (!responses) return responses.error();
+  limits.responses_limits = std::move(responses).value();
   auto tokens = ParseLimitList("STAPLE_TOKEN_LIMITS", get("STAPLE_TOKEN_LIMITS"));
   if (!tokens) return tokens.error();
   limits.token_limits = std::move(tokens).value();

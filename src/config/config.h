@@ -63,6 +63,7 @@ struct LimitSettings {
   std::vector<ratelimit::RateLimitItem> default_limits;     // per client, across routes
   std::vector<ratelimit::RateLimitItem> completion_limits;  // per client, /openai-completion
   std::vector<ratelimit::RateLimitItem> v1_limits;          // per client, /v1/chat/completions
+  std::vector<ratelimit::RateLimitItem> responses_limits;   // per client, POST /v1/responses
   std::vector<ratelimit::RateLimitItem> token_limits;       // tokens per client, chat routes
   std::uint64_t token_completion_reserve = 0;  // reserved when a request sets no max tokens
   ratelimit::Strategy strategy{};

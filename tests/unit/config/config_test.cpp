@@ -219,6 +219,7 @@ TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
       {"STAPLE_DEFAULT_LIMITS", "200 per day;50 per hour"},
       {"STAPLE_COMPLETION_LIMIT", "10 per minute"},
       {"STAPLE_V1_LIMIT", ""},
+      {"STAPLE_RESPONSES_LIMIT", ""},
       {"STAPLE_TOKEN_LIMITS", ""},
       {"STAPLE_TOKEN_COMPLETION_RESERVE", "1024"},
       {"STAPLE_RATELIMIT_STRATEGY", "fixed-window"},

@@ -1,0 +1,89 @@
+#include "chat/responses_turn.h"
+
+#include <utility>
+
+namespace staple::chat {
+
+using responses::Json;
+
+namespace {
+
+// The item objects as the store keeps them: their id and their JSON text.
+std::vector<store::ItemToStore> ItemsToStore(const Json& items) {
+  std::vector<store::ItemToStore> stored;
+  stored.reserve(items.size());
+  for (const Json& item : items) {
+    store::ItemToStore one;
+    if (auto id = item.find("id"); id != item.end() && id->is_string()) {
+      one.id = id->get<std::string>();
+    }
+    one.json = item.dump(-1, ' ', false, Json::error_handler_t::replace);
+    stored.push_back(std::move(one));
+  }
+  return stored;
+}
+
+}  // namespace
+
+ResponsesTurn::ResponsesTurn(responses::ResponsesRequest request, std::string id,
+                             std::int64_t created_at, std::vector<Json> context,
+                             std::size_t context_start)
+    : request_(std::move(request)),
+      id_(std::move(id)),
+      created_at_(created_at),
+      context_(std::move(context)),
+      context_start_(context_start) {}
+
+BodyBuilder ResponsesTurn::Builder() {
+  // The turn outlives the pipeline's call (the handler holds it), so a plain pointer will do.
+  return [self = this](const TurnRequest& request, const std::vector<store::StoredMessage>&,
+                       std::size_t, bool) -> Result<UpstreamBody> {
+    UpstreamBody body;
+    body.json = responses::BuildChatBody(self->request_, self->context_, self->context_start_,
+                                         request.stream, body.estimate);
+    return body;
+  };
+}
+
+std::function<Status(store::Turn&, std::string_view)> ResponsesTurn::Recorder() {
+  return [self = shared_from_this()](store::Turn& turn, std::string_view answer_body) {
+    return self->Record(turn, answer_body);
+  };
+}
+
+responses::ResponseEventStream& ResponsesTurn::events() {
+  if (!events_) events_.emplace(request_, id_, created_at_);
+  return *events_;
+}
+
+Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body) {
+  // A streamed answer was read event by event; a whole one is read here, once.
+  responses::ResponseOutput output;
+  if (events_) {
+    closing_events_ = events_->Finish();
+    output = events_->output();
+  } else {
+    auto read = responses::ReadChatCompletion(answer_body);
+    if (!read) return read.error();
+    output = std::move(read).value();
+  }
+  response_ = responses::ResponseObject(request_, id_, created_at_, &output);
+
+  // The turn log keeps the text of the exchange, as for every other chat API.
+  turn.prompt = request_.prompt_text;
+  turn.completion = output.text;
+  if (!request_.store) return Ok();
+
+  auto record = std::make_shared<store::ResponseRecord>();
+  record->response.id = id_;
+  record->response.conversation_id = request_.conversation_id;
+  record->response.previous_response_id = request_.previous_response_id;
+  record->response.created_at = created_at_;
+  record->response.json = response_->dump(-1, ' ', false, Json::error_handler_t::replace);
+  record->input = ItemsToStore(request_.input);
+  record->output = ItemsToStore(output.output);
+  turn.response = std::move(record);
+  return Ok();
+}
+
+}  // namespace staple::chat
