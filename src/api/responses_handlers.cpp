@@ -95,10 +95,11 @@ std::optional<RequestError> CheckMetadata(const Json& metadata) {
   }
   for (const auto& [key, value] : metadata.items()) {
     if (key.size() > 64 || !value.is_string() || value.get_ref<const std::string&>().size() > 512) {
-      return RequestError{"metadata values must be strings of at most 512 characters, keys at "
-                          "most 64 characters",
-                          "metadata." + key,
-                          {}};
+      return RequestError{
+          "metadata values must be strings of at most 512 characters, keys at "
+          "most 64 characters",
+          "metadata." + key,
+          {}};
     }
   }
   return std::nullopt;
@@ -177,8 +178,8 @@ net::awaitable<void> RelayResponseStream(std::shared_ptr<chat::TurnStream> strea
   bool completed = false;
   chat::SseParser* upstream_events = &parser;
   bool* done = &completed;
-  chat::TurnStream::PieceSink sink = [writer, turn, upstream_events,
-                                      done](chat::TurnStream::Piece piece) -> net::awaitable<Status> {
+  chat::TurnStream::PieceSink sink = [writer, turn, upstream_events, done](
+                                         chat::TurnStream::Piece piece) -> net::awaitable<Status> {
     if (piece.stored) {
       // The turn is durable: close the output and complete the response, once (what follows the
       // upstream's "[DONE]" is not part of the Responses stream).
@@ -238,25 +239,23 @@ net::awaitable<std::variant<Context, http::Response>> ReadContext(
   store::ItemWindow stored;
   if (!request->previous_response_id.empty()) {
     std::string id = request->previous_response_id;
-    auto chain = co_await d->store.ResponseChain(std::move(owner), std::move(id),
-                                                 window.max_messages);
+    auto chain =
+        co_await d->store.ResponseChain(std::move(owner), std::move(id), window.max_messages);
     if (!chain) co_return FailureAnswer(chain.error(), ErrorStyle::kOpenAI);
     if (!*chain) {
-      co_return OpenAIError(404,
-                            "Previous response with id '" + request->previous_response_id +
-                                "' not found.",
-                            "invalid_request_error", "previous_response_not_found",
-                            "previous_response_id");
+      co_return OpenAIError(
+          404, "Previous response with id '" + request->previous_response_id + "' not found.",
+          "invalid_request_error", "previous_response_not_found", "previous_response_id");
     }
     stored = std::move(**chain);
   } else if (!request->conversation_id.empty()) {
     std::string id = request->conversation_id;
-    auto items = co_await d->store.ConversationItems(std::move(owner), std::move(id),
-                                                     window.max_messages);
+    auto items =
+        co_await d->store.ConversationItems(std::move(owner), std::move(id), window.max_messages);
     if (!items) co_return FailureAnswer(items.error(), ErrorStyle::kOpenAI);
     if (!*items) {
-      co_return OpenAIError(404, "Conversation with id '" + request->conversation_id +
-                                     "' not found.",
+      co_return OpenAIError(404,
+                            "Conversation with id '" + request->conversation_id + "' not found.",
                             "invalid_request_error", "conversation_not_found", "conversation");
     }
     stored = std::move(**items);
@@ -530,8 +529,7 @@ net::awaitable<http::Response> DeleteConversation(std::shared_ptr<ResponsesDepen
 }
 
 net::awaitable<http::Response> AddItems(std::shared_ptr<ResponsesDependencies> d,
-                                        http::Request& request,
-                                        const Admission::Outcome& admission,
+                                        http::Request& request, const Admission::Outcome& admission,
                                         std::vector<std::string> ids) {
   Json body;
   if (auto invalid = ReadObjectBody(request, body)) co_return std::move(*invalid);
@@ -560,9 +558,8 @@ net::awaitable<http::Response> ListItems(std::shared_ptr<ResponsesDependencies> 
   if (auto invalid = ReadListQuery(request, query)) co_return std::move(*invalid);
   std::string owner = admission.owner();
   std::string id = ids.at(0);
-  auto page = co_await d->store.ListConversationItems(std::move(owner), std::move(id),
-                                                      std::move(query.after), query.limit,
-                                                      query.order);
+  auto page = co_await d->store.ListConversationItems(
+      std::move(owner), std::move(id), std::move(query.after), query.limit, query.order);
   if (!page) co_return Failure(page.error());
   if (!*page) co_return NotFound("Conversation with id '" + ids.at(0) + "' not found.");
   co_return JsonAnswer(ItemList((*page)->items, (*page)->has_more));
@@ -578,8 +575,8 @@ net::awaitable<http::Response> RetrieveItem(std::shared_ptr<ResponsesDependencie
       co_await d->store.GetConversationItem(std::move(owner), std::move(id), std::move(item_id));
   if (!found) co_return Failure(found.error());
   if (!*found) {
-    co_return NotFound("Item with id '" + ids.at(1) + "' not found in conversation '" +
-                       ids.at(0) + "'.");
+    co_return NotFound("Item with id '" + ids.at(1) + "' not found in conversation '" + ids.at(0) +
+                       "'.");
   }
   http::Response response;
   response.status = 200;
@@ -588,8 +585,8 @@ net::awaitable<http::Response> RetrieveItem(std::shared_ptr<ResponsesDependencie
   co_return response;
 }
 
-net::awaitable<http::Response> DeleteItem(std::shared_ptr<ResponsesDependencies> d,
-                                          http::Request&, const Admission::Outcome& admission,
+net::awaitable<http::Response> DeleteItem(std::shared_ptr<ResponsesDependencies> d, http::Request&,
+                                          const Admission::Outcome& admission,
                                           std::vector<std::string> ids) {
   std::string owner = admission.owner();
   std::string id = ids.at(0);
@@ -597,8 +594,8 @@ net::awaitable<http::Response> DeleteItem(std::shared_ptr<ResponsesDependencies>
   auto deleted = co_await d->store.DeleteConversationItem(owner, std::move(id), std::move(item_id));
   if (!deleted) co_return Failure(deleted.error());
   if (!*deleted) {
-    co_return NotFound("Item with id '" + ids.at(1) + "' not found in conversation '" +
-                       ids.at(0) + "'.");
+    co_return NotFound("Item with id '" + ids.at(1) + "' not found in conversation '" + ids.at(0) +
+                       "'.");
   }
   // OpenAI answers with the conversation the item was deleted from.
   std::string conversation_id = ids.at(0);

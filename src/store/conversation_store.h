@@ -1,8 +1,8 @@
 #pragma once
 
 #include <chrono>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -100,8 +100,8 @@ struct ResponseRecord {
 };
 
 struct StoredConversation {
-  std::string id;  // "conv_…"
-  std::int64_t created_at = 0;  // Unix seconds
+  std::string id;                    // "conv_…"
+  std::int64_t created_at = 0;       // Unix seconds
   std::string metadata_json = "{}";  // a JSON object
 };
 
@@ -235,8 +235,7 @@ class ConversationStore {
   // = from the start). std::nullopt when there is no such conversation; kNotFound when `after` is
   // not one of its items.
   virtual net::awaitable<Result<std::optional<ItemPage>>> ListConversationItems(
-      std::string owner, std::string id, std::string after, std::size_t limit,
-      ItemOrder order) = 0;
+      std::string owner, std::string id, std::string after, std::size_t limit, ItemOrder order) = 0;
 
   // The item `item_id` of the conversation, std::nullopt when the conversation or the item does
   // not exist.

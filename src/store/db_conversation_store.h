@@ -51,8 +51,7 @@ class DbConversationStore final : public ConversationStore {
       std::chrono::system_clock::time_point cutoff, std::size_t max_rows) override;
   net::awaitable<Result<std::optional<StoredResponse>>> GetResponse(std::string owner,
                                                                     std::string id) override;
-  net::awaitable<Result<std::optional<ItemWindow>>> ResponseChain(std::string owner,
-                                                                  std::string id,
+  net::awaitable<Result<std::optional<ItemWindow>>> ResponseChain(std::string owner, std::string id,
                                                                   std::size_t max_items) override;
   net::awaitable<Result<std::optional<ItemPage>>> ListResponseItems(std::string owner,
                                                                     std::string id, bool output,
@@ -71,9 +70,11 @@ class DbConversationStore final : public ConversationStore {
       std::string owner, std::string id, std::vector<ItemToStore> items) override;
   net::awaitable<Result<std::optional<ItemWindow>>> ConversationItems(
       std::string owner, std::string id, std::size_t max_items) override;
-  net::awaitable<Result<std::optional<ItemPage>>> ListConversationItems(
-      std::string owner, std::string id, std::string after, std::size_t limit,
-      ItemOrder order) override;
+  net::awaitable<Result<std::optional<ItemPage>>> ListConversationItems(std::string owner,
+                                                                        std::string id,
+                                                                        std::string after,
+                                                                        std::size_t limit,
+                                                                        ItemOrder order) override;
   net::awaitable<Result<std::optional<StoredItem>>> GetConversationItem(
       std::string owner, std::string id, std::string item_id) override;
   net::awaitable<Result<bool>> DeleteConversationItem(std::string owner, std::string id,

@@ -241,10 +241,10 @@ net::awaitable<Result<MessagePage>> DbConversationStore<Backend, Options>::ListM
 
 // Runs `change` as one write and returns its outcome.
 template <typename Backend, typename Options>
-net::awaitable<Result<StateOutcome>> ChangeState(DbWorkers<typename Backend::Writer,
-                                                           typename Backend::Reader,
-                                                           typename Backend::WriteOp>& workers,
-                                                 Backend* backend, StateChange change) {
+net::awaitable<Result<StateOutcome>> ChangeState(
+    DbWorkers<typename Backend::Writer, typename Backend::Reader, typename Backend::WriteOp>&
+        workers,
+    Backend* backend, StateChange change) {
   change.owner = ToStorableText(change.owner);
   change.id = ToStorableText(change.id);
   change.item_id = ToStorableText(change.item_id);
@@ -262,10 +262,10 @@ net::awaitable<Result<StateOutcome>> ChangeState(DbWorkers<typename Backend::Wri
 
 // Runs `query` as one read.
 template <typename Backend, typename Options>
-net::awaitable<Result<StateAnswer>> AskState(DbWorkers<typename Backend::Writer,
-                                                       typename Backend::Reader,
-                                                       typename Backend::WriteOp>& workers,
-                                             Backend* backend, StateQuery query) {
+net::awaitable<Result<StateAnswer>> AskState(
+    DbWorkers<typename Backend::Writer, typename Backend::Reader, typename Backend::WriteOp>&
+        workers,
+    Backend* backend, StateQuery query) {
   query.owner = ToStorableText(query.owner);
   query.id = ToStorableText(query.id);
   query.item_id = ToStorableText(query.item_id);
@@ -434,8 +434,7 @@ DbConversationStore<Backend, Options>::ConversationItems(std::string owner, std:
 template <typename Backend, typename Options>
 net::awaitable<Result<std::optional<ItemPage>>>
 DbConversationStore<Backend, Options>::ListConversationItems(std::string owner, std::string id,
-                                                             std::string after,
-                                                             std::size_t limit,
+                                                             std::string after, std::size_t limit,
                                                              ItemOrder order) {
   StateQuery query;
   query.kind = StateQuery::Kind::kConversationPage;
