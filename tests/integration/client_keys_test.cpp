@@ -345,5 +345,56 @@ TEST_F(ClientKeysTest, ARevocationReachesTheOtherReplica) {
   ExpectNoSecretIn(a->AllStderr() + b->AllStderr());
 }
 
+// Responses and conversations belong to the key that made them: another key gets 404 for every
+// one of them, as if they did not exist.
+TEST_F(ClientKeysTest, ResponsesAndConversationsBelongToTheirKey) {
+  auto staple = StartStaple(KeysEnv());
+  const std::string alice = CreateKey(*staple, {{"name", "alice"}}).value("key", "");
+  const std::string bob = CreateKey(*staple, {{"name", "bob"}}).value("key", "");
+  ASSERT_FALSE(alice.empty());
+  ASSERT_FALSE(bob.empty());
+  auto post = [&](const std::string& secret, const std::string& path, const json& body) {
+    return client_.Request("POST", staple->url() + path, body.dump(), JsonWith(Bearer(secret)));
+  };
+  HttpResponse created = post(alice, "/v1/responses", {{"model", "m"}, {"input", "mine"}});
+  ASSERT_EQ(created.status, 200) << created.body;
+  const std::string response_id = created.Json()["id"];
+  HttpResponse conversation = post(alice, "/v1/conversations", json::object());
+  ASSERT_EQ(conversation.status, 200) << conversation.body;
+  const std::string conversation_id = conversation.Json()["id"];
+
+  EXPECT_EQ(client_.Get(staple->url() + "/v1/responses/" + response_id, Bearer(alice)).status, 200);
+  EXPECT_EQ(client_.Get(staple->url() + "/v1/responses/" + response_id, Bearer(bob)).status, 404);
+  EXPECT_EQ(
+      client_.Get(staple->url() + "/v1/responses/" + response_id + "/input_items", Bearer(bob))
+          .status,
+      404);
+  EXPECT_EQ(
+      client_.Request("DELETE", staple->url() + "/v1/responses/" + response_id, "", Bearer(bob))
+          .status,
+      404);
+  EXPECT_EQ(post(bob, "/v1/responses",
+                 {{"model", "m"}, {"input", "theirs"}, {"previous_response_id", response_id}})
+                .status,
+            404);
+  EXPECT_EQ(post(bob, "/v1/responses",
+                 {{"model", "m"}, {"input", "theirs"}, {"conversation", conversation_id}})
+                .status,
+            404);
+  EXPECT_EQ(client_.Get(staple->url() + "/v1/conversations/" + conversation_id, Bearer(bob)).status,
+            404);
+  EXPECT_EQ(post(bob, "/v1/conversations/" + conversation_id + "/items",
+                 {{"items", json::array({{{"role", "user"}, {"content", "x"}}})}})
+                .status,
+            404);
+  // Without a key, nothing at all.
+  EXPECT_EQ(client_.Get(staple->url() + "/v1/responses/" + response_id).status, 401);
+  // Alice still has hers.
+  EXPECT_EQ(post(alice, "/v1/responses",
+                 {{"model", "m"}, {"input", "more"}, {"previous_response_id", response_id}})
+                .status,
+            200);
+}
+
 }  // namespace
 }  // namespace staple::testing

@@ -67,6 +67,33 @@ TEST_F(PostgresReplicasTest, ConversationContinuesOnAnotherReplica) {
   }
 }
 
+// The Responses API's state is committed before the answer: the very next request continues it on
+// the other replica, and it survives a kill -9 right after the answer.
+TEST_F(PostgresReplicasTest, ResponseChainContinuesOnAnotherReplicaAndSurvivesAKill) {
+  auto a = StartStaple(DatabaseEnv());
+  auto b = StartStaple(DatabaseEnv());
+  auto respond = [this](const StapleServer& staple, const json& body) {
+    HttpResponse response = client_.PostJson(staple.url() + "/v1/responses", body.dump());
+    EXPECT_EQ(response.status, 200) << response.body;
+    json parsed = response.Json();
+    return parsed.is_object() ? parsed : json::object();
+  };
+  json first = respond(*a, {{"model", "m"}, {"input", "first"}});
+  ASSERT_TRUE(first.contains("id"));
+  json second =
+      respond(*b, {{"model", "m"}, {"input", "second"}, {"previous_response_id", first["id"]}});
+  ASSERT_TRUE(second.contains("id"));
+  EXPECT_EQ(second["output"][0]["content"][0]["text"], "echo(3): second");
+
+  // Killed at once after its answer: the answer was sent only after the commit.
+  a->Stop(SIGKILL);
+  a->Restart();
+  json third =
+      respond(*a, {{"model", "m"}, {"input", "third"}, {"previous_response_id", second["id"]}});
+  EXPECT_EQ(third["output"][0]["content"][0]["text"], "echo(5): third");
+  EXPECT_EQ(postgres_.Psql("staple", "SELECT count(*) FROM responses"), "3\n");
+}
+
 TEST_F(PostgresReplicasTest, UnreachableDatabaseStopsStartupWithoutThePassword) {
   TempDir dir;
   const std::string url = "postgresql://staple:" + PostgresServer::password() +
