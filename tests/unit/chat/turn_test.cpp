@@ -461,5 +461,77 @@ TEST(ScrubSecretTest, ReplacesEveryOccurrence) {
   EXPECT_EQ(ScrubSecret("short", "abc"), "short");  // too short to be a key
 }
 
+// TurnRequest::record: what an API stores with the turn is attached before the append (so it is
+// in the turn's transaction), sees the whole answer's body, and can refuse the turn.
+TEST_F(TurnTest, TheRecordCallbackAttachesItsStateToTheStoredTurn) {
+  upstream_.Push(ScriptedReply::Json(kAnswer));
+  TurnRequest request = Request();
+  std::string seen_body;
+  request.record = [&seen_body](store::Turn& turn, std::string_view body) -> Status {
+    seen_body = std::string(body);
+    auto record = std::make_shared<store::ResponseRecord>();
+    record->response.id = "resp_1";
+    turn.response = std::move(record);
+    turn.completion = "shown as the log's text";
+    return Ok();
+  };
+  auto result = Complete(std::move(request));
+  ASSERT_TRUE(result) << result.error().message;
+  EXPECT_EQ(seen_body, kAnswer);
+  ASSERT_EQ(store_.turns().size(), 1u);
+  ASSERT_NE(store_.turns()[0].response, nullptr);
+  EXPECT_EQ(store_.turns()[0].response->response.id, "resp_1");
+  EXPECT_EQ(store_.turns()[0].completion, "shown as the log's text");
+}
+
+TEST_F(TurnTest, ARecordCallbackThatFailsStoresNothing) {
+  upstream_.Push(ScriptedReply::Json(kAnswer));
+  TurnRequest request = Request();
+  request.record = [](store::Turn&, std::string_view) -> Status {
+    return MakeError(ErrorKind::kUpstream, "answer unusable for this API");
+  };
+  auto result = Complete(std::move(request));
+  ASSERT_FALSE(result);
+  EXPECT_EQ(result.error().kind, ErrorKind::kUpstream);
+  EXPECT_EQ(result.error().message, "answer unusable for this API");
+  EXPECT_EQ(store_.append_calls(), 0u);
+}
+
+TEST_F(TurnTest, AStreamsRecordCallbackRunsAfterEveryPieceBeforeTheCommit) {
+  upstream_.Push(ScriptedReply::Events({Chunk("he") + Chunk("llo"), kFinish + kDone}));
+  auto pieces_seen = std::make_shared<std::size_t>(0);
+  auto pieces_at_record = std::make_shared<std::optional<std::size_t>>();
+  auto opened =
+      Start(io_, pipeline_.OpenStream(
+                     [&] {
+                       TurnRequest request = Request(true);
+                       request.record = [pieces_seen, pieces_at_record](
+                                            store::Turn& turn, std::string_view body) -> Status {
+                         EXPECT_TRUE(body.empty());
+                         *pieces_at_record = *pieces_seen;
+                         turn.completion = "recorded";
+                         return Ok();
+                       };
+                       return request;
+                     }(),
+                     Builder()));
+  io_.restart();
+  io_.run();
+  ASSERT_TRUE(**opened) << (**opened).error().message;
+  std::shared_ptr<TurnStream> stream = std::move(**opened).value();
+  TurnStream::PieceSink sink = [pieces_seen](TurnStream::Piece piece) -> net::awaitable<Status> {
+    if (!piece.stored) ++*pieces_seen;
+    co_return Ok();
+  };
+  auto result = Start(io_, stream->Run(std::move(sink)));
+  io_.restart();
+  io_.run();
+  ASSERT_TRUE(**result) << (**result).error().message;
+  ASSERT_TRUE(pieces_at_record->has_value());
+  EXPECT_EQ(**pieces_at_record, *pieces_seen);  // every piece before [DONE] was handed on first
+  ASSERT_EQ(store_.turns().size(), 1u);
+  EXPECT_EQ(store_.turns()[0].completion, "recorded");
+}
+
 }  // namespace
 }  // namespace staple::chat
