@@ -9,6 +9,7 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr std::string_view kMarker = "FAULT:";
+constexpr std::string_view kToolMarker = "TOOL:";
 
 // Client text may hold anything; never let a bad byte turn into an exception while answering.
 std::string Dump(const Json& json) {
@@ -20,6 +21,72 @@ bool IsNameChar(char c) { return (c >= 'a' && c <= 'z') || c == '-'; }
 bool IsValueChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
          c == '.' || c == '-';
+}
+
+bool IsToolNameChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-';
+}
+
+// Length of the JSON object starting at text[0] == '{' (braces inside strings do not count), or
+// nothing when it does not close.
+std::optional<std::size_t> ObjectLength(std::string_view text) {
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{') {
+      ++depth;
+    } else if (c == '}' && --depth == 0) {
+      return i + 1;
+    }
+  }
+  return std::nullopt;
+}
+
+// FNV-1a: a stable hash, so that the same request always gets the same call id.
+std::uint64_t Fnv1a(std::string_view text) {
+  std::uint64_t hash = 14695981039346656037ull;
+  for (char c : text) {
+    hash ^= static_cast<unsigned char>(c);
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+std::string CallId(std::size_t message_count, const ToolCall& call) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::uint64_t hash =
+      Fnv1a(std::to_string(message_count) + '\n' + call.name + '\n' + call.arguments);
+  std::string id = "call_";
+  for (int shift = 60; shift >= 0; shift -= 4) id += kHex[(hash >> shift) & 0xF];
+  return id;
+}
+
+// The function names of the request's `tools` (malformed entries are skipped).
+std::set<std::string, std::less<>> OfferedTools(const Json& request) {
+  std::set<std::string, std::less<>> names;
+  auto tools = request.find("tools");
+  if (tools == request.end() || !tools->is_array()) return names;
+  for (const auto& tool : *tools) {
+    if (!tool.is_object()) continue;
+    auto function = tool.find("function");
+    if (function == tool.end() || !function->is_object()) continue;
+    auto name = function->find("name");
+    if (name != function->end() && name->is_string()) names.insert(name->get<std::string>());
+  }
+  return names;
 }
 
 template <typename T>
@@ -135,6 +202,32 @@ std::string ErrorBody(std::string_view message, std::string_view type) {
   return Dump(Json{{"error", {{"message", message}, {"type", type}, {"code", nullptr}}}});
 }
 
+std::optional<ToolCall> FindToolTrigger(std::string_view text,
+                                        const std::set<std::string, std::less<>>& offered) {
+  for (std::size_t pos = text.find(kToolMarker); pos != std::string_view::npos;
+       pos = text.find(kToolMarker, pos)) {
+    pos += kToolMarker.size();
+    std::size_t name_end = pos;
+    while (name_end < text.size() && IsToolNameChar(text[name_end])) ++name_end;
+    const std::string_view name = text.substr(pos, name_end - pos);
+    pos = name_end;
+    if (name.empty() || !offered.contains(name)) continue;
+
+    ToolCall call{{}, std::string(name), "{}"};
+    std::size_t start = name_end;
+    while (start < text.size() && (text[start] == ' ' || text[start] == '\t')) ++start;
+    if (start < text.size() && text[start] == '{') {
+      if (auto length = ObjectLength(text.substr(start))) {
+        Json arguments = Json::parse(text.substr(start, *length), nullptr,
+                                     /*allow_exceptions=*/false);
+        if (arguments.is_object()) call.arguments = Dump(arguments);
+      }
+    }
+    return call;
+  }
+  return std::nullopt;
+}
+
 ChatParse ParseChatRequest(std::string_view body) {
   Json request = Json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (request.is_discarded()) {
@@ -152,6 +245,8 @@ ChatParse ParseChatRequest(std::string_view body) {
   ChatPlan plan;
   std::size_t prompt_chars = 0;
   std::string last_user;
+  std::string last_role;
+  std::string last_content;
   for (const auto& message : *messages) {
     const Json* role = message.is_object() && message.contains("role") ? &message["role"] : nullptr;
     if (role == nullptr || !role->is_string()) {
@@ -159,7 +254,9 @@ ChatParse ParseChatRequest(std::string_view body) {
     }
     std::string content = ContentText(message);
     prompt_chars += CountUtf8Chars(content);
-    if (*role == "user") last_user = std::move(content);
+    last_role = role->get<std::string>();
+    last_content = content;
+    if (last_role == "user") last_user = std::move(content);
   }
 
   auto model = request.find("model");
@@ -174,16 +271,41 @@ ChatParse ParseChatRequest(std::string_view body) {
   }
 
   ParseFaultMarkers(last_user, plan.fault);
-  plan.reply = "echo(" + std::to_string(messages->size()) + "): " + last_user;
+  std::size_t answer_chars = 0;
+  auto tool_choice = request.find("tool_choice");
+  const bool tools_allowed = tool_choice == request.end() || *tool_choice != "none";
+  if (last_role == "user" && tools_allowed) {
+    plan.tool_call = FindToolTrigger(last_user, OfferedTools(request));
+  }
+  if (plan.tool_call) {
+    plan.tool_call->id = CallId(messages->size(), *plan.tool_call);
+    answer_chars = CountUtf8Chars(plan.tool_call->name) + CountUtf8Chars(plan.tool_call->arguments);
+  } else {
+    if (last_role == "tool") {
+      plan.reply = "tool result: " + last_content;
+    } else {
+      plan.reply = "echo(" + std::to_string(messages->size()) + "): " + last_user;
+    }
+    answer_chars = CountUtf8Chars(plan.reply);
+  }
   plan.prompt_tokens = (prompt_chars + 3) / 4;
-  plan.completion_tokens = (CountUtf8Chars(plan.reply) + 3) / 4;
+  plan.completion_tokens = (answer_chars + 3) / 4;
   return {std::move(plan), {}};
 }
 
 std::string CompletionBody(const ChatPlan& plan, std::string_view id, std::int64_t created) {
-  Json choice{{"index", 0},
-              {"message", {{"role", "assistant"}, {"content", plan.reply}}},
-              {"finish_reason", "stop"}};
+  Json message{{"role", "assistant"}, {"content", plan.reply}};
+  std::string_view finish_reason = "stop";
+  if (plan.tool_call) {
+    const ToolCall& call = *plan.tool_call;
+    message["content"] = nullptr;
+    message["tool_calls"] =
+        Json::array({Json{{"id", call.id},
+                          {"type", "function"},
+                          {"function", {{"name", call.name}, {"arguments", call.arguments}}}}});
+    finish_reason = "tool_calls";
+  }
+  Json choice{{"index", 0}, {"message", std::move(message)}, {"finish_reason", finish_reason}};
   return Dump(Json{{"id", id},
                    {"object", "chat.completion"},
                    {"created", created},
@@ -202,13 +324,36 @@ StreamEvents BuildStreamEvents(const ChatPlan& plan, std::string_view id, std::i
     return Event(chunk);
   };
 
-  out.events.push_back(with_delta(Json{{"role", "assistant"}, {"content", ""}}, nullptr));
-  out.first_content = out.events.size();
-  for (auto& piece : SplitUtf8(plan.reply, chunks)) {
-    out.events.push_back(with_delta(Json{{"content", std::move(piece)}}, nullptr));
+  if (plan.tool_call) {
+    // As OpenAI streams a call: id, type and name first, then the arguments piece by piece, each
+    // delta naming the call by its index.
+    const ToolCall& call = *plan.tool_call;
+    auto call_delta = [](Json fields) {
+      fields["index"] = 0;
+      return Json{{"tool_calls", Json::array({std::move(fields)})}};
+    };
+    out.events.push_back(with_delta(Json{{"role", "assistant"}, {"content", nullptr}}, nullptr));
+    out.first_content = out.events.size();
+    out.events.push_back(
+        with_delta(call_delta(Json{{"id", call.id},
+                                   {"type", "function"},
+                                   {"function", {{"name", call.name}, {"arguments", ""}}}}),
+                   nullptr));
+    for (auto& piece : SplitUtf8(call.arguments, std::max(chunks, 2))) {
+      out.events.push_back(
+          with_delta(call_delta(Json{{"function", {{"arguments", std::move(piece)}}}}), nullptr));
+    }
+    out.content_count = out.events.size() - out.first_content;
+    out.events.push_back(with_delta(Json::object(), "tool_calls"));
+  } else {
+    out.events.push_back(with_delta(Json{{"role", "assistant"}, {"content", ""}}, nullptr));
+    out.first_content = out.events.size();
+    for (auto& piece : SplitUtf8(plan.reply, chunks)) {
+      out.events.push_back(with_delta(Json{{"content", std::move(piece)}}, nullptr));
+    }
+    out.content_count = out.events.size() - out.first_content;
+    out.events.push_back(with_delta(Json::object(), "stop"));
   }
-  out.content_count = out.events.size() - out.first_content;
-  out.events.push_back(with_delta(Json::object(), "stop"));
   if (plan.include_usage) {
     Json chunk = ChunkObject(plan, id, created);
     chunk["choices"] = Json::array();

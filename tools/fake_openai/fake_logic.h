@@ -1,14 +1,33 @@
 #pragma once
 
-// The behaviour of fake_openai without any I/O: fault markers, the deterministic echo reply, the
-// chat.completion objects and SSE events it sends, and the thread-safe request log and counters
-// behind its /_fake endpoints. fake_server.cpp only moves bytes according to what this decides.
+// The behaviour of fake_openai without any I/O: fault markers, the tool call trigger, the
+// deterministic echo reply, the chat.completion objects and SSE events it sends, and the
+// thread-safe request log and counters behind its /_fake endpoints. fake_server.cpp only moves
+// bytes according to what this decides.
+//
+// Answers. A chat request is answered "echo(N): <content of the last user message>", N being the
+// number of messages, except in two cases:
+//   - the last message is a `tool` message: "tool result: <its content>", so that a test sees the
+//     tool's output reach the model;
+//   - the last message is a user message holding the trigger TOOL:<name>, optionally followed
+//     (after spaces) by a JSON object of arguments, e.g. `TOOL:get_weather {"city":"Paris"}`, and
+//     <name> is the `function.name` of one of the request's `tools` (and `tool_choice` is not
+//     "none"): the answer is one call of that function, content null, finish_reason
+//     "tool_calls", arguments the JSON object in compact form ("{}" without one), id "call_" and
+//     16 hex digits derived from the message count, the name and the arguments (the same request
+//     always gets the same id). Streamed: the role chunk, a tool_calls delta (index 0) with id,
+//     type and name and empty arguments, then the arguments in at least two fragments, the finish
+//     chunk. <name> is a run of [A-Za-z0-9_-]; the first offered name wins; a name not offered
+//     leaves the trigger as plain text (echoed).
+// The request log (GET /_fake/requests) keeps each body verbatim, so a test reads the `messages`
+// the upstream saw by parsing the body of the last POST /v1/chat/completions.
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -28,7 +47,8 @@ namespace staple::fake {
 //   FAULT:hang                   never answer; keep reading until the client closes
 //   FAULT:sleep=MS               answer normally after MS milliseconds
 //   FAULT:flaky=KEY              503 for the first request carrying KEY, normal afterwards
-//   FAULT:stream-drop-after=K    streaming only: close after K content chunks
+//   FAULT:stream-drop-after=K    streaming only: close after K content chunks (for a tool call:
+//                                the tool_calls deltas)
 // KEY is a run of [A-Za-z0-9_.-]. Unknown or malformed markers are ignored.
 struct Fault {
   bool drop = false;
@@ -53,12 +73,26 @@ std::vector<std::string> SplitUtf8(std::string_view text, int pieces);
 // Body of an OpenAI-style error: {"error":{"message","type","code":null}}.
 std::string ErrorBody(std::string_view message, std::string_view type);
 
+// The function call the fake answers with (see the TOOL: trigger above).
+struct ToolCall {
+  std::string id;         // "call_" + 16 hex digits
+  std::string name;       // one of the offered tools
+  std::string arguments;  // a JSON object as text
+};
+
+// The first TOOL:<name> trigger of `text` whose name is in `offered`, with its arguments; the
+// call's id is left empty. Nothing when there is no such trigger.
+std::optional<ToolCall> FindToolTrigger(std::string_view text,
+                                        const std::set<std::string, std::less<>>& offered);
+
 // A validated POST /v1/chat/completions request and the answer it deserves.
 struct ChatPlan {
   std::string model;
   bool stream = false;
   bool include_usage = false;
-  std::string reply;  // "echo(N): <content of the last user message>"
+  std::string reply;  // "echo(N): <last user content>" or "tool result: <content>"; unused when
+                      // tool_call is set
+  std::optional<ToolCall> tool_call;  // answer with this call instead of text
   std::size_t prompt_tokens = 0;
   std::size_t completion_tokens = 0;
   Fault fault;  // markers of the last user message (the header's are added by the caller)
@@ -74,8 +108,9 @@ ChatParse ParseChatRequest(std::string_view body);
 // The complete non-streaming `chat.completion` response body.
 std::string CompletionBody(const ChatPlan& plan, std::string_view id, std::int64_t created);
 
-// The SSE events of a streamed answer, each "data: ...\n\n": the role chunk, the content chunks,
-// the finish chunk, the usage chunk when asked for, and "data: [DONE]".
+// The SSE events of a streamed answer, each "data: ...\n\n": the role chunk, the content chunks
+// (for a tool call: the tool_calls deltas, `chunks` or at least two fragments of arguments), the
+// finish chunk, the usage chunk when asked for, and "data: [DONE]".
 struct StreamEvents {
   std::vector<std::string> events;
   std::size_t first_content = 1;  // index of the first content event

@@ -1,5 +1,6 @@
 // fake_openai: an OpenAI-compatible fake upstream for Staple's tests, demos and benchmarks.
-// The behaviour (echo replies, fault markers, /_fake endpoints) is described in fake_logic.h.
+// The behaviour (echo replies, tool calls, fault markers, /_fake endpoints) is described in
+// fake_logic.h.
 
 #include <CLI/CLI.hpp>
 #include <chrono>
