@@ -328,6 +328,11 @@ describe('Responses API through Staple', { skip: !HAVE_BINARIES }, () => {
     const descending = await collect(
       client.conversations.items.list(conversation.id, { order: 'desc' }));
     assert.deepEqual(descending.map((item) => item.id), items.map((item) => item.id).reverse());
+
+    // Two items per page: the SDK follows last_id through has_more.
+    const paged = await collect(
+      client.conversations.items.list(conversation.id, { order: 'asc', limit: 2 }));
+    assert.deepEqual(paged.map((item) => item.id), items.map((item) => item.id));
   });
 
   test('a function tool round trip', async () => {
