@@ -245,8 +245,6 @@ ChatParse ParseChatRequest(std::string_view body) {
   ChatPlan plan;
   std::size_t prompt_chars = 0;
   std::string last_user;
-  std::string last_role;
-  std::string last_content;
   for (const auto& message : *messages) {
     const Json* role = message.is_object() && message.contains("role") ? &message["role"] : nullptr;
     if (role == nullptr || !role->is_string()) {
@@ -254,10 +252,9 @@ ChatParse ParseChatRequest(std::string_view body) {
     }
     std::string content = ContentText(message);
     prompt_chars += CountUtf8Chars(content);
-    last_role = role->get<std::string>();
-    last_content = content;
-    if (last_role == "user") last_user = std::move(content);
+    if (*role == "user") last_user = std::move(content);
   }
+  const Json& last_role = messages->back()["role"];
 
   auto model = request.find("model");
   plan.model = model != request.end() && model->is_string() ? model->get<std::string>()
@@ -282,7 +279,7 @@ ChatParse ParseChatRequest(std::string_view body) {
     answer_chars = CountUtf8Chars(plan.tool_call->name) + CountUtf8Chars(plan.tool_call->arguments);
   } else {
     if (last_role == "tool") {
-      plan.reply = "tool result: " + last_content;
+      plan.reply = "tool result: " + ContentText(messages->back());
     } else {
       plan.reply = "echo(" + std::to_string(messages->size()) + "): " + last_user;
     }
