@@ -74,6 +74,8 @@ export class Stack {
       OPENAI_API_KEY: UPSTREAM_KEY,
       STAPLE_UPSTREAM_RETRIES: '0',
       STAPLE_THREADS: '1',
+      // A test file sends more requests than the default 50 per hour of one client.
+      STAPLE_DEFAULT_LIMITS: '100000 per hour',
     };
     this.staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(staplePort)],
                         env, this.dir, 'staple');
