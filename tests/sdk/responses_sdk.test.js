@@ -252,6 +252,8 @@ describe('Responses API through Staple', { skip: !HAVE_BINARIES }, () => {
       (error) => {
         assert.ok(error instanceof OpenAI.NotFoundError, error.constructor.name);
         assert.equal(error.status, 404);
+        assert.equal(error.code, 'previous_response_not_found');
+        assert.equal(error.param, 'previous_response_id');
         return true;
       },
     );
