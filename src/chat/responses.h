@@ -50,7 +50,9 @@ std::string NewId(std::string_view prefix);
 //   - {"type": "function_call", "id", "call_id", "name", "arguments", "status": "completed"};
 //   - {"type": "function_call_output", "id", "call_id", "output", "status": "completed"}
 //     (`output` a string, or a list of input_text parts whose texts are joined);
-// keeping a client's "id" and giving items without one a new id ("msg", "fc", "fco"). Anything
+// keeping a client's "id" and giving items without one a new id ("msg", "fc", "fco"). A message
+// may leave out "type" (EasyInputMessage: {role, content}). Other members of an item or part
+// (a client's "status", "phase", "logprobs", "prompt_cache_breakpoint"…) are not stored. Anything
 // else (other item types such as item_reference or reasoning, other part types such as
 // input_image, missing or mistyped fields) is a RequestError naming the field as
 // `param_prefix` + "[i]…", e.g. "input[1].content[0].type".
@@ -74,7 +76,7 @@ struct ResponsesRequest {
   std::optional<std::int64_t> max_output_tokens;
   std::optional<double> temperature;
   std::optional<double> top_p;
-  Json metadata = Json::object();  // at most 16 string values
+  Json metadata = Json::object();                // at most 16 string values
   Json text = {{"format", {{"type", "text"}}}};  // as given
   bool truncation_auto = false;                  // "auto"; "disabled" is the default
   std::string user;                              // "" for none
@@ -83,12 +85,16 @@ struct ResponsesRequest {
   std::string prompt_text;
 };
 
-// Parses and validates a request body. Accepted and ignored when null or empty: `include` (an
-// empty list), `reasoning` (null or {}), `service_tier` ("auto" or "default"), `background`
-// (false), `stream_options`. Every other field not listed in ResponsesRequest, and every listed
-// field of the wrong type or value, is a RequestError with `param` set (code
-// "unsupported_parameter" for a field Staple does not support). Both previous_response_id and
-// conversation → a RequestError. A body that is not a JSON object → a RequestError without param.
+// Parses and validates a request body. Any member given as null counts as not given (SDKs send
+// null for "unset"). Accepted and ignored: `include` (an empty list), `reasoning` ({} or only null
+// members), `service_tier` ("auto" or "default"), `background` (false), `stream_options` (an
+// object), `prompt_cache_key` and `safety_identifier` (strings: hints that change no answer),
+// `text.verbosity` ("medium", the default). `model` and `input` are required; a
+// tool_choice {"type": "function", "name"} must name one of `tools`. Every other field not listed
+// in ResponsesRequest, and every listed field of the wrong type or value, is a RequestError with
+// `param` set (code "unsupported_parameter" for a field Staple does not support). Both
+// previous_response_id and conversation → a RequestError. A body that is not a JSON object → a
+// RequestError without param.
 std::optional<RequestError> ParseResponsesRequest(std::string_view body, ResponsesRequest& parsed);
 
 // How much of `context` (stored items, oldest first) goes upstream before the new input: the
@@ -118,11 +124,11 @@ struct ResponseOutput {
   Json output = Json::array();  // items: a "message" with one output_text part (when the answer
                                 // has text, or has neither text nor tool calls), then a
                                 // "function_call" per tool call, each with a new id
-  std::string status = "completed";  // "incomplete" when finish_reason was "length" or
-                                     // "content_filter"
-  Json incomplete_details = nullptr;  // {"reason": "max_output_tokens" | "content_filter"}
-  std::string model;                  // the upstream's `model`, "" when absent
-  std::string text;                   // the output text (for the turn log)
+  std::string status = "completed";           // "incomplete" when finish_reason was "length" or
+                                              // "content_filter"
+  Json incomplete_details = nullptr;          // {"reason": "max_output_tokens" | "content_filter"}
+  std::string model;                          // the upstream's `model`, "" when absent
+  std::string text;                           // the output text (for the turn log)
   std::optional<std::int64_t> input_tokens;   // usage.prompt_tokens
   std::optional<std::int64_t> output_tokens;  // usage.completion_tokens
 };
@@ -166,7 +172,8 @@ class ResponseEventStream {
   // The output so far (final after Finish).
   const ResponseOutput& output() const { return output_; }
 
-  // response.completed with the whole response object (call after Finish, once it is stored).
+  // response.completed with the whole response object (call after Finish, once it is stored);
+  // response.incomplete instead when output().status is "incomplete", as OpenAI does.
   std::string Completed();
 
   // response.failed: the response object with status "failed" and error {code, message}
@@ -175,6 +182,9 @@ class ResponseEventStream {
 
  private:
   std::string Event(std::string_view type, Json payload);
+  // Adds the assistant message with its empty output_text part: output_item.added and
+  // content_part.added.
+  std::string OpenMessage();
 
   ResponsesRequest request_;
   std::string id_;
@@ -184,7 +194,7 @@ class ResponseEventStream {
   // Translation state, the implementation's own.
   std::optional<std::size_t> message_index_;  // index in output_.output of the open message
   struct OpenCall {
-    int upstream_index = 0;
+    std::int64_t upstream_index = 0;
     std::size_t output_index = 0;
   };
   std::vector<OpenCall> calls_;

@@ -1,0 +1,960 @@
+#include "chat/responses.h"
+
+#include <sys/random.h>
+
+#include <array>
+#include <cerrno>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <utility>
+
+namespace staple::chat::responses {
+namespace {
+
+// RequestError codes, as OpenAI names them.
+constexpr char kUnsupported[] = "unsupported_parameter";
+constexpr char kMissing[] = "missing_required_parameter";
+constexpr char kInvalidType[] = "invalid_type";
+constexpr char kInvalidValue[] = "invalid_value";
+
+RequestError Refuse(std::string param, std::string message, std::string code) {
+  return RequestError{std::move(message), std::move(param), std::move(code)};
+}
+
+RequestError Unsupported(const std::string& param) {
+  return Refuse(param, "Staple does not support the parameter '" + param + "'.", kUnsupported);
+}
+
+RequestError Missing(const std::string& param) {
+  return Refuse(param, "Missing required parameter: '" + param + "'.", kMissing);
+}
+
+RequestError WrongType(const std::string& param, std::string_view expected) {
+  return Refuse(param, "Invalid type for '" + param + "': expected " + std::string(expected) + ".",
+                kInvalidType);
+}
+
+RequestError WrongValue(const std::string& param, std::string_view why) {
+  return Refuse(param, "Invalid value for '" + param + "': " + std::string(why) + ".",
+                kInvalidValue);
+}
+
+// A member, or nullptr when it is absent or null: clients send null for "not given".
+const Json* Given(const Json& object, const char* key) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+// The text of a normalized item, as the history window counts it.
+std::string ItemText(const Json& item) {
+  const auto& type = item["type"];
+  if (type == "message") {
+    std::string text;
+    for (const auto& part : item["content"]) {
+      if (part.contains("text")) text += part["text"].get<std::string>();
+      if (part.contains("refusal")) text += part["refusal"].get<std::string>();
+    }
+    return text;
+  }
+  if (type == "function_call") {
+    return item["name"].get<std::string>() + item["arguments"].get<std::string>();
+  }
+  if (type == "function_call_output") return item["output"].get<std::string>();
+  return {};
+}
+
+// A part of a message, normalized into `out`.
+std::optional<RequestError> NormalizePart(const Json& part, const std::string& role,
+                                          const std::string& param, Json& out) {
+  if (!part.is_object()) return WrongType(param, "an object");
+  const Json* type = Given(part, "type");
+  if (type == nullptr) return Missing(param + ".type");
+  if (!type->is_string()) return WrongType(param + ".type", "a string");
+  const auto type_name = type->get<std::string>();
+  const bool assistant = role == "assistant";
+  if (type_name == "input_text" || type_name == "output_text") {
+    if ((type_name == "output_text") != assistant) {
+      return WrongValue(param + ".type", assistant ? "assistant content is output_text or refusal"
+                                                   : "this role's content is input_text");
+    }
+    const Json* text = Given(part, "text");
+    if (text == nullptr) return Missing(param + ".text");
+    if (!text->is_string()) return WrongType(param + ".text", "a string");
+    out = {{"type", type_name}, {"text", *text}};
+    if (assistant) {
+      const Json* annotations = Given(part, "annotations");
+      if (annotations != nullptr && !annotations->is_array()) {
+        return WrongType(param + ".annotations", "an array");
+      }
+      out["annotations"] = annotations != nullptr ? *annotations : Json::array();
+    }
+    return std::nullopt;
+  }
+  if (type_name == "refusal" && assistant) {
+    const Json* refusal = Given(part, "refusal");
+    if (refusal == nullptr) return Missing(param + ".refusal");
+    if (!refusal->is_string()) return WrongType(param + ".refusal", "a string");
+    out = {{"type", "refusal"}, {"refusal", *refusal}};
+    return std::nullopt;
+  }
+  return Refuse(
+      param + ".type",
+      "Staple does not support content parts of type '" + type_name + "' here (only text).",
+      kUnsupported);
+}
+
+std::optional<RequestError> RequiredString(const Json& item, const char* key,
+                                           const std::string& param, std::string& out) {
+  const Json* value = Given(item, key);
+  if (value == nullptr) return Missing(param + "." + key);
+  if (!value->is_string()) return WrongType(param + "." + key, "a string");
+  out = value->get<std::string>();
+  return std::nullopt;
+}
+
+// The item's own id when it gives one, else a new one.
+std::optional<RequestError> ItemId(const Json& item, const std::string& param,
+                                   std::string_view prefix, std::string& id) {
+  const Json* given = Given(item, "id");
+  if (given == nullptr) {
+    id = NewId(prefix);
+    return std::nullopt;
+  }
+  if (!given->is_string() || given->get_ref<const std::string&>().empty()) {
+    return WrongType(param + ".id", "a non-empty string");
+  }
+  id = given->get<std::string>();
+  return std::nullopt;
+}
+
+std::optional<RequestError> NormalizeMessage(const Json& item, const std::string& param,
+                                             Json& out) {
+  std::string role;
+  if (auto error = RequiredString(item, "role", param, role)) return error;
+  if (role != "user" && role != "assistant" && role != "system" && role != "developer") {
+    return WrongValue(param + ".role", "expected user, assistant, system or developer");
+  }
+  const Json* content = Given(item, "content");
+  if (content == nullptr) return Missing(param + ".content");
+  Json parts = Json::array();
+  if (content->is_string()) {
+    if (role == "assistant") {
+      parts.push_back(
+          {{"type", "output_text"}, {"text", *content}, {"annotations", Json::array()}});
+    } else {
+      parts.push_back({{"type", "input_text"}, {"text", *content}});
+    }
+  } else if (content->is_array()) {
+    for (std::size_t i = 0; i < content->size(); ++i) {
+      Json part;
+      const auto part_param = param + ".content[" + std::to_string(i) + "]";
+      if (auto error = NormalizePart((*content)[i], role, part_param, part)) return error;
+      parts.push_back(std::move(part));
+    }
+  } else {
+    return WrongType(param + ".content", "a string or an array of content parts");
+  }
+  std::string id;
+  if (auto error = ItemId(item, param, "msg", id)) return error;
+  out = {{"type", "message"},
+         {"id", id},
+         {"status", "completed"},
+         {"role", role},
+         {"content", std::move(parts)}};
+  return std::nullopt;
+}
+
+std::optional<RequestError> NormalizeFunctionCall(const Json& item, const std::string& param,
+                                                  Json& out) {
+  std::string call_id, name, arguments, id;
+  if (auto error = RequiredString(item, "call_id", param, call_id)) return error;
+  if (auto error = RequiredString(item, "name", param, name)) return error;
+  if (auto error = RequiredString(item, "arguments", param, arguments)) return error;
+  if (auto error = ItemId(item, param, "fc", id)) return error;
+  out = {{"type", "function_call"}, {"id", id},     {"status", "completed"},
+         {"call_id", call_id},      {"name", name}, {"arguments", arguments}};
+  return std::nullopt;
+}
+
+std::optional<RequestError> NormalizeFunctionCallOutput(const Json& item, const std::string& param,
+                                                        Json& out) {
+  std::string call_id, id, output;
+  if (auto error = RequiredString(item, "call_id", param, call_id)) return error;
+  const Json* given = Given(item, "output");
+  if (given == nullptr) return Missing(param + ".output");
+  if (given->is_string()) {
+    output = given->get<std::string>();
+  } else if (given->is_array()) {
+    // Structured tool output: only its text parts can go to a chat upstream.
+    for (std::size_t i = 0; i < given->size(); ++i) {
+      Json part;
+      const auto part_param = param + ".output[" + std::to_string(i) + "]";
+      if (auto error = NormalizePart((*given)[i], "user", part_param, part)) return error;
+      output += part["text"].get<std::string>();
+    }
+  } else {
+    return WrongType(param + ".output", "a string or an array of input_text parts");
+  }
+  if (auto error = ItemId(item, param, "fco", id)) return error;
+  out = {{"type", "function_call_output"},
+         {"id", id},
+         {"status", "completed"},
+         {"call_id", call_id},
+         {"output", output}};
+  return std::nullopt;
+}
+
+// The chat message for a normalized message item: its parts' texts joined.
+Json ChatMessageOf(const Json& item) {
+  auto role = item["role"].get<std::string>();
+  // "developer" is OpenAI's newer name for "system"; not every Chat Completions upstream knows it.
+  if (role == "developer") role = "system";
+  return {{"role", role}, {"content", ItemText(item)}};
+}
+
+void AppendChatMessages(const Json& item, Json& messages) {
+  const auto& type = item["type"];
+  if (type == "message") {
+    messages.push_back(ChatMessageOf(item));
+  } else if (type == "function_call") {
+    Json call = {{"id", item["call_id"]},
+                 {"type", "function"},
+                 {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}};
+    // Calls made in one answer travel in one assistant message, after its text if it had any.
+    if (!messages.empty() && messages.back()["role"] == "assistant") {
+      auto& last = messages.back();
+      if (!last.contains("tool_calls")) last["tool_calls"] = Json::array();
+      last["tool_calls"].push_back(std::move(call));
+    } else {
+      messages.push_back(
+          {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", Json::array({call})}});
+    }
+  } else if (type == "function_call_output") {
+    messages.push_back(
+        {{"role", "tool"}, {"tool_call_id", item["call_id"]}, {"content", item["output"]}});
+  }
+}
+
+Json ChatTool(const Json& tool) {
+  Json function = {{"name", tool["name"]}};
+  for (const char* key : {"description", "parameters", "strict"}) {
+    if (const Json* value = Given(tool, key)) function[key] = *value;
+  }
+  return {{"type", "function"}, {"function", std::move(function)}};
+}
+
+std::optional<RequestError> ParseTools(const Json& tools, Json& out) {
+  if (!tools.is_array()) return WrongType("tools", "an array");
+  for (std::size_t i = 0; i < tools.size(); ++i) {
+    const auto param = "tools[" + std::to_string(i) + "]";
+    const Json& tool = tools[i];
+    if (!tool.is_object()) return WrongType(param, "an object");
+    const Json* type = Given(tool, "type");
+    if (type == nullptr) return Missing(param + ".type");
+    if (*type != "function") {
+      return Refuse(param + ".type", "Staple supports only tools of type 'function'.",
+                    kUnsupported);
+    }
+    for (const auto& [key, value] : tool.items()) {
+      if (key == "type" || key == "name") continue;
+      if (value.is_null()) continue;
+      if (key == "description") {
+        if (!value.is_string()) return WrongType(param + ".description", "a string");
+      } else if (key == "parameters") {
+        if (!value.is_object()) return WrongType(param + ".parameters", "an object");
+      } else if (key == "strict") {
+        if (!value.is_boolean()) return WrongType(param + ".strict", "a boolean");
+      } else {
+        return Unsupported(param + "." + key);
+      }
+    }
+    std::string name;
+    if (auto error = RequiredString(tool, "name", param, name)) return error;
+    if (name.empty()) return WrongValue(param + ".name", "expected a non-empty name");
+  }
+  out = tools;
+  return std::nullopt;
+}
+
+std::optional<RequestError> ParseToolChoice(const Json& choice, const Json& tools, Json& out) {
+  if (choice.is_string()) {
+    if (choice != "auto" && choice != "none" && choice != "required") {
+      return WrongValue("tool_choice", "expected auto, none or required");
+    }
+    out = choice;
+    return std::nullopt;
+  }
+  if (!choice.is_object()) return WrongType("tool_choice", "a string or an object");
+  const Json* type = Given(choice, "type");
+  if (type == nullptr) return Missing("tool_choice.type");
+  if (*type != "function") {
+    return Refuse("tool_choice.type", "Staple supports only tool_choice of type 'function'.",
+                  kUnsupported);
+  }
+  std::string name;
+  if (auto error = RequiredString(choice, "name", "tool_choice", name)) return error;
+  bool known = false;
+  for (const auto& tool : tools) known = known || tool["name"] == name;
+  if (!known) return WrongValue("tool_choice.name", "no function tool has that name");
+  out = {{"type", "function"}, {"name", name}};
+  return std::nullopt;
+}
+
+std::optional<RequestError> ParseText(const Json& text, Json& out) {
+  if (!text.is_object()) return WrongType("text", "an object");
+  for (const auto& [key, value] : text.items()) {
+    if (key == "format" || value.is_null()) continue;
+    // OpenAI's default verbosity changes nothing; any other cannot be honoured.
+    if (key == "verbosity" && value == "medium") continue;
+    return Unsupported("text." + key);
+  }
+  const Json* format = Given(text, "format");
+  if (format == nullptr) {
+    out = {{"format", {{"type", "text"}}}};
+    return std::nullopt;
+  }
+  if (!format->is_object()) return WrongType("text.format", "an object");
+  const Json* type = Given(*format, "type");
+  if (type == nullptr) return Missing("text.format.type");
+  if (*type == "json_schema") {
+    std::string name;
+    if (auto error = RequiredString(*format, "name", "text.format", name)) return error;
+    const Json* schema = Given(*format, "schema");
+    if (schema == nullptr) return Missing("text.format.schema");
+    if (!schema->is_object()) return WrongType("text.format.schema", "an object");
+    const Json* strict = Given(*format, "strict");
+    if (strict != nullptr && !strict->is_boolean()) {
+      return WrongType("text.format.strict", "a boolean");
+    }
+    const Json* description = Given(*format, "description");
+    if (description != nullptr && !description->is_string()) {
+      return WrongType("text.format.description", "a string");
+    }
+  } else if (*type != "text" && *type != "json_object") {
+    return WrongValue("text.format.type", "expected text, json_schema or json_object");
+  }
+  out = text;
+  return std::nullopt;
+}
+
+std::optional<RequestError> ParseMetadata(const Json& metadata, Json& out) {
+  if (!metadata.is_object()) return WrongType("metadata", "an object");
+  if (metadata.size() > 16) return WrongValue("metadata", "at most 16 keys");
+  for (const auto& [key, value] : metadata.items()) {
+    if (key.size() > 64) return WrongValue("metadata", "keys are at most 64 characters");
+    if (!value.is_string()) return WrongType("metadata." + key, "a string");
+    if (value.get_ref<const std::string&>().size() > 512) {
+      return WrongValue("metadata." + key, "values are at most 512 characters");
+    }
+  }
+  out = metadata;
+  return std::nullopt;
+}
+
+// Fields some SDKs always send with a value that asks for nothing Staple lacks.
+std::optional<RequestError> CheckHarmless(const std::string& key, const Json& value) {
+  bool harmless = false;
+  if (key == "include") {
+    harmless = value.is_array() && value.empty();
+  } else if (key == "reasoning") {
+    harmless = value.is_object();
+    if (harmless) {
+      for (const auto& member : value) harmless = harmless && member.is_null();
+    }
+  } else if (key == "service_tier") {
+    harmless = value == "auto" || value == "default";
+  } else if (key == "background") {
+    harmless = value == false;
+  } else if (key == "stream_options") {
+    harmless = value.is_object();
+  } else if (key == "prompt_cache_key" || key == "safety_identifier") {
+    // Hints for the provider's cache and abuse detection; they change no answer.
+    harmless = value.is_string();
+  }
+  if (harmless) return std::nullopt;
+  return Refuse(key, "Staple does not support '" + key + "' with this value.", kUnsupported);
+}
+
+bool IsHarmlessKey(const std::string& key) {
+  return key == "include" || key == "reasoning" || key == "service_tier" || key == "background" ||
+         key == "stream_options" || key == "prompt_cache_key" || key == "safety_identifier";
+}
+
+std::optional<RequestError> ParseFields(const Json& body, ResponsesRequest& parsed) {
+  for (const auto& [key, value] : body.items()) {
+    if (value.is_null()) continue;  // "not given"
+    if (key == "model") {
+      if (!value.is_string()) return WrongType("model", "a string");
+      parsed.model = value.get<std::string>();
+    } else if (key == "input") {
+      if (value.is_string()) {
+        const Json message = {{"role", "user"}, {"content", value}};
+        if (auto error = NormalizeItems(Json::array({message}), "input", parsed.input)) {
+          return error;
+        }
+      } else if (value.is_array()) {
+        if (auto error = NormalizeItems(value, "input", parsed.input)) return error;
+      } else {
+        return WrongType("input", "a string or an array of items");
+      }
+    } else if (key == "instructions") {
+      if (!value.is_string()) return WrongType("instructions", "a string");
+      parsed.instructions = value.get<std::string>();
+    } else if (key == "previous_response_id") {
+      if (!value.is_string()) return WrongType("previous_response_id", "a string");
+      parsed.previous_response_id = value.get<std::string>();
+    } else if (key == "conversation") {
+      const Json* id = value.is_object() ? Given(value, "id") : &value;
+      if (id == nullptr) return Missing("conversation.id");
+      if (!id->is_string()) return WrongType("conversation", "a string or {\"id\": string}");
+      if (value.is_object() && value.size() != 1) return Unsupported("conversation");
+      parsed.conversation_id = id->get<std::string>();
+    } else if (key == "store" || key == "stream" || key == "parallel_tool_calls") {
+      if (!value.is_boolean()) return WrongType(key, "a boolean");
+      if (key == "store") parsed.store = value.get<bool>();
+      if (key == "stream") parsed.stream = value.get<bool>();
+      if (key == "parallel_tool_calls") parsed.parallel_tool_calls = value.get<bool>();
+    } else if (key == "tools") {
+      if (auto error = ParseTools(value, parsed.tools)) return error;
+    } else if (key == "tool_choice") {
+      continue;  // checked against the tools below, whatever the order of the members
+    } else if (key == "max_output_tokens") {
+      if (!value.is_number_integer()) return WrongType("max_output_tokens", "an integer");
+      if (value.is_number_unsigned() &&
+          value.get<std::uint64_t>() >
+              static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+        return WrongValue("max_output_tokens", "too large");
+      }
+      const auto tokens = value.get<std::int64_t>();
+      if (tokens < 1) return WrongValue("max_output_tokens", "expected at least 1");
+      parsed.max_output_tokens = tokens;
+    } else if (key == "temperature" || key == "top_p") {
+      if (!value.is_number()) return WrongType(key, "a number");
+      const auto number = value.get<double>();
+      const double max = key == "temperature" ? 2.0 : 1.0;
+      if (!(number >= 0.0 && number <= max)) {
+        return WrongValue(key, key == "temperature" ? "expected 0 to 2" : "expected 0 to 1");
+      }
+      (key == "temperature" ? parsed.temperature : parsed.top_p) = number;
+    } else if (key == "metadata") {
+      if (auto error = ParseMetadata(value, parsed.metadata)) return error;
+    } else if (key == "text") {
+      if (auto error = ParseText(value, parsed.text)) return error;
+    } else if (key == "truncation") {
+      if (value != "auto" && value != "disabled") {
+        return WrongValue("truncation", "expected auto or disabled");
+      }
+      parsed.truncation_auto = value == "auto";
+    } else if (key == "user") {
+      if (!value.is_string()) return WrongType("user", "a string");
+      parsed.user = value.get<std::string>();
+    } else if (IsHarmlessKey(key)) {
+      if (auto error = CheckHarmless(key, value)) return error;
+    } else {
+      return Unsupported(key);
+    }
+  }
+  if (const Json* choice = Given(body, "tool_choice")) {
+    if (auto error = ParseToolChoice(*choice, parsed.tools, parsed.tool_choice)) return error;
+  }
+  return std::nullopt;
+}
+
+std::string RandomHex(std::size_t bytes) {
+  std::array<unsigned char, 64> buffer{};
+  std::size_t filled = 0;
+  while (filled < bytes) {
+    const ssize_t n = getrandom(buffer.data() + filled, bytes - filled, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error("getrandom failed");  // no entropy source: a broken system
+    }
+    filled += static_cast<std::size_t>(n);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(bytes * 2);
+  for (std::size_t i = 0; i < bytes; ++i) {
+    hex += kHex[buffer[i] >> 4];
+    hex += kHex[buffer[i] & 0xF];
+  }
+  return hex;
+}
+
+std::optional<std::int64_t> Integer(const Json& object, const char* key) {
+  const Json* value = object.is_object() ? Given(object, key) : nullptr;
+  if (value == nullptr || !value->is_number_integer()) return std::nullopt;
+  if (value->is_number_unsigned() &&
+      value->get<std::uint64_t>() >
+          static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    return std::nullopt;
+  }
+  return value->get<std::int64_t>();
+}
+
+std::string StringOr(const Json& object, const char* key, std::string fallback) {
+  const Json* value = object.is_object() ? Given(object, key) : nullptr;
+  if (value == nullptr || !value->is_string()) return fallback;
+  return value->get<std::string>();
+}
+
+Json OutputText(std::string text) {
+  return {{"type", "output_text"}, {"text", std::move(text)}, {"annotations", Json::array()}};
+}
+
+Json MessageItem(std::string id, std::string_view status, Json content) {
+  return {{"type", "message"},
+          {"id", std::move(id)},
+          {"status", status},
+          {"role", "assistant"},
+          {"content", std::move(content)}};
+}
+
+Json FunctionCallItem(std::string call_id, std::string name, std::string arguments,
+                      std::string_view status) {
+  return {{"type", "function_call"}, {"id", NewId("fc")},
+          {"status", status},        {"call_id", std::move(call_id)},
+          {"name", std::move(name)}, {"arguments", std::move(arguments)}};
+}
+
+// status and incomplete_details from a choice's finish_reason.
+void ApplyFinishReason(const std::string& finish_reason, ResponseOutput& output) {
+  if (finish_reason == "length") {
+    output.status = "incomplete";
+    output.incomplete_details = {{"reason", "max_output_tokens"}};
+  } else if (finish_reason == "content_filter") {
+    output.status = "incomplete";
+    output.incomplete_details = {{"reason", "content_filter"}};
+  }
+}
+
+void ReadUsage(const Json& chunk, ResponseOutput& output) {
+  const Json* usage = Given(chunk, "usage");
+  if (usage == nullptr || !usage->is_object()) return;
+  if (auto tokens = Integer(*usage, "prompt_tokens")) output.input_tokens = tokens;
+  if (auto tokens = Integer(*usage, "completion_tokens")) output.output_tokens = tokens;
+}
+
+Json Usage(const ResponseOutput& output) {
+  if (!output.input_tokens && !output.output_tokens) return nullptr;
+  const std::int64_t input = output.input_tokens.value_or(0);
+  const std::int64_t produced = output.output_tokens.value_or(0);
+  return {{"input_tokens", input},
+          {"input_tokens_details", {{"cached_tokens", 0}}},
+          {"output_tokens", produced},
+          {"output_tokens_details", {{"reasoning_tokens", 0}}},
+          {"total_tokens", input + produced}};
+}
+
+}  // namespace
+
+std::string NewId(std::string_view prefix) { return std::string(prefix) + "_" + RandomHex(24); }
+
+std::optional<RequestError> NormalizeItems(const Json& items, std::string_view param_prefix,
+                                           Json& normalized) {
+  if (!items.is_array()) return WrongType(std::string(param_prefix), "an array");
+  Json out = Json::array();
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const auto param = std::string(param_prefix) + "[" + std::to_string(i) + "]";
+    const Json& item = items[i];
+    if (!item.is_object()) return WrongType(param, "an object");
+    const Json* type = Given(item, "type");
+    std::string type_name = "message";  // EasyInputMessage: {role, content} without a type
+    if (type != nullptr) {
+      if (!type->is_string()) return WrongType(param + ".type", "a string");
+      type_name = type->get<std::string>();
+    }
+    Json normalized_item;
+    std::optional<RequestError> error;
+    if (type_name == "message") {
+      error = NormalizeMessage(item, param, normalized_item);
+    } else if (type_name == "function_call") {
+      error = NormalizeFunctionCall(item, param, normalized_item);
+    } else if (type_name == "function_call_output") {
+      error = NormalizeFunctionCallOutput(item, param, normalized_item);
+    } else {
+      error = Refuse(param + ".type",
+                     "Staple does not support input items of type '" + type_name +
+                         "' (only message, function_call and function_call_output).",
+                     kUnsupported);
+    }
+    if (error) return error;
+    out.push_back(std::move(normalized_item));
+  }
+  normalized = std::move(out);
+  return std::nullopt;
+}
+
+std::optional<RequestError> ParseResponsesRequest(std::string_view body, ResponsesRequest& parsed) {
+  const auto tree = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (tree.is_discarded() || !tree.is_object()) {
+    return RequestError{"The request body must be a JSON object.", "", ""};
+  }
+  ResponsesRequest request;
+  if (auto error = ParseFields(tree, request)) return error;
+  if (request.model.empty()) return Missing("model");
+  if (Given(tree, "input") == nullptr) return Missing("input");
+  if (!request.previous_response_id.empty() && !request.conversation_id.empty()) {
+    return Refuse("conversation",
+                  "Mutually exclusive parameters: give either 'previous_response_id' or "
+                  "'conversation', not both.",
+                  kInvalidValue);
+  }
+  for (const auto& item : request.input) {
+    if (item["type"] == "message" && item["role"] == "user") request.prompt_text = ItemText(item);
+  }
+  parsed = std::move(request);
+  return std::nullopt;
+}
+
+std::size_t ContextStart(std::span<const Json> context, const Json& input,
+                         const WindowLimits& limits, bool& fits) {
+  std::size_t messages = 0;
+  std::size_t chars = 0;
+  if (input.is_array()) {
+    for (const auto& item : input) {
+      ++messages;
+      chars += CountChars(ItemText(item));
+    }
+  }
+  const auto within = [&](std::size_t more_messages, std::size_t more_chars) {
+    return (limits.max_messages == 0 || messages + more_messages <= limits.max_messages) &&
+           (limits.max_chars == 0 || chars + more_chars <= limits.max_chars);
+  };
+  // Walk whole turns from the newest back. The items before the first user message (e.g. a
+  // leading developer message) count as one turn of their own.
+  std::size_t first_kept = context.size();
+  std::size_t turn_end = context.size();
+  for (std::size_t i = context.size(); i-- > 0;) {
+    const Json& item = context[i];
+    const bool user_message =
+        item.is_object() && item.value("type", "") == "message" && item.value("role", "") == "user";
+    if (!user_message && i != 0) continue;
+    std::size_t turn_chars = 0;
+    for (std::size_t j = i; j < turn_end; ++j) {
+      if (context[j].is_object()) turn_chars += CountChars(ItemText(context[j]));
+    }
+    if (!within(turn_end - i, turn_chars)) break;
+    messages += turn_end - i;
+    chars += turn_chars;
+    first_kept = i;
+    turn_end = i;
+  }
+  fits = first_kept == 0;
+  return first_kept;
+}
+
+std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json> context,
+                          std::size_t context_start, bool stream, TokenEstimate& estimate) {
+  Json body = {{"model", request.model}};
+  Json messages = Json::array();
+  if (request.instructions && !request.instructions->empty()) {
+    messages.push_back({{"role", "system"}, {"content", *request.instructions}});
+  }
+  for (std::size_t i = context_start; i < context.size(); ++i) {
+    if (context[i].is_object()) AppendChatMessages(context[i], messages);
+  }
+  for (const auto& item : request.input) AppendChatMessages(item, messages);
+  estimate.prompt = EstimatePromptTokens(messages);
+  estimate.max_completion.reset();
+  if (request.max_output_tokens) {
+    estimate.max_completion = static_cast<std::uint64_t>(*request.max_output_tokens);
+  }
+  body["messages"] = std::move(messages);
+
+  // OpenAI refuses tool_choice and parallel_tool_calls without tools.
+  if (!request.tools.empty()) {
+    Json tools = Json::array();
+    for (const auto& tool : request.tools) tools.push_back(ChatTool(tool));
+    body["tools"] = std::move(tools);
+    if (request.tool_choice.is_object()) {
+      body["tool_choice"] = {{"type", "function"},
+                             {"function", {{"name", request.tool_choice["name"]}}}};
+    } else {
+      body["tool_choice"] = request.tool_choice;
+    }
+    if (request.parallel_tool_calls) body["parallel_tool_calls"] = *request.parallel_tool_calls;
+  }
+  if (request.max_output_tokens) body["max_tokens"] = *request.max_output_tokens;
+  if (request.temperature) body["temperature"] = *request.temperature;
+  if (request.top_p) body["top_p"] = *request.top_p;
+  if (!request.user.empty()) body["user"] = request.user;
+
+  const Json* format = Given(request.text, "format");
+  if (format != nullptr && format->is_object()) {
+    const auto type = StringOr(*format, "type", "text");
+    if (type == "json_object") {
+      body["response_format"] = {{"type", "json_object"}};
+    } else if (type == "json_schema") {
+      Json schema = {{"name", (*format)["name"]}, {"schema", (*format)["schema"]}};
+      for (const char* key : {"strict", "description"}) {
+        if (const Json* value = Given(*format, key)) schema[key] = *value;
+      }
+      body["response_format"] = {{"type", "json_schema"}, {"json_schema", std::move(schema)}};
+    }
+  }
+  if (stream) {
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+  }
+  return body.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Result<ResponseOutput> ReadChatCompletion(std::string_view body) {
+  const auto tree = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (tree.is_discarded() || !tree.is_object()) {
+    return MakeError(ErrorKind::kUpstream, "the upstream's answer is not a JSON object");
+  }
+  const Json* choices = Given(tree, "choices");
+  if (choices == nullptr || !choices->is_array() || choices->empty() ||
+      !(*choices)[0].is_object()) {
+    return MakeError(ErrorKind::kUpstream, "the upstream's answer has no choices");
+  }
+  const Json& choice = (*choices)[0];
+  const Json* message = Given(choice, "message");
+  if (message == nullptr || !message->is_object()) {
+    return MakeError(ErrorKind::kUpstream, "the upstream's answer has no message");
+  }
+  ResponseOutput output;
+  output.model = StringOr(tree, "model", "");
+  ApplyFinishReason(StringOr(choice, "finish_reason", ""), output);
+  output.text = StringOr(*message, "content", "");
+
+  Json calls = Json::array();
+  if (const Json* tool_calls = Given(*message, "tool_calls")) {
+    if (!tool_calls->is_array()) {
+      return MakeError(ErrorKind::kUpstream, "the upstream's tool_calls is not a list");
+    }
+    for (const auto& call : *tool_calls) {
+      const Json* function = call.is_object() ? Given(call, "function") : nullptr;
+      if (function == nullptr || !function->is_object()) {
+        return MakeError(ErrorKind::kUpstream, "the upstream's tool call has no function");
+      }
+      calls.push_back(FunctionCallItem(StringOr(call, "id", NewId("call")),
+                                       StringOr(*function, "name", ""),
+                                       StringOr(*function, "arguments", ""), "completed"));
+    }
+  }
+  if (!output.text.empty() || calls.empty()) {
+    output.output.push_back(MessageItem(NewId("msg"),
+                                        output.status == "completed" ? "completed" : "incomplete",
+                                        Json::array({OutputText(output.text)})));
+  }
+  for (auto& call : calls) output.output.push_back(std::move(call));
+  ReadUsage(tree, output);
+  return output;
+}
+
+Json ResponseObject(const ResponsesRequest& request, std::string_view id, std::int64_t created_at,
+                    const ResponseOutput* output) {
+  const bool started = output == nullptr;
+  const std::string model =
+      output != nullptr && !output->model.empty() ? output->model : request.model;
+  Json conversation = nullptr;
+  if (!request.conversation_id.empty()) conversation = {{"id", request.conversation_id}};
+  return {
+      {"id", id},
+      {"object", "response"},
+      {"created_at", created_at},
+      {"status", started ? "in_progress" : output->status},
+      {"error", nullptr},
+      {"incomplete_details", started ? Json(nullptr) : output->incomplete_details},
+      {"instructions", request.instructions ? Json(*request.instructions) : Json(nullptr)},
+      {"max_output_tokens",
+       request.max_output_tokens ? Json(*request.max_output_tokens) : Json(nullptr)},
+      {"model", model},
+      {"output", started ? Json::array() : output->output},
+      {"parallel_tool_calls", request.parallel_tool_calls.value_or(true)},
+      {"previous_response_id",
+       request.previous_response_id.empty() ? Json(nullptr) : Json(request.previous_response_id)},
+      {"conversation", conversation},
+      {"reasoning", {{"effort", nullptr}, {"summary", nullptr}}},
+      {"store", request.store},
+      {"temperature", request.temperature.value_or(1.0)},
+      {"text", request.text},
+      {"tool_choice", request.tool_choice},
+      {"tools", request.tools},
+      {"top_p", request.top_p.value_or(1.0)},
+      {"truncation", request.truncation_auto ? "auto" : "disabled"},
+      {"usage", started ? Json(nullptr) : Usage(*output)},
+      {"user", request.user.empty() ? Json(nullptr) : Json(request.user)},
+      {"metadata", request.metadata},
+  };
+}
+
+ResponseEventStream::ResponseEventStream(ResponsesRequest request, std::string id,
+                                         std::int64_t created_at)
+    : request_(std::move(request)), id_(std::move(id)), created_at_(created_at) {}
+
+std::string ResponseEventStream::Event(std::string_view type, Json payload) {
+  Json event = {{"type", type}, {"sequence_number", sequence_++}};
+  for (auto& [key, value] : payload.items()) event[key] = std::move(value);
+  std::string text = "event: ";
+  text += type;
+  text += "\ndata: ";
+  text += event.dump(-1, ' ', false, Json::error_handler_t::replace);
+  text += "\n\n";
+  return text;
+}
+
+std::string ResponseEventStream::Start() {
+  const Json response = ResponseObject(request_, id_, created_at_, nullptr);
+  std::string text = Event("response.created", {{"response", response}});
+  text += Event("response.in_progress", {{"response", response}});
+  return text;
+}
+
+Result<std::string> ResponseEventStream::Add(std::string_view chunk_data) {
+  const auto chunk = Json::parse(chunk_data, nullptr, /*allow_exceptions=*/false);
+  if (chunk.is_discarded() || !chunk.is_object()) {
+    return MakeError(ErrorKind::kUpstream, "the upstream's stream event is not a JSON object");
+  }
+  if (const Json* error = Given(chunk, "error")) {
+    const std::string message = error->is_object() ? StringOr(*error, "message", "") : "";
+    return MakeError(ErrorKind::kUpstream, "the upstream's stream reported an error" +
+                                               (message.empty() ? std::string() : ": " + message));
+  }
+  const Json* choices = Given(chunk, "choices");
+  if (choices != nullptr && !choices->is_array()) {
+    return MakeError(ErrorKind::kUpstream, "the upstream's stream event has no choices list");
+  }
+  if (choices == nullptr && Given(chunk, "usage") == nullptr) {
+    return MakeError(ErrorKind::kUpstream, "the upstream's stream event is not a chunk");
+  }
+  if (finished_) return std::string();
+  if (auto model = StringOr(chunk, "model", ""); !model.empty()) output_.model = model;
+  ReadUsage(chunk, output_);
+
+  std::string text;
+  if (choices == nullptr || choices->empty()) return text;
+  // One answer per response: the first choice (n is never set upstream).
+  const Json& choice = (*choices)[0];
+  if (!choice.is_object()) {
+    return MakeError(ErrorKind::kUpstream, "the upstream's stream choice is not an object");
+  }
+  const Json* delta = Given(choice, "delta");
+  if (delta != nullptr && delta->is_object()) {
+    const std::string content = StringOr(*delta, "content", "");
+    if (!content.empty()) {
+      if (!message_index_) text += OpenMessage();
+      auto& item = output_.output[*message_index_];
+      item["content"][0]["text"].get_ref<std::string&>() += content;
+      output_.text += content;
+      text += Event("response.output_text.delta", {{"item_id", item["id"]},
+                                                   {"output_index", *message_index_},
+                                                   {"content_index", 0},
+                                                   {"delta", content},
+                                                   {"logprobs", Json::array()}});
+    }
+    const Json* tool_calls = Given(*delta, "tool_calls");
+    if (tool_calls != nullptr) {
+      if (!tool_calls->is_array()) {
+        return MakeError(ErrorKind::kUpstream, "the upstream's tool_calls delta is not a list");
+      }
+      for (std::size_t position = 0; position < tool_calls->size(); ++position) {
+        const Json& call = (*tool_calls)[position];
+        if (!call.is_object()) {
+          return MakeError(ErrorKind::kUpstream, "the upstream's tool call is not an object");
+        }
+        // Upstreams that send one whole call per delta may leave out its index.
+        const auto index = Integer(call, "index").value_or(static_cast<std::int64_t>(position));
+        const Json* function = Given(call, "function");
+        const Json no_function = Json::object();
+        if (function == nullptr || !function->is_object()) function = &no_function;
+        OpenCall* open = nullptr;
+        for (auto& candidate : calls_) {
+          if (candidate.upstream_index == index) open = &candidate;
+        }
+        if (open == nullptr) {
+          // The first delta of a call carries its id and name.
+          calls_.push_back({index, output_.output.size()});
+          open = &calls_.back();
+          output_.output.push_back(FunctionCallItem(StringOr(call, "id", NewId("call")),
+                                                    StringOr(*function, "name", ""), "",
+                                                    "in_progress"));
+          text += Event(
+              "response.output_item.added",
+              {{"output_index", open->output_index}, {"item", output_.output[open->output_index]}});
+        }
+        const std::string arguments = StringOr(*function, "arguments", "");
+        if (!arguments.empty()) {
+          auto& item = output_.output[open->output_index];
+          item["arguments"].get_ref<std::string&>() += arguments;
+          text +=
+              Event("response.function_call_arguments.delta", {{"item_id", item["id"]},
+                                                               {"output_index", open->output_index},
+                                                               {"delta", arguments}});
+        }
+      }
+    }
+  }
+  const std::string finish_reason = StringOr(choice, "finish_reason", "");
+  if (!finish_reason.empty()) ApplyFinishReason(finish_reason, output_);
+  return text;
+}
+
+std::string ResponseEventStream::OpenMessage() {
+  message_index_ = output_.output.size();
+  output_.output.push_back(MessageItem(NewId("msg"), "in_progress", Json::array()));
+  const auto& item = output_.output.back();
+  std::string text =
+      Event("response.output_item.added", {{"output_index", *message_index_}, {"item", item}});
+  const Json part = OutputText("");
+  text += Event("response.content_part.added", {{"item_id", item["id"]},
+                                                {"output_index", *message_index_},
+                                                {"content_index", 0},
+                                                {"part", part}});
+  output_.output[*message_index_]["content"].push_back(part);
+  return text;
+}
+
+std::string ResponseEventStream::Finish() {
+  if (finished_) return {};
+  finished_ = true;
+  std::string text;
+  // ReadChatCompletion's shape: an answer with neither text nor tool calls is an empty message.
+  if (!message_index_ && calls_.empty()) text += OpenMessage();
+  for (std::size_t index = 0; index < output_.output.size(); ++index) {
+    auto& item = output_.output[index];
+    if (message_index_ && index == *message_index_) {
+      const Json& part = item["content"][0];
+      text += Event("response.output_text.done", {{"item_id", item["id"]},
+                                                  {"output_index", index},
+                                                  {"content_index", 0},
+                                                  {"text", part["text"]},
+                                                  {"logprobs", Json::array()}});
+      text += Event(
+          "response.content_part.done",
+          {{"item_id", item["id"]}, {"output_index", index}, {"content_index", 0}, {"part", part}});
+      item["status"] = output_.status == "completed" ? "completed" : "incomplete";
+    } else {
+      text += Event("response.function_call_arguments.done", {{"item_id", item["id"]},
+                                                              {"output_index", index},
+                                                              {"name", item["name"]},
+                                                              {"arguments", item["arguments"]}});
+      item["status"] = "completed";
+    }
+    text += Event("response.output_item.done", {{"output_index", index}, {"item", item}});
+  }
+  return text;
+}
+
+std::string ResponseEventStream::Completed() {
+  const Json response = ResponseObject(request_, id_, created_at_, &output_);
+  // OpenAI ends an answer cut short with response.incomplete instead.
+  const char* type = output_.status == "completed" ? "response.completed" : "response.incomplete";
+  return Event(type, {{"response", response}});
+}
+
+std::string ResponseEventStream::Failed(const Error& error) {
+  Json response = ResponseObject(request_, id_, created_at_, &output_);
+  response["status"] = "failed";
+  response["incomplete_details"] = nullptr;
+  response["error"] = {{"code", error.kind == ErrorKind::kTimeout ? "timeout" : "server_error"},
+                       {"message", error.message}};
+  return Event("response.failed", {{"response", response}});
+}
+
+}  // namespace staple::chat::responses
