@@ -276,7 +276,7 @@ TEST(ParseResponsesRequestTest, EachRefusalNamesItsParam) {
 
 TEST(ParseResponsesRequestTest, MetadataHasAtMost16Keys) {
   Json metadata = Json::object();
-  for (int i = 0; i < 17; ++i) metadata["k" + std::to_string(i)] = "v";
+  for (char key = 'a'; key < 'a' + 17; ++key) metadata[std::string(1, key)] = "v";
   const Json body = {{"model", "m"}, {"input", "x"}, {"metadata", metadata}};
   EXPECT_EQ(Refusal(body.dump()).param, "metadata");
 }
