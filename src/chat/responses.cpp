@@ -47,21 +47,26 @@ const Json* Given(const Json& object, const char* key) {
   return &*it;
 }
 
-// The text of a normalized item, as the history window counts it.
+// A string member, "" when it is absent or not a string. Stored items were normalized when they
+// were stored, but a store's record is not trusted to the point of undefined behaviour.
+std::string Text(const Json& object, const char* key) {
+  if (!object.is_object()) return {};
+  const auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// The text of a normalized item, as the history window counts it and a chat message carries it.
 std::string ItemText(const Json& item) {
-  const auto& type = item["type"];
+  const auto type = Text(item, "type");
   if (type == "message") {
     std::string text;
-    for (const auto& part : item["content"]) {
-      if (part.contains("text")) text += part["text"].get<std::string>();
-      if (part.contains("refusal")) text += part["refusal"].get<std::string>();
-    }
+    const auto content = item.find("content");
+    if (content == item.end() || !content->is_array()) return text;
+    for (const auto& part : *content) text += Text(part, "text") + Text(part, "refusal");
     return text;
   }
-  if (type == "function_call") {
-    return item["name"].get<std::string>() + item["arguments"].get<std::string>();
-  }
-  if (type == "function_call_output") return item["output"].get<std::string>();
+  if (type == "function_call") return Text(item, "name") + Text(item, "arguments");
+  if (type == "function_call_output") return Text(item, "output");
   return {};
 }
 
@@ -206,22 +211,20 @@ std::optional<RequestError> NormalizeFunctionCallOutput(const Json& item, const 
   return std::nullopt;
 }
 
-// The chat message for a normalized message item: its parts' texts joined.
-Json ChatMessageOf(const Json& item) {
-  auto role = item["role"].get<std::string>();
-  // "developer" is OpenAI's newer name for "system"; not every Chat Completions upstream knows it.
-  if (role == "developer") role = "system";
-  return {{"role", role}, {"content", ItemText(item)}};
-}
-
+// Appends the chat message(s) of a normalized item; an item of another type adds nothing.
 void AppendChatMessages(const Json& item, Json& messages) {
-  const auto& type = item["type"];
+  const auto type = Text(item, "type");
   if (type == "message") {
-    messages.push_back(ChatMessageOf(item));
+    auto role = Text(item, "role");
+    // "developer" is OpenAI's newer name for "system"; not every Chat Completions upstream knows
+    // it.
+    if (role == "developer") role = "system";
+    messages.push_back({{"role", role}, {"content", ItemText(item)}});
   } else if (type == "function_call") {
-    Json call = {{"id", item["call_id"]},
-                 {"type", "function"},
-                 {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}};
+    Json call = {
+        {"id", Text(item, "call_id")},
+        {"type", "function"},
+        {"function", {{"name", Text(item, "name")}, {"arguments", Text(item, "arguments")}}}};
     // Calls made in one answer travel in one assistant message, after its text if it had any.
     if (!messages.empty() && messages.back()["role"] == "assistant") {
       auto& last = messages.back();
@@ -232,8 +235,9 @@ void AppendChatMessages(const Json& item, Json& messages) {
           {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", Json::array({call})}});
     }
   } else if (type == "function_call_output") {
-    messages.push_back(
-        {{"role", "tool"}, {"tool_call_id", item["call_id"]}, {"content", item["output"]}});
+    messages.push_back({{"role", "tool"},
+                        {"tool_call_id", Text(item, "call_id")},
+                        {"content", Text(item, "output")}});
   }
 }
 
@@ -603,7 +607,9 @@ std::optional<RequestError> ParseResponsesRequest(std::string_view body, Respons
                   kInvalidValue);
   }
   for (const auto& item : request.input) {
-    if (item["type"] == "message" && item["role"] == "user") request.prompt_text = ItemText(item);
+    if (Text(item, "type") == "message" && Text(item, "role") == "user") {
+      request.prompt_text = ItemText(item);
+    }
   }
   parsed = std::move(request);
   return std::nullopt;
@@ -628,13 +634,12 @@ std::size_t ContextStart(std::span<const Json> context, const Json& input,
   std::size_t first_kept = context.size();
   std::size_t turn_end = context.size();
   for (std::size_t i = context.size(); i-- > 0;) {
-    const Json& item = context[i];
     const bool user_message =
-        item.is_object() && item.value("type", "") == "message" && item.value("role", "") == "user";
+        Text(context[i], "type") == "message" && Text(context[i], "role") == "user";
     if (!user_message && i != 0) continue;
     std::size_t turn_chars = 0;
     for (std::size_t j = i; j < turn_end; ++j) {
-      if (context[j].is_object()) turn_chars += CountChars(ItemText(context[j]));
+      turn_chars += CountChars(ItemText(context[j]));
     }
     if (!within(turn_end - i, turn_chars)) break;
     messages += turn_end - i;
@@ -654,7 +659,7 @@ std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json>
     messages.push_back({{"role", "system"}, {"content", *request.instructions}});
   }
   for (std::size_t i = context_start; i < context.size(); ++i) {
-    if (context[i].is_object()) AppendChatMessages(context[i], messages);
+    AppendChatMessages(context[i], messages);
   }
   for (const auto& item : request.input) AppendChatMessages(item, messages);
   estimate.prompt = EstimatePromptTokens(messages);

@@ -448,6 +448,20 @@ TEST(BuildChatBodyTest, EmptyInstructionsAddNoSystemMessage) {
   EXPECT_EQ(body["messages"], Json::parse(R"([{"role":"user","content":"hi"}])"));
 }
 
+TEST(BuildChatBodyTest, MalformedStoredItemsAddNothing) {
+  const auto request = Parse(R"({"model":"m","input":"hi"})");
+  const std::vector<Json> context = {Json("text"), Json::object(), Json::parse(R"({"type":5})"),
+                                     Json::parse(R"({"type":"message","role":"user"})"),
+                                     Json::parse(R"({"type":"reasoning","summary":[]})")};
+  bool fits = false;
+  EXPECT_EQ(ContextStart(context, request.input, WindowLimits{0, 0}, fits), 0U);
+  EXPECT_TRUE(fits);
+  TokenEstimate estimate;
+  const auto body = Json::parse(BuildChatBody(request, context, 0, false, estimate));
+  EXPECT_EQ(body["messages"], Json::parse(R"([{"role":"user","content":""},
+                                              {"role":"user","content":"hi"}])"));
+}
+
 // ---- ReadChatCompletion / ResponseObject -----------------------------------------------------
 
 constexpr char kToolAnswer[] = R"({"id": "chatcmpl-1", "object": "chat.completion",
