@@ -1,0 +1,51 @@
+// A client's POST /v1/responses body, read by ParseResponsesRequest: it never throws, a refusal
+// explains itself, and an accepted request translates into a Chat Completions body (a JSON object
+// with a messages array) whatever history window is chosen over its own items.
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "chat/responses.h"
+#include "fuzz_check.h"
+
+namespace responses = staple::chat::responses;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const auto text = staple::fuzz::AsText(data, size);
+  responses::ResponsesRequest parsed;
+  std::optional<responses::RequestError> refusal;
+  bool threw = false;
+  try {
+    refusal = responses::ParseResponsesRequest(text, parsed);
+  } catch (...) {
+    threw = true;
+  }
+  FUZZ_CHECK(!threw);
+  if (refusal) {
+    FUZZ_CHECK(!refusal->message.empty());
+    return 0;
+  }
+  FUZZ_CHECK(!parsed.model.empty());
+  FUZZ_CHECK(parsed.input.is_array());
+
+  // The request's own items stand in for a stored context.
+  const std::vector<responses::Json> context(parsed.input.begin(), parsed.input.end());
+  bool fits = false;
+  const staple::chat::WindowLimits limits{size % 5, size % 37};
+  const auto start = responses::ContextStart(context, parsed.input, limits, fits);
+  FUZZ_CHECK(start <= context.size());
+  FUZZ_CHECK(fits == (start == 0));
+
+  staple::chat::TokenEstimate estimate;
+  const auto body = responses::BuildChatBody(parsed, context, start, parsed.stream, estimate);
+  const auto tree = nlohmann::ordered_json::parse(body, nullptr, false);
+  FUZZ_CHECK(tree.is_object());
+  FUZZ_CHECK(tree.contains("messages") && tree["messages"].is_array());
+  FUZZ_CHECK(tree["model"] == parsed.model);
+  FUZZ_CHECK(estimate.prompt >= staple::chat::kReplyPrimingTokens);
+
+  // The response object of the request is JSON too.
+  const auto object = responses::ResponseObject(parsed, "resp_fuzz", 0, nullptr);
+  FUZZ_CHECK(!object.dump().empty());
+  return 0;
+}
