@@ -508,6 +508,10 @@ Json OutputText(std::string text) {
   return {{"type", "output_text"}, {"text", std::move(text)}, {"annotations", Json::array()}};
 }
 
+Json RefusalPart(std::string refusal) {
+  return {{"type", "refusal"}, {"refusal", std::move(refusal)}};
+}
+
 Json MessageItem(std::string id, std::string_view status, Json content) {
   return {{"type", "message"},
           {"id", std::move(id)},
@@ -742,10 +746,15 @@ Result<ResponseOutput> ReadChatCompletion(std::string_view body) {
                                        StringOr(*function, "arguments", ""), "completed"));
     }
   }
-  if (!output.text.empty() || calls.empty()) {
-    output.output.push_back(MessageItem(NewId("msg"),
-                                        output.status == "completed" ? "completed" : "incomplete",
-                                        Json::array({OutputText(output.text)})));
+  // A refusal is a part of its own; a message without text still has its output_text part
+  // unless it is a refusal.
+  const std::string refusal = StringOr(*message, "refusal", "");
+  if (!output.text.empty() || !refusal.empty() || calls.empty()) {
+    Json parts = Json::array();
+    if (!output.text.empty() || refusal.empty()) parts.push_back(OutputText(output.text));
+    if (!refusal.empty()) parts.push_back(RefusalPart(refusal));
+    output.output.push_back(MessageItem(
+        NewId("msg"), output.status == "completed" ? "completed" : "incomplete", std::move(parts)));
   }
   for (auto& call : calls) output.output.push_back(std::move(call));
   ReadUsage(tree, output);
@@ -843,15 +852,25 @@ Result<std::string> ResponseEventStream::Add(std::string_view chunk_data) {
   if (delta != nullptr && delta->is_object()) {
     const std::string content = StringOr(*delta, "content", "");
     if (!content.empty()) {
-      if (!message_index_) text += OpenMessage();
+      if (!text_part_) text += OpenPart("output_text");
       auto& item = output_.output[*message_index_];
-      item["content"][0]["text"].get_ref<std::string&>() += content;
+      item["content"][*text_part_]["text"].get_ref<std::string&>() += content;
       output_.text += content;
       text += Event("response.output_text.delta", {{"item_id", item["id"]},
                                                    {"output_index", *message_index_},
-                                                   {"content_index", 0},
+                                                   {"content_index", *text_part_},
                                                    {"delta", content},
                                                    {"logprobs", Json::array()}});
+    }
+    const std::string refusal = StringOr(*delta, "refusal", "");
+    if (!refusal.empty()) {
+      if (!refusal_part_) text += OpenPart("refusal");
+      auto& item = output_.output[*message_index_];
+      item["content"][*refusal_part_]["refusal"].get_ref<std::string&>() += refusal;
+      text += Event("response.refusal.delta", {{"item_id", item["id"]},
+                                               {"output_index", *message_index_},
+                                               {"content_index", *refusal_part_},
+                                               {"delta", refusal}});
     }
     const Json* tool_calls = Given(*delta, "tool_calls");
     if (tool_calls != nullptr) {
@@ -900,18 +919,23 @@ Result<std::string> ResponseEventStream::Add(std::string_view chunk_data) {
   return text;
 }
 
-std::string ResponseEventStream::OpenMessage() {
-  message_index_ = output_.output.size();
-  output_.output.push_back(MessageItem(NewId("msg"), "in_progress", Json::array()));
-  const auto& item = output_.output.back();
-  std::string text =
-      Event("response.output_item.added", {{"output_index", *message_index_}, {"item", item}});
-  const Json part = OutputText("");
+std::string ResponseEventStream::OpenPart(std::string_view type) {
+  std::string text;
+  if (!message_index_) {
+    message_index_ = output_.output.size();
+    output_.output.push_back(MessageItem(NewId("msg"), "in_progress", Json::array()));
+    text += Event("response.output_item.added",
+                  {{"output_index", *message_index_}, {"item", output_.output.back()}});
+  }
+  auto& item = output_.output[*message_index_];
+  const std::size_t content_index = item["content"].size();
+  const Json part = type == "refusal" ? RefusalPart("") : OutputText("");
+  (type == "refusal" ? refusal_part_ : text_part_) = content_index;
   text += Event("response.content_part.added", {{"item_id", item["id"]},
                                                 {"output_index", *message_index_},
-                                                {"content_index", 0},
+                                                {"content_index", content_index},
                                                 {"part", part}});
-  output_.output[*message_index_]["content"].push_back(part);
+  item["content"].push_back(part);
   return text;
 }
 
@@ -920,19 +944,29 @@ std::string ResponseEventStream::Finish() {
   finished_ = true;
   std::string text;
   // ReadChatCompletion's shape: an answer with neither text nor tool calls is an empty message.
-  if (!message_index_ && calls_.empty()) text += OpenMessage();
+  if (!message_index_ && calls_.empty()) text += OpenPart("output_text");
   for (std::size_t index = 0; index < output_.output.size(); ++index) {
     auto& item = output_.output[index];
     if (message_index_ && index == *message_index_) {
-      const Json& part = item["content"][0];
-      text += Event("response.output_text.done", {{"item_id", item["id"]},
+      for (std::size_t content_index = 0; content_index < item["content"].size(); ++content_index) {
+        const Json& part = item["content"][content_index];
+        if (part["type"] == "refusal") {
+          text += Event("response.refusal.done", {{"item_id", item["id"]},
                                                   {"output_index", index},
-                                                  {"content_index", 0},
-                                                  {"text", part["text"]},
-                                                  {"logprobs", Json::array()}});
-      text += Event(
-          "response.content_part.done",
-          {{"item_id", item["id"]}, {"output_index", index}, {"content_index", 0}, {"part", part}});
+                                                  {"content_index", content_index},
+                                                  {"refusal", part["refusal"]}});
+        } else {
+          text += Event("response.output_text.done", {{"item_id", item["id"]},
+                                                      {"output_index", index},
+                                                      {"content_index", content_index},
+                                                      {"text", part["text"]},
+                                                      {"logprobs", Json::array()}});
+        }
+        text += Event("response.content_part.done", {{"item_id", item["id"]},
+                                                     {"output_index", index},
+                                                     {"content_index", content_index},
+                                                     {"part", part}});
+      }
       item["status"] = output_.status == "completed" ? "completed" : "incomplete";
     } else {
       text += Event("response.function_call_arguments.done", {{"item_id", item["id"]},

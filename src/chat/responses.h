@@ -121,9 +121,11 @@ std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json>
 
 // What the upstream answered, as the Responses API shows it.
 struct ResponseOutput {
-  Json output = Json::array();  // items: a "message" with one output_text part (when the answer
-                                // has text, or has neither text nor tool calls), then a
-                                // "function_call" per tool call, each with a new id
+  // Items, each with a new id: a "message" (when the answer has text or a refusal, or has none
+  // of text, refusal and tool calls) with an output_text part (unless the answer is only a
+  // refusal) and a refusal part (the upstream message's `refusal`, when there is one); then a
+  // "function_call" per tool call, its call_id the upstream's tool call id.
+  Json output = Json::array();
   std::string status = "completed";           // "incomplete" when finish_reason was "length" or
                                               // "content_filter"
   Json incomplete_details = nullptr;          // {"reason": "max_output_tokens" | "content_filter"}
@@ -159,14 +161,15 @@ class ResponseEventStream {
 
   // One upstream event's data (a chat.completion.chunk's JSON; the caller skips "[DONE]"):
   // response.output_item.added / response.content_part.added before the first text of the
-  // message, response.output_text.delta per text delta, response.output_item.added and
+  // message, response.output_text.delta per text delta (response.refusal.delta in a refusal part
+  // for a `refusal` delta), response.output_item.added and
   // response.function_call_arguments.delta for tool calls (by their `index`), usage and model
   // remembered. Errors: kUpstream for data that is not a chunk.
   Result<std::string> Add(std::string_view chunk_data);
 
-  // The answer ended whole: response.output_text.done, response.content_part.done,
-  // response.function_call_arguments.done and response.output_item.done for what is open. After
-  // it output() is final.
+  // The answer ended whole: response.output_text.done (or response.refusal.done),
+  // response.content_part.done, response.function_call_arguments.done and
+  // response.output_item.done for what is open. After it output() is final.
   std::string Finish();
 
   // The output so far (final after Finish).
@@ -182,9 +185,9 @@ class ResponseEventStream {
 
  private:
   std::string Event(std::string_view type, Json payload);
-  // Adds the assistant message with its empty output_text part: output_item.added and
-  // content_part.added.
-  std::string OpenMessage();
+  // Adds an empty part ("output_text" or "refusal") to the assistant message, adding the message
+  // first when there is none: output_item.added and content_part.added.
+  std::string OpenPart(std::string_view type);
 
   ResponsesRequest request_;
   std::string id_;
@@ -193,6 +196,8 @@ class ResponseEventStream {
   ResponseOutput output_;
   // Translation state, the implementation's own.
   std::optional<std::size_t> message_index_;  // index in output_.output of the open message
+  std::optional<std::size_t> text_part_;      // index in its content of the output_text part
+  std::optional<std::size_t> refusal_part_;   // index in its content of the refusal part
   struct OpenCall {
     std::int64_t upstream_index = 0;
     std::size_t output_index = 0;

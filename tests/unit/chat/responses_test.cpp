@@ -526,6 +526,20 @@ TEST(ReadChatCompletionTest, LengthAndContentFilterAreIncomplete) {
   EXPECT_EQ(read->incomplete_details, Json::parse(R"({"reason":"content_filter"})"));
 }
 
+TEST(ReadChatCompletionTest, ARefusalIsARefusalPart) {
+  auto read = ReadChatCompletion(
+      R"({"choices":[{"finish_reason":"stop","message":{"content":null,"refusal":"I can't."}}]})");
+  ASSERT_TRUE(read.ok());
+  ASSERT_EQ(read->output.size(), 1U);
+  EXPECT_EQ(read->output[0]["content"],
+            Json::parse(R"([{"type":"refusal","refusal":"I can't."}])"));
+  EXPECT_EQ(read->text, "");
+  read = ReadChatCompletion(R"({"choices":[{"message":{"content":"Well","refusal":"no"}}]})");
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(read->output[0]["content"], Json::parse(R"([
+    {"type":"output_text","text":"Well","annotations":[]},{"type":"refusal","refusal":"no"}])"));
+}
+
 TEST(ReadChatCompletionTest, NotACompletionIsAnUpstreamError) {
   for (const char* body :
        {"", "nope", "[]", R"({"choices":[]})", R"({"choices":"x"})",
@@ -658,6 +672,12 @@ Json Accumulate(const std::vector<SseEvent>& events) {
         part["text"] = part["text"].get<std::string>() + data["delta"].get<std::string>();
       } else if (event.type == "response.output_text.done") {
         item["content"].at(data["content_index"].get<std::size_t>())["text"] = data["text"];
+      } else if (event.type == "response.refusal.delta") {
+        auto& part = item["content"].at(data["content_index"].get<std::size_t>());
+        EXPECT_EQ(part["type"], "refusal");
+        part["refusal"] = part["refusal"].get<std::string>() + data["delta"].get<std::string>();
+      } else if (event.type == "response.refusal.done") {
+        item["content"].at(data["content_index"].get<std::size_t>())["refusal"] = data["refusal"];
       } else if (event.type == "response.function_call_arguments.delta") {
         EXPECT_EQ(item["type"], "function_call");
         item["arguments"] = item["arguments"].get<std::string>() + data["delta"].get<std::string>();
@@ -797,7 +817,9 @@ TEST(ResponseEventStreamTest, AnEmptyAnswerIsAnEmptyMessage) {
   auto added = stream.Add(R"({"choices":[{"index":0,"delta":{"role":"assistant"},
                                           "finish_reason":"stop"}]})");
   ASSERT_TRUE(added.ok());
-  text += *added + stream.Finish() + stream.Completed();
+  text += *added;
+  text += stream.Finish();
+  text += stream.Completed();
   const auto events = SplitEvents(text);
   EXPECT_EQ(Types(events),
             (std::vector<std::string>{"response.created", "response.in_progress",
@@ -808,7 +830,38 @@ TEST(ResponseEventStreamTest, AnEmptyAnswerIsAnEmptyMessage) {
       ReadChatCompletion(R"({"choices":[{"finish_reason":"stop","message":{"content":""}}]})");
   ASSERT_TRUE(whole.ok());
   EXPECT_EQ(WithoutIds(stream.output().output), WithoutIds(whole->output));
-  EXPECT_EQ(Accumulate(events), events.back().data["response"]);
+  std::vector<SseEvent> before_completed(events.begin(), events.end() - 1);
+  EXPECT_EQ(Accumulate(before_completed)["output"], events.back().data["response"]["output"]);
+}
+
+TEST(ResponseEventStreamTest, ARefusalStreamsIntoARefusalPart) {
+  ResponseEventStream stream(Parse(R"({"model":"m","input":"x"})"), "r", 1);
+  std::string text = stream.Start();
+  for (const char* chunk :
+       {R"({"choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":"I "}}]})",
+        R"({"choices":[{"index":0,"delta":{"refusal":"can't."}}]})",
+        R"({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})"}) {
+    auto added = stream.Add(chunk);
+    ASSERT_TRUE(added.ok());
+    text += *added;
+  }
+  text += stream.Finish();
+  text += stream.Completed();
+  const auto events = SplitEvents(text);
+  EXPECT_EQ(Types(events),
+            (std::vector<std::string>{"response.created", "response.in_progress",
+                                      "response.output_item.added", "response.content_part.added",
+                                      "response.refusal.delta", "response.refusal.delta",
+                                      "response.refusal.done", "response.content_part.done",
+                                      "response.output_item.done", "response.completed"}));
+  EXPECT_EQ(events[3].data["part"], Json::parse(R"({"type":"refusal","refusal":""})"));
+  EXPECT_EQ(events[6].data["refusal"], "I can't.");
+  const auto whole = ReadChatCompletion(
+      R"({"choices":[{"finish_reason":"stop","message":{"content":null,"refusal":"I can't."}}]})");
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(WithoutIds(stream.output().output), WithoutIds(whole->output));
+  std::vector<SseEvent> before_completed(events.begin(), events.end() - 1);
+  EXPECT_EQ(Accumulate(before_completed)["output"], events.back().data["response"]["output"]);
 }
 
 TEST(ResponseEventStreamTest, LengthEndsWithResponseIncomplete) {
