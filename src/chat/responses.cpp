@@ -4,7 +4,6 @@
 
 #include <array>
 #include <cerrno>
-#include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <utility>
