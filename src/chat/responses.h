@@ -101,13 +101,16 @@ std::optional<RequestError> ParseResponsesRequest(std::string_view body, Respons
 // index of the first item kept. The most recent whole turns (a turn starts at a user message
 // item) that fit `limits` together with the new input: at most limits.max_messages items and
 // limits.max_chars characters of text (context and input counted together; 0 = no limit; the new
-// input always goes, whatever it costs). `fits` is set to whether nothing had to be dropped.
+// input always goes, whatever it costs). Items before the first user message (a leading developer
+// message, say) count as a turn of their own. Items that are not what NormalizeItems makes count
+// 0 characters. `fits` is set to whether nothing had to be dropped (the result is 0).
 std::size_t ContextStart(std::span<const Json> context, const Json& input,
                          const WindowLimits& limits, bool& fits);
 
 // The upstream's /chat/completions body: `model`; `messages` = instructions as a "system"
 // message first, then the context items from `context_start`, then the input items (a message →
-// a chat message with its text; consecutive function_call items → one assistant message with
+// a chat message with its parts' texts joined, role "developer" sent as "system", which every
+// Chat Completions upstream knows; consecutive function_call items → one assistant message with
 // `tool_calls` (joined to a directly preceding assistant message); a function_call_output → a
 // "tool" message); `tools` (as chat tools: {"type": "function", "function": {name, description,
 // parameters, strict}}), `tool_choice`, `parallel_tool_calls`, `max_tokens` (from
@@ -115,7 +118,9 @@ std::size_t ContextStart(std::span<const Json> context, const Json& input,
 // json_schema → {"type": "json_schema", "json_schema": {name, schema, strict, description}},
 // json_object → {"type": "json_object"}, text → none); with `stream`, "stream": true and
 // "stream_options": {"include_usage": true}. `estimate` receives the prompt estimate
-// (EstimatePromptTokens of the messages) and max_output_tokens.
+// (EstimatePromptTokens of the messages) and max_output_tokens. tool_choice and
+// parallel_tool_calls go only with tools (OpenAI refuses them alone); metadata and store stay in
+// Staple; empty instructions add no message.
 std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json> context,
                           std::size_t context_start, bool stream, TokenEstimate& estimate);
 
