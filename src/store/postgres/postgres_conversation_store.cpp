@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <system_error>
@@ -10,6 +11,7 @@
 
 #include "store/db_conversation_store_impl.h"
 #include "store/postgres/pg_connection.h"
+#include "store/storable_text.h"
 #include "store/store_errors.h"
 
 namespace staple::store {
@@ -27,7 +29,7 @@ namespace {
 // done. PostgreSQL's DDL is transactional, so a crash never leaves a half-migrated database.
 
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 2;
+constexpr std::int64_t kSchemaVersion = 3;
 
 // pg_advisory_xact_lock key reserved for Staple's migrations ("Stap" in ASCII).
 constexpr std::string_view kMigrationLock = "SELECT pg_advisory_xact_lock(1400136048)";
@@ -57,12 +59,48 @@ const std::vector<std::string_view> kMigrationToVersion2 = {
     "DROP INDEX IF EXISTS messages_user_id_id",
 };
 
+// Version 3: the Responses and Conversations APIs' state. Every stored item is one `items` row,
+// numbered by `seq` in insertion order: a response's input or output item (response_id), in a
+// conversation (conversation_id), or both (a stored turn's items in its response's
+// conversation). Item ids are not unique: a client may send the same id twice.
+const std::vector<std::string_view> kMigrationToVersion3 = {
+    R"sql(CREATE TABLE IF NOT EXISTS responses (
+  id TEXT,
+  owner TEXT NOT NULL,
+  conversation_id TEXT,
+  previous_response_id TEXT,
+  created_at BIGINT NOT NULL,
+  body TEXT NOT NULL,
+  PRIMARY KEY (owner, id)
+))sql",
+    R"sql(CREATE TABLE IF NOT EXISTS conversations (
+  id TEXT,
+  owner TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  metadata TEXT NOT NULL,
+  PRIMARY KEY (owner, id)
+))sql",
+    R"sql(CREATE TABLE IF NOT EXISTS items (
+  seq BIGSERIAL PRIMARY KEY,
+  owner TEXT NOT NULL,
+  id TEXT NOT NULL,
+  response_id TEXT,
+  output BOOLEAN NOT NULL DEFAULT false,
+  conversation_id TEXT,
+  body TEXT NOT NULL
+))sql",
+    "CREATE INDEX IF NOT EXISTS items_owner_response_id_seq ON items (owner, response_id, seq)",
+    "CREATE INDEX IF NOT EXISTS items_owner_conversation_id_seq ON items "
+    "(owner, conversation_id, seq)",
+};
+
 struct Migration {
   std::int64_t version;  // the schema version after this migration
   const std::vector<std::string_view>* statements;
 };
 
-const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1}, {2, &kMigrationToVersion2}};
+const std::vector<Migration> kMigrations = {
+    {1, &kMigrationToVersion1}, {2, &kMigrationToVersion2}, {3, &kMigrationToVersion3}};
 
 Query Sql(std::string_view sql) { return Query{std::string(sql), {}}; }
 
@@ -112,6 +150,115 @@ std::optional<std::string> SqlLimit(std::size_t n) {
 std::optional<std::string> OptionalNumber(const std::optional<std::int64_t>& n) {
   if (!n) return std::nullopt;
   return std::to_string(*n);
+}
+
+// "" as SQL NULL (the optional text columns of the state).
+std::optional<std::string> NullIfEmpty(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  return text;
+}
+
+// ---- The Responses and Conversations state ----
+
+// Items inserted by one statement at most: two parameters each, well below the protocol's 65535.
+constexpr std::size_t kItemsPerInsert = 1000;
+
+// The columns a StoredItem is read from, in this order.
+constexpr std::string_view kItemColumns = "seq, id, response_id, output, body";
+
+StoredItem ReadItem(const QueryResult& rows, int row) {
+  StoredItem item;
+  item.seq = rows.Int64(row, 0);
+  item.id = rows.Text(row, 1);
+  item.response_id = rows.Text(row, 2);
+  item.output = rows.Text(row, 3) == "t";
+  item.json = rows.Text(row, 4);
+  return item;
+}
+
+// Where inserted items go: `conversation` is the SQL of their conversation_id (over parameters
+// $1 owner, $2 response_id, $3 conversation id); `condition` a WHERE clause that may stop the
+// whole insert ("" for none).
+struct ItemTarget {
+  std::string_view conversation;
+  std::string_view condition;
+};
+
+// A stored turn's items join its response's conversation only if that conversation exists (the
+// share lock keeps a concurrent delete from leaving them behind it).
+constexpr ItemTarget kTurnItems = {
+    "(SELECT c.id FROM conversations c WHERE c.owner = $1 AND c.id = $3 FOR SHARE)", ""};
+// The initial items of a conversation created in the same transaction.
+constexpr ItemTarget kNewConversationItems = {"$3", ""};
+// Items appended to a conversation: nothing is inserted when it does not exist.
+constexpr ItemTarget kAppendedItems = {
+    "$3",
+    " WHERE EXISTS (SELECT 1 FROM conversations c WHERE c.owner = $1 AND c.id = $3 FOR SHARE)"};
+
+// Appends to `queries` the INSERTs of `items` (output items from `first_output` on), in order:
+// the VALUES rows are numbered and inserted in that order, so `seq` grows with it. Each INSERT
+// returns the seq of its rows.
+void InsertItems(std::vector<Query>& queries, const std::string& owner,
+                 const std::optional<std::string>& response_id,
+                 const std::optional<std::string>& conversation_id,
+                 const std::vector<const ItemToStore*>& items, std::size_t first_output,
+                 const ItemTarget& target) {
+  for (std::size_t start = 0; start < items.size(); start += kItemsPerInsert) {
+    const std::size_t end = std::min(items.size(), start + kItemsPerInsert);
+    Query query;
+    query.sql =
+        "INSERT INTO items (owner, id, response_id, output, conversation_id, body) "
+        "SELECT $1, v.id, $2, v.output, ";
+    query.sql += target.conversation;
+    query.sql += ", v.body FROM (VALUES ";
+    query.params = {owner, response_id, conversation_id};
+    for (std::size_t i = start; i < end; ++i) {
+      const std::size_t param = query.params.size() + 1;
+      if (i != start) query.sql += ", ";
+      query.sql += "($" + std::to_string(param) + "::text, " +
+                   (i >= first_output ? "true" : "false") + ", $" + std::to_string(param + 1) +
+                   "::text, " + std::to_string(i) + ")";
+      query.params.push_back(items[i]->id);
+      query.params.push_back(items[i]->json);
+    }
+    query.sql += ") AS v (id, output, body, ord)";
+    query.sql += target.condition;
+    query.sql += " ORDER BY v.ord RETURNING seq";
+    queries.push_back(std::move(query));
+  }
+}
+
+std::vector<const ItemToStore*> Pointers(const std::vector<ItemToStore>& items) {
+  std::vector<const ItemToStore*> pointers;
+  pointers.reserve(items.size());
+  for (const ItemToStore& item : items) pointers.push_back(&item);
+  return pointers;
+}
+
+// `record` with its text made storable: it is built from JSON that is, but a NUL byte would cut
+// a libpq parameter short, so this is checked rather than assumed. Copies only when needed.
+std::shared_ptr<const ResponseRecord> StorableRecord(std::shared_ptr<const ResponseRecord> record) {
+  auto storable = [](const std::string& text) { return IsStorableText(text); };
+  bool clean = storable(record->response.id) && storable(record->response.conversation_id) &&
+               storable(record->response.previous_response_id) && storable(record->response.json);
+  for (const auto* items : {&record->input, &record->output}) {
+    for (const ItemToStore& item : *items) {
+      clean = clean && storable(item.id) && storable(item.json);
+    }
+  }
+  if (clean) return record;
+  auto copy = std::make_shared<ResponseRecord>(*record);
+  for (std::string* text : {&copy->response.id, &copy->response.conversation_id,
+                            &copy->response.previous_response_id, &copy->response.json}) {
+    *text = ToStorableText(*text);
+  }
+  for (auto* items : {&copy->input, &copy->output}) {
+    for (ItemToStore& item : *items) {
+      item.id = ToStorableText(item.id);
+      item.json = ToStorableText(item.json);
+    }
+  }
+  return copy;
 }
 
 }  // namespace
@@ -213,6 +360,8 @@ Status Migrate(Session& session, Deadline deadline) {
 struct PostgresWrite {
   std::vector<Query> queries;
   std::vector<QueryResult> results;
+  // A StateChange's write: what StateChanged reads `results` for.
+  StateChange change;
 };
 
 class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session, PostgresWrite> {
@@ -274,6 +423,8 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     return Ok();
   }
 
+  // The turn's two rows; for a stored Responses turn, also its response row and its items
+  // (input then output), all in the batch's transaction.
   WriteOp AppendOp(Turn turn) {
     WriteOp op;
     op.queries.push_back(Query{
@@ -281,6 +432,20 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
         {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id, turn.model,
          FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
          OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms), turn.owner}});
+    if (turn.response) {
+      const auto record = StorableRecord(std::move(turn.response));
+      const StoredResponse& response = record->response;
+      op.queries.push_back(
+          Query{"INSERT INTO responses (id, owner, conversation_id, previous_response_id, "
+                "created_at, body) VALUES ($1, $2, $3, $4, $5::bigint, $6)",
+                {response.id, turn.owner, NullIfEmpty(response.conversation_id),
+                 NullIfEmpty(response.previous_response_id), std::to_string(response.created_at),
+                 response.json}});
+      std::vector<const ItemToStore*> items = Pointers(record->input);
+      for (const ItemToStore& item : record->output) items.push_back(&item);
+      InsertItems(op.queries, turn.owner, response.id, NullIfEmpty(response.conversation_id), items,
+                  record->input.size(), kTurnItems);
+    }
     return op;
   }
 
@@ -367,7 +532,285 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     return Ok();
   }
 
+  // ---- The Responses and Conversations state ----
+
+  // Every statement is decided inside the transaction (a missing conversation inserts nothing
+  // rather than failing), so one change never fails the other writes of its batch.
+  WriteOp StateOp(StateChange change) {
+    WriteOp op;
+    const std::string& owner = change.owner;
+    switch (change.kind) {
+      case StateChange::Kind::kDeleteResponse:
+        op.queries.push_back(
+            Query{"DELETE FROM responses WHERE owner = $1 AND id = $2", {owner, change.id}});
+        // Its items that a conversation holds stay there.
+        op.queries.push_back(Query{
+            "DELETE FROM items WHERE owner = $1 AND response_id = $2 AND conversation_id IS NULL",
+            {owner, change.id}});
+        break;
+      case StateChange::Kind::kCreateConversation:
+        op.queries.push_back(
+            Query{"INSERT INTO conversations (id, owner, created_at, metadata) "
+                  "VALUES ($1, $2, $3::bigint, $4)",
+                  {change.conversation.id, owner, std::to_string(change.conversation.created_at),
+                   change.conversation.metadata_json}});
+        InsertItems(op.queries, owner, std::nullopt, change.conversation.id, Pointers(change.items),
+                    change.items.size(), kNewConversationItems);
+        break;
+      case StateChange::Kind::kUpdateConversation:
+        op.queries.push_back(
+            Query{"UPDATE conversations SET metadata = $3 WHERE owner = $1 AND id = $2 "
+                  "RETURNING id, created_at, metadata",
+                  {owner, change.id, change.conversation.metadata_json}});
+        break;
+      case StateChange::Kind::kDeleteConversation:
+        // The conversation first: its row lock makes a concurrent append (which share-locks it)
+        // either commit before the items are deleted or find no conversation.
+        op.queries.push_back(
+            Query{"DELETE FROM conversations WHERE owner = $1 AND id = $2", {owner, change.id}});
+        op.queries.push_back(Query{"DELETE FROM items WHERE owner = $1 AND conversation_id = $2",
+                                   {owner, change.id}});
+        break;
+      case StateChange::Kind::kAppendItems:
+        // Whether it exists, locked until the commit so that the inserts below agree.
+        op.queries.push_back(
+            Query{"SELECT 1 FROM conversations WHERE owner = $1 AND id = $2 FOR SHARE",
+                  {owner, change.id}});
+        InsertItems(op.queries, owner, std::nullopt, change.id, Pointers(change.items),
+                    change.items.size(), kAppendedItems);
+        break;
+      case StateChange::Kind::kDeleteItem:
+        op.queries.push_back(
+            Query{"DELETE FROM items WHERE owner = $1 AND conversation_id = $2 AND id = $3",
+                  {owner, change.id, change.item_id}});
+        break;
+    }
+    op.change = std::move(change);
+    return op;
+  }
+
+  Result<StateOutcome> StateChanged(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    StateOutcome outcome;
+    switch (op.change.kind) {
+      case StateChange::Kind::kDeleteResponse:
+      case StateChange::Kind::kDeleteConversation:
+      case StateChange::Kind::kDeleteItem:
+        outcome.found = op.results.front().AffectedRows() > 0;
+        break;
+      case StateChange::Kind::kCreateConversation:
+        outcome.found = true;
+        break;
+      case StateChange::Kind::kUpdateConversation: {
+        const QueryResult& rows = op.results.front();
+        outcome.found = rows.Rows() > 0;
+        if (outcome.found) {
+          StoredConversation conversation;
+          conversation.id = rows.Text(0, 0);
+          conversation.created_at = rows.Int64(0, 1);
+          conversation.metadata_json = rows.Text(0, 2);
+          outcome.conversation = std::move(conversation);
+        }
+        break;
+      }
+      case StateChange::Kind::kAppendItems: {
+        outcome.found = op.results.front().Rows() > 0;
+        if (!outcome.found) break;
+        // The items in order, with the seq each INSERT returned (its rows were numbered in
+        // order; RETURNING need not list them so).
+        std::vector<std::int64_t> seqs;
+        for (std::size_t r = 1; r < op.results.size(); ++r) {
+          const QueryResult& rows = op.results[r];
+          std::vector<std::int64_t> chunk;
+          for (int row = 0; row < rows.Rows(); ++row) chunk.push_back(rows.Int64(row, 0));
+          std::sort(chunk.begin(), chunk.end());
+          seqs.insert(seqs.end(), chunk.begin(), chunk.end());
+        }
+        if (seqs.size() != op.change.items.size()) {
+          return StorageFailure("appended " + std::to_string(seqs.size()) + " of " +
+                                std::to_string(op.change.items.size()) + " items");
+        }
+        for (std::size_t i = 0; i < seqs.size(); ++i) {
+          StoredItem item;
+          item.seq = seqs[i];
+          item.id = std::move(op.change.items[i].id);
+          item.json = std::move(op.change.items[i].json);
+          outcome.items.push_back(std::move(item));
+        }
+        break;
+      }
+    }
+    return outcome;
+  }
+
+  // Each query is one statement: one snapshot, one round trip.
+  Result<StateAnswer> QueryState(Reader& session, Deadline deadline, const StateQuery& query) {
+    std::vector<Query> queries;
+    const std::string& owner = query.owner;
+    const bool ascending = query.order == ItemOrder::kAscending;
+    switch (query.kind) {
+      case StateQuery::Kind::kResponse:
+        queries.push_back(
+            Query{"SELECT id, conversation_id, previous_response_id, created_at, body "
+                  "FROM responses WHERE owner = $1 AND id = $2",
+                  {owner, query.id}});
+        break;
+      case StateQuery::Kind::kResponseChain:
+        // The chain's responses (UNION stops at a repeated row, so even a cycle ends), the most
+        // recent of their items newest first (one more than asked: has_more), and one row with a
+        // NULL item when the response exists but has none.
+        queries.push_back(Query{
+            std::string("WITH RECURSIVE chain (id, previous_response_id) AS ("
+                        "SELECT id, previous_response_id FROM responses "
+                        "WHERE owner = $1 AND id = $2 "
+                        "UNION SELECT r.id, r.previous_response_id FROM chain c "
+                        "JOIN responses r ON r.owner = $1 AND r.id = c.previous_response_id), "
+                        "picked AS (SELECT i.seq, i.id, i.response_id, i.output, i.body "
+                        "FROM chain c JOIN items i ON i.owner = $1 AND i.response_id = c.id "
+                        "ORDER BY i.seq DESC LIMIT $3::bigint) "
+                        "SELECT p.seq, p.id, p.response_id, p.output, p.body "
+                        "FROM (SELECT 1 FROM responses WHERE owner = $1 AND id = $2) head "
+                        "LEFT JOIN picked p ON true ORDER BY p.seq"),
+            {owner, query.id, WindowLimit(query.max_items)}});
+        break;
+      case StateQuery::Kind::kConversationItems:
+        queries.push_back(Query{std::string("SELECT p.seq, p.id, p.response_id, p.output, p.body "
+                                            "FROM conversations c LEFT JOIN LATERAL (SELECT ") +
+                                    std::string(kItemColumns) +
+                                    " FROM items WHERE owner = $1 AND conversation_id = $2 "
+                                    "ORDER BY seq DESC LIMIT $3::bigint) p ON true "
+                                    "WHERE c.owner = $1 AND c.id = $2 ORDER BY p.seq",
+                                {owner, query.id, WindowLimit(query.max_items)}});
+        break;
+      case StateQuery::Kind::kResponseItems:
+        queries.push_back(
+            ListingQuery("responses", "response_id = $2 AND output = $5::boolean", ascending));
+        queries.back().params = {owner, query.id, query.after, SqlLimit(PageLimit(query.limit)),
+                                 query.output ? "true" : "false"};
+        break;
+      case StateQuery::Kind::kConversationPage:
+        queries.push_back(ListingQuery("conversations", "conversation_id = $2", ascending));
+        queries.back().params = {owner, query.id, query.after, SqlLimit(PageLimit(query.limit))};
+        break;
+      case StateQuery::Kind::kConversation:
+        queries.push_back(
+            Query{"SELECT id, created_at, metadata FROM conversations WHERE owner = $1 AND id = $2",
+                  {owner, query.id}});
+        break;
+      case StateQuery::Kind::kConversationItem:
+        queries.push_back(Query{
+            std::string("SELECT ") + std::string(kItemColumns) +
+                " FROM items WHERE owner = $1 AND conversation_id = $2 AND id = $3 AND EXISTS "
+                "(SELECT 1 FROM conversations c WHERE c.owner = $1 AND c.id = $2) "
+                "ORDER BY seq LIMIT 1",
+            {owner, query.id, query.item_id}});
+        break;
+    }
+    auto results = session.Run(queries, deadline);
+    if (!results) return Context("database read failed", results.error());
+    const QueryResult& rows = results->front();
+
+    StateAnswer answer;
+    switch (query.kind) {
+      case StateQuery::Kind::kResponse:
+        answer.found = rows.Rows() > 0;
+        if (answer.found) {
+          StoredResponse response;
+          response.id = rows.Text(0, 0);
+          response.conversation_id = rows.Text(0, 1);
+          response.previous_response_id = rows.Text(0, 2);
+          response.created_at = rows.Int64(0, 3);
+          response.json = rows.Text(0, 4);
+          answer.response = std::move(response);
+        }
+        break;
+      case StateQuery::Kind::kResponseChain:
+      case StateQuery::Kind::kConversationItems:
+        answer.found = rows.Rows() > 0;
+        for (int row = 0; row < rows.Rows(); ++row) {
+          if (!rows.IsNull(row, 0)) answer.window.items.push_back(ReadItem(rows, row));
+        }
+        // Oldest first; the extra (oldest) row only says that more exist.
+        if (query.max_items != 0 && answer.window.items.size() > query.max_items) {
+          answer.window.items.erase(answer.window.items.begin());
+          answer.window.has_more = true;
+        }
+        break;
+      case StateQuery::Kind::kResponseItems:
+      case StateQuery::Kind::kConversationPage: {
+        bool after_found = query.after.empty();
+        for (int row = 0; row < rows.Rows(); ++row) {
+          if (rows.IsNull(row, 0)) {
+            answer.found = true;
+            if (!rows.IsNull(row, 5)) after_found = true;
+          } else {
+            answer.page.items.push_back(ReadItem(rows, row));
+          }
+        }
+        if (!answer.found) break;
+        if (!after_found) {
+          return MakeError(ErrorKind::kNotFound, "no item '" + query.after + "' in this list");
+        }
+        std::sort(answer.page.items.begin(), answer.page.items.end(),
+                  [ascending](const StoredItem& a, const StoredItem& b) {
+                    return ascending ? a.seq < b.seq : a.seq > b.seq;
+                  });
+        if (answer.page.items.size() > query.limit) {
+          answer.page.items.resize(query.limit);
+          answer.page.has_more = true;
+        }
+        break;
+      }
+      case StateQuery::Kind::kConversation:
+        answer.found = rows.Rows() > 0;
+        if (answer.found) {
+          StoredConversation conversation;
+          conversation.id = rows.Text(0, 0);
+          conversation.created_at = rows.Int64(0, 1);
+          conversation.metadata_json = rows.Text(0, 2);
+          answer.conversation = std::move(conversation);
+        }
+        break;
+      case StateQuery::Kind::kConversationItem:
+        answer.found = rows.Rows() > 0;
+        if (answer.found) answer.item = ReadItem(rows, 0);
+        break;
+    }
+    return answer;
+  }
+
  private:
+  // A window's LIMIT: one row more than `max_items` (the extra one tells has_more), NULL for all.
+  static std::optional<std::string> WindowLimit(std::size_t max_items) {
+    if (max_items == 0) return std::nullopt;
+    return SqlLimit(PageLimit(max_items));
+  }
+
+  // One row more than `limit` (the extra one tells has_more).
+  static std::size_t PageLimit(std::size_t limit) {
+    return limit == std::numeric_limits<std::size_t>::max() ? limit : limit + 1;
+  }
+
+  // One page of the items of a response or conversation (`parent`, the table the listing belongs
+  // to, and `filter`, its items' condition over $2): a header row (NULL item; its sixth column
+  // the position of `after`, NULL when `after` is not in the listing) when the parent exists,
+  // then the items after that position in the listing's order, one more than asked. Parameters:
+  // $1 owner, $2 the parent's id, $3 after ("" = from the start), $4 the LIMIT, then those of
+  // `filter`. `after` is the first item with that id in the listing's order: the lowest seq
+  // ascending, the highest descending.
+  static Query ListingQuery(std::string_view parent, std::string_view filter, bool ascending) {
+    const std::string items = "FROM items WHERE owner = $1 AND " + std::string(filter);
+    const std::string anchor =
+        "(SELECT " + std::string(ascending ? "min" : "max") + "(seq) " + items + " AND id = $3)";
+    Query query;
+    query.sql = "SELECT NULL::bigint, NULL::text, NULL::text, NULL::boolean, NULL::text, " +
+                anchor + " FROM " + std::string(parent) + " WHERE owner = $1 AND id = $2 " +
+                "UNION ALL (SELECT " + std::string(kItemColumns) + ", NULL::bigint " + items +
+                " AND ($3 = '' OR seq " + (ascending ? ">" : "<") + " " + anchor +
+                ") ORDER BY seq " + (ascending ? "ASC" : "DESC") + " LIMIT $4::bigint)";
+    return query;
+  }
+
   // The parsed URL the sessions connect to; outlives them (the store destroys its back end
   // after the workers and their sessions).
   const std::unique_ptr<postgres::Target> target_;

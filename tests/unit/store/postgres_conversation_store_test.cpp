@@ -67,7 +67,7 @@ TEST(PostgresConversationStore, SeedViewAndSchemaVersionAnswerInPsql) {
   ASSERT_TRUE(RunSync(store->AppendTurn(turn)).ok());
 
   const std::string db = DatabaseOf(url);
-  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "2\n");
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "3\n");
   EXPECT_EQ(SharedPostgres().Psql(db, "SELECT * FROM message ORDER BY id LIMIT 1"),
             "1|alice|2024-03-01 12:34:56.789012|user|prompt 1\n");
   EXPECT_EQ(SharedPostgres().Psql(db,
@@ -108,7 +108,7 @@ TEST(PostgresConversationStore, ReplicasStartingTogetherMigrateOnce) {
   for (const auto& store : stores) ASSERT_NE(store, nullptr);
   EXPECT_EQ(
       SharedPostgres().Psql(DatabaseOf(url), "SELECT count(*), max(version) FROM schema_version"),
-      "1|2\n");
+      "1|3\n");
 }
 
 TEST(PostgresConversationStore, TwoReplicasSeeEachOthersTurns) {
@@ -281,6 +281,254 @@ TEST(PostgresConversationStore, FailingWritesAreReportedAndClearOnTheirOwn) {
   }
   ASSERT_TRUE(store->WriteHealth().ok()) << Describe(store->WriteHealth());
   EXPECT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", 2))).ok());
+  store->Close();
+}
+
+// ---- The Responses and Conversations state ----
+
+ItemToStore Item(const std::string& id) { return ItemToStore{id, R"({"id":")" + id + R"("})"}; }
+
+std::vector<std::string> Ids(const std::vector<StoredItem>& items) {
+  std::vector<std::string> ids;
+  for (const StoredItem& item : items) ids.push_back(item.id);
+  return ids;
+}
+
+// A stored Responses turn of `owner`: response `id` continuing `previous`, with one input and
+// one output item named after it.
+Turn ResponseTurn(const std::string& owner, const std::string& id, const std::string& previous,
+                  const std::string& conversation = "") {
+  auto record = std::make_shared<ResponseRecord>();
+  record->response.id = id;
+  record->response.previous_response_id = previous;
+  record->response.conversation_id = conversation;
+  record->response.created_at = 1700000000;
+  record->response.json = R"({"id":")" + id + R"(","object":"response"})";
+  record->input = {Item(id + "-in")};
+  record->output = {Item(id + "-out")};
+  Turn turn = MakeTurn("resp-user", 1);
+  turn.owner = owner;
+  turn.response = std::move(record);
+  return turn;
+}
+
+TEST(PostgresConversationStore, AChainOfThreeResponsesIsReadInOrderByOneQuery) {
+  const std::string url = FreshPostgresDatabase();
+  PostgresStoreOptions options;
+  options.url = url;
+  options.reader_threads = 1;
+  auto store = OpenStore(options);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", "r1", ""))).ok());
+  ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", "r2", "r1"))).ok());
+  ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", "r3", "r2"))).ok());
+  // Another owner's response of the same id is no part of the chain.
+  ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("other", "r2", ""))).ok());
+
+  const std::string db = DatabaseOf(url);
+  auto chain = RunSync(store->ResponseChain("k", "r3", 0));
+  ASSERT_TRUE(chain.ok()) << Describe(chain);
+  ASSERT_TRUE(chain->has_value());
+  EXPECT_THAT(Ids((*chain)->items),
+              ::testing::ElementsAre("r1-in", "r1-out", "r2-in", "r2-out", "r3-in", "r3-out"));
+  EXPECT_FALSE((*chain)->has_more);
+  EXPECT_EQ((*chain)->items[2].response_id, "r2");
+  EXPECT_FALSE((*chain)->items[2].output);
+  EXPECT_TRUE((*chain)->items[3].output);
+  EXPECT_EQ((*chain)->items[3].json, R"({"id":"r2-out"})");
+  for (std::size_t i = 1; i < (*chain)->items.size(); ++i) {
+    EXPECT_LT((*chain)->items[i - 1].seq, (*chain)->items[i].seq);
+  }
+
+  auto recent = RunSync(store->ResponseChain("k", "r3", 3));
+  ASSERT_TRUE(recent.ok() && recent->has_value()) << Describe(recent);
+  EXPECT_THAT(Ids((*recent)->items), ::testing::ElementsAre("r2-out", "r3-in", "r3-out"));
+  EXPECT_TRUE((*recent)->has_more);
+  auto exact = RunSync(store->ResponseChain("k", "r3", 6));
+  ASSERT_TRUE(exact.ok() && exact->has_value()) << Describe(exact);
+  EXPECT_EQ((*exact)->items.size(), 6u);
+  EXPECT_FALSE((*exact)->has_more);
+
+  auto other = RunSync(store->ResponseChain("other", "r2", 0));
+  ASSERT_TRUE(other.ok() && other->has_value()) << Describe(other);
+  EXPECT_THAT(Ids((*other)->items), ::testing::ElementsAre("r2-in", "r2-out"));
+  auto missing = RunSync(store->ResponseChain("other", "r3", 0));
+  ASSERT_TRUE(missing.ok()) << Describe(missing);
+  EXPECT_FALSE(missing->has_value());
+
+  // A deleted response ends the chain there; its items went with it.
+  auto deleted = RunSync(store->DeleteResponse("k", "r2"));
+  ASSERT_TRUE(deleted.ok() && *deleted) << Describe(deleted);
+  auto cut = RunSync(store->ResponseChain("k", "r3", 0));
+  ASSERT_TRUE(cut.ok() && cut->has_value()) << Describe(cut);
+  EXPECT_THAT(Ids((*cut)->items), ::testing::ElementsAre("r3-in", "r3-out"));
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*) FROM items WHERE response_id = 'r2'"),
+            "2\n");  // the other owner's
+  store->Close();
+}
+
+TEST(PostgresConversationStore, ALongChainIsReadByTheRecursiveQueryAlone) {
+  const std::string url = FreshPostgresDatabase();
+  PostgresStoreOptions options;
+  options.url = url;
+  options.reader_threads = 1;
+  auto store = OpenStore(options);
+  ASSERT_NE(store, nullptr);
+  constexpr int kLength = 40;
+  std::string previous;
+  for (int n = 0; n < kLength; ++n) {
+    std::string id = "r";
+    id += std::to_string(n);
+    ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", id, previous))).ok());
+    previous = std::move(id);
+  }
+  const std::string db = DatabaseOf(url);
+  auto chain = RunSync(store->ResponseChain("k", "r39", 0));
+  ASSERT_TRUE(chain.ok() && chain->has_value()) << Describe(chain);
+  EXPECT_EQ((*chain)->items.size(), 2u * kLength);
+  EXPECT_EQ((*chain)->items.front().id, "r0-in");
+  EXPECT_EQ((*chain)->items.back().id, "r39-out");
+  // The only reader's session last ran the recursive query (the writer's last ran COMMIT): the
+  // chain was not followed by one query per response.
+  EXPECT_EQ(SharedPostgres().Psql(db,
+                                  "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                  "current_database() AND pid <> pg_backend_pid() AND "
+                                  "query LIKE 'WITH RECURSIVE%'"),
+            "1\n");
+  store->Close();
+}
+
+TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
+  const std::string url = FreshPostgresDatabase();
+  const std::string db = DatabaseOf(url);
+  // A database as version 2 left it, with a conversation's messages.
+  SharedPostgres().Psql(
+      db,
+      "CREATE TABLE schema_version (version INTEGER NOT NULL); "
+      "INSERT INTO schema_version VALUES (2); "
+      "CREATE TABLE messages (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, "
+      "\"timestamp\" TIMESTAMP NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, "
+      "request_id TEXT, model TEXT, prompt_tokens BIGINT, completion_tokens BIGINT, "
+      "latency_ms BIGINT, owner TEXT NOT NULL DEFAULT ''); "
+      "CREATE INDEX messages_owner_user_id_id ON messages (owner, user_id, id); "
+      "CREATE VIEW message AS SELECT id, user_id, \"timestamp\", role, content FROM messages; "
+      "INSERT INTO messages (user_id, \"timestamp\", role, content, owner) VALUES "
+      "('alice', '2024-03-01 12:00:00', 'user', 'old prompt', 'k'), "
+      "('alice', '2024-03-01 12:00:01', 'assistant', 'old answer', 'k')");
+
+  auto store = OpenStore(url);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*), max(version) FROM schema_version"),
+            "1|3\n");
+  EXPECT_EQ(SharedPostgres().Psql(db,
+                                  "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM "
+                                  "pg_indexes WHERE tablename = 'items'"),
+            "items_owner_conversation_id_seq,items_owner_response_id_seq,items_pkey\n");
+  auto old = RunSync(store->RecentMessages("k", "alice", 0));
+  ASSERT_TRUE(old.ok()) << Describe(old);
+  EXPECT_THAT(Contents(*old), ::testing::ElementsAre("old prompt", "old answer"));
+
+  ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", "r1", ""))).ok());
+  auto response = RunSync(store->GetResponse("k", "r1"));
+  ASSERT_TRUE(response.ok() && response->has_value()) << Describe(response);
+  EXPECT_EQ((*response)->json, R"({"id":"r1","object":"response"})");
+  EXPECT_EQ((*response)->created_at, 1700000000);
+  EXPECT_EQ((*response)->previous_response_id, "");
+  store->Close();
+
+  // Reopening finds version 3 and changes nothing.
+  auto again = OpenStore(url);
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*) FROM responses"), "1\n");
+}
+
+TEST(PostgresConversationStore, ConversationsAppendDeleteAndStayWithTheirOwner) {
+  const std::string url = FreshPostgresDatabase();
+  auto store = OpenStore(url);
+  ASSERT_NE(store, nullptr);
+  StoredConversation conversation;
+  conversation.id = "c1";
+  conversation.created_at = 1700000001;
+  conversation.metadata_json = R"({"topic":"x"})";
+  ASSERT_TRUE(RunSync(store->CreateConversation("k", conversation, {Item("a"), Item("b")})).ok());
+
+  // Another owner sees none of it and cannot change it.
+  EXPECT_FALSE(RunSync(store->GetConversation("j", "c1"))->has_value());
+  EXPECT_FALSE(RunSync(store->ConversationItems("j", "c1", 0))->has_value());
+  EXPECT_FALSE(RunSync(store->AppendConversationItems("j", "c1", {Item("x")}))->has_value());
+  EXPECT_FALSE(RunSync(store->UpdateConversation("j", "c1", "{}"))->has_value());
+  EXPECT_FALSE(*RunSync(store->DeleteConversationItem("j", "c1", "a")));
+  EXPECT_FALSE(*RunSync(store->DeleteConversation("j", "c1")));
+  EXPECT_FALSE(
+      RunSync(store->ListConversationItems("j", "c1", "", 10, ItemOrder::kAscending))->has_value());
+  EXPECT_FALSE(RunSync(store->GetConversationItem("j", "c1", "a"))->has_value());
+
+  // A missing conversation takes no items (and fails no other write of the batch).
+  auto nowhere = RunSync(store->AppendConversationItems("k", "c2", {Item("x")}));
+  ASSERT_TRUE(nowhere.ok()) << Describe(nowhere);
+  EXPECT_FALSE(nowhere->has_value());
+  EXPECT_EQ(SharedPostgres().Psql(DatabaseOf(url), "SELECT count(*) FROM items WHERE id = 'x'"),
+            "0\n");
+
+  // A stored turn in the conversation appends its input then output items.
+  ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", "r1", "", "c1"))).ok());
+  auto appended = RunSync(store->AppendConversationItems("k", "c1", {Item("c"), Item("c")}));
+  ASSERT_TRUE(appended.ok() && appended->has_value()) << Describe(appended);
+  ASSERT_EQ((*appended)->size(), 2u);
+  EXPECT_EQ((**appended)[0].id, "c");
+  EXPECT_LT((**appended)[0].seq, (**appended)[1].seq);
+  auto none = RunSync(store->AppendConversationItems("k", "c1", {}));
+  ASSERT_TRUE(none.ok() && none->has_value()) << Describe(none);
+  EXPECT_TRUE((*none)->empty());
+
+  auto window = RunSync(store->ConversationItems("k", "c1", 0));
+  ASSERT_TRUE(window.ok() && window->has_value()) << Describe(window);
+  EXPECT_THAT(Ids((*window)->items), ::testing::ElementsAre("a", "b", "r1-in", "r1-out", "c", "c"));
+  EXPECT_EQ((*window)->items[2].response_id, "r1");
+  EXPECT_EQ((*window)->items[0].response_id, "");
+  auto last = RunSync(store->ConversationItems("k", "c1", 4));
+  ASSERT_TRUE(last.ok() && last->has_value());
+  EXPECT_THAT(Ids((*last)->items), ::testing::ElementsAre("r1-in", "r1-out", "c", "c"));
+  EXPECT_TRUE((*last)->has_more);
+
+  // Pages in either order, after the first item with that id in the listing's order.
+  auto up = RunSync(store->ListConversationItems("k", "c1", "b", 2, ItemOrder::kAscending));
+  ASSERT_TRUE(up.ok() && up->has_value()) << Describe(up);
+  EXPECT_THAT(Ids((*up)->items), ::testing::ElementsAre("r1-in", "r1-out"));
+  EXPECT_TRUE((*up)->has_more);
+  auto down = RunSync(store->ListConversationItems("k", "c1", "c", 10, ItemOrder::kDescending));
+  ASSERT_TRUE(down.ok() && down->has_value()) << Describe(down);
+  EXPECT_THAT(Ids((*down)->items), ::testing::ElementsAre("c", "r1-out", "r1-in", "b", "a"));
+  EXPECT_FALSE((*down)->has_more);
+  auto unknown = RunSync(store->ListConversationItems("k", "c1", "zz", 10, ItemOrder::kAscending));
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().kind, ErrorKind::kNotFound);
+
+  auto updated = RunSync(store->UpdateConversation("k", "c1", R"({"topic":"y"})"));
+  ASSERT_TRUE(updated.ok() && updated->has_value()) << Describe(updated);
+  EXPECT_EQ((*updated)->metadata_json, R"({"topic":"y"})");
+  EXPECT_EQ((*updated)->created_at, 1700000001);
+  EXPECT_EQ((*updated)->id, "c1");
+
+  // The response's items stay in the conversation when the response goes.
+  ASSERT_TRUE(*RunSync(store->DeleteResponse("k", "r1")));
+  EXPECT_EQ((*RunSync(store->ConversationItems("k", "c1", 0)))->items.size(), 6u);
+  EXPECT_TRUE(*RunSync(store->DeleteConversationItem("k", "c1", "b")));
+  EXPECT_FALSE(*RunSync(store->DeleteConversationItem("k", "c1", "b")));
+  EXPECT_FALSE(RunSync(store->GetConversationItem("k", "c1", "b"))->has_value());
+
+  // Deleting the conversation deletes its items; another owner's conversation of that id stays.
+  ASSERT_TRUE(RunSync(store->CreateConversation("j", conversation, {Item("a")})).ok());
+  ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", "r2", ""))).ok());
+  EXPECT_TRUE(*RunSync(store->DeleteConversation("k", "c1")));
+  EXPECT_FALSE(*RunSync(store->DeleteConversation("k", "c1")));
+  EXPECT_FALSE(RunSync(store->GetConversation("k", "c1"))->has_value());
+  EXPECT_EQ(SharedPostgres().Psql(
+                DatabaseOf(url), "SELECT owner, count(*) FROM items GROUP BY owner ORDER BY owner"),
+            "j|1\nk|2\n");
+  auto theirs = RunSync(store->ConversationItems("j", "c1", 0));
+  ASSERT_TRUE(theirs.ok() && theirs->has_value());
+  EXPECT_THAT(Ids((*theirs)->items), ::testing::ElementsAre("a"));
   store->Close();
 }
 
