@@ -398,6 +398,52 @@ TEST(PostgresConversationStore, ALongChainIsReadByTheRecursiveQueryAlone) {
   store->Close();
 }
 
+TEST(PostgresConversationStore, AResponsesItemsArePagedByKindAndOrder) {
+  const std::string url = FreshPostgresDatabase();
+  auto store = OpenStore(url);
+  ASSERT_NE(store, nullptr);
+  Turn turn = ResponseTurn("k", "r1", "");
+  auto record = std::make_shared<ResponseRecord>(*turn.response);
+  record->input = {Item("a"), Item("b"), Item("a"), Item("c")};
+  record->output = {Item("o1"), Item("o2")};
+  turn.response = record;
+  ASSERT_TRUE(RunSync(store->AppendTurn(turn)).ok());
+
+  auto page = RunSync(store->ListResponseItems("k", "r1", false, "", 3, ItemOrder::kAscending));
+  ASSERT_TRUE(page.ok() && page->has_value()) << Describe(page);
+  EXPECT_THAT(Ids((*page)->items), ::testing::ElementsAre("a", "b", "a"));
+  EXPECT_TRUE((*page)->has_more);
+  EXPECT_FALSE((*page)->items[0].output);
+  EXPECT_EQ((*page)->items[0].response_id, "r1");
+  // After the first "a" of each order: the lowest ascending, the highest descending.
+  auto up = RunSync(store->ListResponseItems("k", "r1", false, "a", 10, ItemOrder::kAscending));
+  ASSERT_TRUE(up.ok() && up->has_value()) << Describe(up);
+  EXPECT_THAT(Ids((*up)->items), ::testing::ElementsAre("b", "a", "c"));
+  EXPECT_FALSE((*up)->has_more);
+  auto down = RunSync(store->ListResponseItems("k", "r1", false, "a", 10, ItemOrder::kDescending));
+  ASSERT_TRUE(down.ok() && down->has_value()) << Describe(down);
+  EXPECT_THAT(Ids((*down)->items), ::testing::ElementsAre("b", "a"));
+  auto output = RunSync(store->ListResponseItems("k", "r1", true, "", 1, ItemOrder::kDescending));
+  ASSERT_TRUE(output.ok() && output->has_value()) << Describe(output);
+  EXPECT_THAT(Ids((*output)->items), ::testing::ElementsAre("o2"));
+  EXPECT_TRUE((*output)->has_more);
+  EXPECT_TRUE((*output)->items[0].output);
+
+  // An input item's id is not in the output listing.
+  auto wrong_kind =
+      RunSync(store->ListResponseItems("k", "r1", true, "b", 10, ItemOrder::kAscending));
+  ASSERT_FALSE(wrong_kind.ok());
+  EXPECT_EQ(wrong_kind.error().kind, ErrorKind::kNotFound);
+  auto elsewhere =
+      RunSync(store->ListResponseItems("j", "r1", false, "", 10, ItemOrder::kAscending));
+  ASSERT_TRUE(elsewhere.ok()) << Describe(elsewhere);
+  EXPECT_FALSE(elsewhere->has_value());
+  auto gone = RunSync(store->ListResponseItems("k", "r9", false, "zz", 10, ItemOrder::kAscending));
+  ASSERT_TRUE(gone.ok()) << Describe(gone);
+  EXPECT_FALSE(gone->has_value());
+  store->Close();
+}
+
 TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
   const std::string url = FreshPostgresDatabase();
   const std::string db = DatabaseOf(url);
