@@ -184,16 +184,17 @@ struct ItemTarget {
   std::string_view condition;
 };
 
-// A stored turn's items join its response's conversation only if that conversation exists (the
-// share lock keeps a concurrent delete from leaving them behind it).
+// A stored turn's items join its response's conversation only if that conversation exists. The
+// key-share lock (which a DELETE waits for, a metadata UPDATE does not) keeps a concurrent delete
+// from leaving them behind it.
 constexpr ItemTarget kTurnItems = {
-    "(SELECT c.id FROM conversations c WHERE c.owner = $1 AND c.id = $3 FOR SHARE)", ""};
+    "(SELECT c.id FROM conversations c WHERE c.owner = $1 AND c.id = $3 FOR KEY SHARE)", ""};
 // The initial items of a conversation created in the same transaction.
 constexpr ItemTarget kNewConversationItems = {"$3", ""};
-// Items appended to a conversation: nothing is inserted when it does not exist.
+// Items appended to a conversation: nothing is inserted when it does not exist (locked as above).
 constexpr ItemTarget kAppendedItems = {
     "$3",
-    " WHERE EXISTS (SELECT 1 FROM conversations c WHERE c.owner = $1 AND c.id = $3 FOR SHARE)"};
+    " WHERE EXISTS (SELECT 1 FROM conversations c WHERE c.owner = $1 AND c.id = $3 FOR KEY SHARE)"};
 
 // Appends to `queries` the INSERTs of `items` (output items from `first_output` on), in order:
 // the VALUES rows are numbered and inserted in that order, so `seq` grows with it. Each INSERT
@@ -564,7 +565,7 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
                   {owner, change.id, change.conversation.metadata_json}});
         break;
       case StateChange::Kind::kDeleteConversation:
-        // The conversation first: its row lock makes a concurrent append (which share-locks it)
+        // The conversation first: its row lock makes a concurrent append (which key-share locks it)
         // either commit before the items are deleted or find no conversation.
         op.queries.push_back(
             Query{"DELETE FROM conversations WHERE owner = $1 AND id = $2", {owner, change.id}});
@@ -574,7 +575,7 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
       case StateChange::Kind::kAppendItems:
         // Whether it exists, locked until the commit so that the inserts below agree.
         op.queries.push_back(
-            Query{"SELECT 1 FROM conversations WHERE owner = $1 AND id = $2 FOR SHARE",
+            Query{"SELECT 1 FROM conversations WHERE owner = $1 AND id = $2 FOR KEY SHARE",
                   {owner, change.id}});
         InsertItems(op.queries, owner, std::nullopt, change.id, Pointers(change.items),
                     change.items.size(), kAppendedItems);
