@@ -288,6 +288,12 @@ TEST(PostgresConversationStore, FailingWritesAreReportedAndClearOnTheirOwn) {
 
 ItemToStore Item(const std::string& id) { return ItemToStore{id, R"({"id":")" + id + R"("})"}; }
 
+// `prefix` then `n` (built in two steps: g++ 12 warns wrongly about "x" + std::to_string(n) here).
+std::string Numbered(std::string prefix, int n) {
+  prefix += std::to_string(n);
+  return prefix;
+}
+
 std::vector<std::string> Ids(const std::vector<StoredItem>& items) {
   std::vector<std::string> ids;
   for (const StoredItem& item : items) ids.push_back(item.id);
@@ -312,7 +318,7 @@ Turn ResponseTurn(const std::string& owner, const std::string& id, const std::st
   return turn;
 }
 
-TEST(PostgresConversationStore, AChainOfThreeResponsesIsReadInOrderByOneQuery) {
+TEST(PostgresConversationStore, AChainOfThreeResponsesIsReadInOrder) {
   const std::string url = FreshPostgresDatabase();
   PostgresStoreOptions options;
   options.url = url;
@@ -377,8 +383,7 @@ TEST(PostgresConversationStore, ALongChainIsReadByTheRecursiveQueryAlone) {
   constexpr int kLength = 40;
   std::string previous;
   for (int n = 0; n < kLength; ++n) {
-    std::string id = "r";
-    id += std::to_string(n);
+    std::string id = Numbered("r", n);
     ASSERT_TRUE(RunSync(store->AppendTurn(ResponseTurn("k", id, previous))).ok());
     previous = std::move(id);
   }
@@ -441,6 +446,36 @@ TEST(PostgresConversationStore, AResponsesItemsArePagedByKindAndOrder) {
   auto gone = RunSync(store->ListResponseItems("k", "r9", false, "zz", 10, ItemOrder::kAscending));
   ASSERT_TRUE(gone.ok()) << Describe(gone);
   EXPECT_FALSE(gone->has_value());
+  store->Close();
+}
+
+TEST(PostgresConversationStore, ManyItemsKeepTheirOrderAcrossInserts) {
+  const std::string url = FreshPostgresDatabase();
+  auto store = OpenStore(url);
+  ASSERT_NE(store, nullptr);
+  // More than one INSERT's worth of items, each way in.
+  std::vector<ItemToStore> initial;
+  std::vector<ItemToStore> more;
+  for (int n = 0; n < 2500; ++n) initial.push_back(Item(Numbered("i", n)));
+  for (int n = 0; n < 2100; ++n) more.push_back(Item(Numbered("m", n)));
+  StoredConversation conversation;
+  conversation.id = "c1";
+  ASSERT_TRUE(RunSync(store->CreateConversation("k", conversation, initial)).ok());
+  auto appended = RunSync(store->AppendConversationItems("k", "c1", more));
+  ASSERT_TRUE(appended.ok() && appended->has_value()) << Describe(appended);
+  ASSERT_EQ((*appended)->size(), more.size());
+
+  auto window = RunSync(store->ConversationItems("k", "c1", 0));
+  ASSERT_TRUE(window.ok() && window->has_value()) << Describe(window);
+  const std::vector<StoredItem>& items = (*window)->items;
+  ASSERT_EQ(items.size(), initial.size() + more.size());
+  for (std::size_t i = 0; i < initial.size(); ++i) ASSERT_EQ(items[i].id, initial[i].id) << i;
+  for (std::size_t i = 0; i < more.size(); ++i) {
+    const StoredItem& stored = items[initial.size() + i];
+    ASSERT_EQ(stored.id, more[i].id) << i;
+    ASSERT_EQ(stored.seq, (**appended)[i].seq) << i;
+    ASSERT_EQ(stored.json, (**appended)[i].json) << i;
+  }
   store->Close();
 }
 
