@@ -479,6 +479,27 @@ TEST(PostgresConversationStore, ManyItemsKeepTheirOrderAcrossInserts) {
   store->Close();
 }
 
+TEST(PostgresConversationStore, ATurnInAMissingConversationKeepsItsItemsWithTheResponseOnly) {
+  const std::string url = FreshPostgresDatabase();
+  auto store = OpenStore(url);
+  ASSERT_NE(store, nullptr);
+  // The conversation was deleted (or never was): the turn still commits, its items belong to its
+  // response alone, and deleting the response deletes them.
+  Status appended = RunSync(store->AppendTurn(ResponseTurn("k", "r1", "", "c_gone")));
+  ASSERT_TRUE(appended.ok()) << Describe(appended);
+  auto response = RunSync(store->GetResponse("k", "r1"));
+  ASSERT_TRUE(response.ok() && response->has_value()) << Describe(response);
+  EXPECT_EQ((*response)->conversation_id, "c_gone");
+  const std::string db = DatabaseOf(url);
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*) FROM items WHERE conversation_id IS NULL"),
+            "2\n");
+  EXPECT_THAT(RecentContents(*store, "resp-user"), ::testing::IsEmpty());  // owner "" has none
+  ASSERT_TRUE(*RunSync(store->DeleteResponse("k", "r1")));
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*) FROM items"), "0\n");
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*) FROM messages WHERE owner = 'k'"), "2\n");
+  store->Close();
+}
+
 TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
   const std::string url = FreshPostgresDatabase();
   const std::string db = DatabaseOf(url);
