@@ -478,19 +478,11 @@ class Writer {
   // Takes `fresh`'s connection and statements; this one's statements are finalized before its
   // connection closes.
   void Replace(Writer&& fresh) {
-    begin_ = Statement();
-    commit_ = Statement();
-    rollback_ = Statement();
-    insert_ = Statement();
-    delete_ = Statement();
-    probe_ = Statement();
+    for (const StatementSql& item : kStatements) this->*item.statement = Statement();
     db_ = std::move(fresh.db_);
-    begin_ = std::move(fresh.begin_);
-    commit_ = std::move(fresh.commit_);
-    rollback_ = std::move(fresh.rollback_);
-    insert_ = std::move(fresh.insert_);
-    delete_ = std::move(fresh.delete_);
-    probe_ = std::move(fresh.probe_);
+    for (const StatementSql& item : kStatements) {
+      this->*item.statement = std::move(fresh.*item.statement);
+    }
   }
 
   // Deletes the rows older than `cutoff` among the `max_rows` oldest, then moves at most
@@ -530,31 +522,10 @@ class Writer {
   }
 
   Status PrepareStatements() {
-    struct Item {
-      Statement* statement;
-      std::string_view sql;
-    };
-    const std::array<Item, 8> items = {{
-        {&begin_, "BEGIN IMMEDIATE"},
-        {&commit_, "COMMIT"},
-        {&rollback_, "ROLLBACK"},
-        {&insert_,
-         "INSERT INTO messages (user_id, timestamp, role, content, request_id, model, "
-         "prompt_tokens, completion_tokens, latency_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
-         "?7, ?8, ?9, ?10)"},
-        {&delete_, "DELETE FROM messages WHERE owner = ?2 AND user_id = ?1"},
-        {&probe_, kProbeHealth},
-        // The oldest rows by id come from the table's own b-tree (a LIMIT on rowid order); the
-        // deletion then finds each by its rowid.
-        {&delete_oldest_,
-         "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?2) AND "
-         "timestamp < ?1"},
-        {&free_pages_, "PRAGMA freelist_count"},
-    }};
-    for (const Item& item : items) {
+    for (const StatementSql& item : kStatements) {
       auto statement = db_.Prepare(item.sql);
       if (!statement) return statement.error();
-      *item.statement = std::move(statement).value();
+      this->*item.statement = std::move(statement).value();
     }
     return Ok();
   }
@@ -606,6 +577,30 @@ class Writer {
   int failure_code_ = SQLITE_OK;
   Statement delete_oldest_;
   Statement free_pages_;
+
+  // Every prepared statement of the connection: PrepareStatements prepares them all and Replace
+  // moves them all to a fresh connection.
+  struct StatementSql {
+    Statement Writer::*statement;
+    std::string_view sql;
+  };
+  static constexpr std::array<StatementSql, 8> kStatements = {{
+      {&Writer::begin_, "BEGIN IMMEDIATE"},
+      {&Writer::commit_, "COMMIT"},
+      {&Writer::rollback_, "ROLLBACK"},
+      {&Writer::insert_,
+       "INSERT INTO messages (user_id, timestamp, role, content, request_id, model, "
+       "prompt_tokens, completion_tokens, latency_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+       "?8, ?9, ?10)"},
+      {&Writer::delete_, "DELETE FROM messages WHERE owner = ?2 AND user_id = ?1"},
+      {&Writer::probe_, kProbeHealth},
+      // The oldest rows by id come from the table's own b-tree (a LIMIT on rowid order); the
+      // deletion then finds each by its rowid.
+      {&Writer::delete_oldest_,
+       "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?2) AND "
+       "timestamp < ?1"},
+      {&Writer::free_pages_, "PRAGMA freelist_count"},
+  }};
 };
 
 // ---- Reader: one read-only connection, used only by its reader thread after Open() ----
