@@ -152,16 +152,64 @@ Status MigrateToVersion2(Database& db) {
   return db.Exec("DROP INDEX IF EXISTS messages_user_id_id");
 }
 
+// Version 3: the state of the Responses and Conversations APIs, in three tables of their own
+// (`messages` is unchanged). Every row belongs to an owner, and every lookup names it first.
+//
+// `responses`: one row per stored response, its JSON in `body`; `previous_response_id` links a
+// chain (followed backwards by ResponseChain's recursive query through the primary key).
+// `conversations`: one row per conversation, its metadata object in `metadata`.
+// `items`: every item, once. An item of a response has its `response_id` (and `output` 1 for an
+// output item); an item of a conversation has its `conversation_id`; a response stored in a
+// conversation gives its items both, so one row serves both listings. `seq` numbers items in the
+// order they were stored (AUTOINCREMENT: never reused, so a deleted item's number never comes
+// back). Item ids are not unique: a client may send the same item in several requests.
+// Each listing reads one partial index: (owner, response_id, output, seq) for a response's input
+// or output items and for the items of a chain, (owner, conversation_id, seq) for a conversation's;
+// the rows where the column is NULL are left out of the index.
+constexpr std::string_view kCreateResponsesState = R"sql(
+CREATE TABLE responses (
+  owner TEXT NOT NULL,
+  id TEXT NOT NULL,
+  conversation_id TEXT,
+  previous_response_id TEXT,
+  created_at INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  PRIMARY KEY (owner, id)
+);
+CREATE TABLE conversations (
+  owner TEXT NOT NULL,
+  id TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  metadata TEXT NOT NULL,
+  PRIMARY KEY (owner, id)
+);
+CREATE TABLE items (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  owner TEXT NOT NULL,
+  id TEXT NOT NULL,
+  response_id TEXT,
+  output INTEGER NOT NULL DEFAULT 0,
+  conversation_id TEXT,
+  body TEXT NOT NULL
+);
+CREATE INDEX items_owner_response_id_output_seq ON items (owner, response_id, output, seq)
+  WHERE response_id IS NOT NULL;
+CREATE INDEX items_owner_conversation_id_seq ON items (owner, conversation_id, seq)
+  WHERE conversation_id IS NOT NULL;
+)sql";
+
+Status MigrateToVersion3(Database& db) { return db.Exec(kCreateResponsesState); }
+
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 2;
+constexpr std::int64_t kSchemaVersion = 3;
 
 struct Migration {
   std::int64_t version;  // the user_version after this migration
   Status (*apply)(Database&);
 };
 
-constexpr std::array<Migration, 2> kMigrations = {
-    {{1, &MigrateToVersion1}, {2, &MigrateToVersion2}}};
+constexpr std::array<Migration, 3> kMigrations = {
+    {{1, &MigrateToVersion1}, {2, &MigrateToVersion2}, {3, &MigrateToVersion3}}};
 static_assert(kMigrations.back().version == kSchemaVersion);
 
 Status MigrateInTransaction(Database& db) {
@@ -427,7 +475,19 @@ class Writer {
       inserted->push_back(RowOf(turn, completion_id, completion_time, "assistant", turn.completion,
                                 turn.prompt_tokens, turn.completion_tokens, turn.latency_ms));
     }
+    if (turn.response) return InsertResponse(turn.owner, *turn.response);
     return Ok();
+  }
+
+  // One change of the Responses and Conversations state inside the batch's transaction, under a
+  // savepoint (as a retention step): a change that fails is undone alone, and the turns committed
+  // beside it are kept.
+  Result<StateOutcome> ChangeState(const StateChange& change) {
+    if (auto ok = db_.Exec("SAVEPOINT state"); !ok) return ok.error();
+    auto outcome = ChangeStateInSavepoint(change);
+    if (!outcome) (void)db_.Exec("ROLLBACK TO state");
+    if (auto ok = db_.Exec("RELEASE state"); !ok && outcome) return ok.error();
+    return outcome;
   }
 
   Result<std::int64_t> DeleteUser(const std::string& owner, const std::string& user_id) {
@@ -483,6 +543,171 @@ class Writer {
     for (const StatementSql& item : kStatements) {
       this->*item.statement = std::move(fresh.*item.statement);
     }
+  }
+
+  // The response row of a stored Responses turn, then its input and output items (in that
+  // order, so that their seq numbers follow it). In a conversation, the items are the
+  // conversation's too — unless it was deleted meanwhile (InsertItem's check): the response is
+  // stored all the same, in no conversation's listing.
+  Status InsertResponse(const std::string& owner, const ResponseRecord& record) {
+    const StoredResponse& response = record.response;
+    {
+      StatementReset reset(insert_response_);
+      const std::array<Status, 6> bound = {
+          insert_response_.BindText(1, owner),
+          insert_response_.BindText(2, response.id),
+          insert_response_.BindTextOrNull(3, response.conversation_id),
+          insert_response_.BindTextOrNull(4, response.previous_response_id),
+          insert_response_.BindInt64(5, response.created_at),
+          insert_response_.BindText(6, response.json),
+      };
+      for (const Status& status : bound) {
+        if (!status) return status;
+      }
+      if (auto done = insert_response_.Step(); !done) return done.error();
+    }
+    for (const auto* items : {&record.input, &record.output}) {
+      const bool output = items == &record.output;
+      for (const ItemToStore& item : *items) {
+        auto stored = InsertItem(owner, item, response.id, output, response.conversation_id);
+        if (!stored) return stored.error();
+      }
+    }
+    return Ok();
+  }
+
+  // Inserts one item (of response `response_id` when not empty, in conversation
+  // `conversation_id` when it exists) and returns it as stored.
+  Result<StoredItem> InsertItem(const std::string& owner, const ItemToStore& item,
+                                const std::string& response_id, bool output,
+                                const std::string& conversation_id) {
+    StatementReset reset(insert_item_);
+    const std::array<Status, 6> bound = {
+        insert_item_.BindText(1, owner),
+        insert_item_.BindText(2, item.id),
+        insert_item_.BindTextOrNull(3, response_id),
+        insert_item_.BindInt64(4, output ? 1 : 0),
+        insert_item_.BindTextOrNull(5, conversation_id),
+        insert_item_.BindText(6, item.json),
+    };
+    for (const Status& status : bound) {
+      if (!status) return status.error();
+    }
+    if (auto done = insert_item_.Step(); !done) return done.error();
+    StoredItem stored;
+    stored.seq = sqlite3_last_insert_rowid(db_.handle());
+    stored.id = item.id;
+    stored.response_id = response_id;
+    stored.output = output;
+    stored.json = item.json;
+    return stored;
+  }
+
+  // Runs `statement` (an INSERT, UPDATE or DELETE) with its owner (?1), id (?2) and, when not
+  // null, `third` (?3) bound; returns the rows it changed.
+  Result<std::int64_t> ChangeRows(Statement& statement, const std::string& owner,
+                                  const std::string& id, const std::string* third = nullptr) {
+    StatementReset reset(statement);
+    if (auto ok = statement.BindText(1, owner); !ok) return ok.error();
+    if (auto ok = statement.BindText(2, id); !ok) return ok.error();
+    if (third != nullptr) {
+      if (auto ok = statement.BindText(3, *third); !ok) return ok.error();
+    }
+    if (auto done = statement.Step(); !done) return done.error();
+    return db_.Changes();
+  }
+
+  // The creation time of conversation `id` of `owner`, std::nullopt when there is none.
+  Result<std::optional<std::int64_t>> ConversationCreatedAt(const std::string& owner,
+                                                            const std::string& id) {
+    StatementReset reset(find_conversation_);
+    if (auto ok = find_conversation_.BindText(1, owner); !ok) return ok.error();
+    if (auto ok = find_conversation_.BindText(2, id); !ok) return ok.error();
+    auto row = find_conversation_.Step();
+    if (!row) return row.error();
+    if (!*row) return std::optional<std::int64_t>();
+    return std::optional<std::int64_t>(find_conversation_.ColumnInt64(0));
+  }
+
+  // Every existence check runs here, inside the write transaction, so that it holds when the
+  // change commits.
+  Result<StateOutcome> ChangeStateInSavepoint(const StateChange& change) {
+    StateOutcome outcome;
+    switch (change.kind) {
+      case StateChange::Kind::kDeleteResponse: {
+        auto deleted = ChangeRows(delete_response_, change.owner, change.id);
+        if (!deleted) return deleted.error();
+        outcome.found = *deleted > 0;
+        // The items that are in a conversation stay there.
+        if (auto items = ChangeRows(delete_response_items_, change.owner, change.id); !items) {
+          return items.error();
+        }
+        return outcome;
+      }
+      case StateChange::Kind::kCreateConversation: {
+        {
+          StatementReset reset(insert_conversation_);
+          const std::array<Status, 4> bound = {
+              insert_conversation_.BindText(1, change.owner),
+              insert_conversation_.BindText(2, change.id),
+              insert_conversation_.BindInt64(3, change.conversation.created_at),
+              insert_conversation_.BindText(4, change.conversation.metadata_json),
+          };
+          for (const Status& status : bound) {
+            if (!status) return status.error();
+          }
+          if (auto done = insert_conversation_.Step(); !done) return done.error();
+        }
+        for (const ItemToStore& item : change.items) {
+          auto stored = InsertItem(change.owner, item, "", false, change.id);
+          if (!stored) return stored.error();
+        }
+        outcome.found = true;
+        return outcome;
+      }
+      case StateChange::Kind::kUpdateConversation: {
+        const std::string& metadata = change.conversation.metadata_json;
+        auto updated = ChangeRows(update_conversation_, change.owner, change.id, &metadata);
+        if (!updated) return updated.error();
+        if (*updated == 0) return outcome;
+        auto created_at = ConversationCreatedAt(change.owner, change.id);
+        if (!created_at) return created_at.error();
+        if (!*created_at) return outcome;
+        outcome.found = true;
+        outcome.conversation = StoredConversation{change.id, **created_at, metadata};
+        return outcome;
+      }
+      case StateChange::Kind::kDeleteConversation: {
+        auto deleted = ChangeRows(delete_conversation_, change.owner, change.id);
+        if (!deleted) return deleted.error();
+        outcome.found = *deleted > 0;
+        if (auto items = ChangeRows(delete_conversation_items_, change.owner, change.id); !items) {
+          return items.error();
+        }
+        return outcome;
+      }
+      case StateChange::Kind::kAppendItems: {
+        auto created_at = ConversationCreatedAt(change.owner, change.id);
+        if (!created_at) return created_at.error();
+        if (!*created_at) return outcome;
+        outcome.found = true;
+        outcome.items.reserve(change.items.size());
+        for (const ItemToStore& item : change.items) {
+          auto stored = InsertItem(change.owner, item, "", false, change.id);
+          if (!stored) return stored.error();
+          outcome.items.push_back(std::move(stored).value());
+        }
+        return outcome;
+      }
+      case StateChange::Kind::kDeleteItem: {
+        // Every copy of the item (a client may have sent the same item twice).
+        auto deleted = ChangeRows(delete_item_, change.owner, change.id, &change.item_id);
+        if (!deleted) return deleted.error();
+        outcome.found = *deleted > 0;
+        return outcome;
+      }
+    }
+    return MakeError(ErrorKind::kInternal, "unknown state change");
   }
 
   // Deletes the rows older than `cutoff` among the `max_rows` oldest, then moves at most
@@ -577,6 +802,17 @@ class Writer {
   int failure_code_ = SQLITE_OK;
   Statement delete_oldest_;
   Statement free_pages_;
+  // The Responses and Conversations state.
+  Statement insert_response_;
+  Statement insert_item_;
+  Statement delete_response_;
+  Statement delete_response_items_;
+  Statement insert_conversation_;
+  Statement find_conversation_;
+  Statement update_conversation_;
+  Statement delete_conversation_;
+  Statement delete_conversation_items_;
+  Statement delete_item_;
 
   // Every prepared statement of the connection: PrepareStatements prepares them all and Replace
   // moves them all to a fresh connection.
@@ -584,7 +820,7 @@ class Writer {
     Statement Writer::*statement;
     std::string_view sql;
   };
-  static constexpr std::array<StatementSql, 8> kStatements = {{
+  static constexpr std::array<StatementSql, 18> kStatements = {{
       {&Writer::begin_, "BEGIN IMMEDIATE"},
       {&Writer::commit_, "COMMIT"},
       {&Writer::rollback_, "ROLLBACK"},
@@ -600,6 +836,28 @@ class Writer {
        "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?2) AND "
        "timestamp < ?1"},
       {&Writer::free_pages_, "PRAGMA freelist_count"},
+      {&Writer::insert_response_,
+       "INSERT INTO responses (owner, id, conversation_id, previous_response_id, created_at, "
+       "body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
+      // An item joins conversation ?5 only when it exists: the check and the insert are one
+      // statement of the write transaction.
+      {&Writer::insert_item_,
+       "INSERT INTO items (owner, id, response_id, output, conversation_id, body) VALUES (?1, "
+       "?2, ?3, ?4, (SELECT id FROM conversations WHERE owner = ?1 AND id = ?5), ?6)"},
+      {&Writer::delete_response_, "DELETE FROM responses WHERE owner = ?1 AND id = ?2"},
+      {&Writer::delete_response_items_,
+       "DELETE FROM items WHERE owner = ?1 AND response_id = ?2 AND conversation_id IS NULL"},
+      {&Writer::insert_conversation_,
+       "INSERT INTO conversations (owner, id, created_at, metadata) VALUES (?1, ?2, ?3, ?4)"},
+      {&Writer::find_conversation_,
+       "SELECT created_at FROM conversations WHERE owner = ?1 AND id = ?2"},
+      {&Writer::update_conversation_,
+       "UPDATE conversations SET metadata = ?3 WHERE owner = ?1 AND id = ?2"},
+      {&Writer::delete_conversation_, "DELETE FROM conversations WHERE owner = ?1 AND id = ?2"},
+      {&Writer::delete_conversation_items_,
+       "DELETE FROM items WHERE owner = ?1 AND conversation_id = ?2"},
+      {&Writer::delete_item_,
+       "DELETE FROM items WHERE owner = ?1 AND conversation_id = ?2 AND id = ?3"},
   }};
 };
 
@@ -684,6 +942,22 @@ class Reader {
     return page;
   }
 
+  Result<StateAnswer> QueryState(const StateQuery& query) {
+    switch (query.kind) {
+      case StateQuery::Kind::kResponse:
+      case StateQuery::Kind::kResponseChain:
+      case StateQuery::Kind::kConversation:
+        return ReadState(query);
+      default: {
+        // The other reads take several statements: one read transaction makes them see one
+        // snapshot of the file.
+        Snapshot snapshot(*this);
+        if (auto ok = snapshot.Begin(); !ok) return Context("database read failed", ok.error());
+        return ReadState(query);
+      }
+    }
+  }
+
   Status Ping() {
     StatementReset reset(ping_);
     auto row = ping_.Step();
@@ -712,6 +986,334 @@ class Reader {
     auto ping = db_.Prepare("SELECT 1 FROM messages LIMIT 1");
     if (!ping) return ping.error();
     ping_ = std::move(ping).value();
+    return PrepareStateStatements();
+  }
+
+  Result<StateAnswer> ReadState(const StateQuery& query) {
+    if (query.kind == StateQuery::Kind::kResponseChain) {
+      return Chain(query.owner, query.id, query.max_items);
+    }
+    StateAnswer answer;
+    if (query.kind == StateQuery::Kind::kResponse ||
+        query.kind == StateQuery::Kind::kResponseItems) {
+      auto response = FindResponse(query.owner, query.id);
+      if (!response) return response.error();
+      if (!*response) return answer;
+      answer.found = true;
+      if (query.kind == StateQuery::Kind::kResponse) {
+        answer.response = std::move(response).value();
+        return answer;
+      }
+      const ItemScope scope{query.owner, query.id, query.output};
+      auto page = Page(response_items_, scope, query.after, query.limit, query.order);
+      if (!page) return page.error();
+      answer.page = std::move(page).value();
+      return answer;
+    }
+    auto conversation = FindConversation(query.owner, query.id);
+    if (!conversation) return conversation.error();
+    if (!*conversation) return answer;
+    answer.found = true;
+    const ItemScope scope{query.owner, query.id, std::nullopt};
+    switch (query.kind) {
+      case StateQuery::Kind::kConversation:
+        answer.conversation = std::move(conversation).value();
+        return answer;
+      case StateQuery::Kind::kConversationItems: {
+        auto window = Window(conversation_window_, scope, query.max_items);
+        if (!window) return window.error();
+        answer.window = std::move(window).value();
+        return answer;
+      }
+      case StateQuery::Kind::kConversationPage: {
+        auto page = Page(conversation_items_, scope, query.after, query.limit, query.order);
+        if (!page) return page.error();
+        answer.page = std::move(page).value();
+        return answer;
+      }
+      case StateQuery::Kind::kConversationItem: {
+        auto item = ConversationItem(query.owner, query.id, query.item_id);
+        if (!item) return item.error();
+        answer.found = item->has_value();
+        answer.item = std::move(item).value();
+        return answer;
+      }
+      default:
+        return MakeError(ErrorKind::kInternal, "unknown state query");
+    }
+  }
+
+  // Holds one read transaction (one snapshot of the file) from Begin() to its destruction.
+  class Snapshot {
+   public:
+    explicit Snapshot(Reader& reader) : reader_(reader) {}
+    Snapshot(const Snapshot&) = delete;
+    Snapshot& operator=(const Snapshot&) = delete;
+    ~Snapshot() {
+      if (!begun_) return;
+      (void)Run(reader_.commit_);
+      // A connection left inside a transaction would fail its next Begin().
+      if (sqlite3_get_autocommit(reader_.db_.handle()) == 0) (void)Run(reader_.rollback_);
+    }
+
+    Status Begin() {
+      if (auto ok = Run(reader_.begin_); !ok) return ok;
+      begun_ = true;
+      return Ok();
+    }
+
+   private:
+    static Status Run(Statement& statement) {
+      StatementReset reset(statement);
+      auto done = statement.Step();
+      if (!done) return done.error();
+      return Ok();
+    }
+
+    Reader& reader_;
+    bool begun_ = false;
+  };
+
+  // Whose items a listing reads: the input (or output) items of response `id`, or, without
+  // `output`, the items of conversation `id`. Bound as ?1 (owner), ?2 (id) and ?3 (output).
+  struct ItemScope {
+    const std::string& owner;
+    const std::string& id;
+    std::optional<bool> output;
+  };
+
+  // The statements of one kind of listing: `anchor` finds the lowest and highest seq of an item
+  // id (?4); `ascending` and `descending` read up to ?5 items past seq ?4.
+  struct ListingStatements {
+    Statement anchor;
+    Statement ascending;
+    Statement descending;
+  };
+
+  static Status BindScope(Statement& statement, const ItemScope& scope) {
+    if (auto ok = statement.BindText(1, scope.owner); !ok) return ok;
+    if (auto ok = statement.BindText(2, scope.id); !ok) return ok;
+    if (scope.output) return statement.BindInt64(3, *scope.output ? 1 : 0);
+    return Ok();
+  }
+
+  // Columns: seq, id, response_id, output, body.
+  static StoredItem ReadItem(const Statement& row) {
+    StoredItem item;
+    item.seq = row.ColumnInt64(0);
+    item.id = row.ColumnText(1);
+    item.response_id = row.ColumnText(2);
+    item.output = row.ColumnInt64(3) != 0;
+    item.json = row.ColumnText(4);
+    return item;
+  }
+
+  Result<std::optional<StoredResponse>> FindResponse(const std::string& owner,
+                                                     const std::string& id) {
+    StatementReset reset(response_);
+    if (auto ok = response_.BindText(1, owner); !ok) return ok.error();
+    if (auto ok = response_.BindText(2, id); !ok) return ok.error();
+    auto row = response_.Step();
+    if (!row) return Context("database read failed", row.error());
+    if (!*row) return std::optional<StoredResponse>();
+    StoredResponse response;
+    response.id = id;
+    response.conversation_id = response_.ColumnText(0);
+    response.previous_response_id = response_.ColumnText(1);
+    response.created_at = response_.ColumnInt64(2);
+    response.json = response_.ColumnText(3);
+    return std::optional<StoredResponse>(std::move(response));
+  }
+
+  Result<std::optional<StoredConversation>> FindConversation(const std::string& owner,
+                                                             const std::string& id) {
+    StatementReset reset(conversation_);
+    if (auto ok = conversation_.BindText(1, owner); !ok) return ok.error();
+    if (auto ok = conversation_.BindText(2, id); !ok) return ok.error();
+    auto row = conversation_.Step();
+    if (!row) return Context("database read failed", row.error());
+    if (!*row) return std::optional<StoredConversation>();
+    StoredConversation conversation;
+    conversation.id = id;
+    conversation.created_at = conversation_.ColumnInt64(0);
+    conversation.metadata_json = conversation_.ColumnText(1);
+    return std::optional<StoredConversation>(std::move(conversation));
+  }
+
+  // Reads the rows of `statement` (items, newest first, one more than `max` when `max` is not
+  // 0) into a window: oldest first, the oldest row beyond `max` dropped and counted in has_more.
+  static Result<ItemWindow> ReadWindow(Statement& statement, std::size_t max) {
+    ItemWindow window;
+    for (;;) {
+      auto row = statement.Step();
+      if (!row) return Context("database read failed", row.error());
+      if (!*row) break;
+      window.items.push_back(ReadItem(statement));
+    }
+    if (max != 0 && window.items.size() > max) {
+      window.items.resize(max);
+      window.has_more = true;
+    }
+    std::reverse(window.items.begin(), window.items.end());
+    return window;
+  }
+
+  // The LIMIT that reads one row more than `max` (0 = no limit), to tell whether more exist.
+  static std::int64_t OneMore(std::size_t max) {
+    if (max == 0 || max == std::numeric_limits<std::size_t>::max()) return -1;
+    return SqlLimit(max + 1);
+  }
+
+  // One statement whatever the chain's length (see chain_); its rows are the window's items,
+  // newest first, plus one row of NULLs when response `id` exists.
+  Result<StateAnswer> Chain(const std::string& owner, const std::string& id, std::size_t max) {
+    StatementReset reset(chain_);
+    if (auto ok = chain_.BindText(1, owner); !ok) return ok.error();
+    if (auto ok = chain_.BindText(2, id); !ok) return ok.error();
+    if (auto ok = chain_.BindInt64(3, OneMore(max)); !ok) return ok.error();
+    StateAnswer answer;
+    for (;;) {
+      auto row = chain_.Step();
+      if (!row) return Context("database read failed", row.error());
+      if (!*row) break;
+      if (chain_.ColumnIsNull(0)) {
+        answer.found = true;
+      } else {
+        answer.window.items.push_back(ReadItem(chain_));
+      }
+    }
+    if (!answer.found) return StateAnswer();
+    // Newest first; the order of a compound's rows is not the subquery's, so sort here.
+    std::sort(answer.window.items.begin(), answer.window.items.end(),
+              [](const StoredItem& a, const StoredItem& b) { return a.seq > b.seq; });
+    if (max != 0 && answer.window.items.size() > max) {
+      answer.window.items.resize(max);
+      answer.window.has_more = true;
+    }
+    std::reverse(answer.window.items.begin(), answer.window.items.end());
+    return answer;
+  }
+
+  Result<ItemWindow> Window(Statement& statement, const ItemScope& scope, std::size_t max) {
+    StatementReset reset(statement);
+    if (auto ok = BindScope(statement, scope); !ok) return ok.error();
+    if (auto ok = statement.BindInt64(3, OneMore(max)); !ok) return ok.error();
+    return ReadWindow(statement, max);
+  }
+
+  // Up to `limit` items of `scope` in `order`, after the first item whose id is `after` in that
+  // order (its lowest seq ascending, its highest descending).
+  Result<ItemPage> Page(ListingStatements& listing, const ItemScope& scope,
+                        const std::string& after, std::size_t limit, ItemOrder order) {
+    const bool ascending = order == ItemOrder::kAscending;
+    std::int64_t past = ascending ? 0 : std::numeric_limits<std::int64_t>::max();
+    if (!after.empty()) {
+      StatementReset reset(listing.anchor);
+      if (auto ok = BindScope(listing.anchor, scope); !ok) return ok.error();
+      if (auto ok = listing.anchor.BindText(4, after); !ok) return ok.error();
+      auto row = listing.anchor.Step();
+      if (!row) return Context("database read failed", row.error());
+      if (!*row || listing.anchor.ColumnIsNull(0)) {
+        return MakeError(ErrorKind::kNotFound, "`after` is not an item of this list");
+      }
+      past = listing.anchor.ColumnInt64(ascending ? 0 : 1);
+    }
+    Statement& statement = ascending ? listing.ascending : listing.descending;
+    StatementReset reset(statement);
+    // One row more than asked tells whether another page exists.
+    const std::int64_t sql_limit =
+        SqlLimit(limit == std::numeric_limits<std::size_t>::max() ? limit : limit + 1);
+    if (auto ok = BindScope(statement, scope); !ok) return ok.error();
+    if (auto ok = statement.BindInt64(4, past); !ok) return ok.error();
+    if (auto ok = statement.BindInt64(5, sql_limit); !ok) return ok.error();
+    ItemPage page;
+    for (;;) {
+      auto row = statement.Step();
+      if (!row) return Context("database read failed", row.error());
+      if (!*row) break;
+      if (page.items.size() == limit) {
+        page.has_more = true;
+        break;
+      }
+      page.items.push_back(ReadItem(statement));
+    }
+    return page;
+  }
+
+  // The first item of the conversation whose id is `item_id`.
+  Result<std::optional<StoredItem>> ConversationItem(const std::string& owner,
+                                                     const std::string& id,
+                                                     const std::string& item_id) {
+    StatementReset reset(conversation_item_);
+    if (auto ok = conversation_item_.BindText(1, owner); !ok) return ok.error();
+    if (auto ok = conversation_item_.BindText(2, id); !ok) return ok.error();
+    if (auto ok = conversation_item_.BindText(3, item_id); !ok) return ok.error();
+    auto row = conversation_item_.Step();
+    if (!row) return Context("database read failed", row.error());
+    if (!*row) return std::optional<StoredItem>();
+    return std::optional<StoredItem>(ReadItem(conversation_item_));
+  }
+
+  Status PrepareStateStatements() {
+    struct Item {
+      Statement* statement;
+      std::string_view sql;
+    };
+    const std::array<Item, 14> items = {{
+        {&begin_, "BEGIN"},
+        {&commit_, "COMMIT"},
+        {&rollback_, "ROLLBACK"},
+        {&response_,
+         "SELECT conversation_id, previous_response_id, created_at, body FROM responses WHERE "
+         "owner = ?1 AND id = ?2"},
+        // The chain from response ?2 back through previous_response_id, one primary-key lookup
+        // per step (a deleted response is missing, so the chain ends there; UNION rather than
+        // UNION ALL ends it even if ids ever formed a cycle), joined to the items of its
+        // responses through the (owner, response_id, …) index; the newest ?3 of them, plus one
+        // row of NULLs when response ?2 exists.
+        {&chain_,
+         "WITH RECURSIVE chain (id, previous_response_id) AS ("
+         " SELECT id, previous_response_id FROM responses WHERE owner = ?1 AND id = ?2"
+         " UNION"
+         " SELECT r.id, r.previous_response_id FROM chain"
+         " JOIN responses r ON r.owner = ?1 AND r.id = chain.previous_response_id) "
+         "SELECT * FROM (SELECT i.seq, i.id, i.response_id, i.output, i.body FROM chain"
+         " JOIN items i ON i.owner = ?1 AND i.response_id = chain.id"
+         " ORDER BY i.seq DESC LIMIT ?3) "
+         "UNION ALL "
+         "SELECT NULL, NULL, NULL, NULL, NULL FROM responses WHERE owner = ?1 AND id = ?2"},
+        {&response_items_.anchor,
+         "SELECT min(seq), max(seq) FROM items WHERE owner = ?1 AND response_id = ?2 AND "
+         "output = ?3 AND id = ?4"},
+        {&response_items_.ascending,
+         "SELECT seq, id, response_id, output, body FROM items WHERE owner = ?1 AND "
+         "response_id = ?2 AND output = ?3 AND seq > ?4 ORDER BY seq ASC LIMIT ?5"},
+        {&response_items_.descending,
+         "SELECT seq, id, response_id, output, body FROM items WHERE owner = ?1 AND "
+         "response_id = ?2 AND output = ?3 AND seq < ?4 ORDER BY seq DESC LIMIT ?5"},
+        {&conversation_,
+         "SELECT created_at, metadata FROM conversations WHERE owner = ?1 AND id = ?2"},
+        {&conversation_window_,
+         "SELECT seq, id, response_id, output, body FROM items WHERE owner = ?1 AND "
+         "conversation_id = ?2 ORDER BY seq DESC LIMIT ?3"},
+        {&conversation_items_.anchor,
+         "SELECT min(seq), max(seq) FROM items WHERE owner = ?1 AND conversation_id = ?2 AND "
+         "id = ?4"},
+        {&conversation_items_.ascending,
+         "SELECT seq, id, response_id, output, body FROM items WHERE owner = ?1 AND "
+         "conversation_id = ?2 AND seq > ?4 ORDER BY seq ASC LIMIT ?5"},
+        {&conversation_items_.descending,
+         "SELECT seq, id, response_id, output, body FROM items WHERE owner = ?1 AND "
+         "conversation_id = ?2 AND seq < ?4 ORDER BY seq DESC LIMIT ?5"},
+        {&conversation_item_,
+         "SELECT seq, id, response_id, output, body FROM items WHERE owner = ?1 AND "
+         "conversation_id = ?2 AND id = ?3 ORDER BY seq ASC LIMIT 1"},
+    }};
+    for (const Item& item : items) {
+      auto statement = db_.Prepare(item.sql);
+      if (!statement) return statement.error();
+      *item.statement = std::move(statement).value();
+    }
     return Ok();
   }
 
@@ -720,6 +1322,17 @@ class Reader {
   Statement recent_;
   Statement list_;
   Statement ping_;
+  // The Responses and Conversations state.
+  Statement begin_;
+  Statement commit_;
+  Statement rollback_;
+  Statement response_;
+  Statement chain_;
+  ListingStatements response_items_;
+  Statement conversation_;
+  Statement conversation_window_;
+  ListingStatements conversation_items_;
+  Statement conversation_item_;
 };
 
 }  // namespace sqlite
@@ -738,6 +1351,9 @@ struct SqliteWrite {
   // Filled inside the batch, read by Appended and Deleted on the writer thread.
   std::vector<StoredMessage> inserted;
   std::int64_t deleted = 0;
+  // A change of the Responses and Conversations state, and what it did (read by StateChanged).
+  std::optional<StateChange> state;
+  Result<StateOutcome> state_outcome = StateOutcome{};
 };
 
 class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, SqliteWrite> {
@@ -789,6 +1405,9 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
       for (WriteOp* op : ops) {
         if (op->turn) {
           if (auto ok = writer.InsertTurn(*op->turn, &op->inserted); !ok) return ok;
+        } else if (op->state) {
+          // Its failure is its own (see ChangeState): the batch goes on.
+          op->state_outcome = writer.ChangeState(*op->state);
         } else if (op->retention_cutoff) {
           // Its failure is its own (see DeleteOldest): the batch goes on.
           op->retained = writer.DeleteOldest(*op->retention_cutoff, op->retention_rows);
@@ -855,6 +1474,21 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
   Result<MessagePage> List(Reader& reader, Deadline, const std::string& owner,
                            const std::string& user_id, std::int64_t after_id, std::size_t limit) {
     return reader.List(owner, user_id, after_id, limit);
+  }
+
+  WriteOp StateOp(StateChange change) {
+    WriteOp op;
+    op.state = std::move(change);
+    return op;
+  }
+
+  Result<StateOutcome> StateChanged(const Status& committed, WriteOp& op) {
+    if (!committed) return committed.error();
+    return std::move(op.state_outcome);
+  }
+
+  Result<StateAnswer> QueryState(Reader& reader, Deadline, const StateQuery& query) {
+    return reader.QueryState(query);
   }
 
   Status Ping(Reader& reader, Deadline) { return reader.Ping(); }

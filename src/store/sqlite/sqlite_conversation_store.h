@@ -41,21 +41,22 @@ class SqliteBackend;
 // options and kStorage, naming the path and SQLite's reason, when the file cannot be opened,
 // is not a database, or cannot be migrated.
 //
-// Threads: the writer thread owns the read-write connection and commits queued AppendTurn,
-// DeleteMessages and DeleteOlderThan operations in groups of up to `max_batch` per transaction, in
-// the order they were accepted; `reader_threads` threads own read-only connections and serve
-// RecentMessages, ListMessages and Ping. The writer's connection closes last, so that SQLite
-// checkpoints the WAL into the main file.
+// Threads: the writer thread owns the read-write connection and commits queued writes (AppendTurn,
+// DeleteMessages, DeleteOlderThan and the changes of the Responses and Conversations state) in
+// groups of up to `max_batch` per transaction, in the order they were accepted; `reader_threads`
+// threads own read-only connections and serve the reads. The writer's connection closes last, so
+// that SQLite checkpoints the WAL into the main file.
 //
-// RecentMessages serves a conversation's newest rows from a HistoryCache when the (user_id, id)
-// index shows that the cached rows are still exactly the stored ones, else from the table;
+// RecentMessages serves a conversation's newest rows from a HistoryCache when the (owner, user_id,
+// id) index shows that the cached rows are still exactly the stored ones, else from the table;
 // committed turns and deletions update the cache before their callers resume.
 //
-// Schema: table `messages`, index (user_id, id), view `message` with the seed's five columns,
-// versioned by PRAGMA user_version (version 1). Open() migrates older files (including the seed's
-// five-column `messages` table, keeping its rows) and refuses newer ones. A new file is created
-// with incremental auto-vacuum, so that each DeleteOlderThan step gives up to 256 freed pages back
-// to the file system; an older file keeps its mode until EnableIncrementalVacuum
+// Schema: table `messages`, index (owner, user_id, id), view `message` with the seed's five
+// columns; tables `responses`, `conversations` and `items` for the Responses and Conversations
+// state; versioned by PRAGMA user_version (version 3). Open() migrates older files (including the
+// seed's five-column `messages` table, keeping its rows) and refuses newer ones. A new file is
+// created with incremental auto-vacuum, so that each DeleteOlderThan step gives up to 256 freed
+// pages back to the file system; an older file keeps its mode until EnableIncrementalVacuum
 // (store/sqlite/sqlite_maintenance.h) switches it.
 using SqliteConversationStore = DbConversationStore<SqliteBackend, SqliteStoreOptions>;
 extern template class DbConversationStore<SqliteBackend, SqliteStoreOptions>;

@@ -116,7 +116,7 @@ TEST_F(SqliteConversationStoreTest, CreatesMissingDirectoriesAndTheVersionedSche
   EXPECT_TRUE(std::filesystem::exists(path_));
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "2");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "3");
   EXPECT_EQ(raw.Scalar("PRAGMA journal_mode"), "wal");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
@@ -352,7 +352,7 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   EXPECT_EQ((*all)[3].completion_tokens, 21);
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "2");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "3");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns,
@@ -366,17 +366,103 @@ TEST_F(SqliteConversationStoreTest, RefusesASchemaNewerThanThisBuild) {
   {
     RawConnection raw(path_);
     raw.Exec(
-        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 3;");
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 4;");
   }
   auto store = SqliteConversationStore::Open(Options());
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr(path_));
-  EXPECT_THAT(store.error().message, HasSubstr("schema version 3 is newer"));
+  EXPECT_THAT(store.error().message, HasSubstr("schema version 4 is newer"));
 
   // The file was left as it was.
   RawConnection raw(path_);
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
+}
+
+// Schema version 3 adds the tables of the Responses and Conversations state: a version 2 file
+// (as the previous build left it) keeps its rows and its schema and gains them.
+TEST_F(SqliteConversationStoreTest, MigratesAVersion2FileToTheResponsesState) {
+  std::filesystem::create_directories(std::filesystem::path(path_).parent_path());
+  {
+    RawConnection raw(path_);
+    raw.Exec(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, "
+        "timestamp DATETIME NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, request_id "
+        "TEXT, model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_ms "
+        "INTEGER, owner TEXT NOT NULL DEFAULT '');"
+        "CREATE INDEX messages_owner_user_id_id ON messages (owner, user_id, id);"
+        "CREATE VIEW message AS SELECT id, user_id, timestamp, role, content FROM messages;"
+        "INSERT INTO messages (user_id, timestamp, role, content, owner) VALUES "
+        "('old-user', '2024-01-02 03:04:05.000006', 'user', 'old prompt', 'key_a'),"
+        "('old-user', '2024-01-02 03:04:06.000007', 'assistant', 'old answer', 'key_a');"
+        "PRAGMA user_version = 2;");
+  }
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  auto old = RunSync(store->RecentMessages("key_a", "old-user", 0));
+  ASSERT_TRUE(old.ok()) << Describe(old);
+  ASSERT_EQ(old->size(), 2u);
+  EXPECT_EQ((*old)[1].content, "old answer");
+
+  StoredConversation conversation;
+  conversation.id = "conv_1";
+  conversation.created_at = 1700000000;
+  conversation.metadata_json = R"({"topic":"migration"})";
+  std::vector<ItemToStore> items = {{"msg_1", R"({"id":"msg_1"})"}};
+  ASSERT_TRUE(RunSync(store->CreateConversation("key_a", conversation, items)).ok());
+  auto read = RunSync(store->ConversationItems("key_a", "conv_1", 0));
+  ASSERT_TRUE(read.ok()) << Describe(read);
+  ASSERT_TRUE(read->has_value());
+  ASSERT_EQ((*read)->items.size(), 1u);
+  EXPECT_EQ((*read)->items[0].json, R"({"id":"msg_1"})");
+
+  RawConnection raw(path_);
   EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "3");
+  EXPECT_EQ(raw.Scalar("SELECT count(*) FROM messages"), "2");
+  for (const char* table : {"responses", "conversations", "items"}) {
+    EXPECT_EQ(
+        raw.Scalar(std::string("SELECT type FROM sqlite_master WHERE name = '") + table + "'"),
+        "table")
+        << table;
+  }
+  EXPECT_EQ(raw.Scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
+                       "tbl_name = 'items'"),
+            "2");
+}
+
+// The plan SQLite chooses for `sql` (EXPLAIN QUERY PLAN's details, one per line).
+std::string QueryPlan(RawConnection& raw, const std::string& sql) {
+  std::string plan;
+  for (const auto& row : raw.Query("EXPLAIN QUERY PLAN " + sql)) plan += row.back() + "\n";
+  return plan;
+}
+
+// The reads of the Responses state go through the indexes (as the store's statements are
+// written: the partial indexes only serve queries that compare their column).
+TEST_F(SqliteConversationStoreTest, ResponsesStateReadsUseTheirIndexes) {
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  RawConnection raw(path_);
+  EXPECT_THAT(QueryPlan(raw,
+                        "SELECT seq FROM items WHERE owner = 'a' AND response_id = 'r' AND "
+                        "output = 1 AND seq > 0 ORDER BY seq ASC LIMIT 5"),
+              HasSubstr("items_owner_response_id_output_seq"));
+  EXPECT_THAT(QueryPlan(raw,
+                        "SELECT seq FROM items WHERE owner = 'a' AND conversation_id = 'c' AND "
+                        "seq < 99 ORDER BY seq DESC LIMIT 5"),
+              HasSubstr("items_owner_conversation_id_seq"));
+  const std::string chain_plan = QueryPlan(
+      raw,
+      "WITH RECURSIVE chain (id, previous_response_id) AS ("
+      " SELECT id, previous_response_id FROM responses WHERE owner = 'a' AND id = 'r'"
+      " UNION"
+      " SELECT r.id, r.previous_response_id FROM chain"
+      " JOIN responses r ON r.owner = 'a' AND r.id = chain.previous_response_id) "
+      "SELECT i.seq FROM chain JOIN items i ON i.owner = 'a' AND i.response_id = chain.id "
+      "ORDER BY i.seq DESC LIMIT 10");
+  EXPECT_THAT(chain_plan, HasSubstr("items_owner_response_id_output_seq"));
+  EXPECT_THAT(chain_plan, HasSubstr("sqlite_autoindex_responses_1"));
+  EXPECT_THAT(chain_plan, ::testing::Not(HasSubstr("SCAN r")));
 }
 
 TEST_F(SqliteConversationStoreTest, RefusesATableItCannotMigrate) {
