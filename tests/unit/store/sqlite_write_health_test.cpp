@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "faulty_file_system.h"
 #include "store/sqlite/sqlite_conversation_store.h"
@@ -143,6 +144,41 @@ TEST_F(SqliteWriteHealthTest, TheWriterReopensItsConnectionAndPicksUpRestoredPer
   EXPECT_GT(files_.writable_opens(), writable_at_start);
   Status stored = RunSync(store->AppendTurn(MakeTurn("alice", 2)));
   ASSERT_TRUE(stored.ok()) << Describe(stored);
+}
+
+// After a re-open every write goes through the fresh connection: turns, retention steps and the
+// Responses state alike (a statement left on the old connection would run outside the batch's
+// transaction and wait for its lock).
+TEST_F(SqliteWriteHealthTest, EveryKindOfWriteWorksAfterTheConnectionWasReopened) {
+  auto store = OpenStore(Options());
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", 1))).ok());
+
+  files_.full = true;
+  ASSERT_FALSE(RunSync(store->AppendTurn(MakeTurn("alice", 2))).ok());
+  const int opens = files_.opens();
+  files_.full = false;
+  ASSERT_TRUE(Eventually([&] { return store->WriteHealth().ok(); }))
+      << Describe(store->WriteHealth());
+  ASSERT_GT(files_.opens(), opens) << "the writer did not re-open its connection";
+
+  auto retained = RunSync(
+      store->DeleteOlderThan(std::chrono::system_clock::now() + std::chrono::hours(1), 100));
+  ASSERT_TRUE(retained.ok()) << Describe(retained);
+  EXPECT_EQ(retained->deleted, 2);
+
+  StoredConversation conversation;
+  conversation.id = "conv_1";
+  std::vector<ItemToStore> items = {{"msg_1", R"({"id":"msg_1"})"}};
+  Status created = RunSync(store->CreateConversation("", conversation, items));
+  ASSERT_TRUE(created.ok()) << Describe(created);
+  auto appended = RunSync(store->AppendConversationItems("", "conv_1", items));
+  ASSERT_TRUE(appended.ok()) << Describe(appended);
+  ASSERT_TRUE(appended->has_value());
+  auto window = RunSync(store->ConversationItems("", "conv_1", 0));
+  ASSERT_TRUE(window.ok()) << Describe(window);
+  ASSERT_TRUE(window->has_value());
+  EXPECT_EQ((*window)->items.size(), 2u);
 }
 
 TEST_F(SqliteWriteHealthTest, ADatabaseThatOpensReadOnlyIsAStartupErrorNamingPathAndCause) {
