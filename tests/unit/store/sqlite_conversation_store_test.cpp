@@ -13,9 +13,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -463,6 +465,65 @@ TEST_F(SqliteConversationStoreTest, ResponsesStateReadsUseTheirIndexes) {
   EXPECT_THAT(chain_plan, HasSubstr("items_owner_response_id_output_seq"));
   EXPECT_THAT(chain_plan, HasSubstr("sqlite_autoindex_responses_1"));
   EXPECT_THAT(chain_plan, ::testing::Not(HasSubstr("SCAN r")));
+}
+
+void Rethrow(std::exception_ptr e) {
+  if (e) std::rethrow_exception(e);
+}
+
+// A change of the Responses state that fails halfway is undone alone: the items it inserted
+// before failing are gone, and a turn committed in the same transaction is kept.
+TEST_F(SqliteConversationStoreTest, AFailedStateChangeIsUndoneAloneAndTheTurnsBesideItCommit) {
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  StoredConversation conversation;
+  conversation.id = "conv_1";
+  std::vector<ItemToStore> first_items = {{"msg_0", R"({"id":"msg_0"})"}};
+  ASSERT_TRUE(RunSync(store->CreateConversation("", conversation, first_items)).ok());
+  {
+    RawConnection raw(path_);
+    raw.Exec(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON items WHEN NEW.id = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'item refused'); END");
+  }
+  // Another connection holds the write lock while the writer takes a first turn, so that the
+  // turn and the change queued after it wait together and share the next transaction.
+  auto lock = std::make_unique<RawConnection>(path_);
+  lock->Exec("BEGIN IMMEDIATE");
+  net::io_context io;
+  std::optional<Status> first;
+  std::optional<Status> appended;
+  std::optional<Result<std::optional<std::vector<StoredItem>>>> change;
+  std::vector<ItemToStore> items = {{"msg_1", R"({"id":"msg_1"})"},
+                                    {"poison", R"({"id":"poison"})"}};
+  net::co_spawn(io, testing::StoreResultIn(store->AppendTurn(MakeTurn("first", 1)), &first),
+                Rethrow);
+  net::co_spawn(io, testing::StoreResultIn(store->AppendTurn(MakeTurn("alice", 1)), &appended),
+                Rethrow);
+  net::co_spawn(io,
+                testing::StoreResultIn(
+                    store->AppendConversationItems("", "conv_1", std::move(items)), &change),
+                Rethrow);
+  std::thread release([&] {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (store->PendingWrites() < 3 && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+    lock->Exec("COMMIT");
+  });
+  io.run();
+  release.join();
+  lock.reset();
+  ASSERT_TRUE(first.has_value() && first->ok());
+  ASSERT_TRUE(appended.has_value() && change.has_value());
+  EXPECT_TRUE(appended->ok()) << Describe(*appended);
+  ASSERT_FALSE(change->ok());
+  EXPECT_EQ(change->error().kind, ErrorKind::kStorage);
+  EXPECT_THAT(change->error().message, HasSubstr("item refused"));
+
+  RawConnection raw(path_);
+  EXPECT_EQ(raw.Scalar("SELECT group_concat(id) FROM items"), "msg_0");
+  EXPECT_EQ(raw.Scalar("SELECT count(*) FROM messages WHERE user_id = 'alice'"), "2");
 }
 
 TEST_F(SqliteConversationStoreTest, RefusesATableItCannotMigrate) {
