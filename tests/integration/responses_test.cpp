@@ -73,8 +73,12 @@ void ExpectError(const HttpResponse& response, long status, const std::string& p
   EXPECT_EQ(response.status, status) << response.body;
   json body = response.Json();
   ASSERT_TRUE(body.is_object() && body.contains("error")) << response.body;
-  if (!param.empty()) EXPECT_EQ(body["error"].value("param", ""), param) << response.body;
-  if (!code.empty()) EXPECT_EQ(body["error"].value("code", ""), code) << response.body;
+  if (!param.empty()) {
+    EXPECT_EQ(body["error"].value("param", ""), param) << response.body;
+  }
+  if (!code.empty()) {
+    EXPECT_EQ(body["error"].value("code", ""), code) << response.body;
+  }
 }
 
 // The events of an SSE body: (event name, data).
