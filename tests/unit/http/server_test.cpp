@@ -232,8 +232,15 @@ class ServerTest : public ::testing::Test {
     EXPECT_TRUE(client.WaitForClose());
   }
 
+  // Whether the metrics hold `line`, waiting up to kWait for it: the server updates its gauges
+  // and counters on its own threads, e.g. just after a connection the client saw close.
   bool MetricsContain(const std::string& line) const {
-    return metrics_.Render().find(line) != std::string::npos;
+    const auto deadline = Clock::now() + kWait;
+    while (metrics_.Render().find(line) == std::string::npos) {
+      if (Clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
   }
 
   std::mutex hanging_mutex_;
