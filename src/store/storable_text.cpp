@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace staple::store {
 
@@ -85,6 +86,30 @@ void MakeStorable(Turn& turn) {
                             &turn.completion}) {
     if (!IsStorableText(*text)) *text = ToStorableText(*text);
   }
+  if (!turn.response) return;
+  // The record is shared and const: it is copied only in the rare case that it needs a change
+  // (an item id holding "\u0000" that the client sent, say).
+  const ResponseRecord& record = *turn.response;
+  auto storable = [](const std::string& text) { return IsStorableText(text); };
+  bool clean = storable(record.response.id) && storable(record.response.conversation_id) &&
+               storable(record.response.previous_response_id) && storable(record.response.json);
+  for (const auto* items : {&record.input, &record.output}) {
+    for (const ItemToStore& item : *items)
+      clean = clean && storable(item.id) && storable(item.json);
+  }
+  if (clean) return;
+  auto copy = std::make_shared<ResponseRecord>(record);
+  for (std::string* text : {&copy->response.id, &copy->response.conversation_id,
+                            &copy->response.previous_response_id, &copy->response.json}) {
+    *text = ToStorableText(*text);
+  }
+  for (auto* items : {&copy->input, &copy->output}) {
+    for (ItemToStore& item : *items) {
+      item.id = ToStorableText(item.id);
+      item.json = ToStorableText(item.json);
+    }
+  }
+  turn.response = std::move(copy);
 }
 
 }  // namespace staple::store

@@ -17,7 +17,7 @@ bool IsStorableText(std::string_view text);
 std::string ToStorableText(std::string_view text);
 
 // Applies ToStorableText to every text field of `turn` (owner, user_id, request_id, model,
-// prompt, completion).
+// prompt, completion, and the ids and JSON of its response record, if any).
 void MakeStorable(Turn& turn);
 
 }  // namespace staple::store

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 
 #include "store_test_util.h"
@@ -60,6 +61,28 @@ TEST(StorableText, MakeStorableFixesEveryTextField) {
   EXPECT_EQ(turn.model, "m" + kFffd);
   EXPECT_EQ(turn.prompt, "a" + kFffd + "b");
   EXPECT_EQ(turn.completion, "x" + kFffd + "y");
+}
+
+TEST(StorableText, MakeStorableFixesAResponseRecordWithoutTouchingTheShared) {
+  auto record = std::make_shared<ResponseRecord>();
+  record->response.id = "resp_1";
+  record->input.push_back({std::string("msg\0", 4), R"({"id":"msg"})"});
+  record->output.push_back({"fc_1", "{}"});
+  Turn turn = testing::MakeTurn("u", 1);
+  turn.response = record;
+  MakeStorable(turn);
+  ASSERT_NE(turn.response, nullptr);
+  EXPECT_NE(turn.response.get(), record.get());
+  EXPECT_EQ(turn.response->input[0].id, "msg" + kFffd);
+  EXPECT_EQ(turn.response->output[0].id, "fc_1");
+  EXPECT_EQ(record->input[0].id, std::string("msg\0", 4));  // the original is unchanged
+
+  // A clean record is not copied.
+  auto clean = std::make_shared<ResponseRecord>();
+  clean->response.id = "resp_2";
+  turn.response = clean;
+  MakeStorable(turn);
+  EXPECT_EQ(turn.response.get(), clean.get());
 }
 
 }  // namespace
