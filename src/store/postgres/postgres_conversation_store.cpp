@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <exception>
 #include <limits>
-#include <memory>
 #include <optional>
 #include <string_view>
 #include <system_error>
@@ -11,7 +10,6 @@
 
 #include "store/db_conversation_store_impl.h"
 #include "store/postgres/pg_connection.h"
-#include "store/storable_text.h"
 #include "store/store_errors.h"
 
 namespace staple::store {
@@ -236,32 +234,6 @@ std::vector<const ItemToStore*> Pointers(const std::vector<ItemToStore>& items) 
   return pointers;
 }
 
-// `record` with its text made storable: it is built from JSON that is, but a NUL byte would cut
-// a libpq parameter short, so this is checked rather than assumed. Copies only when needed.
-std::shared_ptr<const ResponseRecord> StorableRecord(std::shared_ptr<const ResponseRecord> record) {
-  auto storable = [](const std::string& text) { return IsStorableText(text); };
-  bool clean = storable(record->response.id) && storable(record->response.conversation_id) &&
-               storable(record->response.previous_response_id) && storable(record->response.json);
-  for (const auto* items : {&record->input, &record->output}) {
-    for (const ItemToStore& item : *items) {
-      clean = clean && storable(item.id) && storable(item.json);
-    }
-  }
-  if (clean) return record;
-  auto copy = std::make_shared<ResponseRecord>(*record);
-  for (std::string* text : {&copy->response.id, &copy->response.conversation_id,
-                            &copy->response.previous_response_id, &copy->response.json}) {
-    *text = ToStorableText(*text);
-  }
-  for (auto* items : {&copy->input, &copy->output}) {
-    for (ItemToStore& item : *items) {
-      item.id = ToStorableText(item.id);
-      item.json = ToStorableText(item.json);
-    }
-  }
-  return copy;
-}
-
 }  // namespace
 
 // ---- Session: one connection plus its reconnection policy, used by one thread ----
@@ -434,7 +406,7 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
          FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
          OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms), turn.owner}});
     if (turn.response) {
-      const auto record = StorableRecord(std::move(turn.response));
+      const ResponseRecord* record = turn.response.get();
       const StoredResponse& response = record->response;
       op.queries.push_back(
           Query{"INSERT INTO responses (id, owner, conversation_id, previous_response_id, "
