@@ -87,7 +87,8 @@ const std::vector<std::string_view> kMigrationToVersion3 = {
   conversation_id TEXT,
   body TEXT NOT NULL
 ))sql",
-    "CREATE INDEX IF NOT EXISTS items_owner_response_id_seq ON items (owner, response_id, seq)",
+    "CREATE INDEX IF NOT EXISTS items_owner_response_id_output_seq ON items "
+    "(owner, response_id, output, seq)",
     "CREATE INDEX IF NOT EXISTS items_owner_conversation_id_seq ON items "
     "(owner, conversation_id, seq)",
 };

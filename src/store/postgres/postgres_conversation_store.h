@@ -44,7 +44,7 @@ class PostgresBackend;
 //
 // Schema: the same as SqliteConversationStore's: table `messages` (id BIGSERIAL, owner), index
 // (owner, user_id, id), view `message` with the seed's five columns; tables `responses`,
-// `conversations` and `items` (seq BIGSERIAL) with indexes (owner, response_id, seq) and
+// `conversations` and `items` (seq BIGSERIAL) with indexes (owner, response_id, output, seq) and
 // (owner, conversation_id, seq); versioned by a `schema_version` table (version 3). Open() creates
 // or migrates it inside one transaction holding a transaction-level advisory lock, so replicas
 // starting together migrate once; it refuses newer versions.

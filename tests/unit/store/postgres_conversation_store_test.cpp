@@ -525,7 +525,7 @@ TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
   EXPECT_EQ(SharedPostgres().Psql(db,
                                   "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM "
                                   "pg_indexes WHERE tablename = 'items'"),
-            "items_owner_conversation_id_seq,items_owner_response_id_seq,items_pkey\n");
+            "items_owner_conversation_id_seq,items_owner_response_id_output_seq,items_pkey\n");
   auto old = RunSync(store->RecentMessages("k", "alice", 0));
   ASSERT_TRUE(old.ok()) << Describe(old);
   EXPECT_THAT(Contents(*old), ::testing::ElementsAre("old prompt", "old answer"));
