@@ -500,6 +500,26 @@ TEST(PostgresConversationStore, ATurnInAMissingConversationKeepsItsItemsWithTheR
   store->Close();
 }
 
+TEST(PostgresConversationStore, AResponseRecordsNulBytesAreStoredReplaced) {
+  const std::string url = FreshPostgresDatabase();
+  auto store = OpenStore(url);
+  ASSERT_NE(store, nullptr);
+  // A NUL byte would cut a libpq parameter short: it reaches the database as U+FFFD.
+  Turn turn = ResponseTurn("k", "r1", "");
+  auto record = std::make_shared<ResponseRecord>(*turn.response);
+  record->input = {ItemToStore{std::string("a\0b", 3), std::string("{\"t\":\"x\0y\"}", 11)}};
+  turn.response = record;
+  ASSERT_TRUE(RunSync(store->AppendTurn(turn)).ok());
+  auto items = RunSync(store->ListResponseItems("k", "r1", false, "", 10, ItemOrder::kAscending));
+  ASSERT_TRUE(items.ok() && items->has_value()) << Describe(items);
+  ASSERT_EQ((*items)->items.size(), 1u);
+  EXPECT_EQ((*items)->items[0].id,
+            "a\xEF\xBF\xBD"
+            "b");
+  EXPECT_EQ((*items)->items[0].json, "{\"t\":\"x\xEF\xBF\xBDy\"}");
+  store->Close();
+}
+
 TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
   const std::string url = FreshPostgresDatabase();
   const std::string db = DatabaseOf(url);
