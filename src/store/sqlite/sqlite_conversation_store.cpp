@@ -1278,7 +1278,7 @@ class Reader {
          " SELECT r.id, r.previous_response_id FROM chain"
          " JOIN responses r ON r.owner = ?1 AND r.id = chain.previous_response_id) "
          "SELECT * FROM (SELECT i.seq, i.id, i.response_id, i.output, i.body FROM chain"
-         " JOIN items i ON i.owner = ?1 AND i.response_id = chain.id"
+         " CROSS JOIN items i ON i.owner = ?1 AND i.response_id = chain.id"
          " ORDER BY i.seq DESC LIMIT ?3) "
          "UNION ALL "
          "SELECT NULL, NULL, NULL, NULL, NULL FROM responses WHERE owner = ?1 AND id = ?2"},
