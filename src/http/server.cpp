@@ -227,8 +227,9 @@ class ChunkWriter final : public BodyWriter {
 // must have been joined before any of this (~Server and Shutdown do).
 struct Server::Worker {
   std::size_t index = 0;
-  std::list<Session*> sessions;  // guarded by being touched only on `thread`
-  std::list<Session*> idle;      // the idle ones, longest idle first; only on `thread`
+  std::atomic<std::size_t>* idle_total = nullptr;  // Server::idle_
+  std::list<Session*> sessions;                    // guarded by being touched only on `thread`
+  std::list<Session*> idle;  // the idle ones, longest idle first; only on `thread`
   // idle.front()'s idle_since (kNoIdle when none), for other workers choosing whom to ask for room.
   std::atomic<Clock::rep> oldest_idle{kNoIdle};
   net::io_context context{1};
@@ -238,6 +239,7 @@ struct Server::Worker {
   std::thread thread;
 
   void MarkIdle(Session& session) {
+    idle_total->fetch_add(1, std::memory_order_relaxed);
     session.idle = true;
     session.idle_since = Clock::now();
     idle.push_back(&session);
@@ -246,6 +248,7 @@ struct Server::Worker {
   }
   void MarkNotIdle(Session& session) {
     if (!session.idle) return;
+    idle_total->fetch_sub(1, std::memory_order_relaxed);
     const bool was_oldest = session.idle_position == idle.begin();
     idle.erase(session.idle_position);
     session.idle = false;
@@ -310,6 +313,7 @@ Status Server::Bind() {
   for (int i = 0; i < threads; ++i) {
     auto worker = std::make_unique<Worker>();
     worker->index = workers_.size();
+    worker->idle_total = &idle_;
     auto& acceptor = worker->acceptor;
     const tcp::endpoint endpoint(address, port);
     acceptor.open(endpoint.protocol(), ec);

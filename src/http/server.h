@@ -81,6 +81,11 @@ class Server {
   void Start();
   std::uint16_t port() const { return port_; }
 
+  // Connections idle now (waiting for their next request), over all threads. A connection turns
+  // idle on its own thread just after its answer was written, so a client that read the answer
+  // may see it still busy for a moment. Any thread.
+  std::size_t idle_connections() const { return idle_.load(std::memory_order_relaxed); }
+
   // Graceful stop: closes the listeners, closes idle connections, lets in-flight requests finish
   // (answers then carry Connection: close) for up to `grace`, then stops the threads. Blocking;
   // call from a non-I/O thread, once.
@@ -128,6 +133,7 @@ class Server {
   std::uint16_t port_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<int> sessions_{0};  // open connections over all workers (written under slots_mutex_)
+  std::atomic<std::size_t> idle_{0};  // idle connections over all workers
 
   // Connection slots: the total is sessions_, the per-peer counts are here (only peers with an
   // open connection have an entry).

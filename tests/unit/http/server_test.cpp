@@ -10,6 +10,7 @@
 #include <atomic>
 #include <boost/beast/http.hpp>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -230,6 +231,17 @@ class ServerTest : public ::testing::Test {
     EXPECT_EQ(body["error"], message) << reply->body;
     EXPECT_EQ(body["path"], "/") << reply->body;
     EXPECT_TRUE(client.WaitForClose());
+  }
+
+  // Whether `condition` holds, polling it for up to kWait (it is the server's state, changed on
+  // its own threads).
+  static bool WaitFor(const std::function<bool()>& condition) {
+    const auto deadline = Clock::now() + kWait;
+    while (!condition()) {
+      if (Clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return true;
   }
 
   // Whether the metrics hold `line`, waiting up to kWait for it: the server updates its gauges
@@ -612,6 +624,11 @@ TEST_F(ServerTest, AtTheCapIdleConnectionsOfEveryThreadMakeRoomOldestFirst) {
     older.push_back(Connect());
     ExpectServed(*older.back());
   }
+  // "Idle since" is the server's: a connection turns idle just after its answer is written, which
+  // under load can come after the client read the answer and opened the next connection. The
+  // older connections must all be idle before the newer ones come, or the last of them may
+  // rightly count as younger than the first newer one.
+  EXPECT_TRUE(WaitFor([this] { return server_->idle_connections() == 8; }));
   std::vector<std::unique_ptr<RawClient>> newer;
   for (int i = 0; i < 8; ++i) {
     newer.push_back(Connect());
