@@ -156,6 +156,35 @@ TEST_F(TokenLimitsTest, ReservationsAreReplacedByReportedUsage) {
 }
 
 // A continued conversation reserves for the history that goes upstream with the new prompt.
+// /v1/responses spends the same token budget: its reservation counts the chain it sends, and
+// the answer's usage replaces it.
+TEST_F(TokenLimitsTest, ResponsesReserveTheirChainAndSettleWithUsage) {
+  auto staple = StartStaple(TokenEnv("1000 per minute"));
+  auto respond = [&](const json& body) {
+    return client_.PostJson(staple->url() + "/v1/responses", body.dump());
+  };
+  HttpResponse first = respond({{"model", "m"}, {"input", "one"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(RemainingTokens(first), 1000 - Reservation({"one"}));
+  const std::int64_t first_usage = first.Json()["usage"]["total_tokens"].get<std::int64_t>();
+  EXPECT_EQ(first_usage, FakeUsage("one"));
+
+  HttpResponse second =
+      respond({{"model", "m"}, {"input", "two"}, {"previous_response_id", first.Json()["id"]}});
+  ASSERT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(RemainingTokens(second),
+            1000 - first_usage - Reservation({"one", "echo(1): one", "two"}));
+
+  // Past the budget: a 429 in OpenAI's shape, nothing asked upstream.
+  auto tight = StartStaple(TokenEnv("50 per minute"));
+  const std::size_t asked = fake_.chat_bodies().size();
+  HttpResponse refused = client_.PostJson(tight->url() + "/v1/responses",
+                                          json{{"model", "m"}, {"input", "three"}}.dump());
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  EXPECT_EQ(refused.Json()["error"].value("code", ""), "rate_limit_exceeded") << refused.body;
+  EXPECT_EQ(fake_.chat_bodies().size(), asked);
+}
+
 TEST_F(TokenLimitsTest, SeedReservationCountsTheHistorySent) {
   auto staple = StartStaple(TokenEnv("1000 per minute"));
   json first = Turn(*staple, "one", std::string("alice"));
