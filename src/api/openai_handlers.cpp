@@ -166,6 +166,18 @@ http::Response PassThrough(const upstream::Response& upstream) {
   return response;
 }
 
+net::awaitable<http::Response> StreamErrorAnswer(std::unique_ptr<chat::TurnStream> stream) {
+  // An error answer to a stream request is an ordinary response.
+  upstream::Response failed;
+  failed.status = stream->status();
+  failed.content_type = stream->content_type();
+  failed.headers = stream->headers();
+  auto body = co_await stream->ReadBody();
+  if (!body) co_return ProxyError(body.error());
+  failed.body = std::move(body).value();
+  co_return PassThrough(failed);
+}
+
 http::Response ProxyError(const Error& error) { return FailureAnswer(error, ErrorStyle::kOpenAI); }
 
 void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
@@ -214,18 +226,7 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                  if (!opened) {
                    response = error_answer(opened.error());
                  } else if (!(*opened)->success()) {
-                   // An error answer to a stream request is an ordinary response.
-                   upstream::Response failed;
-                   failed.status = (*opened)->status();
-                   failed.content_type = (*opened)->content_type();
-                   failed.headers = (*opened)->headers();
-                   auto body = co_await (*opened)->ReadBody();
-                   if (body) {
-                     failed.body = std::move(body).value();
-                     response = PassThrough(failed);
-                   } else {
-                     response = ProxyError(body.error());
-                   }
+                   response = co_await StreamErrorAnswer(std::move(opened).value());
                  } else {
                    response = StreamResponse(std::move(opened).value());
                  }

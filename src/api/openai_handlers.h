@@ -1,5 +1,6 @@
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,6 +43,10 @@ std::optional<http::Response> ParseOpenAIChatRequest(const http::Request& reques
 // The client's answer for an upstream response: its status, body and content type. An error status
 // whose body is not OpenAI's error shape gets that shape (same status) so that SDKs can read it.
 http::Response PassThrough(const upstream::Response& upstream);
+
+// The answer for an error status of a stream request: an ordinary response (PassThrough of its
+// whole body), or the failure to read that body. Reads and ends `stream`.
+net::awaitable<http::Response> StreamErrorAnswer(std::unique_ptr<chat::TurnStream> stream);
 
 // The answer for a failure of chat::OpenAIProxy: 502 (upstream unreachable or invalid), 504
 // (upstream timeout), 503 (store), 500 (configuration), in OpenAI's shape.
