@@ -14,7 +14,7 @@ export const HAVE_BINARIES = Boolean(STAPLE_BIN && FAKE_OPENAI_BIN);
 export const UPSTREAM_KEY = 'sk-sdk-test-SECRET-0123456789';
 export const MODEL = 'fake-model';
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
@@ -25,7 +25,7 @@ function freePort() {
   });
 }
 
-async function waitForHttp(url, child, timeoutMs = 10000) {
+export async function waitForHttp(url, child, timeoutMs = 10000) {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`${url}: process exited with ${child.exitCode}`);
@@ -41,14 +41,14 @@ async function waitForHttp(url, child, timeoutMs = 10000) {
 }
 
 // A child process whose output goes to files in `dir`.
-function start(executable, args, env, dir, name) {
+export function start(executable, args, env, dir, name) {
   const out = openSync(join(dir, `${name}.stdout.log`), 'w');
   const err = openSync(join(dir, `${name}.stderr.log`), 'w');
   return spawn(executable, args, { cwd: dir, env, stdio: ['ignore', out, err] });
 }
 
 // The environment without the variables that would configure Staple or route through a proxy.
-function cleanEnv() {
+export function cleanEnv() {
   const env = {};
   for (const [name, value] of Object.entries(process.env)) {
     if (/^(OPENAI_|STAPLE_)/.test(name) || /_proxy$/i.test(name)) continue;

@@ -1,63 +1,27 @@
 // The official `openai` npm package against Staple in front of tools/fake_openai.
+// The processes are started with the helpers of harness.js.
 // Run: STAPLE_BIN=$PWD/build/staple FAKE_OPENAI_BIN=$PWD/build/fake_openai node --test tests/sdk
 // (ctest runs it as sdk.openai_node once `npm ci --prefix tests/sdk` installed the package).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, openSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
 
-const STAPLE_BIN = process.env.STAPLE_BIN;
-const FAKE_OPENAI_BIN = process.env.FAKE_OPENAI_BIN;
-const API_KEY = 'sk-sdk-test-SECRET-0123456789';
+import {
+  FAKE_OPENAI_BIN,
+  STAPLE_BIN,
+  UPSTREAM_KEY,
+  cleanEnv,
+  freePort,
+  start,
+  waitForHttp,
+} from './harness.js';
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForHttp(url, child, timeoutMs = 10000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${url}: process exited with ${child.exitCode}`);
-    try {
-      const response = await fetch(url);
-      if (response.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`${url} did not answer within ${timeoutMs} ms`);
-}
-
-// A child process whose output goes to files in `dir`; killed by PID in after().
-function start(executable, args, env, dir, name) {
-  const out = openSync(join(dir, `${name}.stdout.log`), 'w');
-  const err = openSync(join(dir, `${name}.stderr.log`), 'w');
-  return spawn(executable, args, { cwd: dir, env, stdio: ['ignore', out, err] });
-}
-
-// The environment without the variables that would configure Staple or route through a proxy.
-function cleanEnv() {
-  const env = {};
-  for (const [name, value] of Object.entries(process.env)) {
-    if (/^(OPENAI_|STAPLE_)/.test(name) || /_proxy$/i.test(name)) continue;
-    env[name] = value;
-  }
-  return env;
-}
+const API_KEY = UPSTREAM_KEY;
 
 describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENAI_BIN }, () => {
   let dir;
