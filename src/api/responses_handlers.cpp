@@ -1,6 +1,8 @@
 #include "api/responses_handlers.h"
 
+#include <algorithm>
 #include <chrono>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <utility>
@@ -41,12 +43,17 @@ http::Response NotFound(std::string_view message, std::string_view param = {}) {
   return OpenAIError(404, message, "invalid_request_error", "not_found", param);
 }
 
-http::Response JsonAnswer(const Json& body) {
+// A 200 with `body`, JSON text as stored.
+http::Response RawJsonAnswer(std::string body) {
   http::Response response;
   response.status = 200;
   response.headers.Add("Content-Type", "application/json");
-  response.body = body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  response.body = std::move(body);
   return response;
+}
+
+http::Response JsonAnswer(const Json& body) {
+  return RawJsonAnswer(body.dump(-1, ' ', false, Json::error_handler_t::replace));
 }
 
 std::int64_t UnixNow() {
@@ -105,14 +112,22 @@ std::optional<RequestError> CheckMetadata(const Json& metadata) {
   return std::nullopt;
 }
 
-// A JSON object body, or the 415/400 answer.
-std::optional<http::Response> ReadObjectBody(const http::Request& request, Json& body) {
+// A JSON object body whose members are all among `allowed`, or the 415/400 answer.
+std::optional<http::Response> ReadObjectBody(const http::Request& request,
+                                             std::initializer_list<std::string_view> allowed,
+                                             Json& body) {
   const auto content_type = request.headers.Get("Content-Type");
   if (!content_type || !IsJsonContentType(*content_type)) {
     return OpenAIError(415, "Content-Type must be application/json", "invalid_request_error");
   }
   body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (!body.is_object()) return InvalidRequest("the body must be a JSON object", {});
+  for (const auto& [key, value] : body.items()) {
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+      return OpenAIError(400, "Unsupported parameter: '" + key + "'", "invalid_request_error",
+                         "unsupported_parameter", key);
+    }
+  }
   return std::nullopt;
 }
 
@@ -384,11 +399,7 @@ net::awaitable<http::Response> RetrieveResponse(std::shared_ptr<ResponsesDepende
   auto found = co_await d->store.GetResponse(std::move(owner), std::move(id));
   if (!found) co_return Failure(found.error());
   if (!*found) co_return NotFound("Response with id '" + ids.at(0) + "' not found.");
-  http::Response response;
-  response.status = 200;
-  response.headers.Add("Content-Type", "application/json");
-  response.body = std::move((*found)->json);
-  co_return response;
+  co_return RawJsonAnswer(std::move((*found)->json));
 }
 
 net::awaitable<http::Response> DeleteResponse(std::shared_ptr<ResponsesDependencies> d,
@@ -448,13 +459,8 @@ net::awaitable<http::Response> CreateConversation(std::shared_ptr<ResponsesDepen
                                                   const Admission::Outcome& admission,
                                                   std::vector<std::string>) {
   Json body;
-  if (auto invalid = ReadObjectBody(request, body)) co_return std::move(*invalid);
-  for (const auto& [key, value] : body.items()) {
-    if (key != "items" && key != "metadata") {
-      co_return OpenAIError(400, "Unsupported parameter: '" + key + "'", "invalid_request_error",
-                            "unsupported_parameter", key);
-    }
-  }
+  if (auto invalid = ReadObjectBody(request, {"items", "metadata"}, body))
+    co_return std::move(*invalid);
   std::vector<store::ItemToStore> items;
   if (auto invalid = ReadItems(body, items, /*required=*/false)) co_return std::move(*invalid);
   Json metadata = body.value("metadata", Json::object());
@@ -490,13 +496,7 @@ net::awaitable<http::Response> UpdateConversation(std::shared_ptr<ResponsesDepen
                                                   const Admission::Outcome& admission,
                                                   std::vector<std::string> ids) {
   Json body;
-  if (auto invalid = ReadObjectBody(request, body)) co_return std::move(*invalid);
-  for (const auto& [key, value] : body.items()) {
-    if (key != "metadata") {
-      co_return OpenAIError(400, "Unsupported parameter: '" + key + "'", "invalid_request_error",
-                            "unsupported_parameter", key);
-    }
-  }
+  if (auto invalid = ReadObjectBody(request, {"metadata"}, body)) co_return std::move(*invalid);
   auto metadata = body.find("metadata");
   if (metadata == body.end()) co_return InvalidRequest("metadata is required", "metadata");
   if (auto invalid = CheckMetadata(*metadata)) co_return InvalidRequest(*invalid);
@@ -526,13 +526,7 @@ net::awaitable<http::Response> AddItems(std::shared_ptr<ResponsesDependencies> d
                                         http::Request& request, const Admission::Outcome& admission,
                                         std::vector<std::string> ids) {
   Json body;
-  if (auto invalid = ReadObjectBody(request, body)) co_return std::move(*invalid);
-  for (const auto& [key, value] : body.items()) {
-    if (key != "items") {
-      co_return OpenAIError(400, "Unsupported parameter: '" + key + "'", "invalid_request_error",
-                            "unsupported_parameter", key);
-    }
-  }
+  if (auto invalid = ReadObjectBody(request, {"items"}, body)) co_return std::move(*invalid);
   std::vector<store::ItemToStore> items;
   if (auto invalid = ReadItems(body, items, /*required=*/true)) co_return std::move(*invalid);
   std::string owner = admission.owner();
@@ -572,11 +566,7 @@ net::awaitable<http::Response> RetrieveItem(std::shared_ptr<ResponsesDependencie
     co_return NotFound("Item with id '" + ids.at(1) + "' not found in conversation '" + ids.at(0) +
                        "'.");
   }
-  http::Response response;
-  response.status = 200;
-  response.headers.Add("Content-Type", "application/json");
-  response.body = std::move((*found)->json);
-  co_return response;
+  co_return RawJsonAnswer(std::move((*found)->json));
 }
 
 net::awaitable<http::Response> DeleteItem(std::shared_ptr<ResponsesDependencies> d, http::Request&,
