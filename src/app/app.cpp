@@ -1,7 +1,6 @@
 #include "app/app.h"
 
 #include <fmt/format.h>
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -24,6 +23,7 @@
 #include "api/responses_handlers.h"
 #include "chat/conversation_service.h"
 #include "chat/openai_proxy.h"
+#include "common/allocator.h"
 #include "config/config.h"
 #include "http/connection_limits.h"
 #include "http/router.h"
@@ -141,24 +141,10 @@ Result<std::unique_ptr<store::ConversationStore>> OpenStore(const config::StoreS
   return std::unique_ptr<store::ConversationStore>(std::move(opened).value());
 }
 
-// glibc hands the free memory at the top of a thread's heap back to the kernel as soon as 128 KiB
-// of it are free, and the next request faults the same pages in again: about 4 page faults per
-// request on the seed endpoint with a stored history, in the kernel's page-fault and madvise
-// paths. Freed memory is kept up to kMallocTrimThreshold per heap instead. A fixed trim threshold
-// also stops glibc from adapting its mmap threshold, so that one is set as well: blocks below
-// kMallocMmapThreshold (request and response bodies) come from the heap, not from new mappings.
-constexpr int kMallocTrimThreshold = 64 * 1024 * 1024;
-constexpr int kMallocMmapThreshold = 4 * 1024 * 1024;
-
-void KeepFreedMemory() {
-  mallopt(M_TRIM_THRESHOLD, kMallocTrimThreshold);
-  mallopt(M_MMAP_THRESHOLD, kMallocMmapThreshold);
-}
-
 // Runs the gateway with a validated configuration until a stop signal arrives.
 int Serve(const config::Config& config, const sigset_t& stop_signals) {
   const auto started = std::chrono::steady_clock::now();
-  KeepFreedMemory();
+  common::TuneAllocator();
   observe::InitLogging(config.server.json_logs ? observe::LogFormat::kJson
                                                : observe::LogFormat::kText);
   observe::Metrics metrics;
@@ -353,7 +339,9 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   for (const auto& [name, value] : config.effective) banner.emplace_back(name, value);
   observe::Info(fmt::format("Staple {} listening on http://{}:{}", kVersion, config.server.host,
                             server.port()),
-                {{"threads", config.server.threads}, {"ready_ms", std::round(ready_ms * 10) / 10}});
+                {{"threads", config.server.threads},
+                 {"allocator", common::AllocatorName()},
+                 {"ready_ms", std::round(ready_ms * 10) / 10}});
   observe::Info("configuration", banner);
   if (key_missing) {
     observe::Warn("OPENAI_API_KEY is not set: /openai-completion answers 500 until it is");

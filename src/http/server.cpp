@@ -1,7 +1,5 @@
 #include "http/server.h"
 
-#include <malloc.h>
-
 #include <algorithm>
 #include <array>
 #include <boost/beast/core.hpp>
@@ -10,6 +8,8 @@
 #include <limits>
 #include <list>
 #include <optional>
+
+#include "common/allocator.h"
 
 namespace staple::http {
 namespace beast = boost::beast;
@@ -43,13 +43,14 @@ constexpr std::chrono::milliseconds kEvictionWait{1000};
 constexpr std::chrono::milliseconds kRefusalLinger{1000};
 constexpr int kMaxLingering = 64;
 
-// Freed memory goes back to the system (malloc_trim) once the open connections dropped by at least
-// kTrimDrop and by half from their highest count since the last trim and stopped falling, at most
-// every kTrimInterval: the process keeps up to 64 MiB free per heap otherwise (see app.cpp). What
-// it can give back after a burst is limited: Asio keeps the reactor's per-descriptor state of every
-// connection ever open at once in a pool (never freed), allocated between the connections'
-// coroutine frames and buffers, and those live objects pin most of the pages the freed frames were
-// on. A later burst reuses that memory, so it does not grow.
+// Freed memory goes back to the system (common::ReturnFreedMemory) once the open connections
+// dropped by at least kTrimDrop and by half from their highest count since the last trim and
+// stopped falling, at most every kTrimInterval; jemalloc would return it on its own within its
+// decay period, this makes it prompt (and is what frees it at all under glibc's malloc). What
+// stays is Asio's reactor state of every connection ever open at once (168 bytes each, kept in a
+// pool that is never freed): a later burst reuses it, so it does not grow. Under glibc's malloc
+// those live objects sit between the freed coroutine frames and buffers and pin most of their
+// pages; jemalloc keeps objects of one size class together, so the freed pages are whole.
 constexpr int kTrimDrop = 512;
 constexpr std::chrono::seconds kTrimInterval{10};
 
@@ -569,9 +570,7 @@ void Server::TrimMemory() {
     high_water_.store(open);
   }
   last_trim_ = now;
-  // Gives back the whole free pages inside every heap (not only the main one's top, as glibc does
-  // on its own above M_TRIM_THRESHOLD).
-  malloc_trim(0);
+  for (auto& other : workers_) net::post(other->context, [] { common::ReturnFreedMemory(); });
   observe::Info("returned freed memory to the system after connections closed",
                 {{"open_connections", sessions_.load()}});
 }

@@ -105,6 +105,15 @@ TEST_F(LifecycleTest, RetentionIsOffByDefault) {
   EXPECT_EQ(rows[0].value("n", 0), 2);
 }
 
+// The build links jemalloc into the binary (DESIGN.md §6 stack) unless sanitizers or fuzzing bring
+// their own malloc; a linker that dropped it would silently bring back glibc's burst memory.
+TEST_F(LifecycleTest, TheBinaryRunsOnTheAllocatorItWasBuiltWith) {
+  auto staple = StartStaple(Env());
+  const std::string expected = std::string("allocator=") + STAPLE_EXPECTED_ALLOCATOR;
+  const std::string output = staple->Stdout() + staple->Stderr();
+  EXPECT_NE(output.find(expected), std::string::npos) << output;
+}
+
 TEST_F(LifecycleTest, AnInvalidRetentionStopsStartUpNamingTheVariable) {
   TempDir dir;
   for (const char* value : {"90", "0 days", "1 per day", "90 days; 1 hour", "fortnight"}) {
