@@ -352,10 +352,10 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
     auto answered = co_await d->pipeline.Complete(std::move(turn_request), std::move(build));
     if (!answered) {
       response = error_answer(answered.error());
-    } else if (!answered->answer || !turn->response()) {
+    } else if (!answered->answer || !turn->response_json()) {
       response = PassThrough(answered->response);  // the upstream's error status
     } else {
-      response = JsonAnswer(*turn->response());
+      response = RawJsonAnswer(*turn->response_json());
     }
   }
   if (ticket) AddHeaders(response, ticket->headers());

@@ -67,7 +67,8 @@ Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body) {
     if (!read) return read.error();
     output = std::move(read).value();
   }
-  response_ = responses::ResponseObject(request_, id_, created_at_, &output);
+  response_json_ = responses::ResponseObject(request_, id_, created_at_, &output)
+                       .dump(-1, ' ', false, Json::error_handler_t::replace);
 
   // The turn log keeps the text of the exchange, as for every other chat API.
   turn.prompt = request_.prompt_text;
@@ -79,7 +80,7 @@ Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body) {
   record->response.conversation_id = request_.conversation_id;
   record->response.previous_response_id = request_.previous_response_id;
   record->response.created_at = created_at_;
-  record->response.json = response_->dump(-1, ' ', false, Json::error_handler_t::replace);
+  record->response.json = *response_json_;
   record->input = ItemsToStore(request_.input);
   record->output = ItemsToStore(output.output);
   turn.response = std::move(record);

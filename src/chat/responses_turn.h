@@ -43,8 +43,9 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
   // Finish), sets the turn log's text and, with `store`, attaches the ResponseRecord.
   std::function<Status(store::Turn&, std::string_view)> Recorder();
 
-  // The response object, once the turn was recorded (null before).
-  const responses::Json* response() const { return response_ ? &*response_ : nullptr; }
+  // The response object as JSON text, once the turn was recorded (null before): what the store
+  // keeps and the client gets, serialized once.
+  const std::string* response_json() const { return response_json_ ? &*response_json_ : nullptr; }
 
   // The event stream of a streaming turn (ResponseEventStream); created on first use.
   responses::ResponseEventStream& events();
@@ -64,7 +65,7 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
   const std::size_t context_start_;
 
   std::optional<responses::ResponseEventStream> events_;
-  std::optional<responses::Json> response_;
+  std::optional<std::string> response_json_;
   std::string closing_events_;
 };
 
