@@ -19,7 +19,7 @@ packages=(
   libboost-dev libcurl4-openssl-dev libsqlite3-dev sqlite3 nlohmann-json3-dev
   libspdlog-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libhiredis-dev libpq-dev libssl-dev libjemalloc-dev
+  libhiredis-dev libpq-dev libssl-dev libjemalloc-dev libtomlplusplus-dev
 )
 if [ "${STAPLE_SETUP_TEST:-0}" = 1 ]; then
   packages+=(redis-server postgresql nginx-light libnginx-mod-http-echo wrk procps)
