@@ -29,6 +29,7 @@ FailureShape ShapeOf(ErrorKind kind, ErrorStyle style) {
     case ErrorKind::kStorage:
       return {503, "storage_error"};
     case ErrorKind::kUnavailable:
+    case ErrorKind::kOverloaded:
       return {503, "service_unavailable"};
     case ErrorKind::kLimited:
       return {429, "rate_limit_exceeded"};
@@ -39,6 +40,17 @@ FailureShape ShapeOf(ErrorKind kind, ErrorStyle style) {
       break;
   }
   return {500, "internal_error"};
+}
+
+void AddUpstreamHeader(http::Response& response, const std::string& upstream) {
+  if (!upstream.empty()) response.headers.Add("X-Staple-Upstream", upstream);
+}
+
+http::Response ModelNotFound(std::string_view model) {
+  return OpenAIError(404,
+                     "The model '" + std::string(model.substr(0, 256)) +
+                         "' does not exist or is not served by this gateway",
+                     "invalid_request_error", "model_not_found", "model");
 }
 
 http::Response FailureAnswer(const Error& error, ErrorStyle style) {

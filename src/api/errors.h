@@ -24,6 +24,7 @@ enum class ErrorStyle {
 //   kTimeout          500  contract)   504              upstream_timeout
 //   kStorage          503              503              storage_error
 //   kUnavailable      503              503              service_unavailable
+//   kOverloaded       503              503              service_unavailable
 //   kLimited          429              429              rate_limit_exceeded
 //   kMisconfigured    500              500              configuration_error
 //   kInternal, kCancelled  500         500              internal_error
@@ -59,6 +60,12 @@ http::Response SeedError(int status, std::string_view message, std::string_view 
 // when one is given.
 http::Response OpenAIError(int status, std::string_view message, std::string_view type,
                            std::string_view code = {}, std::string_view param = {});
+
+// Adds X-Staple-Upstream (which upstream answered) unless `upstream` is "" (a single upstream).
+void AddUpstreamHeader(http::Response& response, const std::string& upstream);
+
+// 404 in OpenAI's shape for a model no upstream serves: code model_not_found, param model.
+http::Response ModelNotFound(std::string_view model);
 
 // The router's and server's error formatter: OpenAI's shape under /v1/, the seed's elsewhere.
 http::Response FormatError(int status, std::string_view message, std::string_view path);

@@ -67,6 +67,7 @@ http::Response SeedStreamResponse(std::unique_ptr<chat::CompletionStream> stream
   http::Response response;
   response.headers.Add("Content-Type", "text/event-stream; charset=utf-8");
   response.headers.Add("Cache-Control", "no-cache");
+  AddUpstreamHeader(response, stream->upstream());
   std::shared_ptr<chat::CompletionStream> shared = std::move(stream);
   response.stream = [shared, user_id](http::BodyWriter& writer) {
     return RelaySeedStream(shared, user_id, &writer);
@@ -221,10 +222,13 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
                    }
                  } else {
                    auto completion = co_await d->conversations.Complete(std::move(ask));
-                   response = completion
-                                  ? http::JsonResponse(200, {{"user_id", user_id},
-                                                             {"completion", completion->text}})
-                                  : error_answer(completion.error());
+                   if (completion) {
+                     response = http::JsonResponse(
+                         200, {{"user_id", user_id}, {"completion", completion->text}});
+                     AddUpstreamHeader(response, completion->upstream);
+                   } else {
+                     response = error_answer(completion.error());
+                   }
                  }
                  if (ticket) AddHeaders(response, ticket->headers());
                }
@@ -246,11 +250,16 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
                auto store = co_await d->store.Ping();
                auto limiter = co_await d->limiter.Ping();
                const bool ready = store.ok() && limiter.ok();
-               co_return http::JsonResponse(
-                   ready ? 200 : 503,
-                   {{"status", ready ? "ready" : "unavailable"},
-                    {"store", store ? std::string("ok") : store.error().message},
-                    {"limiter", limiter ? std::string("ok") : limiter.error().message}});
+               nlohmann::json body = {
+                   {"status", ready ? "ready" : "unavailable"},
+                   {"store", store ? std::string("ok") : store.error().message},
+                   {"limiter", limiter ? std::string("ok") : limiter.error().message}};
+               if (d->upstream_states) {
+                 nlohmann::json upstreams = nlohmann::json::object();
+                 for (const auto& [name, state] : d->upstream_states()) upstreams[name] = state;
+                 body["upstreams"] = std::move(upstreams);
+               }
+               co_return http::JsonResponse(ready ? 200 : 503, std::move(body));
              });
 
   router.Add("GET", "/metrics", "/metrics",

@@ -1,8 +1,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "api/admission.h"
@@ -25,6 +28,9 @@ struct Dependencies {
   const Admission& admission;
   const TokenLimits& tokens;
   std::vector<ratelimit::RateLimitItem> completion_limits;  // per client on /openai-completion
+  // Several upstreams: each one's state for /readyz ("ok" or "cooling down"), by name. Null with
+  // a single upstream. Informative only: a cooling upstream does not make the gateway unready.
+  std::function<std::vector<std::pair<std::string, std::string>>()> upstream_states;
 };
 
 // Adds every route: POST /openai-completion, GET/DELETE /users/{user_id}/messages, GET /healthz,

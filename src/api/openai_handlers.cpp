@@ -57,6 +57,7 @@ http::Response StreamResponse(std::unique_ptr<chat::TurnStream> stream) {
                                            ? std::string("text/event-stream; charset=utf-8")
                                            : stream->content_type());
   response.headers.Add("Cache-Control", "no-cache");
+  AddUpstreamHeader(response, stream->upstream());
   std::shared_ptr<chat::TurnStream> shared = std::move(stream);
   response.stream = [shared](http::BodyWriter& writer) { return RelayChatStream(shared, &writer); };
   return response;
@@ -163,6 +164,7 @@ http::Response PassThrough(const upstream::Response& upstream) {
     response.body = upstream.body;
   }
   CopyUpstreamHeaders(upstream.headers, response);
+  AddUpstreamHeader(response, upstream.upstream);
   return response;
 }
 
@@ -172,6 +174,7 @@ net::awaitable<http::Response> StreamErrorAnswer(std::unique_ptr<chat::TurnStrea
   failed.status = stream->status();
   failed.content_type = stream->content_type();
   failed.headers = stream->headers();
+  failed.upstream = stream->upstream();
   auto body = co_await stream->ReadBody();
   if (!body) co_return ProxyError(body.error());
   failed.body = std::move(body).value();
@@ -202,6 +205,11 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                      "invalid_request_error", "model_not_allowed");
                  AddHeaders(refused, admission.headers);
                  co_return refused;
+               }
+               if (!d->proxy.Serves(parsed.body.model)) {
+                 auto unknown = ModelNotFound(parsed.body.model);
+                 AddHeaders(unknown, admission.headers);
+                 co_return unknown;
                }
                chat::ProxyRequest ask;
                ask.owner = admission.owner();

@@ -233,6 +233,7 @@ http::Response ResponseStreamAnswer(std::unique_ptr<chat::TurnStream> stream,
   response.status = 200;
   response.headers.Add("Content-Type", "text/event-stream; charset=utf-8");
   response.headers.Add("Cache-Control", "no-cache");
+  AddUpstreamHeader(response, stream->upstream());
   std::shared_ptr<chat::TurnStream> shared = std::move(stream);
   response.stream = [shared, turn](http::BodyWriter& writer) {
     return RelayResponseStream(shared, turn, &writer);
@@ -306,6 +307,7 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
     co_return OpenAIError(403, "This API key may not use the model '" + parsed.model + "'",
                           "invalid_request_error", "model_not_allowed", "model");
   }
+  if (!d->pipeline.Serves(parsed.model)) co_return ModelNotFound(parsed.model);
 
   // context: read and refused before anything is reserved or asked.
   std::string owner = admission.owner();
@@ -356,6 +358,7 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
       response = PassThrough(answered->response);  // the upstream's error status
     } else {
       response = RawJsonAnswer(*turn->response_json());
+      AddUpstreamHeader(response, answered->response.upstream);
     }
   }
   if (ticket) AddHeaders(response, ticket->headers());

@@ -1,6 +1,7 @@
 #include "app/app.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -39,6 +40,7 @@
 #include "store/sqlite/sqlite_conversation_store.h"
 #include "store/sqlite/sqlite_maintenance.h"
 #include "upstream/curl_client.h"
+#include "upstream/router.h"
 
 namespace staple::app {
 namespace {
@@ -209,22 +211,61 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   upstream_settings.stream_timeout = config.upstream.stream_timeout;
   upstream_settings.connect_timeout = config.upstream.connect_timeout;
   upstream_settings.max_retries = config.upstream.max_retries;
-  upstream::CurlClient upstream_client(upstream_settings);
+  // One upstream (OPENAI_BASE_URL), or a Router over the upstreams of STAPLE_UPSTREAMS, each
+  // with a client of its own.
+  std::unique_ptr<upstream::Client> upstream_owner;
+  upstream::Router* upstream_router = nullptr;
+  std::vector<std::string> upstream_keys{config.upstream.api_key};
+  if (config.upstream.routes) {
+    auto make_client = [](const upstream::UpstreamEntry& entry) -> std::unique_ptr<upstream::Client> {
+      return std::make_unique<upstream::CurlClient>(entry.settings);
+    };
+    auto routed = std::make_unique<upstream::Router>(*config.upstream.routes, make_client,
+                                                     config.upstream.total_timeout);
+    if (!routed->Serves(config.chat.model)) {
+      observe::Error("cannot start",
+                     {{"error", "OPENAI_MODEL='" + config.chat.model +
+                                    "' (the model of /openai-completion) is served by no upstream "
+                                    "of " + config.upstream.routes_file}});
+      store->Close();
+      return 1;
+    }
+    std::vector<std::string> names;
+    for (const auto& entry : config.upstream.routes->upstreams) {
+      upstream_keys.push_back(entry.settings.api_key);
+      names.push_back(entry.name + " (" + entry.settings.base_url + ")");
+    }
+    observe::Info("upstreams", {{"file", config.upstream.routes_file},
+                                {"upstreams", fmt::format("{}", fmt::join(names, ", "))}});
+    metrics.AddFamilies([r = routed.get()](std::string& out) { r->RenderMetrics(out); });
+    upstream_router = routed.get();
+    upstream_owner = std::move(routed);
+  } else {
+    upstream_owner = std::make_unique<upstream::CurlClient>(upstream_settings);
+  }
+  upstream::Client& upstream_client = *upstream_owner;
 
   // 2. Services and routes.
-  const bool key_missing =
-      config.upstream.api_key.empty() && config.upstream.base_url == kOpenAIBaseUrl;
+  const bool key_missing = !upstream_router && config.upstream.api_key.empty() &&
+                           config.upstream.base_url == kOpenAIBaseUrl;
   chat::TurnSettings turn_settings;
   turn_settings.window = {config.chat.history_max_messages, config.chat.history_max_chars};
   turn_settings.key_missing = key_missing;
-  turn_settings.api_key = config.upstream.api_key;
+  turn_settings.api_keys = upstream_keys;
+  if (upstream_router) {
+    turn_settings.serves_model = [upstream_router](std::string_view model) {
+      return upstream_router->Serves(model);
+    };
+  }
   chat::TurnPipeline turns(*store, upstream_client, metrics, turn_settings);
   chat::ServiceSettings chat_settings;
   chat_settings.model = config.chat.model;
   chat_settings.system_prompt = config.chat.system_prompt;
   chat_settings.fragment_cache_bytes = SplitCacheBudget(config.store.cache_bytes, 1).fragments;
   chat::ConversationService conversations(turns, chat_settings);
-  chat::OpenAIProxy openai_proxy(turns, upstream_client);
+  std::optional<std::vector<std::string>> listed_models;
+  if (upstream_router) listed_models = upstream_router->ListedModels();
+  chat::OpenAIProxy openai_proxy(turns, upstream_client, std::move(listed_models));
 
   // Client keys: held in memory by the registry, which polls the database for changes made on
   // other replicas. It runs when keys are required or the admin API is on.
@@ -267,8 +308,19 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   api::TokenLimits token_limits(limiter, metrics, token_settings, usage);
 
   http::Router router(api::FormatError);
-  api::RegisterRoutes(router, api::Dependencies{conversations, *store, limiter, metrics, admission,
-                                                token_limits, config.limits.completion_limits});
+  api::Dependencies seed_dependencies{conversations, *store,        limiter,
+                                      metrics,       admission,     token_limits,
+                                      config.limits.completion_limits, {}};
+  if (upstream_router) {
+    seed_dependencies.upstream_states = [upstream_router] {
+      std::vector<std::pair<std::string, std::string>> states;
+      for (const auto& health : upstream_router->Health()) {
+        states.emplace_back(health.name, health.cooling_down ? "cooling down" : "ok");
+      }
+      return states;
+    };
+  }
+  api::RegisterRoutes(router, std::move(seed_dependencies));
   api::RegisterPlayground(router);
   api::RegisterOpenAIRoutes(router, api::OpenAIDependencies{openai_proxy, admission, token_limits,
                                                             config.limits.v1_limits});

@@ -24,7 +24,7 @@ std::string UpstreamErrorMessage(std::string_view body) {
 }
 
 Completion CompletionOf(ChatAnswer answer) {
-  return Completion{std::move(answer.text), answer.prompt_tokens, answer.completion_tokens};
+  return Completion{std::move(answer.text), answer.prompt_tokens, answer.completion_tokens, {}};
 }
 
 }  // namespace
@@ -100,9 +100,9 @@ Result<UpstreamBody> ConversationService::Body(const TurnRequest& request,
 Error ConversationService::StatusError(long status, std::string_view body) const {
   auto detail = UpstreamErrorMessage(body);
   return MakeError(ErrorKind::kUpstream,
-                   ScrubSecret("upstream returned HTTP " + std::to_string(status) +
-                                   (detail.empty() ? std::string() : ": " + detail),
-                               pipeline_.settings().api_key));
+                   ScrubSecrets("upstream returned HTTP " + std::to_string(status) +
+                                    (detail.empty() ? std::string() : ": " + detail),
+                                pipeline_.settings().api_keys));
 }
 
 net::awaitable<Result<Completion>> ConversationService::Complete(CompletionRequest request) {
@@ -111,7 +111,9 @@ net::awaitable<Result<Completion>> ConversationService::Complete(CompletionReque
   auto result = co_await pipeline_.Complete(std::move(turn), std::move(build));
   if (!result) co_return result.error();
   if (!result->answer) co_return StatusError(result->response.status, result->response.body);
-  co_return CompletionOf(std::move(*result->answer));
+  Completion completion = CompletionOf(std::move(*result->answer));
+  completion.upstream = std::move(result->response.upstream);
+  co_return completion;
 }
 
 net::awaitable<Result<std::unique_ptr<CompletionStream>>> ConversationService::OpenStream(

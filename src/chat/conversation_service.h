@@ -38,6 +38,7 @@ struct Completion {
   std::string text;
   std::optional<std::int64_t> prompt_tokens;
   std::optional<std::int64_t> completion_tokens;
+  std::string upstream;  // the upstream that answered ("" with a single upstream)
 };
 
 class CompletionStream;
@@ -90,6 +91,8 @@ class CompletionStream {
   // read on only once it completed); once the turn is stored, hands the whole answer to `done`.
   // Errors: those of TurnStream::Run (nothing is stored on failure, `done` is not called).
   net::awaitable<Status> Run(DeltaSink deltas, DoneSink done);
+  // The upstream that answered ("" with a single upstream).
+  const std::string& upstream() const { return stream_->upstream(); }
 
  private:
   friend class ConversationService;

@@ -1,5 +1,7 @@
 #include "chat/openai_proxy.h"
 
+#include <nlohmann/json.hpp>
+
 namespace staple::chat {
 namespace {
 
@@ -12,8 +14,9 @@ std::string Dump(const ordered_json& value) {
 
 }  // namespace
 
-OpenAIProxy::OpenAIProxy(TurnPipeline& pipeline, upstream::Client& upstream)
-    : pipeline_(pipeline), upstream_(upstream) {}
+OpenAIProxy::OpenAIProxy(TurnPipeline& pipeline, upstream::Client& upstream,
+                         std::optional<std::vector<std::string>> listed_models)
+    : pipeline_(pipeline), upstream_(upstream), listed_models_(std::move(listed_models)) {}
 
 TurnRequest OpenAIProxy::Turn(ProxyRequest& request, std::string& body) {
   TurnRequest turn;
@@ -77,19 +80,31 @@ net::awaitable<Result<std::unique_ptr<TurnStream>>> OpenAIProxy::OpenStream(Prox
 }
 
 net::awaitable<Result<upstream::Response>> OpenAIProxy::Models(std::string request_id) {
+  if (listed_models_) {
+    // OpenAI's list shape; `created` is unknown for a configured name.
+    nlohmann::json data = nlohmann::json::array();
+    for (const auto& id : *listed_models_) {
+      data.push_back({{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", "staple"}});
+    }
+    upstream::Response listed;
+    listed.status = 200;
+    listed.content_type = "application/json";
+    listed.body = nlohmann::json{{"object", "list"}, {"data", std::move(data)}}.dump();
+    co_return listed;
+  }
   upstream::Request upstream_request;
   upstream_request.method = "GET";
   upstream_request.path = "/models";
   upstream_request.headers.emplace_back("X-Request-Id", std::move(request_id));
   auto response = co_await upstream_.Send(std::move(upstream_request));
-  const std::string& key = pipeline_.settings().api_key;
+  const std::vector<std::string>& keys = pipeline_.settings().api_keys;
   if (!response) {
     pipeline_.metrics().CountUpstreamError();
     const auto kind =
         response.error().kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
-    co_return MakeError(kind, ScrubSecret(response.error().message, key));
+    co_return MakeError(kind, ScrubSecrets(response.error().message, keys));
   }
-  response->body = ScrubSecret(std::move(response->body), key);
+  response->body = ScrubSecrets(std::move(response->body), keys);
   co_return std::move(response).value();
 }
 

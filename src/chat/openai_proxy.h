@@ -2,7 +2,10 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "chat/chat_body.h"
 #include "chat/stream_transcript.h"
@@ -33,7 +36,10 @@ struct ProxyRequest {
 // status is not an Error. Thread-safe; calls must be awaited as upstream::Client requires.
 class OpenAIProxy {
  public:
-  OpenAIProxy(TurnPipeline& pipeline, upstream::Client& upstream);
+  // `listed_models`: what GET /models answers without asking the upstream (the models of a
+  // Router's configuration); std::nullopt: ask the upstream.
+  OpenAIProxy(TurnPipeline& pipeline, upstream::Client& upstream,
+              std::optional<std::vector<std::string>> listed_models = std::nullopt);
 
   // Non-streaming: the upstream's answer, whatever its status. A 2xx answer's turn is stored
   // before this returns; a 2xx body that is not JSON is a kUpstream error.
@@ -43,7 +49,10 @@ class OpenAIProxy {
   // that). Relay a success with TurnStream::Run (the pieces' bytes are the upstream's body).
   net::awaitable<Result<std::unique_ptr<TurnStream>>> OpenStream(ProxyRequest request);
 
-  // GET /models, whatever its status. Errors: kUpstream, kTimeout.
+  // Whether `model` can be routed (TurnPipeline::Serves).
+  bool Serves(std::string_view model) const { return pipeline_.Serves(model); }
+
+  // GET /models, whatever its status (or the listed models). Errors: kUpstream, kTimeout.
   net::awaitable<Result<upstream::Response>> Models(std::string request_id);
 
  private:
@@ -54,6 +63,7 @@ class OpenAIProxy {
   // Constant after construction.
   TurnPipeline& pipeline_;
   upstream::Client& upstream_;
+  std::optional<std::vector<std::string>> listed_models_;
 };
 
 }  // namespace staple::chat

@@ -60,8 +60,9 @@ std::optional<ChatAnswer> ReadAnswer(std::string_view body, bool require_message
 }  // namespace
 
 upstream::Request ChatCompletionsRequest(std::string body, std::string_view request_id,
-                                         bool stream) {
+                                         std::string_view model, bool stream) {
   upstream::Request request;
+  request.model = model;
   request.path = "/chat/completions";
   request.body = std::move(body);
   request.headers.emplace_back("X-Request-Id", std::string(request_id));
@@ -79,6 +80,11 @@ std::string ScrubSecret(std::string text, std::string_view secret) {
   return text;
 }
 
+std::string ScrubSecrets(std::string text, const std::vector<std::string>& secrets) {
+  for (const auto& secret : secrets) text = ScrubSecret(std::move(text), secret);
+  return text;
+}
+
 TurnPipeline::TurnPipeline(store::ConversationStore& store, upstream::Client& upstream,
                            observe::Metrics& metrics, TurnSettings settings)
     : store_(store), upstream_(upstream), metrics_(metrics), settings_(std::move(settings)) {}
@@ -86,9 +92,15 @@ TurnPipeline::TurnPipeline(store::ConversationStore& store, upstream::Client& up
 Error TurnPipeline::UpstreamFailure(const Error& error) {
   metrics_.CountUpstreamError();
   metrics_.CountFailedTurn();
-  const auto kind = error.kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
+  // A router's refusals keep their kind: nothing was asked (kOverloaded: every upstream is cooling
+  // down; kNotFound: no upstream serves the model).
+  auto kind = ErrorKind::kUpstream;
+  if (error.kind == ErrorKind::kTimeout || error.kind == ErrorKind::kOverloaded ||
+      error.kind == ErrorKind::kNotFound) {
+    kind = error.kind;
+  }
   // upstream::Client messages already name the upstream ("upstream request failed: ...").
-  return MakeError(kind, ScrubSecret(error.message, settings_.api_key));
+  return MakeError(kind, ScrubSecrets(error.message, settings_.api_keys));
 }
 
 // `request` is a reference: awaited at once by the coroutine that owns it.
@@ -133,7 +145,8 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
 
 net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const ChatAnswer& answer,
                                             std::chrono::steady_clock::duration upstream_time,
-                                            std::string_view answer_body) {
+                                            std::string_view answer_body,
+                                            const std::string& upstream) {
   // settle before the answer goes out, so that the client's next request sees it.
   if (request.tokens) {
     TokenUsage usage = UsageOf(answer);
@@ -154,6 +167,7 @@ net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const Ch
   turn.prompt_tokens = answer.prompt_tokens;
   turn.completion_tokens = answer.completion_tokens;
   turn.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(upstream_time).count();
+  turn.upstream = upstream;
   if (request.record) {
     if (Status recorded = request.record(turn, answer_body); !recorded) {
       metrics_.CountFailedTurn();
@@ -177,7 +191,8 @@ net::awaitable<Result<TurnResult>> TurnPipeline::Complete(TurnRequest request, B
 
   // ask
   auto upstream_request =
-      ChatCompletionsRequest(std::move(body->json), request.request_id, /*stream=*/false);
+      ChatCompletionsRequest(std::move(body->json), request.request_id, request.model,
+                             /*stream=*/false);
   const auto asked_at = std::chrono::steady_clock::now();
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
@@ -192,7 +207,7 @@ net::awaitable<Result<TurnResult>> TurnPipeline::Complete(TurnRequest request, B
   if (!IsSuccess(response->status)) {
     metrics_.CountUpstreamError();
     metrics_.CountFailedTurn();
-    response->body = ScrubSecret(std::move(response->body), settings_.api_key);
+    response->body = ScrubSecrets(std::move(response->body), settings_.api_keys);
     co_return TurnResult{std::move(response).value(), std::nullopt};
   }
   auto answer = ReadAnswer(response->body, request.require_message_text);
@@ -203,7 +218,8 @@ net::awaitable<Result<TurnResult>> TurnPipeline::Complete(TurnRequest request, B
   }
 
   // settle and store; the answer goes out only once its turn is durable.
-  Status finished = co_await Finish(request, *answer, upstream_time, response->body);
+  Status finished =
+      co_await Finish(request, *answer, upstream_time, response->body, response->upstream);
   if (!finished) co_return finished.error();
   co_return TurnResult{std::move(response).value(), std::move(answer)};
 }
@@ -214,7 +230,8 @@ net::awaitable<Result<std::unique_ptr<TurnStream>>> TurnPipeline::OpenStream(Tur
   if (!body) co_return body.error();
 
   auto upstream_request =
-      ChatCompletionsRequest(std::move(body->json), request.request_id, /*stream=*/true);
+      ChatCompletionsRequest(std::move(body->json), request.request_id, request.model,
+                             /*stream=*/true);
   const auto asked_at = std::chrono::steady_clock::now();
   auto opened = co_await upstream_.OpenStream(std::move(upstream_request));
   if (opened ? !IsSuccess((*opened)->status()) : opened.error().kind != ErrorKind::kTimeout) {
@@ -249,7 +266,8 @@ TurnStream::TurnStream(TurnPipeline& pipeline, TurnRequest request,
       asked_at_(asked_at),
       status_(stream_->status()),
       content_type_(stream_->content_type()),
-      headers_(stream_->headers()) {}
+      headers_(stream_->headers()),
+      upstream_(stream_->upstream()) {}
 
 Error TurnStream::Broken(Error error) { return pipeline_.UpstreamFailure(error); }
 
@@ -263,7 +281,7 @@ net::awaitable<Result<std::string>> TurnStream::ReadBody() {
     if (!next) {
       const auto kind =
           next.error().kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
-      co_return MakeError(kind, ScrubSecret(next.error().message, pipeline_.settings_.api_key));
+      co_return MakeError(kind, ScrubSecrets(next.error().message, pipeline_.settings_.api_keys));
     }
     if (!next->has_value()) break;
     body += **next;
@@ -271,7 +289,7 @@ net::awaitable<Result<std::string>> TurnStream::ReadBody() {
       co_return MakeError(ErrorKind::kUpstream, "upstream error body is too large");
     }
   }
-  co_return ScrubSecret(std::move(body), pipeline_.settings_.api_key);
+  co_return ScrubSecrets(std::move(body), pipeline_.settings_.api_keys);
 }
 
 net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
@@ -340,7 +358,8 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
       pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
       const std::string_view streamed;  // a stream's adapter saw its pieces
       Status committed =
-          co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed);
+          co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed,
+                                    upstream_);
       if (!committed) co_return committed.error();
       stored = true;
       stored_answer_ = transcript.answer();
@@ -363,7 +382,7 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
   pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
   const std::string_view streamed;
   Status committed =
-      co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed);
+      co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed, upstream_);
   if (!committed) co_return committed.error();
   stored_answer_ = transcript.answer();
   Piece rest{std::move(pending), {}, true};

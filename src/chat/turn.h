@@ -42,6 +42,8 @@ namespace staple::chat {
 //   kLimited        the TokenGate refused the turn (the gate holds the answer to send)
 //   kUpstream       the upstream could not be reached, broke off, or sent something unusable
 //   kTimeout        the upstream did not answer in time
+//   kOverloaded     every upstream that serves the model is cooling down (upstream::Router)
+//   kNotFound       no upstream serves the model (upstream::Router)
 //   kCancelled      the client went away during a stream (the upstream transfer is cancelled)
 // An upstream error status is not an Error: the adapter decides how to show it.
 
@@ -49,8 +51,11 @@ struct TurnSettings {
   WindowLimits window;
   // Without a key the default OpenAI upstream cannot answer; a keyless local upstream can.
   bool key_missing = false;
-  std::string api_key;  // only to scrub it from any upstream text that might echo it
+  // The upstreams' keys, only to scrub them from any upstream text that might echo one.
+  std::vector<std::string> api_keys;
   std::size_t max_error_body_bytes = 1024 * 1024;  // an error answer to a stream request
+  // Whether some upstream serves a model (upstream::Router::Serves); null: every model is served.
+  std::function<bool(std::string_view model)> serves_model;
 };
 
 // One turn as the adapter describes it.
@@ -121,19 +126,24 @@ class TurnPipeline {
                                                                  BodyBuilder build);
 
   const TurnSettings& settings() const { return settings_; }
+  // Whether a request for `model` can be routed (adapters answer 404 model_not_found if not).
+  bool Serves(std::string_view model) const {
+    return !settings_.serves_model || settings_.serves_model(model);
+  }
   observe::Metrics& metrics() const { return metrics_; }
 
-  // Counts and scrubs a failed upstream exchange: kTimeout stays, everything else is kUpstream.
+  // Counts and scrubs a failed upstream exchange: kTimeout, and a router's kOverloaded and
+  // kNotFound stay, everything else is kUpstream.
   Error UpstreamFailure(const Error& error);
 
  private:
   friend class TurnStream;
   // prepare and admit; the body is moved into the result.
   net::awaitable<Result<UpstreamBody>> Prepare(const TurnRequest& request, BodyBuilder build);
-  // Settles the tokens with what `answer` cost, then stores the turn.
+  // Settles the tokens with what `answer` cost, then stores the turn (answered by `upstream`).
   net::awaitable<Status> Finish(const TurnRequest& request, const ChatAnswer& answer,
                                 std::chrono::steady_clock::duration upstream_time,
-                                std::string_view answer_body);
+                                std::string_view answer_body, const std::string& upstream);
 
   // Constant after construction.
   store::ConversationStore& store_;
@@ -150,6 +160,8 @@ class TurnStream {
   bool success() const { return status_ >= 200 && status_ <= 299; }
   const std::string& content_type() const { return content_type_; }
   const upstream::Headers& headers() const { return headers_; }  // lower-case names
+  // The name of the upstream that answered ("" with a single upstream).
+  const std::string& upstream() const { return upstream_; }
 
   // The whole body of an error answer, the API key scrubbed. Errors: kUpstream (broken, or longer
   // than TurnSettings::max_error_body_bytes), kTimeout.
@@ -198,17 +210,20 @@ class TurnStream {
   long status_;
   std::string content_type_;
   upstream::Headers headers_;
+  std::string upstream_;
   bool upstream_error_relayed_ = false;
   std::optional<ChatAnswer> stored_answer_;
 };
 
 // The upstream request every turn sends: POST /chat/completions with `body`, the caller's request
-// id, and for a stream an SSE Accept header. A non-streaming request is answer_at_once: bounded by
+// id, the client's model (what a Router routes by), and for a stream an SSE Accept header. A non-streaming request is answer_at_once: bounded by
 // the total timeout, not the first-byte timeout.
 upstream::Request ChatCompletionsRequest(std::string body, std::string_view request_id,
-                                         bool stream);
+                                         std::string_view model, bool stream);
 
 // `text` with every occurrence of `secret` (when at least 4 bytes long) replaced by "***".
 std::string ScrubSecret(std::string text, std::string_view secret);
+// The same for each of `secrets`.
+std::string ScrubSecrets(std::string text, const std::vector<std::string>& secrets);
 
 }  // namespace staple::chat

@@ -14,6 +14,8 @@ const char* ErrorKindName(ErrorKind kind) {
       return "storage";
     case ErrorKind::kMisconfigured:
       return "misconfigured";
+    case ErrorKind::kOverloaded:
+      return "overloaded";
     case ErrorKind::kTimeout:
       return "timeout";
     case ErrorKind::kUpstream:

@@ -17,6 +17,7 @@ enum class ErrorKind {
   kCancelled,    // the operation was abandoned (client went away, shutdown)
   kLimited,      // a limit refused the request (whoever applied it holds the answer to send)
   kMisconfigured,  // the configuration does not allow the operation (e.g. no upstream API key)
+  kOverloaded,     // every upstream that could serve it is cooling down or at its cap: try later
   kInternal,       // a bug or an unexpected library failure
 };
 

@@ -15,6 +15,7 @@
 #include "http/connection_limits.h"
 #include "http/server.h"
 #include "ratelimit/redis_url.h"
+#include "config/upstreams_file.h"
 #include "upstream/client.h"
 
 namespace staple::config {
@@ -194,6 +195,10 @@ std::vector<Variable> MakeVariables() {
        false},
       {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "--upstream-idle-timeout",
        SecondsText(upstream.idle_timeout), "upstream stream idle time between chunks, seconds",
+       false},
+      {"STAPLE_UPSTREAMS", "--upstreams", "",
+       "TOML file of several upstreams: routing by model, fallbacks, cooldowns (README "
+       "\"Upstreams\"); empty: OPENAI_BASE_URL and OPENAI_API_KEY are the only upstream",
        false},
       {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", number(upstream.max_retries),
        "extra attempts on connect errors, 429 and 5xx (never once the upstream got the request "
@@ -595,6 +600,31 @@ Result<Config> Load(const Sources& sources) {
   auto retries = ParseInteger("STAPLE_UPSTREAM_RETRIES", get("STAPLE_UPSTREAM_RETRIES"), 0, 10);
   if (!retries) return retries.error();
   upstream.max_retries = static_cast<int>(*retries);
+
+  upstream.routes_file = Trim(get("STAPLE_UPSTREAMS"));
+  if (!upstream.routes_file.empty()) {
+    // Every entry starts from the settings above; its key comes from the variable it names,
+    // looked up where OPENAI_API_KEY would be (the environment, then the .env file).
+    upstream::Settings entry_defaults;
+    entry_defaults.connect_timeout = upstream.connect_timeout;
+    entry_defaults.first_byte_timeout = upstream.first_byte_timeout;
+    entry_defaults.idle_timeout = upstream.idle_timeout;
+    entry_defaults.total_timeout = upstream.total_timeout;
+    entry_defaults.stream_timeout = upstream.stream_timeout;
+    entry_defaults.max_retries = upstream.max_retries;
+    Environment environment = [&sources](const std::string& name) -> std::optional<std::string> {
+      if (sources.environment) {
+        if (auto value = sources.environment(name)) return value;
+      }
+      if (auto found = sources.dotenv.find(name); found != sources.dotenv.end()) {
+        return found->second;
+      }
+      return std::nullopt;
+    };
+    auto routes = LoadUpstreams(upstream.routes_file, entry_defaults, environment);
+    if (!routes) return routes.error();
+    upstream.routes = std::move(routes).value();
+  }
   return config;
 }
 

@@ -60,6 +60,10 @@ void Metrics::AddGauge(std::string name, std::string help, std::function<double(
   gauges_.push_back(Gauge{std::move(name), std::move(help), std::move(read)});
 }
 
+void Metrics::AddFamilies(std::function<void(std::string& out)> render) {
+  families_.push_back(std::move(render));
+}
+
 void Metrics::AddCounter(std::string name, std::string help, std::function<double()> read) {
   gauges_.push_back(Gauge{std::move(name), std::move(help), std::move(read), "counter"});
 }
@@ -134,6 +138,7 @@ std::string Metrics::Render() const {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", gauge.name, gauge.help, gauge.name,
                        gauge.type, gauge.name, gauge.read());
   }
+  for (const auto& render : families_) render(out);
   return out;
 }
 

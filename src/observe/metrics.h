@@ -71,6 +71,10 @@ class Metrics {
   // retention); rendered with TYPE counter.
   void AddCounter(std::string name, std::string help, std::function<double()> read);
 
+  // Families with labels that a subsystem renders itself (HELP, TYPE and samples), appended at
+  // render time. Register before serving.
+  void AddFamilies(std::function<void(std::string& out)> render);
+
   std::string Render() const;
 
  private:
@@ -105,6 +109,7 @@ class Metrics {
     const char* type = "gauge";
   };
   std::vector<Gauge> gauges_;  // constant after start-up
+  std::vector<std::function<void(std::string&)>> families_;  // constant after start-up
 };
 
 }  // namespace staple::observe

@@ -42,6 +42,9 @@ struct Turn {
   std::optional<std::int64_t> prompt_tokens;      // as the upstream reported, on the assistant row
   std::optional<std::int64_t> completion_tokens;  // as the upstream reported, on the assistant row
   std::int64_t latency_ms = 0;                    // upstream latency, on the assistant row
+  // The upstream that answered (STAPLE_UPSTREAMS' name), on the assistant row; "" (NULL) with a
+  // single upstream. Schema version 4.
+  std::string upstream;
   // A Responses API turn that is stored (`store: true`): its response and items are written in
   // the same transaction as the two rows above. Null for every other turn.
   std::shared_ptr<const ResponseRecord> response;

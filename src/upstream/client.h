@@ -48,6 +48,12 @@ struct Request {
   // may take minutes to generate): once the request is sent, no first-byte deadline applies and
   // only the total timeout bounds the wait. Send() only.
   bool answer_at_once = false;
+  // The client's model name: what a Router picks upstreams by (and renames). "" for a request
+  // that names no model; a plain client ignores it.
+  std::string model;
+  // The latest moment the exchange may end (for a stream: until its headers), when it is earlier
+  // than the client's own total timeout: the rest of a deadline shared by several upstreams.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 
 struct Response {
@@ -57,6 +63,7 @@ struct Response {
   std::string body;
   int attempts = 1;
   std::chrono::milliseconds elapsed{0};
+  std::string upstream;  // the name of the upstream that answered ("" with a single upstream)
 };
 
 // A streaming response: the status and headers have arrived; the body is read chunk by chunk.
@@ -67,6 +74,11 @@ class Stream {
   virtual long status() const = 0;
   virtual const std::string& content_type() const = 0;
   virtual const Headers& headers() const = 0;
+  // The name of the upstream that answered ("" with a single upstream).
+  virtual const std::string& upstream() const {
+    static const std::string kNone;
+    return kNone;
+  }
   // The next body bytes as they arrived; std::nullopt at the end of the body. Errors: kTimeout
   // (idle timeout), kUnavailable (connection reset). While the caller does not call Next(), the
   // transfer pauses once stream_buffer_bytes are buffered.
@@ -85,6 +97,8 @@ class Client {
   // Sends a request and returns once the response headers arrived. Retries (per Settings) happen
   // only before the status is returned, never after body bytes were handed out.
   virtual net::awaitable<Result<std::unique_ptr<Stream>>> OpenStream(Request request) = 0;
+  // Makes every call in flight, and every later one, end with kCancelled (at exit). Thread-safe.
+  virtual void Shutdown() {}
 };
 
 }  // namespace staple::upstream

@@ -231,7 +231,8 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<CurlClientState> state
   const auto executor = co_await net::this_coro::executor;
   CurlMulti& multi = CurlMulti::Of(executor);
   auto call = CurlCall::Begin(state, multi.executor());
-  const auto total = started + settings.total_timeout;
+  auto total = started + settings.total_timeout;
+  if (request.deadline && *request.deadline < total) total = *request.deadline;
 
   for (int attempt = 1;; ++attempt) {
     if (call->cancelled()) co_return ShutDownError();
@@ -283,7 +284,8 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
   const auto started = Clock::now();
   // Opening (every attempt until the response headers) is bounded like a whole non-streaming
   // exchange; the stream as a whole by its own, longer deadline.
-  const std::optional<Clock::time_point> total = started + settings.total_timeout;
+  std::optional<Clock::time_point> total = started + settings.total_timeout;
+  if (request.deadline && *request.deadline < *total) total = *request.deadline;
   const auto ends_at = started + settings.stream_timeout;
 
   for (int attempt = 1;; ++attempt) {

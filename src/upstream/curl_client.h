@@ -51,7 +51,7 @@ class CurlClient final : public Client {
   net::awaitable<Result<Response>> Send(Request request) override;
   net::awaitable<Result<std::unique_ptr<Stream>>> OpenStream(Request request) override;
 
-  void Shutdown();
+  void Shutdown() override;
 
  private:
   std::shared_ptr<CurlClientState> state_;

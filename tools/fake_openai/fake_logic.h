@@ -50,6 +50,8 @@ namespace staple::fake {
 //   FAULT:stream-drop-after=K    streaming only: close after K content chunks (for a tool call:
 //                                the tool_calls deltas)
 // KEY is a run of [A-Za-z0-9_.-]. Unknown or malformed markers are ignored.
+// PUT /_fake/fault with markers as its body applies them to every later /v1 request (a failing
+// upstream on demand) until DELETE /_fake/fault.
 struct Fault {
   bool drop = false;
   bool hang = false;

@@ -39,6 +39,9 @@ struct Shared {
   Stats stats;
   FlakyKeys flaky;
   std::atomic<std::uint64_t> next_id{1};
+  // PUT /_fake/fault: fault markers applied to every /v1 request until DELETE /_fake/fault.
+  std::mutex standing_fault_mutex;
+  std::string standing_fault;  // guarded by standing_fault_mutex
 };
 
 // One accepted connection. Lives on a single io_context thread, so its fields need no lock; a
@@ -302,6 +305,10 @@ Action Route(Shared& shared, const http::request<http::string_body>& req) {
     shared.stats.requests.fetch_add(1, std::memory_order_relaxed);
     if (shared.log.enabled()) Record(shared, req);
     ParseFaultMarkers(req["X-Fake-Fault"], action.fault);
+    {
+      std::lock_guard lock(shared.standing_fault_mutex);
+      ParseFaultMarkers(shared.standing_fault, action.fault);
+    }
     if (path == "/v1/chat/completions") {
       if (method != http::verb::post) {
         action.reply = MethodNotAllowed("POST");
@@ -333,6 +340,19 @@ Action Route(Shared& shared, const http::request<http::string_body>& req) {
       action.reply = Reply{http::status::ok, "application/json", "{\"cleared\":true}", {}};
     } else {
       action.reply = MethodNotAllowed("GET, DELETE");
+    }
+    return action;
+  } else if (path == "/_fake/fault") {
+    if (method == http::verb::put) {
+      std::lock_guard lock(shared.standing_fault_mutex);
+      shared.standing_fault = req.body();
+      action.reply = Reply{http::status::ok, "application/json", "{\"fault\":\"set\"}", {}};
+    } else if (method == http::verb::delete_) {
+      std::lock_guard lock(shared.standing_fault_mutex);
+      shared.standing_fault.clear();
+      action.reply = Reply{http::status::ok, "application/json", "{\"fault\":\"cleared\"}", {}};
+    } else {
+      action.reply = MethodNotAllowed("PUT, DELETE");
     }
     return action;
   } else if (path == "/_fake/stats") {

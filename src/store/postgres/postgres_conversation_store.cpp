@@ -27,7 +27,7 @@ namespace {
 // done. PostgreSQL's DDL is transactional, so a crash never leaves a half-migrated database.
 
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 3;
+constexpr std::int64_t kSchemaVersion = 4;
 
 // pg_advisory_xact_lock key reserved for Staple's migrations ("Stap" in ASCII).
 constexpr std::string_view kMigrationLock = "SELECT pg_advisory_xact_lock(1400136048)";
@@ -93,13 +93,21 @@ const std::vector<std::string_view> kMigrationToVersion3 = {
     "(owner, conversation_id, seq)",
 };
 
+// Version 4: which upstream answered a turn (several upstreams behind one Staple).
+const std::vector<std::string_view> kMigrationToVersion4 = {
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS upstream TEXT",
+};
+
 struct Migration {
   std::int64_t version;  // the schema version after this migration
   const std::vector<std::string_view>* statements;
 };
 
 const std::vector<Migration> kMigrations = {
-    {1, &kMigrationToVersion1}, {2, &kMigrationToVersion2}, {3, &kMigrationToVersion3}};
+    {1, &kMigrationToVersion1},
+    {2, &kMigrationToVersion2},
+    {3, &kMigrationToVersion3},
+    {4, &kMigrationToVersion4}};
 
 Query Sql(std::string_view sql) { return Query{std::string(sql), {}}; }
 
@@ -120,9 +128,9 @@ constexpr std::string_view kSelectColumns =
 
 constexpr std::string_view kInsertTurn =
     R"sql(INSERT INTO messages (user_id, "timestamp", role, content, request_id, model, )sql"
-    "prompt_tokens, completion_tokens, latency_ms, owner) VALUES "
-    "($1, $2::timestamp, 'user', $3, $4, $5, NULL, NULL, NULL, $11), "
-    "($1, $6::timestamp, 'assistant', $7, $4, $5, $8::bigint, $9::bigint, $10::bigint, $11)";
+    "prompt_tokens, completion_tokens, latency_ms, owner, upstream) VALUES "
+    "($1, $2::timestamp, 'user', $3, $4, $5, NULL, NULL, NULL, $11, NULL), "
+    "($1, $6::timestamp, 'assistant', $7, $4, $5, $8::bigint, $9::bigint, $10::bigint, $11, $12)";
 
 StoredMessage ReadMessage(const QueryResult& rows, int row) {
   StoredMessage message;
@@ -405,7 +413,8 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
         std::string(kInsertTurn),
         {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id, turn.model,
          FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
-         OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms), turn.owner}});
+         OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms), turn.owner,
+         NullIfEmpty(turn.upstream)}});
     if (turn.response) {
       const ResponseRecord* record = turn.response.get();
       const StoredResponse& response = record->response;

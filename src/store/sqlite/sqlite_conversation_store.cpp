@@ -200,16 +200,23 @@ CREATE INDEX items_owner_conversation_id_seq ON items (owner, conversation_id, s
 
 Status MigrateToVersion3(Database& db) { return db.Exec(kCreateResponsesState); }
 
+// Version 4: which upstream answered a turn (several upstreams behind one Staple).
+Status MigrateToVersion4(Database& db) {
+  return db.Exec("ALTER TABLE messages ADD COLUMN upstream TEXT");
+}
+
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 3;
+constexpr std::int64_t kSchemaVersion = 4;
 
 struct Migration {
   std::int64_t version;  // the user_version after this migration
   Status (*apply)(Database&);
 };
 
-constexpr std::array<Migration, 3> kMigrations = {
-    {{1, &MigrateToVersion1}, {2, &MigrateToVersion2}, {3, &MigrateToVersion3}}};
+constexpr std::array<Migration, 4> kMigrations = {{{1, &MigrateToVersion1},
+                                                   {2, &MigrateToVersion2},
+                                                   {3, &MigrateToVersion3},
+                                                   {4, &MigrateToVersion4}}};
 static_assert(kMigrations.back().version == kSchemaVersion);
 
 Status MigrateInTransaction(Database& db) {
@@ -456,14 +463,14 @@ class Writer {
   Status InsertTurn(const Turn& turn, std::vector<StoredMessage>* inserted) {
     const std::string prompt_time = FormatTimestamp(turn.prompt_time);
     if (auto ok = InsertRow(turn, prompt_time, "user", turn.prompt, std::nullopt, std::nullopt,
-                            std::nullopt);
+                            std::nullopt, nullptr);
         !ok) {
       return ok;
     }
     const std::int64_t prompt_id = sqlite3_last_insert_rowid(db_.handle());
     const std::string completion_time = FormatTimestamp(turn.completion_time);
     if (auto ok = InsertRow(turn, completion_time, "assistant", turn.completion, turn.prompt_tokens,
-                            turn.completion_tokens, turn.latency_ms);
+                            turn.completion_tokens, turn.latency_ms, &turn.upstream);
         !ok) {
       return ok;
     }
@@ -765,9 +772,10 @@ class Writer {
   Status InsertRow(const Turn& turn, const std::string& timestamp, std::string_view role,
                    const std::string& content, std::optional<std::int64_t> prompt_tokens,
                    std::optional<std::int64_t> completion_tokens,
-                   std::optional<std::int64_t> latency_ms) {
+                   std::optional<std::int64_t> latency_ms, const std::string* upstream) {
     StatementReset reset(insert_);
-    const std::array<Status, 10> bound = {
+    static const std::string kNone;
+    const std::array<Status, 11> bound = {
         insert_.BindText(1, turn.user_id),
         insert_.BindText(2, timestamp),
         insert_.BindText(3, role),
@@ -778,6 +786,7 @@ class Writer {
         insert_.BindInt64OrNull(8, completion_tokens),
         insert_.BindInt64OrNull(9, latency_ms),
         insert_.BindText(10, turn.owner),
+        insert_.BindTextOrNull(11, upstream != nullptr ? *upstream : kNone),
     };
     for (const Status& status : bound) {
       if (!status) return status;
@@ -826,8 +835,8 @@ class Writer {
       {&Writer::rollback_, "ROLLBACK"},
       {&Writer::insert_,
        "INSERT INTO messages (user_id, timestamp, role, content, request_id, model, "
-       "prompt_tokens, completion_tokens, latency_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-       "?8, ?9, ?10)"},
+       "prompt_tokens, completion_tokens, latency_ms, owner, upstream) VALUES (?1, ?2, ?3, ?4, ?5, "
+       "?6, ?7, ?8, ?9, ?10, ?11)"},
       {&Writer::delete_, "DELETE FROM messages WHERE owner = ?2 AND user_id = ?1"},
       {&Writer::probe_, kProbeHealth},
       // The oldest rows by id come from the table's own b-tree (a LIMIT on rowid order); the

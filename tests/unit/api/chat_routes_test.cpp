@@ -55,13 +55,13 @@ class ChatRoutesTest : public ::testing::Test {
         tokens_(limiter_, metrics_, TokenLimitSettings{}),
         router_(FormatError) {
     RegisterRoutes(
-        router_, Dependencies{conversations_, store_, limiter_, metrics_, admission_, tokens_, {}});
+        router_, Dependencies{conversations_, store_, limiter_, metrics_, admission_, tokens_, {}, {}});
     RegisterOpenAIRoutes(router_, OpenAIDependencies{proxy_, admission_, tokens_, {}});
   }
 
   static chat::TurnSettings TurnSettings() {
     chat::TurnSettings settings;
-    settings.api_key = "sk-test-secret";
+    settings.api_keys = {"sk-test-secret"};
     return settings;
   }
 
@@ -265,7 +265,7 @@ TEST_F(ChatRoutesTest, WithoutAKeyBothRoutesSayItIsAConfigurationError) {
   chat::OpenAIProxy proxy(keyless, upstream_);
   http::Router router(FormatError);
   RegisterRoutes(router,
-                 Dependencies{conversations, store_, limiter_, metrics_, admission_, tokens_, {}});
+                 Dependencies{conversations, store_, limiter_, metrics_, admission_, tokens_, {}, {}});
   RegisterOpenAIRoutes(router, OpenAIDependencies{proxy, admission_, tokens_, {}});
   router_ = std::move(router);
   auto seed = Post("/openai-completion", kSeedBody);

@@ -9,6 +9,7 @@
 
 #include "support/memory_conversation_store.h"
 #include "support/recording_token_gate.h"
+#include "support/run_coroutine.h"
 #include "support/scripted_upstream.h"
 
 // The turn pipeline's promises, without sockets: a scripted upstream, an in-memory store that can
@@ -33,28 +34,8 @@ const std::string kFinish =
     "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
 const std::string kDone = "data: [DONE]\n\n";
 
-template <typename T>
-net::awaitable<void> Keep(std::shared_ptr<std::optional<T>> out, net::awaitable<T> task) {
-  T value = co_await std::move(task);
-  out->emplace(std::move(value));
-}
-
-// Starts `task` on `io`; its result appears in the returned slot once it completed.
-template <typename T>
-std::shared_ptr<std::optional<T>> Start(net::io_context& io, net::awaitable<T> task) {
-  auto out = std::make_shared<std::optional<T>>();
-  net::co_spawn(io, Keep(out, std::move(task)), [](std::exception_ptr e) {
-    if (e) std::rethrow_exception(e);
-  });
-  return out;
-}
-
-// Runs what is ready until everything waits on something outside (a stall).
-void Settle(net::io_context& io) {
-  io.restart();
-  while (io.poll() > 0) {
-  }
-}
+using testing::Settle;
+using testing::Start;
 
 class TurnTest : public ::testing::Test {
  protected:
@@ -62,7 +43,7 @@ class TurnTest : public ::testing::Test {
 
   static TurnSettings Settings() {
     TurnSettings settings;
-    settings.api_key = "sk-secret-key";
+    settings.api_keys = {"sk-secret-key"};
     return settings;
   }
 

@@ -67,7 +67,7 @@ TEST(PostgresConversationStore, SeedViewAndSchemaVersionAnswerInPsql) {
   ASSERT_TRUE(RunSync(store->AppendTurn(turn)).ok());
 
   const std::string db = DatabaseOf(url);
-  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "3\n");
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "4\n");
   EXPECT_EQ(SharedPostgres().Psql(db, "SELECT * FROM message ORDER BY id LIMIT 1"),
             "1|alice|2024-03-01 12:34:56.789012|user|prompt 1\n");
   EXPECT_EQ(SharedPostgres().Psql(db,
@@ -108,7 +108,7 @@ TEST(PostgresConversationStore, ReplicasStartingTogetherMigrateOnce) {
   for (const auto& store : stores) ASSERT_NE(store, nullptr);
   EXPECT_EQ(
       SharedPostgres().Psql(DatabaseOf(url), "SELECT count(*), max(version) FROM schema_version"),
-      "1|3\n");
+      "1|4\n");
 }
 
 TEST(PostgresConversationStore, TwoReplicasSeeEachOthersTurns) {
@@ -541,7 +541,7 @@ TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
   auto store = OpenStore(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*), max(version) FROM schema_version"),
-            "1|3\n");
+            "1|4\n");
   EXPECT_EQ(SharedPostgres().Psql(db,
                                   "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM "
                                   "pg_indexes WHERE tablename = 'items'"),
@@ -558,7 +558,7 @@ TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
   EXPECT_EQ((*response)->previous_response_id, "");
   store->Close();
 
-  // Reopening finds version 3 and changes nothing.
+  // Reopening finds version 4 and changes nothing.
   auto again = OpenStore(url);
   ASSERT_NE(again, nullptr);
   EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*) FROM responses"), "1\n");

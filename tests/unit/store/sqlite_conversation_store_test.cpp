@@ -118,13 +118,14 @@ TEST_F(SqliteConversationStoreTest, CreatesMissingDirectoriesAndTheVersionedSche
   EXPECT_TRUE(std::filesystem::exists(path_));
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "3");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
   EXPECT_EQ(raw.Scalar("PRAGMA journal_mode"), "wal");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns,
               ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id", "model",
-                          "prompt_tokens", "completion_tokens", "latency_ms", "owner"));
+                          "prompt_tokens", "completion_tokens", "latency_ms", "owner",
+                          "upstream"));
   EXPECT_EQ(raw.Scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                        "tbl_name = 'messages' AND sql LIKE '%(owner, user_id, id)%'"),
             "1");
@@ -354,12 +355,13 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   EXPECT_EQ((*all)[3].completion_tokens, 21);
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "3");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns,
               ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id", "model",
-                          "prompt_tokens", "completion_tokens", "latency_ms", "owner"));
+                          "prompt_tokens", "completion_tokens", "latency_ms", "owner",
+                          "upstream"));
   EXPECT_EQ(raw.Query("SELECT * FROM message").size(), 4u);
 }
 
@@ -368,17 +370,17 @@ TEST_F(SqliteConversationStoreTest, RefusesASchemaNewerThanThisBuild) {
   {
     RawConnection raw(path_);
     raw.Exec(
-        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 4;");
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 5;");
   }
   auto store = SqliteConversationStore::Open(Options());
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr(path_));
-  EXPECT_THAT(store.error().message, HasSubstr("schema version 4 is newer"));
+  EXPECT_THAT(store.error().message, HasSubstr("schema version 5 is newer"));
 
   // The file was left as it was.
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "5");
 }
 
 // Schema version 3 adds the tables of the Responses and Conversations state: a version 2 file
@@ -419,7 +421,7 @@ TEST_F(SqliteConversationStoreTest, MigratesAVersion2FileToTheResponsesState) {
   EXPECT_EQ((*read)->items[0].json, R"({"id":"msg_1"})");
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "3");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
   EXPECT_EQ(raw.Scalar("SELECT count(*) FROM messages"), "2");
   for (const char* table : {"responses", "conversations", "items"}) {
     EXPECT_EQ(
