@@ -87,8 +87,9 @@ net::awaitable<Status> TokenTicket::Reserve(chat::TokenEstimate estimate) {
 net::awaitable<void> TokenTicket::Settle(chat::TokenUsage usage) {
   // Reported counts replace the estimates; what is not reported is estimated (a stream whose
   // client did not ask for usage reports none).
-  const std::uint64_t prompt =
+  const std::uint64_t one_prompt =
       usage.prompt_tokens ? Reported(usage.prompt_tokens) : prompt_estimate_;
+  const std::uint64_t prompt = std::min(one_prompt * (1 + usage.abandoned_attempts), kMaxToken);
   const std::uint64_t completion =
       usage.completion_tokens ? Reported(usage.completion_tokens) : (usage.answer_bytes + 3) / 4;
   if (!key_id_.empty()) {

@@ -25,6 +25,9 @@ struct TokenUsage {
   std::optional<std::int64_t> prompt_tokens;      // the upstream's `usage`, when reported
   std::optional<std::int64_t> completion_tokens;  // the upstream's `usage`, when reported
   std::uint64_t answer_bytes = 0;                 // size of the answer's text
+  // Other upstreams that were sent the same prompt and cancelled (the losers of a hedged
+  // request): each is counted as having used the prompt.
+  std::uint32_t abandoned_attempts = 0;
 };
 
 // Estimated tokens of a text: one per four bytes, rounded up. English averages about four

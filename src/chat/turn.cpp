@@ -146,10 +146,12 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
 net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const ChatAnswer& answer,
                                             std::chrono::steady_clock::duration upstream_time,
                                             std::string_view answer_body,
-                                            const std::string& upstream) {
+                                            const std::string& upstream,
+                                            std::uint32_t abandoned) {
   // settle before the answer goes out, so that the client's next request sees it.
   if (request.tokens) {
     TokenUsage usage = UsageOf(answer);
+    usage.abandoned_attempts = abandoned;
     co_await request.tokens->Settle(usage);
   }
   metrics_.CountTokens(answer.prompt_tokens.value_or(0), answer.completion_tokens.value_or(0));
@@ -219,7 +221,7 @@ net::awaitable<Result<TurnResult>> TurnPipeline::Complete(TurnRequest request, B
 
   // settle and store; the answer goes out only once its turn is durable.
   Status finished =
-      co_await Finish(request, *answer, upstream_time, response->body, response->upstream);
+      co_await Finish(request, *answer, upstream_time, response->body, response->upstream, 0);
   if (!finished) co_return finished.error();
   co_return TurnResult{std::move(response).value(), std::move(answer)};
 }
@@ -267,7 +269,8 @@ TurnStream::TurnStream(TurnPipeline& pipeline, TurnRequest request,
       status_(stream_->status()),
       content_type_(stream_->content_type()),
       headers_(stream_->headers()),
-      upstream_(stream_->upstream()) {}
+      upstream_(stream_->upstream()),
+      abandoned_(stream_->abandoned_attempts()) {}
 
 Error TurnStream::Broken(Error error) { return pipeline_.UpstreamFailure(error); }
 
@@ -359,7 +362,7 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
       const std::string_view streamed;  // a stream's adapter saw its pieces
       Status committed =
           co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed,
-                                    upstream_);
+                                    upstream_, abandoned_);
       if (!committed) co_return committed.error();
       stored = true;
       stored_answer_ = transcript.answer();
@@ -382,7 +385,8 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
   pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
   const std::string_view streamed;
   Status committed =
-      co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed, upstream_);
+      co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed, upstream_,
+                                abandoned_);
   if (!committed) co_return committed.error();
   stored_answer_ = transcript.answer();
   Piece rest{std::move(pending), {}, true};

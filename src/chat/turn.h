@@ -140,10 +140,12 @@ class TurnPipeline {
   friend class TurnStream;
   // prepare and admit; the body is moved into the result.
   net::awaitable<Result<UpstreamBody>> Prepare(const TurnRequest& request, BodyBuilder build);
-  // Settles the tokens with what `answer` cost, then stores the turn (answered by `upstream`).
+  // Settles the tokens with what `answer` cost (and `abandoned` hedged attempts the prompt), then
+  // stores the turn (answered by `upstream`).
   net::awaitable<Status> Finish(const TurnRequest& request, const ChatAnswer& answer,
                                 std::chrono::steady_clock::duration upstream_time,
-                                std::string_view answer_body, const std::string& upstream);
+                                std::string_view answer_body, const std::string& upstream,
+                                std::uint32_t abandoned);
 
   // Constant after construction.
   store::ConversationStore& store_;
@@ -211,6 +213,7 @@ class TurnStream {
   std::string content_type_;
   upstream::Headers headers_;
   std::string upstream_;
+  std::uint32_t abandoned_ = 0;  // hedged attempts cancelled for this stream
   bool upstream_error_relayed_ = false;
   std::optional<ChatAnswer> stored_answer_;
 };

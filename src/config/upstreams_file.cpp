@@ -36,6 +36,7 @@ constexpr const char* kEntryFields[] = {
     "priority",
     "rename",
     "max_concurrent",
+    "hedge_after_ms",
     "max_retries",
     "connect_timeout_ms",
     "first_byte_timeout_ms",
@@ -442,6 +443,11 @@ Result<UpstreamEntry> ParseEntry(const toml::node& node, std::size_t index, cons
     auto value = ReadInteger(*max_concurrent, Where(context, "max_concurrent"), 0, 1'000'000);
     if (!value.ok()) return value.error();
     entry.max_concurrent = static_cast<std::size_t>(*value);
+  }
+  if (const toml::node* hedge = table->get("hedge_after_ms")) {
+    auto value = ReadInteger(*hedge, Where(context, "hedge_after_ms"), 1, kMaxMilliseconds);
+    if (!value.ok()) return value.error();
+    entry.hedge_after = std::chrono::milliseconds(*value);
   }
   for (const auto& timeout : kTimeoutFields) {
     if (const toml::node* field = table->get(timeout.key)) {

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,6 +39,31 @@ struct Settings {
   std::size_t stream_buffer_bytes = 256 * 1024;  // paused above this until the reader catches up
 };
 
+// Cancels one exchange before it ends on its own (the loser of a hedged request). Used on the
+// thread of the coroutine that runs the exchange; not thread-safe.
+class Cancellation {
+ public:
+  // The exchange ends with kCancelled as soon as it can; so does a stream it already returned
+  // (its Next() fails).
+  void Cancel() {
+    cancelled_ = true;
+    if (hook_) std::exchange(hook_, nullptr)();
+  }
+  bool cancelled() const { return cancelled_; }
+  // For Client implementations: what Cancel() runs (at once when already cancelled).
+  void OnCancel(std::function<void()> hook) {
+    if (cancelled_) {
+      hook();
+    } else {
+      hook_ = std::move(hook);
+    }
+  }
+
+ private:
+  bool cancelled_ = false;
+  std::function<void()> hook_;
+};
+
 struct Request {
   std::string method = "POST";
   std::string path;  // appended to base_url, e.g. "/chat/completions"
@@ -54,6 +80,8 @@ struct Request {
   // The latest moment the exchange may end (for a stream: until its headers), when it is earlier
   // than the client's own total timeout: the rest of a deadline shared by several upstreams.
   std::optional<std::chrono::steady_clock::time_point> deadline;
+  // Lets the caller cancel this exchange while it runs; null: only shutdown cancels it.
+  std::shared_ptr<Cancellation> cancellation;
 };
 
 struct Response {
@@ -74,6 +102,9 @@ class Stream {
   virtual long status() const = 0;
   virtual const std::string& content_type() const = 0;
   virtual const Headers& headers() const = 0;
+  // Other upstreams that were sent the same request and cancelled once this one answered (a
+  // hedged request's losers): they may have read the prompt.
+  virtual std::uint32_t abandoned_attempts() const { return 0; }
   // The name of the upstream that answered ("" with a single upstream).
   virtual const std::string& upstream() const {
     static const std::string kNone;

@@ -231,6 +231,11 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<CurlClientState> state
   const auto executor = co_await net::this_coro::executor;
   CurlMulti& multi = CurlMulti::Of(executor);
   auto call = CurlCall::Begin(state, multi.executor());
+  if (request.cancellation) {
+    request.cancellation->OnCancel([weak = std::weak_ptr<CurlCall>(call)] {
+      if (auto alive = weak.lock()) alive->Cancel();
+    });
+  }
   auto total = started + settings.total_timeout;
   if (request.deadline && *request.deadline < total) total = *request.deadline;
 
@@ -281,6 +286,11 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
   const auto executor = co_await net::this_coro::executor;
   CurlMulti& multi = CurlMulti::Of(executor);
   auto call = CurlCall::Begin(state, multi.executor());
+  if (request.cancellation) {
+    request.cancellation->OnCancel([weak = std::weak_ptr<CurlCall>(call)] {
+      if (auto alive = weak.lock()) alive->Cancel();
+    });
+  }
   const auto started = Clock::now();
   // Opening (every attempt until the response headers) is bounded like a whole non-streaming
   // exchange; the stream as a whole by its own, longer deadline.

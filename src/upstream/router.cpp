@@ -36,6 +36,8 @@ struct RouterEntry {
   std::atomic<std::uint64_t> answered{0};
   std::atomic<std::uint64_t> failed{0};
   std::atomic<std::uint64_t> cooldowns{0};
+  std::atomic<std::uint64_t> hedged{0};                // hedges started for this first choice
+  std::atomic<std::uint64_t> hedges_won_by_second{0};  // ... that the second candidate won
 };
 
 struct RouterShared {
@@ -258,6 +260,8 @@ class RoutedStream final : public Stream {
   const std::string& content_type() const override { return inner_->content_type(); }
   const Headers& headers() const override { return inner_->headers(); }
   const std::string& upstream() const override { return name_; }
+  std::uint32_t abandoned_attempts() const override { return abandoned_; }
+  void set_abandoned_attempts(std::uint32_t abandoned) { abandoned_ = abandoned; }
 
   net::awaitable<Result<std::optional<std::string>>> Next() override {
     if (first_) {
@@ -273,6 +277,7 @@ class RoutedStream final : public Stream {
   std::optional<std::string> first_;
   std::string name_;
   Slot slot_;
+  std::uint32_t abandoned_ = 0;
 };
 
 net::awaitable<Result<Response>> SendWith(std::shared_ptr<RouterShared> shared,
@@ -305,69 +310,204 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<RouterShared> shared,
   co_return DeadlinePassed();
 }
 
+// One stream attempt on one upstream: opened, and for a success status read up to its first body
+// bytes. What it ended with decides whether the next candidate is asked.
+struct StreamAttempt {
+  enum class Outcome {
+    kAnswer,    // `stream`: a success with its first bytes, or a status no other upstream changes
+    kFailed,    // `stream` with a 429/5xx status (its body still to read), or `error`
+    kCancelled  // shutdown, or the loser of a hedged race
+  };
+  Outcome outcome = Outcome::kFailed;
+  std::unique_ptr<Stream> stream;
+  std::optional<Error> error;
+};
+
+net::awaitable<StreamAttempt> TryStream(std::shared_ptr<RouterShared> shared, RouterEntry* entry,
+                                        Slot slot, Request attempt) {
+  using Outcome = StreamAttempt::Outcome;
+  StreamAttempt result;
+  auto opened = co_await entry->client->OpenStream(std::move(attempt));
+  if (!opened) {
+    if (opened.error().kind == ErrorKind::kCancelled) {
+      result.outcome = Outcome::kCancelled;
+      result.error = opened.error();
+      co_return result;
+    }
+    Report(shared->now, shared->cooldown, slot, false);
+    result.error = Named(opened.error(), *entry);
+    co_return result;
+  }
+  std::unique_ptr<Stream> stream = std::move(opened).value();
+  const long status = stream->status();
+  if (IsRetryableStatus(status)) {
+    Report(shared->now, shared->cooldown, slot, false);
+    result.stream = std::make_unique<RoutedStream>(std::move(stream), std::nullopt,
+                                                   entry->config.name, std::move(slot));
+    co_return result;
+  }
+  if (status < 200 || status > 299) {
+    // The upstream's answer to this request (e.g. 400): no other upstream would say otherwise.
+    Report(shared->now, shared->cooldown, slot, true);
+    result.outcome = Outcome::kAnswer;
+    result.stream = std::make_unique<RoutedStream>(std::move(stream), std::nullopt,
+                                                   entry->config.name, std::move(slot));
+    co_return result;
+  }
+  // A success status: wait for the first body bytes before committing to this upstream, so that
+  // one that breaks or stays silent before its first token is still replaced.
+  auto first = co_await stream->Next();
+  if (!first) {
+    if (first.error().kind == ErrorKind::kCancelled) {
+      result.outcome = Outcome::kCancelled;
+      result.error = first.error();
+      co_return result;
+    }
+    Report(shared->now, shared->cooldown, slot, false);
+    result.error = Named(first.error(), *entry);
+    co_return result;
+  }
+  if (!first->has_value()) {
+    Report(shared->now, shared->cooldown, slot, false);
+    result.error =
+        Named(MakeError(ErrorKind::kUpstream, "upstream stream ended before any data"), *entry);
+    co_return result;
+  }
+  Report(shared->now, shared->cooldown, slot, true);
+  result.outcome = Outcome::kAnswer;
+  result.stream = std::make_unique<RoutedStream>(std::move(stream), std::move(*first),
+                                                 entry->config.name, std::move(slot));
+  co_return result;
+}
+
+// Two attempts racing (a hedged request): each one's result lands here, and the waiting coroutine
+// is woken through `wake`. All on one io_context thread.
+struct Race {
+  explicit Race(const net::any_io_executor& executor) : wake(executor) {}
+  net::steady_timer wake;
+  std::optional<StreamAttempt> results[2];
+  std::shared_ptr<Cancellation> cancel[2];
+};
+
+net::awaitable<void> RunInRace(std::shared_ptr<Race> race, int index,
+                               std::shared_ptr<RouterShared> shared, RouterEntry* entry, Slot slot,
+                               Request attempt) {
+  StreamAttempt result = co_await TryStream(std::move(shared), entry, std::move(slot),
+                                            std::move(attempt));
+  race->results[index] = std::move(result);
+  race->wake.cancel();
+}
+
+// Waits until `race->wake` is cancelled or `until` passes.
+net::awaitable<void> WaitForRace(std::shared_ptr<Race> race, Clock::time_point until) {
+  race->wake.expires_at(until);
+  boost::system::error_code ignored;
+  co_await race->wake.async_wait(net::redirect_error(net::use_awaitable, ignored));
+}
+
+void Spawn(std::shared_ptr<Race> race, int index, std::shared_ptr<RouterShared> shared,
+           RouterEntry* entry, Slot slot, Request attempt, const net::any_io_executor& executor) {
+  race->cancel[index] = std::make_shared<Cancellation>();
+  attempt.cancellation = race->cancel[index];
+  net::co_spawn(executor,
+                RunInRace(race, index, std::move(shared), entry, std::move(slot),
+                          std::move(attempt)),
+                [](std::exception_ptr error) {
+                  if (!error) return;
+                  try {
+                    std::rethrow_exception(error);
+                  } catch (const std::exception& e) {
+                    observe::Error("hedged upstream attempt failed", {{"error", e.what()}});
+                  }
+                });
+}
+
 net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
     std::shared_ptr<RouterShared> shared, Request request) {
+  using Outcome = StreamAttempt::Outcome;
   const auto deadline = DeadlineOf(request, shared->total_timeout);
   const auto order = Candidates(shared->entries, request.model);
   if (order.empty()) co_return NotServed(request.model);
   // The last failure: an error, or a stream with an error status (its body is still to read).
-  std::optional<Error> last_error;
-  std::unique_ptr<Stream> last_stream;
+  StreamAttempt last;
   bool asked = false;
-  for (RouterEntry* entry : order) {
+  // What one finished attempt means: its stream to answer with, or a failure to remember.
+  auto settle = [&last](StreamAttempt& attempt) -> std::optional<std::unique_ptr<Stream>> {
+    if (attempt.outcome == Outcome::kAnswer) return std::move(attempt.stream);
+    if (attempt.outcome == Outcome::kFailed) last = std::move(attempt);
+    return std::nullopt;
+  };
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    RouterEntry* entry = order[i];
     if (Clock::now() >= deadline) break;
     auto slot = Admit(*entry, shared->now());
     if (!slot) continue;
     asked = true;
     Request attempt = ForEntry(request, *entry, deadline);
-    auto opened = co_await entry->client->OpenStream(std::move(attempt));
-    if (!opened) {
-      if (opened.error().kind == ErrorKind::kCancelled) co_return opened.error();
-      Report(shared->now, shared->cooldown, *slot, false);
-      last_error = Named(opened.error(), *entry);
-      last_stream.reset();
+    const auto hedge_after = entry->config.hedge_after;
+    if (hedge_after.count() <= 0 || i + 1 == order.size()) {
+      StreamAttempt tried = co_await TryStream(shared, entry, std::move(*slot), std::move(attempt));
+      if (tried.outcome == Outcome::kCancelled) co_return *tried.error;
+      if (auto answer = settle(tried)) co_return std::move(*answer);
       continue;
     }
-    std::unique_ptr<Stream> stream = std::move(opened).value();
-    const long status = stream->status();
-    if (IsRetryableStatus(status)) {
-      Report(shared->now, shared->cooldown, *slot, false);
-      last_error.reset();
-      last_stream = std::make_unique<RoutedStream>(std::move(stream), std::nullopt,
-                                                   entry->config.name, std::move(*slot));
-      continue;
+
+    // Hedged: the first attempt runs on its own; if it has not finished after hedge_after, the
+    // next admissible candidate runs beside it, and the first answer wins.
+    const auto executor = co_await net::this_coro::executor;
+    auto race = std::make_shared<Race>(executor);
+    Spawn(race, 0, shared, entry, std::move(*slot), std::move(attempt), executor);
+    co_await WaitForRace(race, std::min(Clock::now() + hedge_after, deadline));
+    int running = 1;
+    if (!race->results[0] && Clock::now() < deadline) {
+      for (std::size_t j = i + 1; j < order.size(); ++j) {
+        auto second_slot = Admit(*order[j], shared->now());
+        if (!second_slot) continue;
+        entry->hedged.fetch_add(1, std::memory_order_relaxed);
+        Request second = ForEntry(request, *order[j], deadline);
+        Spawn(race, 1, shared, order[j], std::move(*second_slot), std::move(second), executor);
+        running = 2;
+        i = j;  // the candidates up to here are in the race
+        break;
+      }
     }
-    if (status < 200 || status > 299) {
-      // The upstream's answer to this request (e.g. 400): no other upstream would say otherwise.
-      Report(shared->now, shared->cooldown, *slot, true);
-      std::unique_ptr<Stream> answer = std::make_unique<RoutedStream>(
-          std::move(stream), std::nullopt, entry->config.name, std::move(*slot));
-      co_return answer;
+    // Collect results until one answers or every runner is done.
+    std::optional<std::unique_ptr<Stream>> winner;
+    int finished = 0;
+    bool seen[2] = {false, false};
+    while (!winner && finished < running) {
+      for (int k = 0; k < running; ++k) {
+        if (seen[k] || !race->results[k]) continue;
+        seen[k] = true;
+        ++finished;
+        if (race->results[k]->outcome == Outcome::kCancelled) {
+          // Shutdown (no hedged runner is cancelled before a winner exists).
+          if (race->cancel[1 - k]) race->cancel[1 - k]->Cancel();
+          co_return *race->results[k]->error;
+        }
+        winner = settle(*race->results[k]);
+        if (winner) {
+          if (k == 1) entry->hedges_won_by_second.fetch_add(1, std::memory_order_relaxed);
+          if (running == 2 && !race->results[1 - k]) {
+            race->cancel[1 - k]->Cancel();
+            // Routed streams only come out of TryStream.
+            static_cast<RoutedStream&>(**winner).set_abandoned_attempts(1);
+          }
+          break;
+        }
+      }
+      if (!winner && finished < running) {
+        co_await WaitForRace(race, Clock::time_point::max());
+      }
     }
-    // A success status: wait for the first body bytes before committing to this upstream, so that
-    // one that breaks or stays silent before its first token is still replaced.
-    auto first = co_await stream->Next();
-    if (!first) {
-      if (first.error().kind == ErrorKind::kCancelled) co_return first.error();
-      Report(shared->now, shared->cooldown, *slot, false);
-      last_error = Named(first.error(), *entry);
-      last_stream.reset();
-      continue;
+    if (winner) {
+      // The loser, cancelled or finished, is dropped with the race; a loser that also answered is
+      // destroyed here, which cancels its transfer.
+      co_return std::move(*winner);
     }
-    if (!first->has_value()) {
-      Report(shared->now, shared->cooldown, *slot, false);
-      last_error = Named(MakeError(ErrorKind::kUpstream, "upstream stream ended before any data"),
-                         *entry);
-      last_stream.reset();
-      continue;
-    }
-    Report(shared->now, shared->cooldown, *slot, true);
-    std::unique_ptr<Stream> answer = std::make_unique<RoutedStream>(
-        std::move(stream), std::move(*first), entry->config.name, std::move(*slot));
-    co_return answer;
   }
-  if (last_stream) co_return std::move(last_stream);
-  if (last_error) co_return *last_error;
+  if (last.stream) co_return std::move(last.stream);
+  if (last.error) co_return *last.error;
   if (!asked && Clock::now() < deadline) co_return AllSkipped(request.model);
   co_return DeadlinePassed();
 }
@@ -435,6 +575,8 @@ std::vector<Router::UpstreamHealth> Router::Health() const {
     status.answered = entry->answered.load(std::memory_order_relaxed);
     status.failed = entry->failed.load(std::memory_order_relaxed);
     status.cooldowns = entry->cooldowns.load(std::memory_order_relaxed);
+    status.hedged = entry->hedged.load(std::memory_order_relaxed);
+    status.hedges_won_by_second = entry->hedges_won_by_second.load(std::memory_order_relaxed);
     statuses.push_back(std::move(status));
   }
   return statuses;
@@ -467,6 +609,16 @@ void Router::RenderMetrics(std::string& out) const {
   for (const auto& s : statuses) {
     out += fmt::format("staple_upstream_available{{upstream=\"{}\"}} {}\n", s.name,
                        s.cooling_down ? 0 : 1);
+  }
+  out +=
+      "# HELP staple_upstream_hedges_total Streams whose first choice, this upstream, was slower "
+      "than hedge_after_ms, so that the next candidate was asked too; by who answered first.\n"
+      "# TYPE staple_upstream_hedges_total counter\n";
+  for (const auto& s : statuses) {
+    out += fmt::format("staple_upstream_hedges_total{{upstream=\"{}\",won=\"first\"}} {}\n", s.name,
+                       s.hedged - s.hedges_won_by_second);
+    out += fmt::format("staple_upstream_hedges_total{{upstream=\"{}\",won=\"second\"}} {}\n",
+                       s.name, s.hedges_won_by_second);
   }
   out +=
       "# HELP staple_upstream_in_flight Exchanges and streams open with the upstream.\n"

@@ -41,6 +41,14 @@ struct RouterShared;
 // `max_concurrent` cap is skipped too. When every candidate is skipped, the request fails at once
 // with kUnavailable, naming the model, instead of waiting for a timeout.
 //
+// Hedged first token (UpstreamEntry::hedge_after, streams only): when the upstream a stream is
+// first sent to has sent no body bytes after hedge_after, the next admissible candidate is asked
+// too; the first of the two to send body bytes (or a status that is an answer) wins, the other
+// is cancelled (Request::cancellation) and counted in the winner's abandoned_attempts(). A
+// failure of either leaves the other running; when both fail, the candidates after them follow.
+// Non-streaming requests are never hedged: their first byte is the whole answer, and a second
+// one would double the cost of every slow answer.
+//
 // Thread-safe. The per-upstream clients' own rules apply (see CurlClient).
 class Router final : public Client {
  public:
@@ -74,6 +82,8 @@ class Router final : public Client {
     std::uint64_t answered = 0;   // exchanges that ended with an answer (any status but 429/5xx)
     std::uint64_t failed = 0;     // connect errors, timeouts, 429, 5xx, broken first bytes
     std::uint64_t cooldowns = 0;  // cooldown periods started
+    std::uint64_t hedged = 0;     // streams first sent here that were hedged after hedge_after
+    std::uint64_t hedges_won_by_second = 0;  // ... and answered first by the other candidate
   };
   std::vector<UpstreamHealth> Health() const;
 

@@ -25,6 +25,10 @@ struct UpstreamEntry {
   unsigned weight = 1;  // share among the candidates of one priority
   int priority = 0;     // lower is tried first
   std::size_t max_concurrent = 0;  // requests in flight at once; 0 = no cap
+  // Hedged first token: when a stream this upstream was asked for has sent no body bytes after
+  // this long, the next candidate is asked too, and the first to send bytes wins (the other is
+  // cancelled). 0 = off. Streams only.
+  std::chrono::milliseconds hedge_after{0};
 };
 
 struct CooldownSettings {

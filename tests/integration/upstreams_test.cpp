@@ -296,6 +296,36 @@ TEST_F(UpstreamsTest, EveryCandidateCoolingDownFailsFastWith503InTheRoutesShape)
   EXPECT_EQ(ChatRequests(a_) + ChatRequests(b_), 2u) << "nobody was asked again";
 }
 
+TEST_F(UpstreamsTest, AHedgedStreamIsAnsweredByTheFasterUpstreamAndTheOtherIsCancelled) {
+  auto staple = Start(Upstream("a", a_, R"(["m"])", "priority = 0\nhedge_after_ms = 200") +
+                      Upstream("b", b_, R"(["m"])", "priority = 1"));
+  // a sends its headers at once and its first token only after a minute.
+  Fail(a_, "FAULT:first-token-delay=60000");
+  StreamResponse streamed = client_.Stream("POST", staple->url() + "/v1/chat/completions",
+                                           ChatBody("m", "hedge me", true).dump(),
+                                           {{"Content-Type", "application/json"},
+                                            {"X-Staple-Conversation", "hedged"}});
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  EXPECT_EQ(streamed.Header("X-Staple-Upstream"), "b");
+  EXPECT_NE(streamed.body.find("[DONE]"), std::string::npos);
+  EXPECT_EQ(ChatRequests(a_), 1u);
+  EXPECT_EQ(ChatRequests(b_), 1u);
+  // The loser's stream is closed by Staple, not left to run for its minute.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (a_.stats()["streams_aborted"] != 1 && std::chrono::steady_clock::now() < give_up) {
+    client_.Get(staple->url() + "/healthz");
+  }
+  EXPECT_EQ(a_.stats()["streams_aborted"], 1);
+  // One turn stored, answered by b.
+  json rows = QuerySqlite(staple->database_path(),
+                          "SELECT role, upstream FROM messages WHERE user_id = 'hedged' ORDER BY id");
+  ASSERT_EQ(rows.size(), 2u) << rows.dump();
+  EXPECT_EQ(rows[1]["upstream"], "b");
+  const std::string metrics = client_.Get(staple->url() + "/metrics").body;
+  EXPECT_NE(metrics.find("staple_upstream_hedges_total{upstream=\"a\",won=\"second\"} 1"),
+            std::string::npos);
+}
+
 TEST_F(UpstreamsTest, AnInvalidFileStopsStartUpNamingTheFileEntryAndField) {
   WriteFile(files_ / "bad.toml", Upstream("a", a_, R"(["m"])") +
                                      "[[upstream]]\nname = \"b\"\nbase_url = \"" + b_.base_url() +

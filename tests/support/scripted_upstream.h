@@ -21,7 +21,9 @@ struct ScriptedReply {
   std::string body;                   // Send(): the whole body
   std::vector<std::string> chunks;    // OpenStream(): the body, chunk by chunk
   std::optional<Error> stream_error;  // after the chunks, Next() fails with this
-  bool stream_hangs = false;  // after the chunks, Next() waits until the stream is destroyed
+  // After the chunks, Next() waits until the stream is destroyed or the request's cancellation
+  // fires (then it fails with kCancelled).
+  bool stream_hangs = false;
 
   static ScriptedReply Json(std::string body, long status = 200) {
     ScriptedReply reply;
@@ -66,10 +68,11 @@ class ScriptedUpstream final : public upstream::Client {
 
   net::awaitable<Result<std::unique_ptr<upstream::Stream>>> OpenStream(
       upstream::Request request) override {
+    auto cancellation = request.cancellation;
     auto reply = Next(std::move(request));
     if (reply.error) co_return *reply.error;
     std::unique_ptr<upstream::Stream> stream(
-        new ScriptedStream(std::move(reply), cancelled_, finished_));
+        new ScriptedStream(std::move(reply), cancelled_, finished_, std::move(cancellation)));
     co_return stream;
   }
 
@@ -77,10 +80,12 @@ class ScriptedUpstream final : public upstream::Client {
   class ScriptedStream final : public upstream::Stream {
    public:
     ScriptedStream(ScriptedReply reply, std::shared_ptr<std::size_t> cancelled,
-                   std::shared_ptr<std::size_t> finished)
+                   std::shared_ptr<std::size_t> finished,
+                   std::shared_ptr<upstream::Cancellation> cancellation)
         : reply_(std::move(reply)),
           cancelled_(std::move(cancelled)),
-          finished_(std::move(finished)) {}
+          finished_(std::move(finished)),
+          cancellation_(std::move(cancellation)) {}
     ~ScriptedStream() override {
       if (ended_) {
         ++*finished_;
@@ -98,10 +103,15 @@ class ScriptedUpstream final : public upstream::Client {
       }
       if (reply_.stream_error) co_return *reply_.stream_error;
       if (reply_.stream_hangs) {
-        net::steady_timer forever(co_await net::this_coro::executor);
-        forever.expires_at(net::steady_timer::time_point::max());
+        auto forever = std::make_shared<net::steady_timer>(co_await net::this_coro::executor);
+        forever->expires_at(net::steady_timer::time_point::max());
+        if (cancellation_) {
+          cancellation_->OnCancel([weak = std::weak_ptr<net::steady_timer>(forever)] {
+            if (auto timer = weak.lock()) timer->cancel();
+          });
+        }
         boost::system::error_code ec;
-        co_await forever.async_wait(net::redirect_error(net::use_awaitable, ec));
+        co_await forever->async_wait(net::redirect_error(net::use_awaitable, ec));
         co_return MakeError(ErrorKind::kCancelled, "stream cancelled");
       }
       ended_ = true;
@@ -112,6 +122,7 @@ class ScriptedUpstream final : public upstream::Client {
     ScriptedReply reply_;
     std::shared_ptr<std::size_t> cancelled_;
     std::shared_ptr<std::size_t> finished_;
+    std::shared_ptr<upstream::Cancellation> cancellation_;
     std::size_t next_ = 0;
     bool ended_ = false;
   };

@@ -163,6 +163,12 @@ void ParseFaultMarkers(std::string_view text, Fault& fault) {
       if (ms && *ms >= 0) fault.sleep += std::chrono::milliseconds(*ms);
     } else if (name == "flaky") {
       if (!value.empty()) fault.flaky_keys.emplace_back(value);
+    } else if (name == "first-token-delay") {
+      auto ms = ParseNumber<std::int64_t>(value);
+      if (ms && *ms >= 0) fault.first_token_delay = std::chrono::milliseconds(*ms);
+    } else if (name == "first-token-delay-percent") {
+      auto percent = ParseNumber<int>(value);
+      if (percent && *percent >= 0 && *percent <= 100) fault.first_token_delay_percent = *percent;
     } else if (name == "stream-drop-after") {
       auto count = ParseNumber<std::size_t>(value);
       if (count) fault.stream_drop_after = *count;

@@ -49,6 +49,8 @@ namespace staple::fake {
 //   FAULT:flaky=KEY              503 for the first request carrying KEY, normal afterwards
 //   FAULT:stream-drop-after=K    streaming only: close after K content chunks (for a tool call:
 //                                the tool_calls deltas)
+//   FAULT:first-token-delay=MS   streaming only: the headers at once, the first event MS later
+//   FAULT:first-token-delay-percent=P   ... for P % of the requests only (drawn at random)
 // KEY is a run of [A-Za-z0-9_.-]. Unknown or malformed markers are ignored.
 // PUT /_fake/fault with markers as its body applies them to every later /v1 request (a failing
 // upstream on demand) until DELETE /_fake/fault.
@@ -60,6 +62,8 @@ struct Fault {
   std::chrono::milliseconds sleep{0};
   std::vector<std::string> flaky_keys;
   std::optional<std::size_t> stream_drop_after;
+  std::chrono::milliseconds first_token_delay{0};
+  int first_token_delay_percent = 100;
 };
 
 // Adds the markers found in `text` to `fault` (sleep values add up).

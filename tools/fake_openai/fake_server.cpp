@@ -12,6 +12,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -176,7 +177,8 @@ net::awaitable<void> Delay(Connection& conn, std::chrono::milliseconds delay) {
 // Writes the SSE answer, one chunk per event. Returns whether the connection may be reused.
 net::awaitable<bool> Stream(Shared& shared, std::shared_ptr<Connection> conn, unsigned version,
                             bool keep_alive, const StreamEvents& stream,
-                            std::optional<std::size_t> drop_after) {
+                            std::optional<std::size_t> drop_after,
+                            std::chrono::milliseconds first_delay) {
   shared.stats.streams_started.fetch_add(1, std::memory_order_relaxed);
   std::size_t drop_at = stream.events.size() + 1;  // events written before the drop
   if (drop_after) drop_at = stream.first_content + std::min(*drop_after, stream.content_count);
@@ -204,6 +206,7 @@ net::awaitable<bool> Stream(Shared& shared, std::shared_ptr<Connection> conn, un
       co_return false;
     }
     if (i > 0) co_await Delay(*conn, shared.options.chunk_delay);
+    if (i == 0) co_await Delay(*conn, first_delay);  // cut short when the client leaves
     if (conn->peer_closed) {
       aborted = true;
       break;
@@ -233,6 +236,10 @@ void MergeFault(const Fault& from, Fault& into) {
   if (from.status) into.status = from.status;
   into.sleep += from.sleep;
   into.flaky_keys.insert(into.flaky_keys.end(), from.flaky_keys.begin(), from.flaky_keys.end());
+  if (from.first_token_delay.count() > 0) {
+    into.first_token_delay = from.first_token_delay;
+    into.first_token_delay_percent = from.first_token_delay_percent;
+  }
   if (from.stream_drop_after && !into.stream_drop_after) {
     into.stream_drop_after = from.stream_drop_after;
   }
@@ -383,7 +390,16 @@ net::awaitable<bool> Handle(Shared& shared, std::shared_ptr<Connection> conn,
         const StreamEvents events =
             BuildStreamEvents(action.plan, NextId(shared), UnixNow(), shared.options.chunks);
         const std::optional<std::size_t> drop_after = action.fault.stream_drop_after;
-        const bool reuse = co_await Stream(shared, conn, version, keep_alive, events, drop_after);
+        std::chrono::milliseconds first_delay{0};
+        if (action.fault.first_token_delay.count() > 0) {
+          thread_local std::mt19937 engine{std::random_device{}()};
+          if (std::uniform_int_distribution<int>(0, 99)(engine) <
+              action.fault.first_token_delay_percent) {
+            first_delay = action.fault.first_token_delay;
+          }
+        }
+        const bool reuse =
+            co_await Stream(shared, conn, version, keep_alive, events, drop_after, first_delay);
         co_return reuse;
       } else {
         action.reply = Reply{http::status::ok,

@@ -76,6 +76,7 @@ weight = 3
 priority = -2
 rename = { "zeta" = "z-model", "llama3" = "meta-llama/Llama-3-8B-Instruct" }
 max_concurrent = 16
+hedge_after_ms = 300
 connect_timeout_ms = 100
 first_byte_timeout_ms = 200
 idle_timeout_ms = 300
@@ -108,6 +109,7 @@ models = ["llama?"]
       {"zeta", "z-model"}, {"llama3", "meta-llama/Llama-3-8B-Instruct"}};
   EXPECT_EQ(openai.rename, rename);
   EXPECT_EQ(openai.max_concurrent, 16u);
+  EXPECT_EQ(openai.hedge_after, std::chrono::milliseconds(300));
   EXPECT_EQ(openai.settings.connect_timeout, 100ms);
   EXPECT_EQ(openai.settings.first_byte_timeout, 200ms);
   EXPECT_EQ(openai.settings.idle_timeout, 300ms);
@@ -144,6 +146,7 @@ TEST(UpstreamsFileTest, MinimalEntryGetsTheDefaults) {
   EXPECT_EQ(entry.weight, 1u);
   EXPECT_EQ(entry.priority, 0);
   EXPECT_EQ(entry.max_concurrent, 0u);
+  EXPECT_EQ(entry.hedge_after, std::chrono::milliseconds(0));
   EXPECT_TRUE(entry.rename.empty());
   EXPECT_EQ(entry.settings.connect_timeout, defaults.connect_timeout);
   EXPECT_EQ(entry.settings.first_byte_timeout, defaults.first_byte_timeout);

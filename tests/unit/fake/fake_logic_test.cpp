@@ -47,6 +47,21 @@ std::vector<Json> Chunks(const StreamEvents& stream) {
   return chunks;
 }
 
+TEST(FaultMarkers, FirstTokenDelayWithAndWithoutAShare) {
+  Fault always;
+  ParseFaultMarkers("FAULT:first-token-delay=2000", always);
+  EXPECT_EQ(always.first_token_delay, std::chrono::milliseconds(2000));
+  EXPECT_EQ(always.first_token_delay_percent, 100);
+  Fault sometimes;
+  ParseFaultMarkers("x FAULT:first-token-delay=300 FAULT:first-token-delay-percent=10 y", sometimes);
+  EXPECT_EQ(sometimes.first_token_delay, std::chrono::milliseconds(300));
+  EXPECT_EQ(sometimes.first_token_delay_percent, 10);
+  Fault invalid;
+  ParseFaultMarkers("FAULT:first-token-delay=-5 FAULT:first-token-delay-percent=101", invalid);
+  EXPECT_EQ(invalid.first_token_delay, std::chrono::milliseconds(0));
+  EXPECT_EQ(invalid.first_token_delay_percent, 100);
+}
+
 TEST(FindToolTrigger, FindsAnOfferedNameWithItsArguments) {
   const std::set<std::string, std::less<>> offered{"get_weather"};
   auto call = FindToolTrigger(R"(please TOOL:get_weather {"city": "Paris"} thanks)", offered);

@@ -364,5 +364,76 @@ TEST_F(RouterTest, AnUpstreamAtItsConcurrencyCapIsSkipped) {
   EXPECT_EQ(again->upstream, "capped");
 }
 
+
+// Runs `io` until `done()` holds (or five seconds pass: then the test fails).
+template <typename Done>
+void RunUntil(net::io_context& io, Done done) {
+  const auto give_up = Clock::now() + std::chrono::seconds(5);
+  io.restart();
+  while (!done() && Clock::now() < give_up) io.run_one_for(milliseconds(50));
+  ASSERT_TRUE(done()) << "condition not reached in 5 s";
+}
+
+TEST_F(RouterTest, AHedgedStreamGoesToTheSecondCandidateWhenTheFirstIsSilent) {
+  auto first = Entry("first", {"m"}, 0);
+  first.hedge_after = milliseconds(5);
+  Build({first, Entry("second", {"m"}, 1)});
+  ScriptedReply silent = ScriptedReply::Events({});
+  silent.stream_hangs = true;
+  Upstream("first").Push(std::move(silent));
+  Upstream("second").Push(ScriptedReply::Events({"data: fast\n\n"}));
+
+  auto opened = Start(io_, router_->OpenStream(Ask("m")));
+  RunUntil(io_, [&] { return opened->has_value(); });
+  ASSERT_TRUE(**opened) << (**opened).error().message;
+  auto& stream = ***opened;
+  EXPECT_EQ(stream->upstream(), "second");
+  EXPECT_EQ(stream->abandoned_attempts(), 1u);
+  EXPECT_EQ(Drain(*stream), "data: fast\n\n");
+  // The silent first choice was cancelled, not left running, and is not counted as failing.
+  RunUntil(io_, [&] { return Upstream("first").cancelled_streams() == 1; });
+  EXPECT_EQ(router_->Health().at(0).failed, 0u);
+  EXPECT_EQ(router_->Health().at(0).in_flight, 0);
+  std::string metrics;
+  router_->RenderMetrics(metrics);
+  EXPECT_NE(metrics.find("staple_upstream_hedges_total{upstream=\"first\",won=\"second\"} 1"),
+            std::string::npos)
+      << metrics;
+}
+
+TEST_F(RouterTest, AFastFirstChoiceIsNeverHedged) {
+  auto first = Entry("first", {"m"}, 0);
+  first.hedge_after = milliseconds(60'000);
+  Build({first, Entry("second", {"m"}, 1)});
+  Upstream("first").Push(ScriptedReply::Events({"data: quick\n\n"}));
+  auto opened = Start(io_, router_->OpenStream(Ask("m")));
+  RunUntil(io_, [&] { return opened->has_value(); });
+  ASSERT_TRUE(**opened);
+  EXPECT_EQ((***opened)->upstream(), "first");
+  EXPECT_EQ((***opened)->abandoned_attempts(), 0u);
+  EXPECT_TRUE(Upstream("second").requests().empty());
+}
+
+TEST_F(RouterTest, WhenTheHedgeFailsTheRaceWaitsForTheFirstChoice) {
+  auto first = Entry("first", {"m"}, 0);
+  first.hedge_after = milliseconds(5);
+  Build({first, Entry("second", {"m"}, 1)});
+  // first: headers, then silence until the test releases it; second: fails at once.
+  ScriptedReply slow = ScriptedReply::Events({});
+  slow.stream_hangs = true;
+  Upstream("first").Push(std::move(slow));
+  Upstream("second").Push(ScriptedReply::Json("{}", 503));
+  auto opened = Start(io_, router_->OpenStream(Ask("m")));
+  RunUntil(io_, [&] { return Upstream("second").requests().size() == 1; });
+  Settle(io_);
+  EXPECT_FALSE(opened->has_value()) << "the first choice is still running";
+  // Cancelling the first one (as shutdown would) ends the race with kCancelled.
+  ASSERT_TRUE(Upstream("first").requests().at(0).cancellation);
+  Upstream("first").requests().at(0).cancellation->Cancel();
+  RunUntil(io_, [&] { return opened->has_value(); });
+  ASSERT_FALSE(**opened);
+  EXPECT_EQ((**opened).error().kind, ErrorKind::kCancelled);
+}
+
 }  // namespace
 }  // namespace staple::upstream
