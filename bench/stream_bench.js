@@ -7,7 +7,7 @@
 //       --body '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hi"}]}' \
 //       [--streams 200] [--rounds 4] [--timeout-ms 30000]
 //
-// Output: one line "STREAM_RESULT ok=… failed=… ttfb_p50_ms=… ttfb_p99_ms=… total_p50_ms=…
+// Output: one line "STREAM_RESULT ok=… failed=… ttfb_p50_ms=… ttfb_p90_ms=… ttfb_p99_ms=… total_p50_ms=…
 // total_p99_ms=… status=<first unexpected status or 0>" (and the error of the first failure on
 // stderr).
 'use strict';
@@ -110,7 +110,8 @@ async function main() {
   if (firstError !== null) console.error('first failure: ' + firstError);
   const f = (x) => (Number.isNaN(x) ? 'nan' : x.toFixed(2));
   console.log(`STREAM_RESULT ok=${ttfbs.length} failed=${failed} ` +
-              `ttfb_p50_ms=${f(percentile(ttfbs, 50))} ttfb_p99_ms=${f(percentile(ttfbs, 99))} ` +
+              `ttfb_p50_ms=${f(percentile(ttfbs, 50))} ttfb_p90_ms=${f(percentile(ttfbs, 90))} ` +
+              `ttfb_p99_ms=${f(percentile(ttfbs, 99))} ` +
               `total_p50_ms=${f(percentile(totals, 50))} total_p99_ms=${f(percentile(totals, 99))} ` +
               `status=${firstStatus}`);
 }

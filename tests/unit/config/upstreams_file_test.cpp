@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -421,6 +423,42 @@ TEST(UpstreamsFileTest, LoadReadsARealFile) {
   ASSERT_FALSE(invalid.ok());
   EXPECT_EQ(invalid.error().message.rfind(path + ": upstream 1 (\"local\"): weight:", 0), 0u)
       << invalid.error().message;
+}
+
+}  // namespace
+}  // namespace staple::config
+
+namespace staple::config {
+namespace {
+
+// The example file of the README's "Upstreams" section is a valid configuration.
+TEST(UpstreamsFileReadmeTest, TheReadmeExampleParses) {
+  std::ifstream readme(std::string(STAPLE_SOURCE_DIR) + "/README.md");
+  ASSERT_TRUE(readme) << "README.md not found";
+  const std::string text((std::istreambuf_iterator<char>(readme)), std::istreambuf_iterator<char>());
+  const std::string opening = "```toml\n# upstreams.toml";
+  const auto begin = text.find(opening);
+  ASSERT_NE(begin, std::string::npos) << "the README has no upstreams.toml example";
+  const auto body = begin + std::string("```toml\n").size();
+  const auto end = text.find("```", body);
+  ASSERT_NE(end, std::string::npos);
+  const std::map<std::string, std::string> keys = {{"OPENAI_API_KEY", "sk-1"},
+                                                   {"OPENAI_PROJECT_B_KEY", "sk-2"},
+                                                   {"GROQ_API_KEY", "gsk-3"},
+                                                   {"OPENAI_BACKUP_KEY", "sk-4"}};
+  Environment environment = [&keys](const std::string& name) -> std::optional<std::string> {
+    auto found = keys.find(name);
+    if (found == keys.end()) return std::nullopt;
+    return found->second;
+  };
+  auto parsed = ParseUpstreams(text.substr(body, end - body), "README.md", upstream::Settings{},
+                               environment);
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  ASSERT_EQ(parsed->upstreams.size(), 5u);
+  EXPECT_EQ(parsed->upstreams[0].name, "openai");
+  EXPECT_EQ(parsed->upstreams[0].hedge_after, std::chrono::milliseconds(800));
+  EXPECT_EQ(parsed->upstreams[3].rename.size(), 1u);
+  EXPECT_EQ(parsed->upstreams[4].priority, 1);
 }
 
 }  // namespace
