@@ -398,8 +398,8 @@ net::awaitable<void> RunInRace(std::shared_ptr<Race> race, int index,
   race->wake.cancel();
 }
 
-// Waits until `race->wake` is cancelled or `until` passes.
-net::awaitable<void> WaitForRace(std::shared_ptr<Race> race, Clock::time_point until) {
+// Waits until `race->wake` is cancelled or `until` passes. `race` is kept alive by the caller.
+net::awaitable<void> WaitForRace(Race* race, Clock::time_point until) {
   race->wake.expires_at(until);
   boost::system::error_code ignored;
   co_await race->wake.async_wait(net::redirect_error(net::use_awaitable, ignored));
@@ -446,7 +446,9 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
     Request attempt = ForEntry(request, *entry, deadline);
     const auto hedge_after = entry->config.hedge_after;
     if (hedge_after.count() <= 0 || i + 1 == order.size()) {
-      StreamAttempt tried = co_await TryStream(shared, entry, std::move(*slot), std::move(attempt));
+      auto attempt_shared = shared;  // named: g++ 12 and copies in a co_await call (STYLE.md)
+      StreamAttempt tried = co_await TryStream(std::move(attempt_shared), entry, std::move(*slot),
+                                               std::move(attempt));
       if (tried.outcome == Outcome::kCancelled) co_return *tried.error;
       if (auto answer = settle(tried)) co_return std::move(*answer);
       continue;
@@ -457,7 +459,8 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
     const auto executor = co_await net::this_coro::executor;
     auto race = std::make_shared<Race>(executor);
     Spawn(race, 0, shared, entry, std::move(*slot), std::move(attempt), executor);
-    co_await WaitForRace(race, std::min(Clock::now() + hedge_after, deadline));
+    const Clock::time_point hedge_at = std::min(Clock::now() + hedge_after, deadline);
+    co_await WaitForRace(race.get(), hedge_at);
     int running = 1;
     if (!race->results[0] && Clock::now() < deadline) {
       for (std::size_t j = i + 1; j < order.size(); ++j) {
@@ -497,7 +500,8 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
         }
       }
       if (!winner && finished < running) {
-        co_await WaitForRace(race, Clock::time_point::max());
+        const Clock::time_point forever = Clock::time_point::max();
+        co_await WaitForRace(race.get(), forever);
       }
     }
     if (winner) {
