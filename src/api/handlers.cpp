@@ -245,22 +245,21 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
     co_return http::JsonResponse(200, {{"status", "ok"}});
   });
 
-  router.Add("GET", "/readyz", "readyz",
-             [d = shared](http::Request&) -> net::awaitable<http::Response> {
-               auto store = co_await d->store.Ping();
-               auto limiter = co_await d->limiter.Ping();
-               const bool ready = store.ok() && limiter.ok();
-               nlohmann::json body = {
-                   {"status", ready ? "ready" : "unavailable"},
-                   {"store", store ? std::string("ok") : store.error().message},
-                   {"limiter", limiter ? std::string("ok") : limiter.error().message}};
-               if (d->upstream_states) {
-                 nlohmann::json upstreams = nlohmann::json::object();
-                 for (const auto& [name, state] : d->upstream_states()) upstreams[name] = state;
-                 body["upstreams"] = std::move(upstreams);
-               }
-               co_return http::JsonResponse(ready ? 200 : 503, std::move(body));
-             });
+  router.Add(
+      "GET", "/readyz", "readyz", [d = shared](http::Request&) -> net::awaitable<http::Response> {
+        auto store = co_await d->store.Ping();
+        auto limiter = co_await d->limiter.Ping();
+        const bool ready = store.ok() && limiter.ok();
+        nlohmann::json body = {{"status", ready ? "ready" : "unavailable"},
+                               {"store", store ? std::string("ok") : store.error().message},
+                               {"limiter", limiter ? std::string("ok") : limiter.error().message}};
+        if (d->upstream_states) {
+          nlohmann::json upstreams = nlohmann::json::object();
+          for (const auto& [name, state] : d->upstream_states()) upstreams[name] = state;
+          body["upstreams"] = std::move(upstreams);
+        }
+        co_return http::JsonResponse(ready ? 200 : 503, std::move(body));
+      });
 
   router.Add("GET", "/metrics", "/metrics",
              [d = shared](http::Request&) -> net::awaitable<http::Response> {

@@ -217,7 +217,8 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   upstream::Router* upstream_router = nullptr;
   std::vector<std::string> upstream_keys{config.upstream.api_key};
   if (config.upstream.routes) {
-    auto make_client = [](const upstream::UpstreamEntry& entry) -> std::unique_ptr<upstream::Client> {
+    auto make_client =
+        [](const upstream::UpstreamEntry& entry) -> std::unique_ptr<upstream::Client> {
       return std::make_unique<upstream::CurlClient>(entry.settings);
     };
     auto routed = std::make_unique<upstream::Router>(*config.upstream.routes, make_client,
@@ -226,7 +227,8 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
       observe::Error("cannot start",
                      {{"error", "OPENAI_MODEL='" + config.chat.model +
                                     "' (the model of /openai-completion) is served by no upstream "
-                                    "of " + config.upstream.routes_file}});
+                                    "of " +
+                                    config.upstream.routes_file}});
       store->Close();
       return 1;
     }
@@ -308,9 +310,14 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   api::TokenLimits token_limits(limiter, metrics, token_settings, usage);
 
   http::Router router(api::FormatError);
-  api::Dependencies seed_dependencies{conversations, *store,        limiter,
-                                      metrics,       admission,     token_limits,
-                                      config.limits.completion_limits, {}};
+  api::Dependencies seed_dependencies{conversations,
+                                      *store,
+                                      limiter,
+                                      metrics,
+                                      admission,
+                                      token_limits,
+                                      config.limits.completion_limits,
+                                      {}};
   if (upstream_router) {
     seed_dependencies.upstream_states = [upstream_router] {
       std::vector<std::pair<std::string, std::string>> states;

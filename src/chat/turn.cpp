@@ -146,8 +146,7 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
 net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const ChatAnswer& answer,
                                             std::chrono::steady_clock::duration upstream_time,
                                             std::string_view answer_body,
-                                            const std::string& upstream,
-                                            std::uint32_t abandoned) {
+                                            const std::string& upstream, std::uint32_t abandoned) {
   // settle before the answer goes out, so that the client's next request sees it.
   if (request.tokens) {
     TokenUsage usage = UsageOf(answer);
@@ -360,9 +359,8 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
       const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
       pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
       const std::string_view streamed;  // a stream's adapter saw its pieces
-      Status committed =
-          co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed,
-                                    upstream_, abandoned_);
+      Status committed = co_await pipeline_.Finish(request_, transcript.answer(), upstream_time,
+                                                   streamed, upstream_, abandoned_);
       if (!committed) co_return committed.error();
       stored = true;
       stored_answer_ = transcript.answer();
@@ -384,9 +382,8 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at_;
   pipeline_.metrics_.ObserveUpstream(Seconds(upstream_time));
   const std::string_view streamed;
-  Status committed =
-      co_await pipeline_.Finish(request_, transcript.answer(), upstream_time, streamed, upstream_,
-                                abandoned_);
+  Status committed = co_await pipeline_.Finish(request_, transcript.answer(), upstream_time,
+                                               streamed, upstream_, abandoned_);
   if (!committed) co_return committed.error();
   stored_answer_ = transcript.answer();
   Piece rest{std::move(pending), {}, true};

@@ -219,8 +219,9 @@ class TurnStream {
 };
 
 // The upstream request every turn sends: POST /chat/completions with `body`, the caller's request
-// id, the client's model (what a Router routes by), and for a stream an SSE Accept header. A non-streaming request is answer_at_once: bounded by
-// the total timeout, not the first-byte timeout.
+// id, the client's model (what a Router routes by), and for a stream an SSE Accept header. A
+// non-streaming request is answer_at_once: bounded by the total timeout, not the first-byte
+// timeout.
 upstream::Request ChatCompletionsRequest(std::string body, std::string_view request_id,
                                          std::string_view model, bool stream);
 

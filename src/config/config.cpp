@@ -12,10 +12,10 @@
 #include "chat/context_window.h"
 #include "chat/conversation_service.h"
 #include "common/net.h"
+#include "config/upstreams_file.h"
 #include "http/connection_limits.h"
 #include "http/server.h"
 #include "ratelimit/redis_url.h"
-#include "config/upstreams_file.h"
 #include "upstream/client.h"
 
 namespace staple::config {

@@ -108,7 +108,7 @@ class Metrics {
     std::function<double()> read;
     const char* type = "gauge";
   };
-  std::vector<Gauge> gauges_;  // constant after start-up
+  std::vector<Gauge> gauges_;                                // constant after start-up
   std::vector<std::function<void(std::string&)>> families_;  // constant after start-up
 };
 

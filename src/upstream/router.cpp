@@ -1,15 +1,15 @@
 #include "upstream/router.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <utility>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "observe/log.h"
 #include "upstream/retry.h"
@@ -152,7 +152,8 @@ std::optional<Slot> Admit(RouterEntry& entry, Clock::time_point now) {
     probe = true;
   }
   const auto cap = entry.config.max_concurrent;
-  if (cap != 0 && entry.in_flight.load(std::memory_order_relaxed) >= static_cast<std::int64_t>(cap)) {
+  if (cap != 0 &&
+      entry.in_flight.load(std::memory_order_relaxed) >= static_cast<std::int64_t>(cap)) {
     return std::nullopt;
   }
   if (probe) entry.probing = true;
@@ -179,9 +180,9 @@ void Report(const Router::Now& now_of, const CooldownSettings& rule, const Slot&
     } else {
       entry.cooling_until = now + rule.period;
       entry.cooldowns.fetch_add(1, std::memory_order_relaxed);
-      observe::Warn("upstream still failing, cooling down again",
-                    {{"upstream", entry.config.name},
-                     {"cooldown_ms", std::to_string(rule.period.count())}});
+      observe::Warn(
+          "upstream still failing, cooling down again",
+          {{"upstream", entry.config.name}, {"cooldown_ms", std::to_string(rule.period.count())}});
     }
     return;
   }
@@ -280,8 +281,7 @@ class RoutedStream final : public Stream {
   std::uint32_t abandoned_ = 0;
 };
 
-net::awaitable<Result<Response>> SendWith(std::shared_ptr<RouterShared> shared,
-                                          Request request) {
+net::awaitable<Result<Response>> SendWith(std::shared_ptr<RouterShared> shared, Request request) {
   const auto deadline = DeadlineOf(request, shared->total_timeout);
   const auto order = Candidates(shared->entries, request.model);
   if (order.empty()) co_return NotServed(request.model);
@@ -392,8 +392,8 @@ struct Race {
 net::awaitable<void> RunInRace(std::shared_ptr<Race> race, int index,
                                std::shared_ptr<RouterShared> shared, RouterEntry* entry, Slot slot,
                                Request attempt) {
-  StreamAttempt result = co_await TryStream(std::move(shared), entry, std::move(slot),
-                                            std::move(attempt));
+  StreamAttempt result =
+      co_await TryStream(std::move(shared), entry, std::move(slot), std::move(attempt));
   race->results[index] = std::move(result);
   race->wake.cancel();
 }
@@ -409,21 +409,21 @@ void Spawn(std::shared_ptr<Race> race, int index, std::shared_ptr<RouterShared> 
            RouterEntry* entry, Slot slot, Request attempt, const net::any_io_executor& executor) {
   race->cancel[index] = std::make_shared<Cancellation>();
   attempt.cancellation = race->cancel[index];
-  net::co_spawn(executor,
-                RunInRace(race, index, std::move(shared), entry, std::move(slot),
-                          std::move(attempt)),
-                [](std::exception_ptr error) {
-                  if (!error) return;
-                  try {
-                    std::rethrow_exception(error);
-                  } catch (const std::exception& e) {
-                    observe::Error("hedged upstream attempt failed", {{"error", e.what()}});
-                  }
-                });
+  net::co_spawn(
+      executor,
+      RunInRace(race, index, std::move(shared), entry, std::move(slot), std::move(attempt)),
+      [](std::exception_ptr error) {
+        if (!error) return;
+        try {
+          std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+          observe::Error("hedged upstream attempt failed", {{"error", e.what()}});
+        }
+      });
 }
 
-net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
-    std::shared_ptr<RouterShared> shared, Request request) {
+net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(std::shared_ptr<RouterShared> shared,
+                                                               Request request) {
   using Outcome = StreamAttempt::Outcome;
   const auto deadline = DeadlineOf(request, shared->total_timeout);
   const auto order = Candidates(shared->entries, request.model);
@@ -594,8 +594,9 @@ void Router::RenderMetrics(std::string& out) const {
       "429, 5xx, a stream that broke before its first bytes).\n"
       "# TYPE staple_upstream_exchanges_total counter\n";
   for (const auto& s : statuses) {
-    out += fmt::format("staple_upstream_exchanges_total{{upstream=\"{}\",outcome=\"answered\"}} {}\n",
-                       s.name, s.answered);
+    out +=
+        fmt::format("staple_upstream_exchanges_total{{upstream=\"{}\",outcome=\"answered\"}} {}\n",
+                    s.name, s.answered);
     out += fmt::format("staple_upstream_exchanges_total{{upstream=\"{}\",outcome=\"failed\"}} {}\n",
                        s.name, s.failed);
   }
@@ -603,8 +604,8 @@ void Router::RenderMetrics(std::string& out) const {
       "# HELP staple_upstream_cooldowns_total Cooldown periods started, by upstream.\n"
       "# TYPE staple_upstream_cooldowns_total counter\n";
   for (const auto& s : statuses) {
-    out += fmt::format("staple_upstream_cooldowns_total{{upstream=\"{}\"}} {}\n", s.name,
-                       s.cooldowns);
+    out +=
+        fmt::format("staple_upstream_cooldowns_total{{upstream=\"{}\"}} {}\n", s.name, s.cooldowns);
   }
   out +=
       "# HELP staple_upstream_available 1 when the upstream takes requests, 0 while it cools "

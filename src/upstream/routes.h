@@ -22,8 +22,8 @@ struct UpstreamEntry {
   std::vector<std::string> models;
   // Client model name -> the name this upstream knows it by (exact names only).
   std::vector<std::pair<std::string, std::string>> rename;
-  unsigned weight = 1;  // share among the candidates of one priority
-  int priority = 0;     // lower is tried first
+  unsigned weight = 1;             // share among the candidates of one priority
+  int priority = 0;                // lower is tried first
   std::size_t max_concurrent = 0;  // requests in flight at once; 0 = no cap
   // Hedged first token: when a stream this upstream was asked for has sent no body bytes after
   // this long, the next candidate is asked too, and the first to send bytes wins (the other is
@@ -32,9 +32,9 @@ struct UpstreamEntry {
 };
 
 struct CooldownSettings {
-  int failures = 3;                           // this many failures within `window` ...
+  int failures = 3;  // this many failures within `window` ...
   std::chrono::milliseconds window{30'000};
-  std::chrono::milliseconds period{30'000};   // ... skip the upstream this long, then one probe
+  std::chrono::milliseconds period{30'000};  // ... skip the upstream this long, then one probe
 };
 
 struct RouterSettings {

@@ -87,9 +87,9 @@ class UpstreamsTest : public ::testing::Test {
 
 TEST_F(UpstreamsTest, RoutesByExactNameAndGlobRenamesAndListsTheModels) {
   auto staple = Start(Upstream("a", a_, R"(["gpt-4o*"])", "api_key_env = \"UPSTREAM_A_KEY\"") +
-                      Upstream("b", b_, R"(["o3"])",
-                               "api_key_env = \"UPSTREAM_B_KEY\"\n"
-                               "rename = { llama3 = \"meta-llama/Llama-3-8B-Instruct\" }"),
+                          Upstream("b", b_, R"(["o3"])",
+                                   "api_key_env = \"UPSTREAM_B_KEY\"\n"
+                                   "rename = { llama3 = \"meta-llama/Llama-3-8B-Instruct\" }"),
                       {{"OPENAI_MODEL", "gpt-4o-mini"}});
 
   HttpResponse glob = Chat(*staple, ChatBody("gpt-4o-mini", "hello"));
@@ -166,11 +166,11 @@ TEST_F(UpstreamsTest, FallsBackOnEachFaultKindAndStoresTheTurnOnce) {
   FakeOpenAI closed;  // stopped below: its port then refuses connections
   const std::string closed_url = closed.base_url();
   closed.process().Kill();
-  auto staple = Start("[cooldown]\nfailures = 1000\n" +
-                      Upstream("dead", closed, R"(["m"])", "priority = 0") +
-                      Upstream("a", a_, R"(["m"])", "priority = 1\ntotal_timeout_ms = 1000") +
-                      Upstream("b", b_, R"(["m"])", "priority = 2"),
-                      {{"OPENAI_MODEL", "m"}});
+  auto staple =
+      Start("[cooldown]\nfailures = 1000\n" + Upstream("dead", closed, R"(["m"])", "priority = 0") +
+                Upstream("a", a_, R"(["m"])", "priority = 1\ntotal_timeout_ms = 1000") +
+                Upstream("b", b_, R"(["m"])", "priority = 2"),
+            {{"OPENAI_MODEL", "m"}});
   const std::map<std::string, std::string> faults = {{"status-503", "FAULT:status=503"},
                                                      {"status-429", "FAULT:status=429"},
                                                      {"reset", "FAULT:drop"},
@@ -189,9 +189,9 @@ TEST_F(UpstreamsTest, FallsBackOnEachFaultKindAndStoresTheTurnOnce) {
     ASSERT_EQ(stored.size(), 2u) << stored.dump();
     EXPECT_EQ(stored[1]["content"], seed.Json()["completion"]);
     // The assistant row records which upstream answered.
-    json rows = QuerySqlite(staple->database_path(),
-                            "SELECT role, upstream FROM messages WHERE user_id = '" + user_id +
-                                "' ORDER BY id");
+    json rows = QuerySqlite(
+        staple->database_path(),
+        "SELECT role, upstream FROM messages WHERE user_id = '" + user_id + "' ORDER BY id");
     ASSERT_EQ(rows.size(), 2u) << rows.dump();
     EXPECT_EQ(rows[0].value("upstream", json()), json()) << rows.dump();
     EXPECT_EQ(rows[1]["upstream"], "b") << rows.dump();
@@ -213,10 +213,9 @@ TEST_F(UpstreamsTest, NoFallbackOnceTheStreamHasBegun) {
   auto staple = Start(Upstream("a", a_, R"(["m"])", "priority = 0") +
                       Upstream("b", b_, R"(["m"])", "priority = 1"));
   Fail(a_, "FAULT:stream-drop-after=1");
-  StreamResponse streamed = client_.Stream("POST", staple->url() + "/v1/chat/completions",
-                                           ChatBody("m", "one two three", true).dump(),
-                                           {{"Content-Type", "application/json"},
-                                            {"X-Staple-Conversation", "begun"}});
+  StreamResponse streamed = client_.Stream(
+      "POST", staple->url() + "/v1/chat/completions", ChatBody("m", "one two three", true).dump(),
+      {{"Content-Type", "application/json"}, {"X-Staple-Conversation", "begun"}});
   ASSERT_EQ(streamed.status, 200) << streamed.body;
   EXPECT_EQ(streamed.Header("X-Staple-Upstream"), "a");
   // The client gets the stream's error event, and b is never asked.
@@ -272,7 +271,7 @@ TEST_F(UpstreamsTest, ACoolingUpstreamIsSkippedAndRecoversAfterItsProbe) {
 
 TEST_F(UpstreamsTest, EveryCandidateCoolingDownFailsFastWith503InTheRoutesShape) {
   auto staple = Start("[cooldown]\nfailures = 1\nperiod_ms = 600000\n" +
-                      Upstream("a", a_, R"(["m"])") + Upstream("b", b_, R"(["m"])"),
+                          Upstream("a", a_, R"(["m"])") + Upstream("b", b_, R"(["m"])"),
                       {{"OPENAI_MODEL", "m"}});
   Fail(a_, "FAULT:status=500");
   Fail(b_, "FAULT:status=503");
@@ -289,9 +288,9 @@ TEST_F(UpstreamsTest, EveryCandidateCoolingDownFailsFastWith503InTheRoutesShape)
   EXPECT_EQ(seed.status, 503) << seed.body;
   EXPECT_EQ(seed.Json()["type"], "service_unavailable");
   EXPECT_NE(seed.Json()["error"].get<std::string>().find("cooling down"), std::string::npos);
-  StreamResponse streamed = client_.Stream("POST", staple->url() + "/v1/chat/completions",
-                                           ChatBody("m", "fast", true).dump(),
-                                           {{"Content-Type", "application/json"}});
+  StreamResponse streamed =
+      client_.Stream("POST", staple->url() + "/v1/chat/completions",
+                     ChatBody("m", "fast", true).dump(), {{"Content-Type", "application/json"}});
   EXPECT_EQ(streamed.status, 503) << streamed.body;
   EXPECT_EQ(ChatRequests(a_) + ChatRequests(b_), 2u) << "nobody was asked again";
 }
@@ -301,10 +300,9 @@ TEST_F(UpstreamsTest, AHedgedStreamIsAnsweredByTheFasterUpstreamAndTheOtherIsCan
                       Upstream("b", b_, R"(["m"])", "priority = 1"));
   // a sends its headers at once and its first token only after a minute.
   Fail(a_, "FAULT:first-token-delay=60000");
-  StreamResponse streamed = client_.Stream("POST", staple->url() + "/v1/chat/completions",
-                                           ChatBody("m", "hedge me", true).dump(),
-                                           {{"Content-Type", "application/json"},
-                                            {"X-Staple-Conversation", "hedged"}});
+  StreamResponse streamed = client_.Stream(
+      "POST", staple->url() + "/v1/chat/completions", ChatBody("m", "hedge me", true).dump(),
+      {{"Content-Type", "application/json"}, {"X-Staple-Conversation", "hedged"}});
   ASSERT_EQ(streamed.status, 200) << streamed.body;
   EXPECT_EQ(streamed.Header("X-Staple-Upstream"), "b");
   EXPECT_NE(streamed.body.find("[DONE]"), std::string::npos);
@@ -317,13 +315,38 @@ TEST_F(UpstreamsTest, AHedgedStreamIsAnsweredByTheFasterUpstreamAndTheOtherIsCan
   }
   EXPECT_EQ(a_.stats()["streams_aborted"], 1);
   // One turn stored, answered by b.
-  json rows = QuerySqlite(staple->database_path(),
-                          "SELECT role, upstream FROM messages WHERE user_id = 'hedged' ORDER BY id");
+  json rows =
+      QuerySqlite(staple->database_path(),
+                  "SELECT role, upstream FROM messages WHERE user_id = 'hedged' ORDER BY id");
   ASSERT_EQ(rows.size(), 2u) << rows.dump();
   EXPECT_EQ(rows[1]["upstream"], "b");
   const std::string metrics = client_.Get(staple->url() + "/metrics").body;
   EXPECT_NE(metrics.find("staple_upstream_hedges_total{upstream=\"a\",won=\"second\"} 1"),
             std::string::npos);
+}
+
+TEST_F(UpstreamsTest, AResponsesChainContinuesOnAnotherUpstreamWithItsWholeHistory) {
+  auto staple = Start(Upstream("a", a_, R"(["m"])", "priority = 0") +
+                      Upstream("b", b_, R"(["m"])", "priority = 1"));
+  HttpResponse first = client_.PostJson(staple->url() + "/v1/responses",
+                                        json{{"model", "m"}, {"input", "my name is Ada"}});
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(first.Header("X-Staple-Upstream"), "a");
+  Fail(a_, "FAULT:status=503");
+  HttpResponse second = client_.PostJson(staple->url() + "/v1/responses",
+                                         json{{"model", "m"},
+                                              {"input", "what is my name?"},
+                                              {"previous_response_id", first.Json()["id"]}});
+  ASSERT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(second.Header("X-Staple-Upstream"), "b");
+  // b saw the whole conversation, though a answered its first turn.
+  auto to_b = b_.requests_to("POST", "/v1/chat/completions");
+  ASSERT_EQ(to_b.size(), 1u);
+  const json messages = json::parse(to_b[0]["body"].get<std::string>())["messages"];
+  ASSERT_EQ(messages.size(), 3u) << messages.dump();
+  EXPECT_EQ(messages[0]["content"], "my name is Ada");
+  EXPECT_EQ(messages[2]["content"], "what is my name?");
+  Heal(a_);
 }
 
 TEST_F(UpstreamsTest, AnInvalidFileStopsStartUpNamingTheFileEntryAndField) {
@@ -340,10 +363,10 @@ TEST_F(UpstreamsTest, AnInvalidFileStopsStartUpNamingTheFileEntryAndField) {
 
   // OPENAI_MODEL (the seed endpoint's model) must be served by some upstream.
   WriteFile(files_ / "narrow.toml", Upstream("a", a_, R"(["m"])"));
-  auto narrow = RunStaple({"serve", "--port", "0"},
-                          {{"STAPLE_UPSTREAMS", (files_ / "narrow.toml").string()},
-                           {"OPENAI_MODEL", "gpt-4o-mini"}},
-                          files_.path());
+  auto narrow = RunStaple(
+      {"serve", "--port", "0"},
+      {{"STAPLE_UPSTREAMS", (files_ / "narrow.toml").string()}, {"OPENAI_MODEL", "gpt-4o-mini"}},
+      files_.path());
   ASSERT_TRUE(narrow.status.has_value());
   EXPECT_NE(narrow.status->code, 0);
   EXPECT_NE(narrow.err.find("OPENAI_MODEL"), std::string::npos) << narrow.err;

@@ -103,11 +103,10 @@ struct Migration {
   const std::vector<std::string_view>* statements;
 };
 
-const std::vector<Migration> kMigrations = {
-    {1, &kMigrationToVersion1},
-    {2, &kMigrationToVersion2},
-    {3, &kMigrationToVersion3},
-    {4, &kMigrationToVersion4}};
+const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1},
+                                            {2, &kMigrationToVersion2},
+                                            {3, &kMigrationToVersion3},
+                                            {4, &kMigrationToVersion4}};
 
 Query Sql(std::string_view sql) { return Query{std::string(sql), {}}; }
 
@@ -409,12 +408,12 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
   // (input then output), all in the batch's transaction.
   WriteOp AppendOp(Turn turn) {
     WriteOp op;
-    op.queries.push_back(Query{
-        std::string(kInsertTurn),
-        {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id, turn.model,
-         FormatTimestamp(turn.completion_time), turn.completion, OptionalNumber(turn.prompt_tokens),
-         OptionalNumber(turn.completion_tokens), std::to_string(turn.latency_ms), turn.owner,
-         NullIfEmpty(turn.upstream)}});
+    op.queries.push_back(
+        Query{std::string(kInsertTurn),
+              {turn.user_id, FormatTimestamp(turn.prompt_time), turn.prompt, turn.request_id,
+               turn.model, FormatTimestamp(turn.completion_time), turn.completion,
+               OptionalNumber(turn.prompt_tokens), OptionalNumber(turn.completion_tokens),
+               std::to_string(turn.latency_ms), turn.owner, NullIfEmpty(turn.upstream)}});
     if (turn.response) {
       const ResponseRecord* record = turn.response.get();
       const StoredResponse& response = record->response;

@@ -55,7 +55,8 @@ class ChatRoutesTest : public ::testing::Test {
         tokens_(limiter_, metrics_, TokenLimitSettings{}),
         router_(FormatError) {
     RegisterRoutes(
-        router_, Dependencies{conversations_, store_, limiter_, metrics_, admission_, tokens_, {}, {}});
+        router_,
+        Dependencies{conversations_, store_, limiter_, metrics_, admission_, tokens_, {}, {}});
     RegisterOpenAIRoutes(router_, OpenAIDependencies{proxy_, admission_, tokens_, {}});
   }
 
@@ -264,8 +265,8 @@ TEST_F(ChatRoutesTest, WithoutAKeyBothRoutesSayItIsAConfigurationError) {
   chat::ConversationService conversations(keyless, chat::ServiceSettings{});
   chat::OpenAIProxy proxy(keyless, upstream_);
   http::Router router(FormatError);
-  RegisterRoutes(router,
-                 Dependencies{conversations, store_, limiter_, metrics_, admission_, tokens_, {}, {}});
+  RegisterRoutes(
+      router, Dependencies{conversations, store_, limiter_, metrics_, admission_, tokens_, {}, {}});
   RegisterOpenAIRoutes(router, OpenAIDependencies{proxy, admission_, tokens_, {}});
   router_ = std::move(router);
   auto seed = Post("/openai-completion", kSeedBody);

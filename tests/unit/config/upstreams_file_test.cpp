@@ -435,7 +435,8 @@ namespace {
 TEST(UpstreamsFileReadmeTest, TheReadmeExampleParses) {
   std::ifstream readme(std::string(STAPLE_SOURCE_DIR) + "/README.md");
   ASSERT_TRUE(readme) << "README.md not found";
-  const std::string text((std::istreambuf_iterator<char>(readme)), std::istreambuf_iterator<char>());
+  const std::string text((std::istreambuf_iterator<char>(readme)),
+                         std::istreambuf_iterator<char>());
   const std::string opening = "```toml\n# upstreams.toml";
   const auto begin = text.find(opening);
   ASSERT_NE(begin, std::string::npos) << "the README has no upstreams.toml example";
@@ -451,8 +452,8 @@ TEST(UpstreamsFileReadmeTest, TheReadmeExampleParses) {
     if (found == keys.end()) return std::nullopt;
     return found->second;
   };
-  auto parsed = ParseUpstreams(text.substr(body, end - body), "README.md", upstream::Settings{},
-                               environment);
+  auto parsed =
+      ParseUpstreams(text.substr(body, end - body), "README.md", upstream::Settings{}, environment);
   ASSERT_TRUE(parsed.ok()) << parsed.error().message;
   ASSERT_EQ(parsed->upstreams.size(), 5u);
   EXPECT_EQ(parsed->upstreams[0].name, "openai");

@@ -53,7 +53,8 @@ TEST(FaultMarkers, FirstTokenDelayWithAndWithoutAShare) {
   EXPECT_EQ(always.first_token_delay, std::chrono::milliseconds(2000));
   EXPECT_EQ(always.first_token_delay_percent, 100);
   Fault sometimes;
-  ParseFaultMarkers("x FAULT:first-token-delay=300 FAULT:first-token-delay-percent=10 y", sometimes);
+  ParseFaultMarkers("x FAULT:first-token-delay=300 FAULT:first-token-delay-percent=10 y",
+                    sometimes);
   EXPECT_EQ(sometimes.first_token_delay, std::chrono::milliseconds(300));
   EXPECT_EQ(sometimes.first_token_delay_percent, 10);
   Fault invalid;

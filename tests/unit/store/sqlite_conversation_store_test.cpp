@@ -124,8 +124,7 @@ TEST_F(SqliteConversationStoreTest, CreatesMissingDirectoriesAndTheVersionedSche
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns,
               ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id", "model",
-                          "prompt_tokens", "completion_tokens", "latency_ms", "owner",
-                          "upstream"));
+                          "prompt_tokens", "completion_tokens", "latency_ms", "owner", "upstream"));
   EXPECT_EQ(raw.Scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                        "tbl_name = 'messages' AND sql LIKE '%(owner, user_id, id)%'"),
             "1");
@@ -360,8 +359,7 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns,
               ElementsAre("id", "user_id", "timestamp", "role", "content", "request_id", "model",
-                          "prompt_tokens", "completion_tokens", "latency_ms", "owner",
-                          "upstream"));
+                          "prompt_tokens", "completion_tokens", "latency_ms", "owner", "upstream"));
   EXPECT_EQ(raw.Query("SELECT * FROM message").size(), 4u);
 }
 

@@ -364,7 +364,6 @@ TEST_F(RouterTest, AnUpstreamAtItsConcurrencyCapIsSkipped) {
   EXPECT_EQ(again->upstream, "capped");
 }
 
-
 // Runs `io` until `done()` holds (or five seconds pass: then the test fails).
 template <typename Done>
 void RunUntil(net::io_context& io, Done done) {
