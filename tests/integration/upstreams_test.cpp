@@ -1,7 +1,8 @@
 // Many upstreams behind one Staple (STAPLE_UPSTREAMS): routing by model, renames, weighted split,
 // fallback on each fault kind with exactly one stored turn, no fallback once a stream has begun,
 // cooldown and recovery, a fast 503 when every candidate cools down, keys kept apart and secret.
-// Three fake_openai instances play the upstreams; PUT /_fake/fault makes one fail on demand.
+// fake_openai instances play the upstreams (a third, stopped one refuses connections); PUT
+// /_fake/fault makes one fail or turn slow on demand.
 
 #include <gtest/gtest.h>
 
@@ -81,7 +82,6 @@ class UpstreamsTest : public ::testing::Test {
   TempDir files_;
   FakeOpenAI a_;
   FakeOpenAI b_;
-  FakeOpenAI c_;
   HttpClient client_;
 };
 
@@ -347,6 +347,32 @@ TEST_F(UpstreamsTest, AResponsesChainContinuesOnAnotherUpstreamWithItsWholeHisto
   EXPECT_EQ(messages[0]["content"], "my name is Ada");
   EXPECT_EQ(messages[2]["content"], "what is my name?");
   Heal(a_);
+}
+
+TEST_F(UpstreamsTest, AHedgedStreamCountsTheLosersPromptAgainstTheTokenLimits) {
+  auto staple = Start(
+      Upstream("a", a_, R"(["m"])", "priority = 0\nhedge_after_ms = 100") +
+          Upstream("b", b_, R"(["m"])", "priority = 1"),
+      {{"STAPLE_TOKEN_LIMITS", "1000 per minute"}, {"STAPLE_TOKEN_COMPLETION_RESERVE", "100"}});
+  Fail(a_, "FAULT:first-token-delay=60000");
+  const std::string prompt = "count my prompt twice";
+  json body = ChatBody("m", prompt, true);
+  body["stream_options"] = {{"include_usage", true}};
+  StreamResponse hedged = client_.Stream("POST", staple->url() + "/v1/chat/completions",
+                                         body.dump(), {{"Content-Type", "application/json"}});
+  ASSERT_EQ(hedged.status, 200) << hedged.body;
+  EXPECT_EQ(hedged.Header("X-Staple-Upstream"), "b");
+  // fake_openai reports one token per four bytes: the prompt, and "echo(1): <prompt>".
+  const auto tokens = [](const std::string& text) {
+    return static_cast<std::int64_t>((text.size() + 3) / 4);
+  };
+  const std::int64_t reservation = 3 + 100 + 4 + tokens(prompt);
+  const std::int64_t used = 2 * tokens(prompt) + tokens("echo(1): " + prompt);
+  Heal(a_);
+  HttpResponse next = Chat(*staple, ChatBody("m", prompt));
+  ASSERT_EQ(next.status, 200) << next.body;
+  ASSERT_TRUE(next.Header("X-RateLimit-Remaining-Tokens").has_value());
+  EXPECT_EQ(std::stoll(*next.Header("X-RateLimit-Remaining-Tokens")), 1000 - used - reservation);
 }
 
 TEST_F(UpstreamsTest, AnInvalidFileStopsStartUpNamingTheFileEntryAndField) {
