@@ -90,7 +90,9 @@ http::Response LimiterUnavailable(ErrorStyle style) {
 http::Response SeedError(int status, std::string_view message, std::string_view type) {
   json body = {{"error", message}};
   if (!type.empty()) body["type"] = type;
-  return http::JsonResponse(status, body);
+  auto response = http::JsonResponse(status, body);
+  if (status >= 500) response.reason = message;
+  return response;
 }
 
 http::Response OpenAIError(int status, std::string_view message, std::string_view type,
@@ -98,7 +100,9 @@ http::Response OpenAIError(int status, std::string_view message, std::string_vie
   json error = {{"message", message}, {"type", type}, {"code", nullptr}};
   if (!code.empty()) error["code"] = code;
   if (!param.empty()) error["param"] = param;
-  return http::JsonResponse(status, {{"error", error}});
+  auto response = http::JsonResponse(status, {{"error", error}});
+  if (status >= 500) response.reason = message;
+  return response;
 }
 
 http::Response FormatError(int status, std::string_view message, std::string_view path) {

@@ -52,7 +52,8 @@ http::Response LimitExceeded(ErrorStyle style, std::string_view seed_message,
 // The 503 of a limit whose storage cannot be reached (policy `closed`).
 http::Response LimiterUnavailable(ErrorStyle style);
 
-// The seed's error shape: {"error": "<message>"} plus an optional "type".
+// The seed's error shape: {"error": "<message>"} plus an optional "type". A 5xx answer keeps
+// `message` as its Response::reason (the log line's), as OpenAIError does.
 http::Response SeedError(int status, std::string_view message, std::string_view type = {});
 
 // OpenAI's error shape, which the official SDKs turn into their error classes:

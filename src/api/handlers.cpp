@@ -207,7 +207,8 @@ void RegisterRoutes(http::Router& router, Dependencies deps) {
                                              request.request_id,
                                              received_at,
                                              parsed.user_id.empty(),
-                                             ticket};
+                                             ticket,
+                                             &request.note};
                  auto error_answer = [&ticket](const Error& error) {
                    return error.kind == ErrorKind::kLimited && ticket
                               ? ticket->TakeRejection()

@@ -221,6 +221,7 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                ask.received_at = received_at;
                auto ticket = d->tokens.Ticket(admission, ErrorStyle::kOpenAI);
                ask.tokens = ticket;
+               ask.note = &request.note;
                const std::string conversation_id = ask.conversation_id;
                const bool stream = ask.parsed.stream;
                auto error_answer = [&ticket](const Error& error) {

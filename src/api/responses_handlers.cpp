@@ -327,6 +327,7 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
   turn_request.request_id = request.request_id;
   turn_request.received_at = received_at;
   turn_request.stream = stream;
+  turn_request.note = &request.note;
   auto ticket = d->tokens.Ticket(admission, ErrorStyle::kOpenAI);
   turn_request.tokens = ticket;
   auto turn = std::make_shared<chat::ResponsesTurn>(std::move(parsed), id, UnixNow(),

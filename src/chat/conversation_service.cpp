@@ -50,6 +50,7 @@ TurnRequest ConversationService::Turn(CompletionRequest request, bool stream) co
   turn.stream = stream;
   turn.require_message_text = true;
   turn.tokens = std::move(request.tokens);
+  turn.note = request.note;
   return turn;
 }
 

@@ -32,6 +32,9 @@ struct CompletionRequest {
   bool new_conversation = false;
   // Token accounting (token limits), or null. See TokenGate for when it is called.
   std::shared_ptr<TokenGate> tokens;
+  // The request's log note (http::Request::note), filled as the turn goes; null: none. Must
+  // outlive the turn, its stream included.
+  observe::RequestNote* note = nullptr;
 };
 
 struct Completion {

@@ -29,6 +29,7 @@ TurnRequest OpenAIProxy::Turn(ProxyRequest& request, std::string& body) {
   turn.received_at = request.received_at;
   turn.stream = request.parsed.stream;
   turn.tokens = std::move(request.tokens);
+  turn.note = request.note;
   body = std::move(request.body);
   return turn;
 }
@@ -99,7 +100,9 @@ net::awaitable<Result<upstream::Response>> OpenAIProxy::Models(std::string reque
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const std::vector<std::string>& keys = pipeline_.settings().api_keys;
   if (!response) {
-    pipeline_.metrics().CountUpstreamError();
+    pipeline_.metrics().CountUpstreamError(response.error().kind == ErrorKind::kTimeout
+                                               ? observe::UpstreamFailureKind::kTimeout
+                                               : observe::UpstreamFailureKind::kTransport);
     const auto kind =
         response.error().kind == ErrorKind::kTimeout ? ErrorKind::kTimeout : ErrorKind::kUpstream;
     co_return MakeError(kind, ScrubSecrets(response.error().message, keys));

@@ -28,6 +28,9 @@ struct ProxyRequest {
   std::chrono::system_clock::time_point received_at;
   // Token accounting (token limits), or null. See TokenGate for when it is called.
   std::shared_ptr<TokenGate> tokens;
+  // The request's log note (http::Request::note), filled as the turn goes; null: none. Must
+  // outlive the turn, its stream included.
+  observe::RequestNote* note = nullptr;
 };
 
 // POST /v1/chat/completions's adapter around the turn pipeline (chat/turn.h), and GET /models:

@@ -40,6 +40,44 @@ double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+std::int64_t Milliseconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+// What an upstream error answer says, for the log: its error.message when it is OpenAI's shape,
+// else the start of the body (one line).
+std::string ErrorAnswerText(long status, std::string_view body) {
+  constexpr std::size_t kMaxShown = 200;
+  std::string message;
+  const auto tree = nlohmann::json::parse(body, nullptr, false);
+  if (tree.is_object()) {
+    const auto error = tree.find("error");
+    if (error != tree.end() && error->is_object()) {
+      const auto text = error->find("message");
+      if (text != error->end() && text->is_string()) message = text->get<std::string>();
+    } else if (error != tree.end() && error->is_string()) {
+      message = error->get<std::string>();
+    }
+  }
+  if (message.empty()) message = std::string(body.substr(0, kMaxShown));
+  if (message.size() > kMaxShown) message.resize(kMaxShown);
+  for (char& c : message) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return "upstream answered " + std::to_string(status) + (message.empty() ? "" : ": " + message);
+}
+
+observe::UpstreamFailureKind KindOf(const Error& error) {
+  switch (error.kind) {
+    case ErrorKind::kTimeout:
+      return observe::UpstreamFailureKind::kTimeout;
+    case ErrorKind::kOverloaded:
+      return observe::UpstreamFailureKind::kUnavailable;
+    default:
+      return observe::UpstreamFailureKind::kTransport;
+  }
+}
+
 // The answer of a non-streaming body, or std::nullopt when it is not one.
 std::optional<ChatAnswer> ReadAnswer(std::string_view body, bool require_message_text) {
   auto fields = ScanCompletion(body);
@@ -89,8 +127,10 @@ TurnPipeline::TurnPipeline(store::ConversationStore& store, upstream::Client& up
                            observe::Metrics& metrics, TurnSettings settings)
     : store_(store), upstream_(upstream), metrics_(metrics), settings_(std::move(settings)) {}
 
-Error TurnPipeline::UpstreamFailure(const Error& error) {
-  metrics_.CountUpstreamError();
+Error TurnPipeline::UpstreamFailure(const Error& error, observe::RequestNote* note,
+                                    observe::UpstreamFailureKind kind_of_failure) {
+  // kNotFound (no upstream serves the model) asked nobody: not an upstream failure.
+  if (error.kind != ErrorKind::kNotFound) metrics_.CountUpstreamError(kind_of_failure);
   metrics_.CountFailedTurn();
   // A router's refusals keep their kind: nothing was asked (kOverloaded: every upstream is cooling
   // down; kNotFound: no upstream serves the model).
@@ -100,12 +140,22 @@ Error TurnPipeline::UpstreamFailure(const Error& error) {
     kind = error.kind;
   }
   // upstream::Client messages already name the upstream ("upstream request failed: ...").
-  return MakeError(kind, ScrubSecrets(error.message, settings_.api_keys));
+  auto failure = MakeError(kind, ScrubSecrets(error.message, settings_.api_keys));
+  if (note != nullptr && kind != ErrorKind::kNotFound) note->Fail(failure.message);
+  return failure;
+}
+
+Error TurnPipeline::UpstreamFailure(const Error& error, observe::RequestNote* note) {
+  return UpstreamFailure(error, note, KindOf(error));
 }
 
 // `request` is a reference: awaited at once by the coroutine that owns it.
 net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& request,
                                                            BodyBuilder build) {
+  if (request.note != nullptr) {
+    request.note->conversation = request.conversation_id;
+    request.note->model = request.model;
+  }
   if (settings_.key_missing) {
     co_return MakeError(ErrorKind::kMisconfigured,
                         "OPENAI_API_KEY is not set: completions are unavailable until it is");
@@ -126,6 +176,9 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
     auto recent = co_await store_.RecentMessages(std::move(owner), std::move(conversation),
                                                  settings_.window.max_messages);
     if (!recent) {
+      if (request.note != nullptr) {
+        request.note->Fail("could not read the conversation: " + recent.error().message);
+      }
       co_return MakeError(ErrorKind::kStorage,
                           "could not read the conversation: " + recent.error().message);
     }
@@ -154,6 +207,12 @@ net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const Ch
     co_await request.tokens->Settle(usage);
   }
   metrics_.CountTokens(answer.prompt_tokens.value_or(0), answer.completion_tokens.value_or(0));
+  if (request.note != nullptr) {
+    request.note->upstream = upstream;
+    request.note->upstream_ms = Milliseconds(upstream_time);
+    request.note->prompt_tokens = answer.prompt_tokens.value_or(-1);
+    request.note->completion_tokens = answer.completion_tokens.value_or(-1);
+  }
 
   // store: the caller answers only once this returned success.
   store::Turn turn;
@@ -172,14 +231,16 @@ net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const Ch
   if (request.record) {
     if (Status recorded = request.record(turn, answer_body); !recorded) {
       metrics_.CountFailedTurn();
+      if (request.note != nullptr) request.note->Fail(recorded.error().message);
       co_return recorded.error();
     }
   }
   auto stored = co_await store_.AppendTurn(std::move(turn));
   if (!stored) {
     metrics_.CountFailedTurn();
-    observe::Error("turn not stored",
-                   {{"error", stored.error().message}, {"request_id", request.request_id}});
+    if (request.note != nullptr) {
+      request.note->Fail("the conversation could not be stored: " + stored.error().message);
+    }
     co_return MakeError(ErrorKind::kStorage,
                         "the conversation could not be stored: " + stored.error().message);
   }
@@ -198,24 +259,31 @@ net::awaitable<Result<TurnResult>> TurnPipeline::Complete(TurnRequest request, B
   auto response = co_await upstream_.Send(std::move(upstream_request));
   const auto upstream_time = std::chrono::steady_clock::now() - asked_at;
   metrics_.ObserveUpstream(Seconds(upstream_time));
+  if (request.note != nullptr) {
+    request.note->upstream_ms = Milliseconds(upstream_time);
+    if (response) request.note->upstream = response->upstream;
+  }
 
   // Nothing billable came back (an error status, an unreachable upstream): the reservation goes
   // back whole. A timeout keeps it: the upstream may have generated tokens nobody reports.
   if (response ? !IsSuccess(response->status) : response.error().kind != ErrorKind::kTimeout) {
     if (request.tokens) co_await request.tokens->Release();
   }
-  if (!response) co_return UpstreamFailure(response.error());
+  if (!response) co_return UpstreamFailure(response.error(), request.note);
   if (!IsSuccess(response->status)) {
-    metrics_.CountUpstreamError();
+    metrics_.CountUpstreamError(observe::UpstreamFailureKind::kStatus);
     metrics_.CountFailedTurn();
     response->body = ScrubSecrets(std::move(response->body), settings_.api_keys);
+    if (request.note != nullptr) {
+      request.note->Fail(ErrorAnswerText(response->status, response->body));
+    }
     co_return TurnResult{std::move(response).value(), std::nullopt};
   }
   auto answer = ReadAnswer(response->body, request.require_message_text);
   if (!answer) {
-    metrics_.CountUpstreamError();
-    metrics_.CountFailedTurn();
-    co_return MakeError(ErrorKind::kUpstream, "upstream returned an invalid completion body");
+    co_return UpstreamFailure(
+        MakeError(ErrorKind::kUpstream, "upstream returned an invalid completion body"),
+        request.note, observe::UpstreamFailureKind::kInvalidAnswer);
   }
 
   // settle and store; the answer goes out only once its turn is durable.
@@ -238,7 +306,7 @@ net::awaitable<Result<std::unique_ptr<TurnStream>>> TurnPipeline::OpenStream(Tur
   if (opened ? !IsSuccess((*opened)->status()) : opened.error().kind != ErrorKind::kTimeout) {
     if (request.tokens) co_await request.tokens->Release();
   }
-  if (!opened) co_return UpstreamFailure(opened.error());
+  if (!opened) co_return UpstreamFailure(opened.error(), request.note);
   if (IsSuccess((*opened)->status()) && !IsEventStream((*opened)->content_type())) {
     // An upstream that answered a stream request with something else (e.g. a whole JSON
     // completion) cannot be relayed as the stream the client asked for. Its tokens may have been
@@ -247,13 +315,18 @@ net::awaitable<Result<std::unique_ptr<TurnStream>>> TurnPipeline::OpenStream(Tur
     opened->reset();  // cancels the transfer
     co_return UpstreamFailure(
         MakeError(ErrorKind::kUpstream,
-                  "upstream answered a streaming request with Content-Type: " + content_type));
+                  "upstream answered a streaming request with Content-Type: " + content_type),
+        request.note, observe::UpstreamFailureKind::kInvalidAnswer);
   }
   std::unique_ptr<TurnStream> stream(
       new TurnStream(*this, std::move(request), std::move(opened).value(), asked_at));
   if (!stream->success()) {
-    metrics_.CountUpstreamError();
+    metrics_.CountUpstreamError(observe::UpstreamFailureKind::kStatus);
     metrics_.CountFailedTurn();
+    if (stream->request_.note != nullptr) {
+      stream->request_.note->upstream = stream->upstream_;
+      stream->request_.note->Fail("upstream answered " + std::to_string(stream->status()));
+    }
   }
   co_return stream;
 }
@@ -271,7 +344,13 @@ TurnStream::TurnStream(TurnPipeline& pipeline, TurnRequest request,
       upstream_(stream_->upstream()),
       abandoned_(stream_->abandoned_attempts()) {}
 
-Error TurnStream::Broken(Error error) { return pipeline_.UpstreamFailure(error); }
+Error TurnStream::Broken(Error error) {
+  if (request_.note != nullptr) request_.note->upstream = upstream_;
+  return pipeline_.UpstreamFailure(error, request_.note,
+                                   error.kind == ErrorKind::kTimeout
+                                       ? observe::UpstreamFailureKind::kTimeout
+                                       : observe::UpstreamFailureKind::kBrokenStream);
+}
 
 net::awaitable<Result<std::string>> TurnStream::ReadBody() {
   // The transfer ends with this call, whatever happens.
@@ -306,6 +385,7 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
   std::string pending;
   std::string delta;  // answer text of the events in `pending`
   bool stored = false;
+  bool first_bytes = true;
 
   for (;;) {
     auto next = co_await stream->Next();
@@ -314,6 +394,10 @@ net::awaitable<Result<ChatAnswer>> TurnStream::Run(PieceSink sink) {
       co_return Broken(next.error());
     }
     if (!next->has_value()) break;
+    if (first_bytes) {
+      first_bytes = false;
+      pipeline_.metrics_.ObserveFirstToken(Seconds(std::chrono::steady_clock::now() - asked_at_));
+    }
     if (stored) {
       // The rest of the body after "[DONE]" is handed on as it comes; a client that left now
       // changes nothing.

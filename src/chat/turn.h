@@ -14,6 +14,7 @@
 #include "common/net.h"
 #include "common/result.h"
 #include "observe/metrics.h"
+#include "observe/request_note.h"
 #include "store/conversation_store.h"
 #include "upstream/client.h"
 
@@ -81,6 +82,9 @@ struct TurnRequest {
   // for a stream (whose adapter saw every piece before). An error refuses the turn: nothing is
   // stored and the error is the turn's. Null: the turn is stored as it is.
   std::function<Status(store::Turn& turn, std::string_view answer_body)> record;
+  // The request's log note (http::Request::note), filled as the turn goes; null: none. Must
+  // outlive the turn, its stream included.
+  observe::RequestNote* note = nullptr;
 };
 
 // The upstream request body an adapter builds, and its estimated cost.
@@ -132,11 +136,14 @@ class TurnPipeline {
   }
   observe::Metrics& metrics() const { return metrics_; }
 
-  // Counts and scrubs a failed upstream exchange: kTimeout, and a router's kOverloaded and
-  // kNotFound stay, everything else is kUpstream.
-  Error UpstreamFailure(const Error& error);
-
  private:
+  // Counts and scrubs a failed upstream exchange and writes it in `note` (if any): kTimeout, and
+  // a router's kOverloaded and kNotFound stay, everything else is kUpstream. `kind` is the
+  // metric's label; the first form derives it from the error.
+  Error UpstreamFailure(const Error& error, observe::RequestNote* note);
+  Error UpstreamFailure(const Error& error, observe::RequestNote* note,
+                        observe::UpstreamFailureKind kind);
+
   friend class TurnStream;
   // prepare and admit; the body is moved into the result.
   net::awaitable<Result<UpstreamBody>> Prepare(const TurnRequest& request, BodyBuilder build);

@@ -11,6 +11,7 @@
 
 #include "common/net.h"
 #include "common/result.h"
+#include "observe/request_note.h"
 
 namespace staple::http {
 
@@ -46,6 +47,9 @@ struct Request {
   // Router::route_labels() (Router::kOtherRoute when no route matched).
   std::size_t route = 0;
   std::vector<std::string> path_params;  // captures of "{name}" segments, in order
+  // Filled while the request is handled, written in its access line. Lives until the answer,
+  // streamed or not, is out: a stream may refer to it.
+  observe::RequestNote note;
 };
 
 // Writes the body of a streamed response chunk by chunk (chunked transfer encoding).
@@ -64,6 +68,8 @@ struct Response {
   // When set, the headers are sent at once and this produces the body through the writer; `body`
   // is ignored. Used for server-sent events.
   std::function<net::awaitable<void>(BodyWriter&)> stream;
+  // Why a 5xx answer failed, for the log line only (never sent): FailureAnswer fills it.
+  std::string reason;
 };
 
 // A JSON response with Content-Type application/json.

@@ -716,6 +716,7 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket, std::stri
 
     // 5. Write the answer.
     bool write_failed = false;
+    bool client_gone = false;  // a stream's client left (or was too slow) before its end
     if (!response.stream) {
       bhttp::response<bhttp::string_body> message{static_cast<bhttp::status>(response.status), 11};
       CopyHeaders(response, request, message);
@@ -747,7 +748,8 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket, std::stri
         // The status already went out: all that is left is to cut the body short (no last chunk)
         // so that the client sees an incomplete answer, and to close the connection.
         if (failure) HandlerFailed(request, failure);
-        write_failed = writer.failed() || failure != nullptr;
+        client_gone = writer.failed();
+        write_failed = client_gone || failure != nullptr;
         if (!write_failed) {
           expires_after(options_.write_timeout);
           co_await net::async_write(socket, bhttp::make_chunk_last(),
@@ -761,19 +763,46 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket, std::stri
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     metrics_.CountRequest(request.route, response.status, seconds);
-    if (options_.access_log) {
-      observe::Info("request", {{"method", request.method},
-                                {"path", LoggedPath(request.path)},
-                                {"status", response.status},
-                                {"latency_ms", std::round(seconds * 1e6) / 1e3},
-                                {"request_id", request.request_id},
-                                {"client", peer}});
-    }
+    LogRequest(request, response, seconds, peer, client_gone);
     session.busy = false;
     if (write_failed || !keep_alive) break;
   }
   session.deadline = Clock::time_point::max();
   socket.shutdown(tcp::socket::shutdown_send, ec);
+}
+
+void Server::LogRequest(const Request& request, const Response& response, double seconds,
+                        const std::string& peer, bool stream_cut) const {
+  const observe::RequestNote& note = request.note;
+  // A failure is the handler's reason, or for a 5xx answer the reason its error answer carries.
+  std::string_view failure = note.failure;
+  if (failure.empty() && response.status >= 500) {
+    failure = response.reason.empty() ? std::string_view("(no reason given)") : response.reason;
+  }
+  const bool failed = !failure.empty();
+  // A failed request is logged even with the access log off: the reason is what an operator needs.
+  if (!options_.access_log && !failed) return;
+  observe::Fields fields = {
+      {"method", request.method},         {"path", LoggedPath(request.path)},
+      {"status", response.status},        {"latency_ms", std::round(seconds * 1e6) / 1e3},
+      {"request_id", request.request_id}, {"client", peer}};
+  if (!note.conversation.empty()) fields.emplace_back("conversation", note.conversation);
+  if (!note.model.empty()) fields.emplace_back("model", note.model);
+  if (!note.upstream.empty()) fields.emplace_back("upstream", note.upstream);
+  if (note.upstream_ms >= 0) fields.emplace_back("upstream_ms", note.upstream_ms);
+  if (note.prompt_tokens >= 0) fields.emplace_back("prompt_tokens", note.prompt_tokens);
+  if (note.completion_tokens >= 0) {
+    fields.emplace_back("completion_tokens", note.completion_tokens);
+  }
+  // A stream whose client left before its end: the answer was not all delivered (the turn may
+  // still be stored: it is once the upstream's answer is whole).
+  if (stream_cut) fields.emplace_back("stream", "cut short: the client went away");
+  if (failed) {
+    fields.emplace_back("error", failure);
+    observe::Warn("request failed", fields);
+  } else {
+    observe::Info("request", fields);
+  }
 }
 
 void Server::HandlerFailed(const Request& request, const std::exception_ptr& error) {

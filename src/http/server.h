@@ -121,6 +121,11 @@ class Server {
   net::awaitable<void> Serve(Worker& worker, net::ip::tcp::socket socket, std::string peer);
   // Returns freed heap memory to the system after many connections closed (rate-limited).
   void TrimMemory();
+  // The request's log line: the access line (STAPLE_ACCESS_LOG) with what its note says, or, for
+  // a request that failed (its note's failure, or a 5xx answer's reason), a warn line with the
+  // reason whether the access log is on or not.
+  void LogRequest(const Request& request, const Response& response, double seconds,
+                  const std::string& peer, bool stream_cut) const;
   // Logs and counts an exception that escaped the route handler of `request`.
   void HandlerFailed(const Request& request, const std::exception_ptr& error);
 

@@ -1,8 +1,110 @@
 #include "observe/metrics.h"
 
+#include <dirent.h>
 #include <fmt/format.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#ifndef STAPLE_VERSION
+#define STAPLE_VERSION "unknown"
+#endif
 
 namespace staple::observe {
+namespace {
+
+constexpr std::array<const char*, kUpstreamFailureKinds> kUpstreamFailureLabels = {
+    "transport", "timeout", "status", "invalid_answer", "broken_stream", "unavailable"};
+
+// The process's own figures, Prometheus's standard process_* names, read from /proc at render
+// time (a scrape every few seconds: cheap).
+struct ProcessFigures {
+  double cpu_seconds = 0;
+  double resident_bytes = 0;
+  double virtual_bytes = 0;
+  double start_time_seconds = 0;  // Unix time
+  double open_fds = 0;
+  double max_fds = 0;
+  bool ok = false;
+};
+
+double BootTime() {
+  std::ifstream stat("/proc/stat");
+  std::string line;
+  while (std::getline(stat, line)) {
+    if (line.rfind("btime ", 0) == 0) return std::stod(line.substr(6));
+  }
+  return 0;
+}
+
+ProcessFigures ReadProcess() {
+  ProcessFigures figures;
+  std::ifstream file("/proc/self/stat");
+  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  // The command name (field 2) is in parentheses and may hold spaces: fields count from after it.
+  const auto close = text.rfind(')');
+  if (close == std::string::npos) return figures;
+  std::istringstream rest(text.substr(close + 2));
+  std::string field;
+  // Fields 3.. : state(3) ... utime(14) stime(15) ... starttime(22) vsize(23) rss(24).
+  double utime = 0;
+  double stime = 0;
+  double start_ticks = 0;
+  double vsize = 0;
+  double rss_pages = 0;
+  for (int number = 3; number <= 24 && rest >> field; ++number) {
+    if (number == 14) utime = std::stod(field);
+    if (number == 15) stime = std::stod(field);
+    if (number == 22) start_ticks = std::stod(field);
+    if (number == 23) vsize = std::stod(field);
+    if (number == 24) rss_pages = std::stod(field);
+  }
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  static const double boot_time = BootTime();
+  figures.cpu_seconds = (utime + stime) / ticks;
+  figures.start_time_seconds = boot_time + start_ticks / ticks;
+  figures.virtual_bytes = vsize;
+  figures.resident_bytes = rss_pages * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (DIR* fds = opendir("/proc/self/fd")) {
+    std::size_t count = 0;
+    while (const dirent* entry = readdir(fds)) {
+      if (entry->d_name[0] != '.') ++count;
+    }
+    closedir(fds);
+    figures.open_fds = static_cast<double>(count > 0 ? count - 1 : 0);  // less the DIR's own
+  }
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0) figures.max_fds = static_cast<double>(limit.rlim_cur);
+  figures.ok = true;
+  return figures;
+}
+
+void RenderProcess(std::string& out) {
+  const ProcessFigures figures = ReadProcess();
+  if (!figures.ok) return;
+  const auto family = [&out](std::string_view name, std::string_view type, std::string_view help,
+                             double value) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
+  };
+  family("process_cpu_seconds_total", "counter", "User and system CPU time spent in seconds.",
+         figures.cpu_seconds);
+  family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+         figures.resident_bytes);
+  family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+         figures.virtual_bytes);
+  family("process_start_time_seconds", "gauge",
+         "Start time of the process since unix epoch in seconds.", figures.start_time_seconds);
+  family("process_open_fds", "gauge", "Number of open file descriptors.", figures.open_fds);
+  family("process_max_fds", "gauge", "Maximum number of open file descriptors.", figures.max_fds);
+}
+
+}  // namespace
+
+const char* BuildVersion() { return STAPLE_VERSION; }
 
 Histogram::Histogram() = default;
 
@@ -96,8 +198,17 @@ std::string Metrics::Render() const {
     out += fmt::format("# HELP {} {}\n# TYPE {} counter\n{}{} {}\n", name, help, name, name, labels,
                        value);
   };
-  counter("staple_upstream_errors_total", "Upstream exchanges that failed.", "",
-          upstream_errors_.load());
+  out +=
+      "# HELP staple_upstream_first_token_seconds Time from a stream's request to its first "
+      "bytes from the upstream.\n";
+  out += "# TYPE staple_upstream_first_token_seconds histogram\n";
+  first_token_latency_.Render(out, "staple_upstream_first_token_seconds", "");
+  out += "# HELP staple_upstream_errors_total Upstream exchanges that failed, by kind.\n";
+  out += "# TYPE staple_upstream_errors_total counter\n";
+  for (std::size_t k = 0; k < kUpstreamFailureKinds; ++k) {
+    out += fmt::format("staple_upstream_errors_total{{kind=\"{}\"}} {}\n",
+                       kUpstreamFailureLabels[k], upstream_errors_[k].load());
+  }
   out += "# HELP staple_tokens_total Tokens reported by the upstream.\n";
   out += "# TYPE staple_tokens_total counter\n";
   out += fmt::format("staple_tokens_total{{kind=\"prompt\"}} {}\n", prompt_tokens_.load());
@@ -139,6 +250,10 @@ std::string Metrics::Render() const {
                        gauge.type, gauge.name, gauge.read());
   }
   for (const auto& render : families_) render(out);
+  out += "# HELP staple_build_info The running build (always 1).\n";
+  out += "# TYPE staple_build_info gauge\n";
+  out += fmt::format("staple_build_info{{version=\"{}\"}} 1\n", BuildVersion());
+  RenderProcess(out);
   return out;
 }
 

@@ -11,7 +11,19 @@
 
 namespace staple::observe {
 
-// A fixed-bucket latency histogram in seconds. Thread-safe, lock-free.
+// Why an upstream exchange failed: staple_upstream_errors_total's `kind` label.
+enum class UpstreamFailureKind {
+  kTransport,      // connect error, reset, TLS, DNS: no answer at all
+  kTimeout,        // connect, first-byte, idle or total deadline
+  kStatus,         // an error status (4xx/5xx) from the upstream
+  kInvalidAnswer,  // a 2xx answer that is not a completion (or not an event stream)
+  kBrokenStream,   // a stream that broke off, or carried the upstream's error event
+  kUnavailable,    // no upstream could be asked: all cooling down or at their caps
+};
+inline constexpr std::size_t kUpstreamFailureKinds = 6;
+
+// A fixed-bucket latency histogram in seconds. Thread-safe, lock-free. The buckets reach 600 s:
+// the default upstream timeout is 120 s and a stream may last 600 s (STAPLE_UPSTREAM_*).
 class Histogram {
  public:
   Histogram();
@@ -20,8 +32,9 @@ class Histogram {
   void Render(std::string& out, std::string_view name, std::string_view labels) const;
 
  private:
-  static constexpr std::array<double, 14> kBounds = {
-      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  static constexpr std::array<double, 20> kBounds = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+      1,      2.5,   5,      10,    20,   30,    60,   120, 300,  600};
   std::array<std::atomic<std::uint64_t>, kBounds.size() + 1> buckets_{};
   std::atomic<std::uint64_t> count_{0};
   std::atomic<std::uint64_t> sum_micros_{0};
@@ -46,7 +59,11 @@ class Metrics {
   // A route handler failed with an exception (the server answered 500 or cut the stream).
   void CountHandlerException() { handler_exceptions_.fetch_add(1, std::memory_order_relaxed); }
   void ObserveUpstream(double seconds) { upstream_latency_.Observe(seconds); }
-  void CountUpstreamError() { upstream_errors_.fetch_add(1, std::memory_order_relaxed); }
+  // A stream's first body bytes from the upstream, counted from the request.
+  void ObserveFirstToken(double seconds) { first_token_latency_.Observe(seconds); }
+  void CountUpstreamError(UpstreamFailureKind kind) {
+    upstream_errors_[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  }
   void CountTokens(std::int64_t prompt, std::int64_t completion);
   void CountLimiterDecision(bool allowed);
   void CountTokenDecision(bool allowed);
@@ -75,6 +92,8 @@ class Metrics {
   // render time. Register before serving.
   void AddFamilies(std::function<void(std::string& out)> render);
 
+  // Renders every family: Staple's, the process's (process_*, from /proc) and
+  // staple_build_info.
   std::string Render() const;
 
  private:
@@ -87,7 +106,8 @@ class Metrics {
   std::vector<std::string> route_labels_;
   std::unique_ptr<RouteCounters[]> routes_;
   Histogram upstream_latency_;
-  std::atomic<std::uint64_t> upstream_errors_{0};
+  Histogram first_token_latency_;
+  std::array<std::atomic<std::uint64_t>, kUpstreamFailureKinds> upstream_errors_{};
   std::atomic<std::uint64_t> prompt_tokens_{0};
   std::atomic<std::uint64_t> completion_tokens_{0};
   std::atomic<std::uint64_t> limiter_allowed_{0};
@@ -111,5 +131,8 @@ class Metrics {
   std::vector<Gauge> gauges_;                                // constant after start-up
   std::vector<std::function<void(std::string&)>> families_;  // constant after start-up
 };
+
+// The version this binary was built as (CMake's project version).
+const char* BuildVersion();
 
 }  // namespace staple::observe

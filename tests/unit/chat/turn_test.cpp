@@ -56,6 +56,7 @@ class TurnTest : public ::testing::Test {
     request.request_id = "r1";
     request.stream = stream;
     request.tokens = gate_;
+    request.note = &note_;
     return request;
   }
 
@@ -117,6 +118,7 @@ class TurnTest : public ::testing::Test {
   TurnPipeline pipeline_;
   std::shared_ptr<RecordingTokenGate> gate_ = std::make_shared<RecordingTokenGate>();
   std::size_t built_history_ = 0;
+  observe::RequestNote note_;
 };
 
 TEST_F(TurnTest, AnAnswerIsReturnedOnlyOnceTheStoreConfirmedTheTurn) {
@@ -512,6 +514,48 @@ TEST_F(TurnTest, AStreamsRecordCallbackRunsAfterEveryPieceBeforeTheCommit) {
   EXPECT_EQ(**pieces_at_record, *pieces_seen);  // every piece before [DONE] was handed on first
   ASSERT_EQ(store_.turns().size(), 1u);
   EXPECT_EQ(store_.turns()[0].completion, "recorded");
+}
+
+TEST_F(TurnTest, TheRequestNoteSaysWhatAnsweredAndWhatItCost) {
+  upstream_.Push(ScriptedReply::Json(kAnswer));
+  ASSERT_TRUE(Complete(Request()));
+  EXPECT_EQ(note_.conversation, "c1");
+  EXPECT_EQ(note_.model, "asked-model");
+  EXPECT_GE(note_.upstream_ms, 0);
+  EXPECT_EQ(note_.prompt_tokens, 7);
+  EXPECT_EQ(note_.completion_tokens, 2);
+  EXPECT_TRUE(note_.failure.empty()) << note_.failure;
+}
+
+TEST_F(TurnTest, TheRequestNoteSaysWhyAnUpstreamErrorStatusFailed) {
+  upstream_.Push(ScriptedReply::Json(
+      R"({"error":{"message":"overloaded, key sk-secret-key","type":"server_error"}})", 503));
+  auto result = Complete(Request());
+  ASSERT_TRUE(result);
+  EXPECT_EQ(note_.failure, "upstream answered 503: overloaded, key ***");
+  EXPECT_NE(metrics_.Render().find("staple_upstream_errors_total{kind=\"status\"} 1\n"),
+            std::string::npos);
+}
+
+TEST_F(TurnTest, TheRequestNoteSaysWhyAStoreFailed) {
+  upstream_.Push(ScriptedReply::Json(kAnswer));
+  store_.FailAppends(MakeError(ErrorKind::kStorage, "disk full"));
+  ASSERT_FALSE(Complete(Request()));
+  EXPECT_EQ(note_.failure, "the conversation could not be stored: disk full");
+}
+
+TEST_F(TurnTest, TheRequestNoteSaysWhyAStreamBrokeAndItsFirstBytesAreTimed) {
+  ScriptedReply reply = ScriptedReply::Events({Chunk("a")});
+  reply.stream_error = MakeError(ErrorKind::kUnavailable, "connection reset");
+  upstream_.Push(std::move(reply));
+  auto relayed = RunStream();
+  ASSERT_FALSE(*relayed.result);
+  EXPECT_NE(note_.failure.find("connection reset"), std::string::npos) << note_.failure;
+  const auto text = metrics_.Render();
+  EXPECT_NE(text.find("staple_upstream_errors_total{kind=\"broken_stream\"} 1\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("staple_upstream_first_token_seconds_count 1\n"), std::string::npos) << text;
 }
 
 }  // namespace
