@@ -6,9 +6,12 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -45,15 +48,24 @@
 namespace staple::app {
 namespace {
 
-constexpr const char* kVersion = "0.1.0";
 constexpr const char* kOpenAIBaseUrl = "https://api.openai.com/v1";
 // How often each replica looks for key changes made elsewhere (a revocation is in force everywhere
 // within about this long).
 constexpr std::chrono::milliseconds kKeyPollInterval{1000};
 
-Result<std::map<std::string, std::string>> ReadDotenv(const std::string& path) {
+// --env-file's help: "" (the flag not given) reads ./.env when there is one; a file the flag
+// names must exist.
+constexpr const char* kEnvFileHelp =
+    "file of KEY=VALUE defaults (default: .env in the working directory, if there is one)";
+
+Result<std::map<std::string, std::string>> ReadDotenv(const std::string& flag_value) {
+  const std::string path = flag_value.empty() ? ".env" : flag_value;
   std::ifstream file(path);
-  if (!file) return std::map<std::string, std::string>{};  // a missing .env is fine
+  if (!file) {
+    if (flag_value.empty()) return std::map<std::string, std::string>{};  // no .env is fine
+    return MakeError(ErrorKind::kInvalidArgument,
+                     "--env-file " + path + ": cannot read the file: " + std::strerror(errno));
+  }
   std::stringstream text;
   text << file.rdbuf();
   auto parsed = config::ParseDotenv(text.str());
@@ -161,7 +173,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   }
   auto opened = OpenStore(config.store);
   if (!opened) {
-    observe::Error("cannot open the conversation store", {{"error", opened.error().message}});
+    observe::Error("start-up failed", {{"error", opened.error().message}});
     return 1;
   }
   std::unique_ptr<store::ConversationStore> store = std::move(opened).value();
@@ -396,14 +408,32 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   observe::Fields banner;
   for (const auto& [name, value] : config.effective) banner.emplace_back(name, value);
-  observe::Info(fmt::format("Staple {} listening on http://{}:{}", kVersion, config.server.host,
-                            server.port()),
+  observe::Info(fmt::format("Staple {} listening on http://{}:{}", observe::BuildVersion(),
+                            config.server.host, server.port()),
                 {{"threads", config.server.threads},
                  {"allocator", common::AllocatorName()},
                  {"ready_ms", std::round(ready_ms * 10) / 10}});
   observe::Info("configuration", banner);
   if (key_missing) {
     observe::Warn("OPENAI_API_KEY is not set: /openai-completion answers 500 until it is");
+  }
+  if (config.limits.storage_url != "memory://") {
+    // Redis down at start is not fatal (see above), but it must not be silent: one PING, bound
+    // by the limiter's command deadline.
+    net::io_context probe;
+    Status pinged = Ok();
+    net::co_spawn(
+        probe, [&limiter, &pinged]() -> net::awaitable<void> { pinged = co_await limiter.Ping(); },
+        net::detached);
+    probe.run();
+    if (!pinged) {
+      observe::Warn(config.limits.fail_open
+                        ? "the rate-limit storage does not answer: requests are let through "
+                          "unlimited until it does (STAPLE_RATELIMIT_FAILURE=open)"
+                        : "the rate-limit storage does not answer: limited routes answer 503 "
+                          "until it does (STAPLE_RATELIMIT_FAILURE=closed)",
+                    {{"error", pinged.error().message}});
+    }
   }
 
   // 4. Wait for SIGINT/SIGTERM, then stop gracefully: in-flight requests finish, their turns are
@@ -431,7 +461,7 @@ struct KeysCommand {
   CLI::App* show = nullptr;
   CLI::App* update = nullptr;
   CLI::App* revoke = nullptr;
-  std::string env_file = ".env";
+  std::string env_file;  // "" : ./.env if there is one
   std::string database_url;
   CLI::Option* database_url_option = nullptr;
   std::string id;
@@ -489,8 +519,7 @@ std::unique_ptr<KeysCommand> AddKeysCommand(CLI::App& cli) {
   auto keys = std::make_unique<KeysCommand>();
   keys->command = cli.add_subcommand("keys", "Manage client keys (sk-staple-…) in the database");
   keys->command->require_subcommand(1);
-  keys->command->add_option("--env-file", keys->env_file, "file of KEY=VALUE defaults")
-      ->capture_default_str();
+  keys->command->add_option("--env-file", keys->env_file, kEnvFileHelp);
   keys->database_url_option =
       keys->command->add_option("--database-url", keys->database_url,
                                 "the database [env STAPLE_DATABASE_URL, default "
@@ -703,7 +732,7 @@ int RunKeys(const KeysCommand& keys) {
 // exists, no database, a PostgreSQL URL).
 struct BackupCommand {
   CLI::App* command = nullptr;
-  std::string env_file = ".env";
+  std::string env_file;  // "" : ./.env if there is one
   std::string database_url;
   CLI::Option* database_url_option = nullptr;
   std::string path;
@@ -719,8 +748,7 @@ std::unique_ptr<BackupCommand> AddBackupCommand(CLI::App& cli) {
       "For PostgreSQL use pg_dump.");
   backup->command->add_option("path", backup->path, "the backup file to write")->required();
   backup->command->add_flag("--force", backup->force, "replace PATH if it exists");
-  backup->command->add_option("--env-file", backup->env_file, "file of KEY=VALUE defaults")
-      ->capture_default_str();
+  backup->command->add_option("--env-file", backup->env_file, kEnvFileHelp);
   backup->database_url_option =
       backup->command->add_option("--database-url", backup->database_url,
                                   "the database [env STAPLE_DATABASE_URL, default "
@@ -759,19 +787,49 @@ int RunBackup(const BackupCommand& backup) {
 
 }  // namespace
 
+// A start-up error, in the log format the configuration asks for (flag, environment or .env,
+// read as far as they could be) so that a JSON log pipeline sees it too; otherwise one plain
+// line. Returns `exit_code`.
+int StartupError(const config::Sources& sources, const std::string& message, int exit_code) {
+  constexpr const char* kFormat = "STAPLE_LOG_FORMAT";
+  std::optional<std::string> format;
+  if (const auto flag = sources.flags.find(kFormat); flag != sources.flags.end()) {
+    format = flag->second;
+  } else if (auto from_environment =
+                 sources.environment ? sources.environment(kFormat) : std::nullopt) {
+    format = std::move(from_environment);
+  } else if (const auto dotenv = sources.dotenv.find(kFormat); dotenv != sources.dotenv.end()) {
+    format = dotenv->second;
+  }
+  if (format && format->find("json") != std::string::npos) {
+    observe::InitLogging(observe::LogFormat::kJson);
+    observe::Error("start-up failed", {{"error", message}});
+    observe::FlushLogs();
+  } else {
+    std::cerr << "staple: " << message << '\n';
+  }
+  return exit_code;
+}
+
 int Main(int argc, char** argv) {
   CLI::App cli{"Staple: a conversational gateway for OpenAI-compatible chat APIs", "staple"};
-  cli.set_version_flag("--version", kVersion);
+  cli.set_version_flag("--version", std::string("staple ") + observe::BuildVersion());
   cli.require_subcommand(1);
   auto* serve = cli.add_subcommand("serve", "Run the gateway (flags override the environment)");
-  std::string env_file = ".env";
-  serve->add_option("--env-file", env_file, "file of KEY=VALUE defaults")->capture_default_str();
+  std::string env_file;  // "" : ./.env if there is one
+  serve->add_option("--env-file", env_file, kEnvFileHelp);
   std::map<std::string, std::string> flag_values;
   std::vector<std::pair<std::string, CLI::Option*>> flag_options;
   for (const auto& variable : config::Variables()) {
     auto* option = serve->add_option(
         variable.flag, flag_values[variable.name],
         fmt::format("{} [env {}, default '{}']", variable.help, variable.name, variable.fallback));
+    // Numeric settings show as NUMBER in --help (CLI11 says TEXT for a string target).
+    const std::string fallback = variable.fallback;
+    if (!fallback.empty() && fallback.find_first_not_of("0123456789.") == std::string::npos &&
+        std::count(fallback.begin(), fallback.end(), '.') <= 1) {
+      option->type_name("NUMBER");
+    }
     flag_options.emplace_back(variable.name, option);
   }
   auto keys_command = AddKeysCommand(cli);
@@ -807,17 +865,22 @@ int Main(int argc, char** argv) {
     return value == nullptr ? std::nullopt : std::optional<std::string>(value);
   };
   auto dotenv = ReadDotenv(env_file);
-  if (!dotenv) {
-    std::cerr << "staple: " << dotenv.error().message << '\n';
-    return 2;
-  }
+  if (!dotenv) return StartupError(sources, dotenv.error().message, 2);
   sources.dotenv = std::move(dotenv).value();
   // Before the configuration is loaded: the default connection cap derives from the limit.
   http::RaiseOpenFileLimit();
   auto loaded = config::Load(sources);
   if (!loaded) {
-    std::cerr << "staple: " << loaded.error().message << '\n';
-    return 2;
+    // A value given as a flag is named by its flag ("invalid --port='x': ..."), not its variable.
+    std::string message = loaded.error().message;
+    for (const auto& variable : config::Variables()) {
+      const std::string named = "invalid " + std::string(variable.name) + "=";
+      if (sources.flags.count(variable.name) > 0 && message.rfind(named, 0) == 0) {
+        message = "invalid " + std::string(variable.flag) + "=" + message.substr(named.size());
+        break;
+      }
+    }
+    return StartupError(sources, message, 2);
   }
 
   // Stop signals are received by sigwait in this thread only: block them before any thread starts
@@ -831,8 +894,7 @@ int Main(int argc, char** argv) {
   try {
     return Serve(*loaded, stop_signals);
   } catch (const std::exception& e) {
-    std::cerr << "staple: start-up failed: " << e.what() << '\n';
-    return 1;
+    return StartupError(sources, std::string("start-up failed: ") + e.what(), 1);
   }
 }
 

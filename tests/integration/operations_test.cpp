@@ -23,6 +23,39 @@ TEST_F(OperationsTest, ABusyPortIsAStartUpError) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(Turn(*first, "still here").is_object(), true);
 }
 
+// Configuration mistakes stop start-up with exit code 2 and one line that names the mistake: a
+// missing --env-file (only the implicit ./.env may be absent), a bad flag by its flag; under
+// STAPLE_LOG_FORMAT=json the line is JSON like every other.
+TEST_F(OperationsTest, StartUpMistakesAreNamedInTheLogFormatAsked) {
+  TempDir dir;
+  auto missing = RunStaple({"serve", "--port", "0", "--env-file", "missing.env"},
+                           UpstreamEnv(fake_), dir.path());
+  ASSERT_TRUE(missing.status.has_value()) << "it started without its --env-file";
+  EXPECT_EQ(missing.status->code, 2) << missing.err;
+  EXPECT_NE(missing.err.find("--env-file missing.env: cannot read the file"), std::string::npos)
+      << missing.err;
+
+  auto flag =
+      RunStaple({"serve", "--port", "0", "--threads", "many"}, UpstreamEnv(fake_), dir.path());
+  ASSERT_TRUE(flag.status.has_value());
+  EXPECT_EQ(flag.status->code, 2) << flag.err;
+  EXPECT_NE(flag.err.find("invalid --threads='many'"), std::string::npos) << flag.err;
+
+  auto env = UpstreamEnv(fake_);
+  env["STAPLE_LOG_FORMAT"] = "json";
+  env["STAPLE_PORT"] = "not-a-port";
+  auto json_mode = RunStaple({"serve"}, env, dir.path());
+  ASSERT_TRUE(json_mode.status.has_value());
+  EXPECT_EQ(json_mode.status->code, 2) << json_mode.err;
+  const auto lines = SplitLines(json_mode.err);
+  ASSERT_EQ(lines.size(), 1u) << json_mode.err;
+  const auto line = nlohmann::json::parse(lines[0], nullptr, false);
+  ASSERT_TRUE(line.is_object()) << json_mode.err;
+  EXPECT_EQ(line.value("level", ""), "error");
+  EXPECT_NE(line.value("error", "").find("invalid STAPLE_PORT='not-a-port'"), std::string::npos)
+      << json_mode.err;
+}
+
 // DNS rebinding: without client keys, a request addressed to another name (a page on
 // evil.example whose name now resolves to 127.0.0.1) is refused before anything is read or spent.
 TEST_F(OperationsTest, WithoutKeysOnlyRequestsAddressedToLocalhostAreServed) {
@@ -124,6 +157,28 @@ TEST_F(OperationsTest, MetricsCountRequestsAndTokens) {
   EXPECT_NE(text.find("staple_store_pending_writes 0"), std::string::npos);
   EXPECT_EQ(text.find("staple_tokens_total{kind=\"completion\"} 0"), std::string::npos)
       << "the fake reports usage, so tokens are counted";
+}
+
+TEST_F(OperationsTest, MetricsTimeFirstTokensCountUpstreamErrorsByKindAndDescribeTheProcess) {
+  auto staple = StartStaple({{"STAPLE_UPSTREAM_RETRIES", "0"}});
+  auto streamed = client_.PostJson(staple->url() + "/openai-completion",
+                                   std::string(R"({"prompt": "stream me", "stream": true})"));
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  auto failed = Complete(*staple, "FAULT:status=503");
+  ASSERT_EQ(failed.status, 500) << failed.body;
+  const auto text = client_.Get(staple->url() + "/metrics").body;
+  EXPECT_NE(text.find("staple_upstream_first_token_seconds_count 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("staple_upstream_errors_total{kind=\"status\"} 1\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("staple_upstream_errors_total{kind=\"timeout\"} 0\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("staple_build_info{version=\""), std::string::npos) << text;
+  for (const char* family :
+       {"process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_open_fds ",
+        "process_max_fds ", "process_start_time_seconds "}) {
+    EXPECT_NE(text.find(std::string("\n") + family), std::string::npos) << family;
+  }
+  EXPECT_NE(text.find("staple_upstream_duration_seconds_bucket{le=\"120\"}"), std::string::npos);
 }
 
 TEST_F(OperationsTest, PlaygroundIsServedFromTheBinary) {

@@ -20,9 +20,16 @@ Error StorageFailure(std::string message) {
 
 // libpq's messages end with a newline and may span lines; one line reads better in logs.
 std::string OneLine(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  std::replace(text.begin(), text.end(), '\n', ' ');
-  return text;
+  // libpq's messages end with a newline and indent their hints with "\n\t".
+  std::string line;
+  line.reserve(text.size());
+  for (const char c : text) {
+    const bool space = c == '\n' || c == '\t' || c == '\r' || c == ' ';
+    if (space && (line.empty() || line.back() == ' ')) continue;
+    line += space ? ' ' : c;
+  }
+  while (!line.empty() && line.back() == ' ') line.pop_back();
+  return line;
 }
 
 // Removes every occurrence of `secret` from `text`. libpq does not echo passwords, but a
