@@ -16,6 +16,27 @@ const std::vector<ratelimit::RateLimitItem> kNoLimits;
 // their retries.
 constexpr const char* kPassedHeaders[] = {"retry-after", "retry-after-ms"};
 
+// The pass-through's header hand-on in both directions: what the client sends along (never its
+// Authorization: the upstream gets the operator's key), and what a forwarded answer keeps.
+constexpr const char* kForwardedRequestHeaders[] = {"Content-Type", "Accept", "OpenAI-Beta"};
+constexpr const char* kForwardedAnswerHeaders[] = {"content-disposition", "openai-processing-ms",
+                                                   "openai-model", "openai-version"};
+
+// The `model` of a JSON body, "" when there is none (a multipart upload names it in a form field;
+// a Router then picks among all its upstreams).
+std::string ModelOf(const http::Request& request) {
+  const auto type = request.headers.Get("Content-Type");
+  if (!type || type->find("json") == std::string_view::npos || request.body.empty()) return {};
+  const auto tree = json::parse(request.body, nullptr, false);
+  if (!tree.is_object()) return {};
+  const auto model = tree.find("model");
+  return model != tree.end() && model->is_string() ? model->get<std::string>() : std::string();
+}
+
+// The client's answer for a forwarded 2xx: its status, headers and body as the upstream sends it.
+http::Response ForwardedAnswer(chat::OpenAIProxy* proxy, std::shared_ptr<upstream::Stream> stream,
+                               observe::RequestNote* note);
+
 bool IsOpenAIErrorBody(const std::string& body) {
   auto parsed = json::parse(body, nullptr, false);
   if (!parsed.is_object()) return false;
@@ -183,6 +204,87 @@ net::awaitable<http::Response> StreamErrorAnswer(std::unique_ptr<chat::TurnStrea
 
 http::Response ProxyError(const Error& error) { return FailureAnswer(error, ErrorStyle::kOpenAI); }
 
+namespace {
+
+http::Response ForwardedAnswer(chat::OpenAIProxy* proxy, std::shared_ptr<upstream::Stream> stream,
+                               observe::RequestNote* note) {
+  http::Response response;
+  response.status = static_cast<int>(stream->status());
+  response.headers.Add("Content-Type", stream->content_type().empty()
+                                           ? std::string("application/octet-stream")
+                                           : stream->content_type());
+  for (const auto& [name, value] : stream->headers()) {
+    for (const char* kept : kForwardedAnswerHeaders) {
+      if (http::EqualsIgnoreCase(name, kept)) response.headers.Add(kept, value);
+    }
+  }
+  AddUpstreamHeader(response, stream->upstream());
+  // `note` lives in the request, which outlives the answer's stream (http::Request::note).
+  response.stream = [proxy, stream, note](http::BodyWriter& writer) -> net::awaitable<void> {
+    http::BodyWriter* out = &writer;
+    chat::OpenAIProxy::ByteSink sink = [out](std::string bytes) {
+      return out->Write(std::move(bytes));
+    };
+    Status relayed = co_await proxy->RelayForwarded(*stream, std::move(sink), note);
+    if (!relayed) writer.Abort();
+  };
+  return response;
+}
+
+// Any /v1 path no route of Staple's matches: forwarded (chat::OpenAIProxy::Forward) after the
+// same admission as the chat route (client key, request limits) and the key's allowed models.
+net::awaitable<http::Response> PassThroughRoute(std::shared_ptr<OpenAIDependencies> d,
+                                                http::Request& request) {
+  std::string scope = "route:/v1/*";
+  auto admission =
+      co_await d->admission.Admit(request, d->chat_limits, std::move(scope), ErrorStyle::kOpenAI);
+  if (admission.rejection) co_return std::move(*admission.rejection);
+  constexpr std::string_view kModelsPrefix = "/v1/models/";
+  const bool model_lookup = request.method == "GET" && request.path.starts_with(kModelsPrefix) &&
+                            request.path.size() > kModelsPrefix.size();
+  std::string model = model_lookup ? request.path.substr(kModelsPrefix.size()) : ModelOf(request);
+  http::Response response;
+  bool listed = false;
+  std::optional<upstream::Response> found;
+  if (model_lookup) found = d->proxy.ListedModel(model, listed);
+  if (!model.empty() && admission.key && !admission.key->AllowsModel(model)) {
+    response = model_lookup ? ModelNotFound(model)
+                            : OpenAIError(403, "This API key may not use the model '" + model + "'",
+                                          "invalid_request_error", "model_not_allowed");
+  } else if (model_lookup && listed) {
+    response = found ? PassThrough(*found) : ModelNotFound(model);
+  } else if (!model.empty() && !d->proxy.Serves(model)) {
+    response = ModelNotFound(model);
+  } else {
+    upstream::Request forward;
+    forward.method = request.method;
+    forward.path = request.path.substr(3);  // the base URL ends in /v1
+    if (!request.query.empty()) forward.path += "?" + request.query;
+    forward.body = std::move(request.body);
+    forward.model = model;
+    forward.headers.emplace_back("X-Request-Id", request.request_id);
+    for (const char* name : kForwardedRequestHeaders) {
+      if (const auto value = request.headers.Get(name)) {
+        forward.headers.emplace_back(name, std::string(*value));
+      }
+    }
+    observe::RequestNote* note = &request.note;
+    auto forwarded = co_await d->proxy.Forward(std::move(forward), note);
+    if (!forwarded) {
+      response = ProxyError(forwarded.error());
+    } else if (forwarded->answer) {
+      response = PassThrough(*forwarded->answer);
+    } else {
+      std::shared_ptr<upstream::Stream> stream = std::move(forwarded->stream);
+      response = ForwardedAnswer(&d->proxy, std::move(stream), note);
+    }
+  }
+  AddHeaders(response, admission.headers);
+  co_return response;
+}
+
+}  // namespace
+
 void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
   auto shared = std::make_shared<OpenAIDependencies>(std::move(deps));
 
@@ -252,6 +354,11 @@ void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps) {
                AddHeaders(response, admission.headers);
                co_return response;
              });
+
+  router.SetFallback("/v1/", "/v1/*",
+                     [d = shared](http::Request& request) -> net::awaitable<http::Response> {
+                       return PassThroughRoute(d, request);
+                     });
 
   router.Add("GET", "/v1/models", "/v1/models",
              [d = shared](http::Request& request) -> net::awaitable<http::Response> {

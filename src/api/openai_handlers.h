@@ -27,7 +27,8 @@ struct OpenAIDependencies {
   std::vector<ratelimit::RateLimitItem> chat_limits;  // per client on /v1/chat/completions
 };
 
-// Adds POST /v1/chat/completions and GET /v1/models. Every error they produce has OpenAI's shape.
+// Adds POST /v1/chat/completions, GET /v1/models and the pass-through of every other /v1 path
+// (README "OpenAI-compatible API"). Every error they produce has OpenAI's shape.
 void RegisterOpenAIRoutes(http::Router& router, OpenAIDependencies deps);
 
 // Request checks of POST /v1/chat/completions, as a plain function (tested without a server).

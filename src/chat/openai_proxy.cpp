@@ -80,6 +80,112 @@ net::awaitable<Result<std::unique_ptr<TurnStream>>> OpenAIProxy::OpenStream(Prox
   co_return opened;
 }
 
+std::optional<upstream::Response> OpenAIProxy::ListedModel(std::string_view id,
+                                                           bool& listed) const {
+  listed = listed_models_.has_value();
+  if (!listed || !pipeline_.Serves(id)) return std::nullopt;
+  upstream::Response model;
+  model.status = 200;
+  model.content_type = "application/json";
+  model.body = nlohmann::json{
+      {"id", std::string(id)},
+      {"object", "model"},
+      {"created", 0},
+      {"owned_by",
+       "staple"}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return model;
+}
+
+net::awaitable<Result<OpenAIProxy::Forwarded>> OpenAIProxy::Forward(upstream::Request request,
+                                                                    observe::RequestNote* note) {
+  const auto& keys = pipeline_.settings().api_keys;
+  if (pipeline_.settings().key_missing) {
+    co_return MakeError(ErrorKind::kMisconfigured,
+                        "OPENAI_API_KEY is not set: the upstream cannot be called until it is");
+  }
+  if (note != nullptr) note->model = request.model;
+  const auto asked_at = std::chrono::steady_clock::now();
+  auto opened = co_await upstream_.OpenStream(std::move(request));
+  const auto took = [asked_at] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                 asked_at)
+        .count();
+  };
+  if (note != nullptr) note->upstream_ms = took();
+  if (!opened) {
+    const auto& error = opened.error();
+    auto kind = observe::UpstreamFailureKind::kTransport;
+    auto answer = ErrorKind::kUpstream;
+    if (error.kind == ErrorKind::kTimeout) {
+      kind = observe::UpstreamFailureKind::kTimeout;
+      answer = ErrorKind::kTimeout;
+    } else if (error.kind == ErrorKind::kOverloaded) {
+      kind = observe::UpstreamFailureKind::kUnavailable;
+      answer = ErrorKind::kOverloaded;
+    }
+    pipeline_.metrics().CountUpstreamError(kind);
+    auto failure = MakeError(answer, ScrubSecrets(error.message, keys));
+    if (note != nullptr) note->Fail(failure.message);
+    co_return failure;
+  }
+  std::unique_ptr<upstream::Stream> stream = std::move(opened).value();
+  if (note != nullptr) note->upstream = stream->upstream();
+  Forwarded forwarded;
+  if (stream->status() >= 200 && stream->status() <= 299) {
+    forwarded.stream = std::move(stream);
+    co_return forwarded;
+  }
+  // An error answer is small: read it whole, so that no key it might echo reaches the client.
+  upstream::Response answer;
+  answer.status = stream->status();
+  answer.content_type = stream->content_type();
+  answer.headers = stream->headers();
+  answer.upstream = stream->upstream();
+  for (;;) {
+    auto next = co_await stream->Next();
+    if (!next) {
+      pipeline_.metrics().CountUpstreamError(observe::UpstreamFailureKind::kBrokenStream);
+      auto failure = MakeError(ErrorKind::kUpstream, ScrubSecrets(next.error().message, keys));
+      if (note != nullptr) note->Fail(failure.message);
+      co_return failure;
+    }
+    if (!next->has_value()) break;
+    answer.body += **next;
+    if (answer.body.size() > pipeline_.settings().max_error_body_bytes) {
+      co_return MakeError(ErrorKind::kUpstream, "upstream error body is too large");
+    }
+  }
+  answer.body = ScrubSecrets(std::move(answer.body), keys);
+  if (answer.status >= 500) {
+    pipeline_.metrics().CountUpstreamError(observe::UpstreamFailureKind::kStatus);
+    if (note != nullptr) note->Fail("upstream answered " + std::to_string(answer.status));
+  }
+  if (note != nullptr) note->upstream_ms = took();
+  forwarded.answer = std::move(answer);
+  co_return forwarded;
+}
+
+net::awaitable<Status> OpenAIProxy::RelayForwarded(upstream::Stream& stream, ByteSink sink,
+                                                   observe::RequestNote* note) {
+  for (;;) {
+    auto next = co_await stream.Next();
+    if (!next) {
+      pipeline_.metrics().CountUpstreamError(next.error().kind == ErrorKind::kTimeout
+                                                 ? observe::UpstreamFailureKind::kTimeout
+                                                 : observe::UpstreamFailureKind::kBrokenStream);
+      auto failure =
+          MakeError(ErrorKind::kUpstream,
+                    "upstream answer broke off: " +
+                        ScrubSecrets(next.error().message, pipeline_.settings().api_keys));
+      if (note != nullptr) note->Fail(failure.message);
+      co_return failure;
+    }
+    if (!next->has_value()) co_return Ok();
+    Status written = co_await sink(std::move(**next));
+    if (!written) co_return Ok();  // the client left: the transfer ends with the stream
+  }
+}
+
 net::awaitable<Result<upstream::Response>> OpenAIProxy::Models(std::string request_id) {
   if (listed_models_) {
     // OpenAI's list shape; `created` is unknown for a configured name.

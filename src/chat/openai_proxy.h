@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,6 +58,31 @@ class OpenAIProxy {
 
   // GET /models, whatever its status (or the listed models). Errors: kUpstream, kTimeout.
   net::awaitable<Result<upstream::Response>> Models(std::string request_id);
+
+  // GET /models/{id} when the models are listed (a Router's configuration): answered here, 404
+  // model_not_found shape left to the caller (std::nullopt). Without a list: std::nullopt and
+  // `listed` false, and the call is forwarded like any other.
+  std::optional<upstream::Response> ListedModel(std::string_view id, bool& listed) const;
+
+  // Any other /v1 call (embeddings, moderations, audio, images, files, ...): `request` goes to
+  // the upstream as it is with the operator's key (a Router picks by request.model). A 2xx answer
+  // comes back as a stream of body bytes (relay it with RelayForwarded); any other status as a
+  // whole response, its body read (at most max_error_body_bytes) and scrubbed of the keys. A
+  // failure is counted, scrubbed and written in `note`. Errors: kUpstream, kTimeout, kOverloaded,
+  // kMisconfigured.
+  struct Forwarded {
+    std::unique_ptr<upstream::Stream> stream;  // a 2xx answer, its body still to read
+    std::optional<upstream::Response> answer;  // any other status, read whole
+  };
+  net::awaitable<Result<Forwarded>> Forward(upstream::Request request, observe::RequestNote* note);
+
+  // Hands a forwarded body to `sink` as it arrives, until its end (Ok) or a sink that fails (Ok:
+  // the client left). A source that breaks is counted, written in `note` and returned: the
+  // caller then cuts the answer short so that the client sees it incomplete. `stream` must
+  // outlive the call (the caller awaits it at once).
+  using ByteSink = std::function<net::awaitable<Status>(std::string bytes)>;
+  net::awaitable<Status> RelayForwarded(upstream::Stream& stream, ByteSink sink,
+                                        observe::RequestNote* note);
 
  private:
   // The turn, with the client's body moved into `body` for the builder.

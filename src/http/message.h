@@ -59,6 +59,9 @@ class BodyWriter {
   // Sends `data` to the client now. Fails with kCancelled when the client went away or the write
   // deadline passed; the producer then stops.
   virtual net::awaitable<Status> Write(std::string data) = 0;
+  // Ends the body without its last chunk, and the connection with it, so that the client sees an
+  // incomplete answer rather than a short one (a relay whose source broke). Later writes fail.
+  virtual void Abort() {}
 };
 
 struct Response {

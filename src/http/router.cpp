@@ -30,11 +30,21 @@ bool IsParameter(const std::string& segment) {
 
 Router::Router(ErrorFormatter format_error) : format_error_(std::move(format_error)) {}
 
-void Router::Add(std::string method, std::string pattern, std::string_view route_label,
-                 Handler handler) {
+std::size_t Router::Intern(std::string_view route_label) {
   auto label = std::find(route_labels_.begin(), route_labels_.end(), route_label);
   if (label == route_labels_.end()) label = route_labels_.emplace(label, route_label);
-  const auto route = static_cast<std::size_t>(label - route_labels_.begin());
+  return static_cast<std::size_t>(label - route_labels_.begin());
+}
+
+void Router::SetFallback(std::string prefix, std::string_view route_label, Handler handler) {
+  fallback_prefix_ = std::move(prefix);
+  fallback_route_ = Intern(route_label);
+  fallback_ = std::move(handler);
+}
+
+void Router::Add(std::string method, std::string pattern, std::string_view route_label,
+                 Handler handler) {
+  const auto route = Intern(route_label);
   Entry entry{std::move(method), {}, route, std::move(handler)};
   for (auto part : SplitPath(pattern)) entry.segments.emplace_back(part);
   entries_.push_back(std::move(entry));
@@ -86,6 +96,10 @@ net::awaitable<Response> Router::Dispatch(Request& request) const {
         405, "Method " + request.method + " is not allowed here; use " + allow, request.path);
     response.headers.Set("Allow", allow);
     co_return response;
+  }
+  if (fallback_ && request.path.starts_with(fallback_prefix_)) {
+    request.route = fallback_route_;
+    co_return co_await fallback_(request);
   }
   request.route = kOtherRoute;
   co_return format_error_(404, "Not found: " + request.path, request.path);

@@ -33,8 +33,13 @@ class Router {
   // `route_label` names the route in metrics (e.g. "/v1/models"); routes may share a label.
   void Add(std::string method, std::string pattern, std::string_view route_label, Handler handler);
 
-  // Runs the matching handler; 404 when no pattern matches the path, 405 with `Allow` when the
-  // path matches but the method does not.
+  // The handler of every path under `prefix` (e.g. "/v1/") that no pattern matches, whatever its
+  // method: a pass-through. Paths a pattern matches keep their 405 for other methods.
+  void SetFallback(std::string prefix, std::string_view route_label, Handler handler);
+
+  // Runs the matching handler; the fallback when no pattern matches a path under its prefix;
+  // else 404 when no pattern matches the path, 405 with `Allow` when the path matches but the
+  // method does not.
   net::awaitable<Response> Dispatch(Request& request) const;
 
   const ErrorFormatter& format_error() const { return format_error_; }
@@ -51,8 +56,13 @@ class Router {
   };
   static bool Match(const Entry& entry, std::string_view path, std::vector<std::string>* params);
 
+  std::size_t Intern(std::string_view route_label);
+
   ErrorFormatter format_error_;
   std::vector<Entry> entries_;
+  std::string fallback_prefix_;
+  std::size_t fallback_route_ = kOtherRoute;
+  Handler fallback_;
   std::vector<std::string> route_labels_{"other"};
 };
 

@@ -195,7 +195,7 @@ class ChunkWriter final : public BodyWriter {
       : socket_(socket), deadline_(deadline), timeout_(timeout) {}
 
   net::awaitable<Status> Write(std::string data) override {
-    if (failed_) co_return MakeError(ErrorKind::kCancelled, "client connection closed");
+    if (failed_ || aborted_) co_return MakeError(ErrorKind::kCancelled, "client connection closed");
     if (data.empty()) co_return Ok();
     beast::error_code ec;
     deadline_ = Clock::now() + timeout_;
@@ -209,13 +209,17 @@ class ChunkWriter final : public BodyWriter {
     co_return Ok();
   }
 
+  void Abort() override { aborted_ = true; }
+
   bool failed() const { return failed_; }
+  bool aborted() const { return aborted_; }
 
  private:
   tcp::socket& socket_;
   Clock::time_point& deadline_;
   std::chrono::milliseconds timeout_;
   bool failed_ = false;
+  bool aborted_ = false;
 };
 
 }  // namespace
@@ -749,7 +753,7 @@ net::awaitable<void> Server::Serve(Worker& worker, tcp::socket socket, std::stri
         // so that the client sees an incomplete answer, and to close the connection.
         if (failure) HandlerFailed(request, failure);
         client_gone = writer.failed();
-        write_failed = client_gone || failure != nullptr;
+        write_failed = client_gone || writer.aborted() || failure != nullptr;
         if (!write_failed) {
           expires_after(options_.write_timeout);
           co_await net::async_write(socket, bhttp::make_chunk_last(),

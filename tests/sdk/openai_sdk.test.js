@@ -28,6 +28,7 @@ describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENA
   let fake;
   let staple;
   let baseURL;
+  let fakeURL;
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'staple-sdk-'));
@@ -35,6 +36,7 @@ describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENA
     fake = start(FAKE_OPENAI_BIN, ['--host', '127.0.0.1', '--port', String(fakePort)], cleanEnv(),
                  dir, 'fake_openai');
     await waitForHttp(`http://127.0.0.1:${fakePort}/_fake/stats`, fake);
+    fakeURL = `http://127.0.0.1:${fakePort}`;
 
     const staplePort = await freePort();
     const env = {
@@ -174,6 +176,30 @@ describe('openai npm package through Staple', { skip: !STAPLE_BIN || !FAKE_OPENA
     const ids = [];
     for await (const model of client().models.list()) ids.push(model.id);
     assert.ok(ids.includes('fake-model'), ids.join(','));
+  });
+
+  // The calls Staple does not handle itself are passed through to the upstream with the
+  // operator's key: the SDK works by changing only its base URL.
+  test('models.retrieve and embeddings.create pass through', async () => {
+    const model = await client().models.retrieve('gpt-4o-mini');
+    assert.equal(model.id, 'gpt-4o-mini');
+    await assert.rejects(client().models.retrieve('no-such-model'), OpenAI.NotFoundError);
+
+    // The SDK asks for base64 and decodes it into numbers.
+    const embedded = await client().embeddings.create({
+      model: 'text-embedding-3-small',
+      input: ['first text', 'second text'],
+    });
+    assert.equal(embedded.data.length, 2);
+    assert.equal(embedded.data[0].embedding.length, 8);
+    assert.ok(embedded.data[0].embedding.every((x) => typeof x === 'number' && x >= 0), 'numbers');
+    assert.ok(embedded.usage.total_tokens > 0);
+
+    // The upstream saw the operator's key, never the client's own.
+    const log = await (await fetch(`${fakeURL}/_fake/requests`)).json();
+    const forwarded = log.filter((r) => r.path.startsWith('/v1/embeddings'));
+    assert.equal(forwarded.length, 1);
+    assert.equal(forwarded[0].headers.authorization, `Bearer ${API_KEY}`);
   });
 });
 

@@ -1,6 +1,9 @@
 #include "fake_logic.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
+#include <array>
 #include <charconv>
 
 namespace staple::fake {
@@ -375,6 +378,86 @@ const std::string& ModelsBody() {
     return Dump(Json{{"object", "list"}, {"data", {model("fake-model"), model("gpt-4o-mini")}}});
   }();
   return body;
+}
+
+std::optional<std::string> ModelBody(std::string_view id) {
+  if (id != "fake-model" && id != "gpt-4o-mini") return std::nullopt;
+  return Dump(Json{{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", "staple"}});
+}
+
+EmbeddingsReply EmbeddingsBody(std::string_view request_body) {
+  EmbeddingsReply reply;
+  const Json request = Json::parse(request_body, nullptr, false);
+  if (!request.is_object()) {
+    reply.error = "the body must be a JSON object";
+    return reply;
+  }
+  std::vector<std::string> inputs;
+  const auto input = request.find("input");
+  if (input != request.end() && input->is_string()) {
+    inputs.push_back(input->get<std::string>());
+  } else if (input != request.end() && input->is_array() && !input->empty()) {
+    for (const auto& item : *input) {
+      if (!item.is_string()) {
+        reply.error = "input: expected strings";
+        return reply;
+      }
+      inputs.push_back(item.get<std::string>());
+    }
+  } else {
+    reply.error = "input: expected a string or a non-empty list of strings";
+    return reply;
+  }
+  const auto model = request.find("model");
+  if (model == request.end() || !model->is_string()) {
+    reply.error = "model: required";
+    return reply;
+  }
+  const std::string format = request.value("encoding_format", std::string("float"));
+  if (format != "float" && format != "base64") {
+    reply.error = "encoding_format: expected float or base64";
+    return reply;
+  }
+  Json data = Json::array();
+  std::size_t tokens = 0;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    std::array<float, 8> vector{};
+    for (std::size_t b = 0; b < inputs[i].size(); ++b) {
+      vector[b % vector.size()] +=
+          static_cast<float>(static_cast<unsigned char>(inputs[i][b])) / 256;
+    }
+    tokens += (inputs[i].size() + 3) / 4;
+    Json embedding;
+    if (format == "float") {
+      embedding = Json::array();
+      for (const float value : vector) embedding.push_back(value);
+    } else {
+      // Little-endian float32s (this machine's order), base64 as OpenAI sends them.
+      std::string bytes(reinterpret_cast<const char*>(vector.data()), sizeof vector);
+      std::string encoded(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+      const int length = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(encoded.data()),
+                                         reinterpret_cast<const unsigned char*>(bytes.data()),
+                                         static_cast<int>(bytes.size()));
+      encoded.resize(static_cast<std::size_t>(length));
+      embedding = encoded;
+    }
+    data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", std::move(embedding)}});
+  }
+  reply.body = Dump(Json{{"object", "list"},
+                         {"data", std::move(data)},
+                         {"model", *model},
+                         {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}});
+  return reply;
+}
+
+std::string EchoBody(std::string_view method, std::string_view target,
+                     std::string_view content_type, std::string_view body) {
+  return Dump(Json{{"object", "fake.echo"},
+                   {"method", method},
+                   {"target", target},
+                   {"content_type", content_type},
+                   {"body_bytes", body.size()},
+                   {"body_head", body.substr(0, 64)}});
 }
 
 void RequestLog::Add(RecordedRequest request) {

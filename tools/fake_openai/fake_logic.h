@@ -128,6 +128,26 @@ StreamEvents BuildStreamEvents(const ChatPlan& plan, std::string_view id, std::i
 // Body of GET /v1/models.
 const std::string& ModelsBody();
 
+// Body of GET /v1/models/{id} for one of ModelsBody()'s models; std::nullopt for another id.
+std::optional<std::string> ModelBody(std::string_view id);
+
+// POST /v1/embeddings: `input` a string or a list of strings, `model`, `encoding_format` "float"
+// (the default here) or "base64" (little-endian float32s, what the openai SDKs ask for). Each
+// input gets 8 numbers derived from its bytes, so equal inputs embed equally; usage counts a token
+// per four bytes. On a bad body: the message for a 400 in `error`.
+struct EmbeddingsReply {
+  std::string body;
+  std::string error;
+};
+EmbeddingsReply EmbeddingsBody(std::string_view request_body);
+
+// Any other /v1 call: what arrived, so that a test sees what a gateway forwarded, e.g.
+// {"object":"fake.echo","method":"POST","target":"/v1/moderations?x=1","content_type":"...",
+//  "body_bytes":12,"body_head":"<its first 64 bytes>"}. (Headers, Authorization included, are in
+// the request log, GET /_fake/requests: an echo never hands a key back.)
+std::string EchoBody(std::string_view method, std::string_view target,
+                     std::string_view content_type, std::string_view body);
+
 // One request as received on /v1/*.
 struct RecordedRequest {
   std::string method;

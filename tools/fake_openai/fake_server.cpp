@@ -296,10 +296,11 @@ void Record(Shared& shared, const http::request<http::string_body>& req) {
 
 // What a request asks for, decided without I/O.
 struct Action {
-  enum class Kind { kReply, kChat, kModels } kind = Kind::kReply;
+  enum class Kind { kReply, kChat, kModels, kFixed } kind = Kind::kReply;
   Reply reply;    // kReply: the answer
   ChatPlan plan;  // kChat
-  Fault fault;    // the faults to apply first (kChat, kModels)
+  Reply fixed;    // kFixed: the answer unless a fault answers instead
+  Fault fault;    // the faults to apply first (kChat, kModels, kFixed)
 };
 
 Action Route(Shared& shared, const http::request<http::string_body>& req) {
@@ -339,6 +340,39 @@ Action Route(Shared& shared, const http::request<http::string_body>& req) {
       action.kind = Action::Kind::kModels;
       return action;
     }
+    // Any other OpenAI call a gateway may pass through: models/{id}, embeddings, and an echo of
+    // what arrived for the rest.
+    action.kind = Action::Kind::kFixed;
+    constexpr std::string_view kModelPrefix = "/v1/models/";
+    if (path.starts_with(kModelPrefix) && method == http::verb::get) {
+      const auto id = path.substr(kModelPrefix.size());
+      if (auto body = ModelBody(id)) {
+        action.fixed = Reply{http::status::ok, "application/json", std::move(*body), {}};
+      } else {
+        action.fixed =
+            JsonError(http::status::not_found, "The model '" + std::string(id) + "' does not exist",
+                      "invalid_request_error");
+      }
+      return action;
+    }
+    if (path == "/v1/embeddings") {
+      if (method != http::verb::post) {
+        action.fixed = MethodNotAllowed("POST");
+        return action;
+      }
+      EmbeddingsReply embeddings = EmbeddingsBody(req.body());
+      action.fixed =
+          embeddings.error.empty()
+              ? Reply{http::status::ok, "application/json", std::move(embeddings.body), {}}
+              : JsonError(http::status::bad_request, embeddings.error, "invalid_request_error");
+      return action;
+    }
+    action.fixed =
+        Reply{http::status::ok,
+              "application/json",
+              EchoBody(req.method_string(), target, req[http::field::content_type], req.body()),
+              {}};
+    return action;
   } else if (path == "/_fake/requests") {
     if (method == http::verb::get) {
       action.reply = Reply{http::status::ok, "application/json", shared.log.ToJson(), {}};
@@ -386,6 +420,8 @@ net::awaitable<bool> Handle(Shared& shared, std::shared_ptr<Connection> conn,
     if (outcome == FaultOutcome::kNone) {
       if (action.kind == Action::Kind::kModels) {
         action.reply = Reply{http::status::ok, "application/json", ModelsBody(), {}};
+      } else if (action.kind == Action::Kind::kFixed) {
+        action.reply = std::move(action.fixed);
       } else if (action.plan.stream) {
         const StreamEvents events =
             BuildStreamEvents(action.plan, NextId(shared), UnixNow(), shared.options.chunks);

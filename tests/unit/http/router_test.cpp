@@ -89,6 +89,29 @@ TEST(RouterTest, UnknownPathIs404) {
   }
 }
 
+TEST(RouterTest, TheFallbackTakesUnmatchedPathsUnderItsPrefixOnly) {
+  auto router = MakeRouter();
+  router.Add("POST", "/v1/chat/completions", "/v1/chat/completions",
+             [](Request&) -> net::awaitable<Response> { co_return JsonResponse(200, {}); });
+  router.SetFallback("/v1/", "/v1/*", [](Request& r) -> net::awaitable<Response> {
+    co_return JsonResponse(202, {{"method", r.method}});
+  });
+  const auto dispatch = [&router](std::string method, std::string path) {
+    Request request;
+    request.method = std::move(method);
+    request.path = std::move(path);
+    auto response = RunDispatch(router, request);
+    return std::make_pair(response.status, router.route_labels().at(request.route));
+  };
+  EXPECT_EQ(dispatch("POST", "/v1/embeddings"), std::make_pair(202, std::string("/v1/*")));
+  EXPECT_EQ(dispatch("DELETE", "/v1/files/f-1"), std::make_pair(202, std::string("/v1/*")));
+  // A path a route matches keeps its 405 for other methods; paths outside the prefix their 404.
+  EXPECT_EQ(dispatch("GET", "/v1/chat/completions").first, 405);
+  EXPECT_EQ(dispatch("POST", "/v1/chat/completions").first, 200);
+  EXPECT_EQ(dispatch("GET", "/v1").first, 404);
+  EXPECT_EQ(dispatch("GET", "/nope").first, 404);
+}
+
 TEST(RouterTest, InternsRouteLabels) {
   auto router = MakeRouter();
   // "other" first, then each distinct label once, in the order of first use.
