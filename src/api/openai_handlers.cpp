@@ -1,5 +1,6 @@
 #include "api/openai_handlers.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "api/errors.h"
@@ -21,6 +22,30 @@ constexpr const char* kPassedHeaders[] = {"retry-after", "retry-after-ms"};
 constexpr const char* kForwardedRequestHeaders[] = {"Content-Type", "Accept", "OpenAI-Beta"};
 constexpr const char* kForwardedAnswerHeaders[] = {"content-disposition", "openai-processing-ms",
                                                    "openai-model", "openai-version"};
+
+// The /v1 paths whose calls are Staple's own (their state lives here): a path under one that no
+// route matches is a 404, never forwarded to an upstream that holds none of that state.
+constexpr std::string_view kOwnPrefixes[] = {"/v1/chat/", "/v1/responses", "/v1/conversations"};
+
+// Whether a path has a "." or ".." segment (also percent-encoded): forwarded, it could climb out
+// of the upstream's /v1 to other paths of its host, with the gateway's key.
+bool HasDotSegment(std::string_view path) {
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    const auto end = std::min(path.find('/', start), path.size());
+    std::string segment(path.substr(start, end - start));
+    for (std::size_t at = segment.find('%'); at != std::string::npos; at = segment.find('%', at)) {
+      if (segment.size() - at >= 3 && segment[at + 1] == '2' &&
+          (segment[at + 2] == 'e' || segment[at + 2] == 'E')) {
+        segment.replace(at, 3, ".");
+      }
+      ++at;
+    }
+    if (segment == "." || segment == "..") return true;
+    start = end + 1;
+  }
+  return false;
+}
 
 // The `model` of a JSON body, "" when there is none (a multipart upload names it in a form field;
 // a Router then picks among all its upstreams).
@@ -239,6 +264,19 @@ net::awaitable<http::Response> PassThroughRoute(std::shared_ptr<OpenAIDependenci
   auto admission =
       co_await d->admission.Admit(request, d->chat_limits, std::move(scope), ErrorStyle::kOpenAI);
   if (admission.rejection) co_return std::move(*admission.rejection);
+  for (const auto own : kOwnPrefixes) {
+    if (request.path.starts_with(own)) {
+      http::Response unknown = FormatError(404, "Not found: " + request.path, request.path);
+      AddHeaders(unknown, admission.headers);
+      co_return unknown;
+    }
+  }
+  if (HasDotSegment(request.path) || request.path.find('\\') != std::string::npos) {
+    http::Response refused = OpenAIError(
+        400, "The path may not hold '.' or '..' segments or backslashes", "invalid_request_error");
+    AddHeaders(refused, admission.headers);
+    co_return refused;
+  }
   constexpr std::string_view kModelsPrefix = "/v1/models/";
   const bool model_lookup = request.method == "GET" && request.path.starts_with(kModelsPrefix) &&
                             request.path.size() > kModelsPrefix.size();

@@ -66,16 +66,19 @@ void LogIfFailed(std::exception_ptr error) {
   }
 }
 
-// The path as the access log shows it: at most kLoggedPathBytes bytes (cut at a UTF-8 character
-// boundary) and "…", so a client cannot fill the log with one long URL.
+// Client-given text as the access log shows it: at most `limit` bytes (cut at a UTF-8 character
+// boundary) and "…", so a client cannot fill the log with one long URL, model name or id.
 constexpr std::size_t kLoggedPathBytes = 512;
+constexpr std::size_t kLoggedNameBytes = 256;
 
-std::string LoggedPath(std::string_view path) {
-  if (path.size() <= kLoggedPathBytes) return std::string(path);
-  std::size_t cut = kLoggedPathBytes;
-  while (cut > 0 && (static_cast<unsigned char>(path[cut]) & 0xC0) == 0x80) --cut;
-  return std::string(path.substr(0, cut)) + "\u2026";
+std::string Clipped(std::string_view text, std::size_t limit) {
+  if (text.size() <= limit) return std::string(text);
+  std::size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(text.substr(0, cut)) + "\u2026";
 }
+
+std::string LoggedPath(std::string_view path) { return Clipped(path, kLoggedPathBytes); }
 
 // A client-supplied request id is echoed only when it is short and plain, so it cannot break a
 // header or a log line.
@@ -790,8 +793,10 @@ void Server::LogRequest(const Request& request, const Response& response, double
       {"method", request.method},         {"path", LoggedPath(request.path)},
       {"status", response.status},        {"latency_ms", std::round(seconds * 1e6) / 1e3},
       {"request_id", request.request_id}, {"client", peer}};
-  if (!note.conversation.empty()) fields.emplace_back("conversation", note.conversation);
-  if (!note.model.empty()) fields.emplace_back("model", note.model);
+  if (!note.conversation.empty()) {
+    fields.emplace_back("conversation", Clipped(note.conversation, kLoggedNameBytes));
+  }
+  if (!note.model.empty()) fields.emplace_back("model", Clipped(note.model, kLoggedNameBytes));
   if (!note.upstream.empty()) fields.emplace_back("upstream", note.upstream);
   if (note.upstream_ms >= 0) fields.emplace_back("upstream_ms", note.upstream_ms);
   if (note.prompt_tokens >= 0) fields.emplace_back("prompt_tokens", note.prompt_tokens);

@@ -99,6 +99,26 @@ TEST_F(PassThroughTest, EmbeddingsAndModelLookupsWork) {
   EXPECT_TRUE(fake_.requests_to("GET", "/v1/chat/completions").empty());
 }
 
+TEST_F(PassThroughTest, NothingClimbsOutOfV1OrIntoStaplesOwnApis) {
+  auto staple = StartStaple();
+  // Dot segments (curl sends percent-encoded ones as they are) could reach other paths of the
+  // upstream's host with the gateway's key.
+  for (const std::string path :
+       {"/v1/files/%2e%2e/%2E%2E/dashboard", "/v1/x/%2e/y", "/v1/files/..%2f..%2fadmin/%2e%2e"}) {
+    HttpResponse refused = client_.Get(staple->url() + path);
+    EXPECT_EQ(refused.status, 400) << path << ": " << refused.body;
+    EXPECT_TRUE(refused.Json()["error"].is_object()) << refused.body;
+  }
+  // Subpaths of the APIs whose state Staple keeps are its own 404s, not the upstream's.
+  for (const std::string path :
+       {"/v1/responses/resp_1/cancel", "/v1/conversations/c/x/y", "/v1/chat/completions/abc"}) {
+    HttpResponse unknown =
+        client_.Request("POST", staple->url() + path, "{}", {{"Content-Type", "application/json"}});
+    EXPECT_EQ(unknown.status, 404) << path << ": " << unknown.body;
+  }
+  EXPECT_TRUE(fake_.requests().empty()) << fake_.requests().dump();
+}
+
 TEST_F(PassThroughTest, UpstreamFailuresAnswerInOpenAIsShapeAndAreLogged) {
   auto staple = StartStaple({{"STAPLE_UPSTREAM_RETRIES", "0"}, {"STAPLE_LOG_FORMAT", "json"}});
   SetFault("FAULT:status=503");
