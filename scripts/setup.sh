@@ -47,4 +47,5 @@ fi
 build_dir="${1:-build}"
 build_type="${STAPLE_BUILD_TYPE:-Release}"
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" ${STAPLE_CMAKE_ARGS:-}
-cmake --build "$build_dir" -j "$(nproc)"
+# STAPLE_BUILD_TARGET: build only that target (scripts/run.sh builds just the binary it runs).
+cmake --build "$build_dir" -j "$(nproc)" ${STAPLE_BUILD_TARGET:+--target "$STAPLE_BUILD_TARGET"}

@@ -25,6 +25,7 @@
 #include "api/openai_handlers.h"
 #include "api/playground.h"
 #include "api/responses_handlers.h"
+#include "app/demo_upstream.h"
 #include "chat/conversation_service.h"
 #include "chat/openai_proxy.h"
 #include "common/allocator.h"
@@ -254,13 +255,16 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
     metrics.AddFamilies([r = routed.get()](std::string& out) { r->RenderMetrics(out); });
     upstream_router = routed.get();
     upstream_owner = std::move(routed);
+  } else if (config.upstream.demo) {
+    upstream_owner = std::make_unique<DemoUpstream>();
   } else {
     upstream_owner = std::make_unique<upstream::CurlClient>(upstream_settings);
   }
   upstream::Client& upstream_client = *upstream_owner;
 
   // 2. Services and routes.
-  const bool key_missing = !upstream_router && config.upstream.api_key.empty() &&
+  const bool key_missing = !upstream_router && !config.upstream.demo &&
+                           config.upstream.api_key.empty() &&
                            config.upstream.base_url == kOpenAIBaseUrl;
   chat::TurnSettings turn_settings;
   turn_settings.window = {config.chat.history_max_messages, config.chat.history_max_chars};
@@ -415,7 +419,14 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
                  {"ready_ms", std::round(ready_ms * 10) / 10}});
   observe::Info("configuration", banner);
   if (key_missing) {
-    observe::Warn("OPENAI_API_KEY is not set: /openai-completion answers 500 until it is");
+    observe::Warn(
+        "OPENAI_API_KEY is not set: completions answer 500 until it is (to try Staple without "
+        "a key: staple serve --demo)");
+  }
+  if (config.upstream.demo) {
+    observe::Warn(
+        "demo mode: answers come from the built-in demo upstream, which echoes the last message; "
+        "no model is asked and no key is used");
   }
   if (config.limits.storage_url != "memory://") {
     // Redis down at start is not fatal (see above), but it must not be silent: one PING, bound
@@ -830,6 +841,8 @@ int Main(int argc, char** argv) {
         std::count(fallback.begin(), fallback.end(), '.') <= 1) {
       option->type_name("NUMBER");
     }
+    // A boolean switch may be given alone ("--demo" = "--demo true").
+    if (std::string_view(variable.flag) == "--demo") option->expected(0, 1);
     flag_options.emplace_back(variable.name, option);
   }
   auto keys_command = AddKeysCommand(cli);
@@ -858,7 +871,11 @@ int Main(int argc, char** argv) {
 
   config::Sources sources;
   for (const auto& [name, option] : flag_options) {
-    if (option->count() > 0) sources.flags[name] = flag_values[name];
+    if (option->count() > 0) {
+      sources.flags[name] = flag_values[name].empty() && option->get_expected_min() == 0
+                                ? std::string("true")
+                                : flag_values[name];
+    }
   }
   sources.environment = [](const std::string& name) -> std::optional<std::string> {
     const char* value = std::getenv(name.c_str());

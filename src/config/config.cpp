@@ -196,6 +196,9 @@ std::vector<Variable> MakeVariables() {
       {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "--upstream-idle-timeout",
        SecondsText(upstream.idle_timeout), "upstream stream idle time between chunks, seconds",
        false},
+      {"STAPLE_DEMO", "--demo", "false",
+       "answer with the built-in demo upstream (an echo; no key, no network): to try Staple",
+       false},
       {"STAPLE_UPSTREAMS", "--upstreams", "",
        "TOML file of several upstreams: routing by model, fallbacks, cooldowns (README "
        "\"Upstreams\"); empty: OPENAI_BASE_URL and OPENAI_API_KEY are the only upstream",
@@ -601,7 +604,16 @@ Result<Config> Load(const Sources& sources) {
   if (!retries) return retries.error();
   upstream.max_retries = static_cast<int>(*retries);
 
+  auto demo = ParseBool("STAPLE_DEMO", get("STAPLE_DEMO"));
+  if (!demo) return demo.error();
+  upstream.demo = *demo;
+
   upstream.routes_file = Trim(get("STAPLE_UPSTREAMS"));
+  if (upstream.demo && !upstream.routes_file.empty()) {
+    return MakeError(ErrorKind::kInvalidArgument,
+                     "STAPLE_DEMO and STAPLE_UPSTREAMS exclude each other: the demo upstream "
+                     "answers everything");
+  }
   if (!upstream.routes_file.empty()) {
     // Every entry starts from the settings above; its key comes from the variable it names,
     // looked up where OPENAI_API_KEY would be (the environment, then the .env file).

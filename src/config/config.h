@@ -107,6 +107,8 @@ struct UpstreamSettings {
   // (then base_url and api_key above are the only upstream).
   std::string routes_file;
   std::optional<upstream::RouterSettings> routes;
+  // STAPLE_DEMO: the built-in demo upstream (app/demo_upstream.h) instead of any of the above.
+  bool demo = false;
 };
 
 struct Config {

@@ -239,6 +239,7 @@ TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
       {"STAPLE_UPSTREAM_CONNECT_TIMEOUT", "10"},
       {"STAPLE_UPSTREAM_FIRST_BYTE_TIMEOUT", "60"},
       {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "60"},
+      {"STAPLE_DEMO", "false"},
       {"STAPLE_UPSTREAMS", ""},
       {"STAPLE_UPSTREAM_RETRIES", "2"},
       {"STAPLE_MAX_BODY_BYTES", "1048576"},
