@@ -25,6 +25,8 @@ if [ "${STAPLE_SETUP_TEST:-0}" = 1 ]; then
   packages+=(redis-server postgresql nginx-light libnginx-mod-http-echo wrk procps)
   # tests/packaging: systemd-analyze verifies packaging/staple.service.
   packages+=(systemd)
+  # tests/sdk/playground_browser.test.js: the playground in a real browser.
+  packages+=(chromium)
   # scripts/fuzz.sh: clang and libFuzzer's runtime (Debian ships it in libclang-rt-<version>-dev).
   packages+=(clang $(fuzzer_runtime_package))
   # Node 20 may already come from another source; Debian's nodejs/npm only when there is none.

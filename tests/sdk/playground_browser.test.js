@@ -1,0 +1,108 @@
+// The playground in a real browser: Debian's chromium driven by playwright-core, against the real
+// binary serving with its built-in demo upstream (--demo). A message is sent and its answer
+// streams in while Send is disabled; after a reload the conversation is read back from the store;
+// the second message of a new conversation stays in it; the page works at phone width and in dark
+// mode. Screenshots (desktop, phone, dark) go to $STAPLE_SCREENSHOTS (build/screenshots in ctest).
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+import { STAPLE_BIN, cleanEnv, freePort, start, waitForHttp } from './harness.js';
+
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const SHOTS = process.env.STAPLE_SCREENSHOTS || join(tmpdir(), 'staple-screenshots');
+
+describe('the playground in Chromium', { skip: !STAPLE_BIN }, () => {
+  let dir;
+  let staple;
+  let url;
+  let browser;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'staple-browser-'));
+    mkdirSync(SHOTS, { recursive: true });
+    const port = await freePort();
+    staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(port), '--demo'],
+                   cleanEnv(), dir, 'staple');
+    url = `http://127.0.0.1:${port}/`;
+    await waitForHttp(`${url}healthz`, staple);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (staple && staple.exitCode === null && staple.pid) process.kill(staple.pid, 'SIGTERM');
+    if (dir && process.env.STAPLE_KEEP_TEST_DIRS !== '1') rmSync(dir, { recursive: true, force: true });
+  });
+
+  // The text of the assistant bubbles on the page.
+  const answers = (page) => page.locator('.msg.assistant').allTextContents();
+
+  test('a streamed answer, Send disabled meanwhile, the conversation after a reload', async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    await page.goto(url);
+    // The message box has a label and has the focus.
+    const box = page.getByLabel('Message');
+    await box.waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'prompt');
+
+    await box.fill('Hello from the browser');
+    await box.press('Enter');
+    const send = page.locator('#send');
+    // The demo upstream streams in pieces 40 ms apart: Send is disabled until the answer is in.
+    await page.waitForFunction(() => document.getElementById('send').disabled);
+    await page.waitForFunction(() => !document.getElementById('send').disabled);
+    assert.equal(await send.isDisabled(), false);
+    assert.deepEqual(await answers(page), ['echo(1): Hello from the browser']);
+    const conversation = await page.inputValue('#user');
+    assert.match(conversation, /^[0-9a-f-]{36}$/);
+
+    // A second message goes to the same conversation (its id existed before the first answer).
+    await box.fill('Second message');
+    await box.press('Enter');
+    await page.waitForFunction(() => document.querySelectorAll('.msg.assistant').length === 2 &&
+                                     !document.getElementById('send').disabled);
+    assert.deepEqual(await answers(page),
+                     ['echo(1): Hello from the browser', 'echo(3): Second message']);
+    assert.equal(await page.inputValue('#user'), conversation);
+    await page.screenshot({ path: join(SHOTS, 'playground-desktop.png') });
+
+    // After a reload the page reads the conversation back from Staple's store.
+    await page.reload();
+    await page.waitForFunction(() => document.querySelectorAll('.msg').length === 4);
+    assert.deepEqual(await answers(page),
+                     ['echo(1): Hello from the browser', 'echo(3): Second message']);
+    assert.equal(await page.locator('.broken').count(), 0);
+    await context.close();
+  });
+
+  test('phone width and dark mode', async () => {
+    const context = await browser.newContext({
+      viewport: { width: 390, height: 740 }, isMobile: true, hasTouch: true, colorScheme: 'dark',
+    });
+    const page = await context.newPage();
+    await page.goto(url);
+    const box = page.getByLabel('Message');
+    await box.fill('From a phone');
+    await page.locator('#send').tap();
+    await page.waitForFunction(() => document.querySelectorAll('.msg.assistant').length === 1 &&
+                                     !document.getElementById('send').disabled);
+    assert.deepEqual(await answers(page), ['echo(1): From a phone']);
+    // The message box and Send are on screen, and the header leaves the conversation most of it.
+    const form = await page.locator('form').boundingBox();
+    assert.ok(form.y + form.height <= 740 + 1, `the form ends at ${form.y + form.height}`);
+    const header = await page.locator('header').boundingBox();
+    assert.ok(header.height < 740 / 4, `the header is ${header.height} px high`);
+    // Dark mode: the page background is dark.
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const [r, g, b] = background.match(/\d+/g).map(Number);
+    assert.ok(r + g + b < 150, `background ${background}`);
+    await page.screenshot({ path: join(SHOTS, 'playground-phone-dark.png') });
+    await context.close();
+  });
+});
