@@ -55,8 +55,13 @@ http::Response ModelNotFound(std::string_view model) {
 
 http::Response FailureAnswer(const Error& error, ErrorStyle style) {
   const auto shape = ShapeOf(error.kind, style);
-  return style == ErrorStyle::kSeed ? SeedError(shape.status, error.message, shape.type)
-                                    : OpenAIError(shape.status, error.message, shape.type);
+  http::Response response = style == ErrorStyle::kSeed
+                                ? SeedError(shape.status, error.message, shape.type)
+                                : OpenAIError(shape.status, error.message, shape.type);
+  // A missing upstream key does not heal by retrying: the OpenAI SDKs read this header and do not
+  // retry the 500 (which would spend the client's request limits for nothing).
+  if (error.kind == ErrorKind::kMisconfigured) response.headers.Add("X-Should-Retry", "false");
+  return response;
 }
 
 std::string FailureEvent(const Error& error, ErrorStyle style) {

@@ -34,7 +34,8 @@ struct FailureShape {
 };
 FailureShape ShapeOf(ErrorKind kind, ErrorStyle style);
 
-// The JSON answer for `error` in `style`.
+// The JSON answer for `error` in `style` (kMisconfigured adds `X-Should-Retry: false`, which the
+// OpenAI SDKs obey).
 http::Response FailureAnswer(const Error& error, ErrorStyle style);
 
 // The server-sent event that ends a stream broken after its headers went out:

@@ -297,3 +297,37 @@ describe('openai npm package with a Staple client key', { skip: !STAPLE_BIN || !
     );
   });
 });
+
+// Without an upstream key Staple answers 500 configuration_error with X-Should-Retry: false, so
+// the SDK does not retry (and spend the client's request limits) for an error that cannot heal.
+describe('openai npm package against a Staple without an upstream key', { skip: !STAPLE_BIN }, () => {
+  let dir;
+  let staple;
+  let root;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'staple-sdk-nokey-'));
+    const port = await freePort();
+    staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(port)], cleanEnv(),
+                   dir, 'staple');
+    root = `http://127.0.0.1:${port}`;
+    await waitForHttp(`${root}/healthz`, staple);
+  });
+
+  after(() => {
+    if (staple && staple.exitCode === null && staple.pid) process.kill(staple.pid, 'SIGTERM');
+    if (dir && process.env.STAPLE_KEEP_TEST_DIRS !== '1') rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('the 500 is not retried', async () => {
+    const client = new OpenAI({ apiKey: 'unused', baseURL: `${root}/v1`, maxRetries: 2,
+                                timeout: 10000 });
+    await assert.rejects(
+      client.chat.completions.create({ model: 'gpt-4o-mini',
+                                       messages: [{ role: 'user', content: 'hi' }] }),
+      (err) => err instanceof OpenAI.InternalServerError && /OPENAI_API_KEY/.test(err.message));
+    const metrics = await (await fetch(`${root}/metrics`)).text();
+    assert.match(metrics,
+                 /staple_http_requests_total\{route="\/v1\/chat\/completions",status="500"\} 1\n/);
+  });
+});

@@ -275,6 +275,8 @@ TEST_F(ChatRoutesTest, WithoutAKeyBothRoutesSayItIsAConfigurationError) {
   auto chat = Post("/v1/chat/completions", kChatBody);
   EXPECT_EQ(chat.status, 500);
   EXPECT_EQ(json::parse(chat.body)["error"]["type"], "configuration_error");
+  EXPECT_EQ(chat.headers.Get("X-Should-Retry").value_or(""), "false");
+  EXPECT_EQ(seed.headers.Get("X-Should-Retry").value_or(""), "false");
   EXPECT_TRUE(upstream_.requests().empty());
 }
 
