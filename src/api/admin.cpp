@@ -1,9 +1,14 @@
 #include "api/admin.h"
 
+#include <chrono>
 #include <memory>
+#include <utility>
+#include <variant>
 
 #include "api/auth.h"
 #include "api/errors.h"
+#include "api/handlers.h"
+#include "api/seed_request.h"
 #include "observe/log.h"
 
 namespace staple::api {
@@ -16,6 +21,8 @@ constexpr int kUsageDays = 30;
 struct AdminContext {
   keys::KeyRegistry& registry;
   const std::string admin_hash;  // SHA-256 of the admin key; "" when disabled
+  store::ConversationStore* store = nullptr;
+  const observe::StatsHistory* stats = nullptr;
 };
 
 http::Response StoreFailure(const Error& error) {
@@ -195,10 +202,61 @@ Status ApplyKeyFields(const json& body, keys::KeyRecord& record, bool creating) 
   return keys::Validate(record);
 }
 
+namespace {
+
+net::awaitable<http::Response> Stats(AdminContext& context, http::Request& /*request*/) {
+  co_return http::JsonResponse(200, context.stats->ToJson(std::chrono::system_clock::now()));
+}
+
+// The conversation id of the path (decoded) and the owner of the query; a 400 answer when the id
+// is too long.
+std::variant<std::pair<std::string, std::string>, http::Response> ConversationOf(
+    const http::Request& request) {
+  std::string id = DecodePathSegment(request.path_params.at(0));
+  if (id.size() > kMaxUserIdLength) {
+    return SeedError(400, "the conversation id is too long (at most " +
+                              std::to_string(kMaxUserIdLength) + " bytes)");
+  }
+  std::string owner(QueryValue(request.query, "owner").value_or(""));
+  return std::make_pair(std::move(owner), std::move(id));
+}
+
+net::awaitable<http::Response> ShowConversation(AdminContext& context, http::Request& request) {
+  auto target = ConversationOf(request);
+  if (auto* refused = std::get_if<http::Response>(&target)) co_return std::move(*refused);
+  auto& [owner, id] = std::get<0>(target);
+  http::Response response =
+      co_await ListConversationMessages(*context.store, request, std::move(owner), std::move(id));
+  co_return response;
+}
+
+net::awaitable<http::Response> DeleteConversation(AdminContext& context, http::Request& request) {
+  auto target = ConversationOf(request);
+  if (auto* refused = std::get_if<http::Response>(&target)) co_return std::move(*refused);
+  auto& [owner, id] = std::get<0>(target);
+  observe::Info("conversation deleted by the admin API",
+                {{"owner", owner}, {"request_id", request.request_id}});
+  http::Response response =
+      co_await DeleteConversationMessages(*context.store, std::move(owner), std::move(id));
+  co_return response;
+}
+
+}  // namespace
+
 void RegisterAdminRoutes(http::Router& router, keys::KeyRegistry& registry,
                          AdminSettings settings) {
   auto context = std::make_shared<AdminContext>(AdminContext{
-      registry, settings.admin_key.empty() ? std::string() : keys::HashSecret(settings.admin_key)});
+      registry, settings.admin_key.empty() ? std::string() : keys::HashSecret(settings.admin_key),
+      settings.store, settings.stats});
+  if (settings.stats != nullptr) {
+    router.Add("GET", "/admin/stats", "/admin/stats", Guarded(context, Stats));
+  }
+  if (settings.store != nullptr) {
+    router.Add("GET", "/admin/conversations/{id}", "/admin/conversations",
+               Guarded(context, ShowConversation));
+    router.Add("DELETE", "/admin/conversations/{id}", "/admin/conversations",
+               Guarded(context, DeleteConversation));
+  }
   router.Add("POST", "/admin/keys", "/admin/keys", Guarded(context, CreateKey));
   router.Add("GET", "/admin/keys", "/admin/keys", Guarded(context, ListKeys));
   router.Add("GET", "/admin/keys/{id}", "/admin/keys", Guarded(context, ShowKey));

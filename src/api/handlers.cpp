@@ -104,8 +104,11 @@ http::Handler MessagesRoute(std::shared_ptr<Dependencies> deps, MessagesAction a
   };
 }
 
-net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request& request,
-                                            std::string owner, std::string user_id) {
+}  // namespace
+
+net::awaitable<http::Response> ListConversationMessages(store::ConversationStore& store,
+                                                        const http::Request& request,
+                                                        std::string owner, std::string user_id) {
   std::int64_t after = 0;
   std::size_t limit = kDefaultPageSize;
   if (auto text = QueryValue(request.query, "after")) {
@@ -122,8 +125,7 @@ net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request
     limit = static_cast<std::size_t>(*value);
   }
   std::string conversation = user_id;
-  auto page =
-      co_await d.store.ListMessages(std::move(owner), std::move(conversation), after, limit);
+  auto page = co_await store.ListMessages(std::move(owner), std::move(conversation), after, limit);
   if (!page) co_return FailureAnswer(page.error(), ErrorStyle::kSeed);
   json messages = json::array();
   for (const auto& m : page->messages) messages.push_back(MessageJson(m));
@@ -134,12 +136,24 @@ net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request
   co_return http::JsonResponse(200, body);
 }
 
-net::awaitable<http::Response> DeleteMessages(Dependencies& d, const http::Request& /*request*/,
-                                              std::string owner, std::string user_id) {
+net::awaitable<http::Response> DeleteConversationMessages(store::ConversationStore& store,
+                                                          std::string owner, std::string user_id) {
   std::string conversation = user_id;
-  auto deleted = co_await d.store.DeleteMessages(std::move(owner), std::move(conversation));
+  auto deleted = co_await store.DeleteMessages(std::move(owner), std::move(conversation));
   if (!deleted) co_return FailureAnswer(deleted.error(), ErrorStyle::kSeed);
   co_return http::JsonResponse(200, {{"user_id", user_id}, {"deleted", *deleted}});
+}
+
+namespace {
+
+net::awaitable<http::Response> ListMessages(Dependencies& d, const http::Request& request,
+                                            std::string owner, std::string user_id) {
+  return ListConversationMessages(d.store, request, std::move(owner), std::move(user_id));
+}
+
+net::awaitable<http::Response> DeleteMessages(Dependencies& d, const http::Request& /*request*/,
+                                              std::string owner, std::string user_id) {
+  return DeleteConversationMessages(d.store, std::move(owner), std::move(user_id));
 }
 
 }  // namespace

@@ -37,6 +37,16 @@ struct Dependencies {
 // GET /readyz, GET /metrics.
 void RegisterRoutes(http::Router& router, Dependencies deps);
 
+// GET /users/{user_id}/messages's answer for (owner, user_id): `after` and `limit` from the
+// query (400 when invalid), a page of messages oldest first. The admin API's conversation routes
+// answer the same for any owner.
+net::awaitable<http::Response> ListConversationMessages(store::ConversationStore& store,
+                                                        const http::Request& request,
+                                                        std::string owner, std::string user_id);
+// DELETE's: {"user_id", "deleted": n}.
+net::awaitable<http::Response> DeleteConversationMessages(store::ConversationStore& store,
+                                                          std::string owner, std::string user_id);
+
 // A new conversation id: a lower-case RFC 4122 version-4 UUID.
 std::string NewUserId();
 

@@ -20,6 +20,7 @@
 #include "api/admin.h"
 #include "api/admission.h"
 #include "api/auth.h"
+#include "api/console.h"
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/openai_handlers.h"
@@ -350,8 +351,12 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   api::RegisterResponsesRoutes(router,
                                api::ResponsesDependencies{turns, *store, admission, token_limits,
                                                           config.limits.responses_limits});
+  // The operator console (/console) and the admin API's figures behind it.
+  observe::StatsHistory stats(metrics);
+  api::RegisterConsole(router);
   if (key_registry) {
-    api::RegisterAdminRoutes(router, *key_registry, api::AdminSettings{config.auth.admin_key});
+    api::RegisterAdminRoutes(router, *key_registry,
+                             api::AdminSettings{config.auth.admin_key, store.get(), &stats});
   }
 
   // 3. Listen and serve.
@@ -374,6 +379,7 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
     return 1;
   }
   server.Start();
+  stats.Start();
 
   // Retention: the first run now, then one every interval, on a thread of its own.
   std::unique_ptr<store::RetentionTask> retention;

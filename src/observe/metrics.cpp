@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -115,6 +116,48 @@ void Histogram::Observe(double seconds) {
   count_.fetch_add(1, std::memory_order_relaxed);
   const double micros = seconds > 0 ? seconds * 1e6 : 0;
   sum_micros_.fetch_add(static_cast<std::uint64_t>(micros), std::memory_order_relaxed);
+}
+
+void Histogram::AddCounts(std::array<std::uint64_t, kBuckets>& counts) const {
+  for (std::size_t i = 0; i < kBuckets; ++i)
+    counts[i] += buckets_[i].load(std::memory_order_relaxed);
+}
+
+double Histogram::UpperBound(std::size_t i) {
+  return i < kBounds.size() ? kBounds[i] : std::numeric_limits<double>::infinity();
+}
+
+Metrics::Totals Metrics::Totals::operator-(const Totals& earlier) const {
+  Totals delta;
+  delta.requests = requests - earlier.requests;
+  delta.client_errors = client_errors - earlier.client_errors;
+  delta.server_errors = server_errors - earlier.server_errors;
+  delta.prompt_tokens = prompt_tokens - earlier.prompt_tokens;
+  delta.completion_tokens = completion_tokens - earlier.completion_tokens;
+  for (std::size_t i = 0; i < latency.size(); ++i)
+    delta.latency[i] = latency[i] - earlier.latency[i];
+  return delta;
+}
+
+Metrics::Totals Metrics::Snapshot() const {
+  Totals totals;
+  for (std::size_t r = 0; r < route_labels_.size(); ++r) {
+    const std::string& label = route_labels_[r];
+    if (label == "healthz" || label == "readyz" || label == "/metrics" ||
+        label.starts_with("/admin") || label.starts_with("/console")) {
+      continue;
+    }
+    for (std::size_t s = 0; s < routes_[r].requests.size(); ++s) {
+      const auto n = routes_[r].requests[s].load(std::memory_order_relaxed);
+      totals.requests += n;
+      if (s >= 400 && s < 500) totals.client_errors += n;
+      if (s >= 500) totals.server_errors += n;
+    }
+    routes_[r].latency.AddCounts(totals.latency);
+  }
+  totals.prompt_tokens = prompt_tokens_.load(std::memory_order_relaxed);
+  totals.completion_tokens = completion_tokens_.load(std::memory_order_relaxed);
+  return totals;
 }
 
 void Histogram::Render(std::string& out, std::string_view name, std::string_view labels) const {

@@ -26,8 +26,14 @@ inline constexpr std::size_t kUpstreamFailureKinds = 6;
 // the default upstream timeout is 120 s and a stream may last 600 s (STAPLE_UPSTREAM_*).
 class Histogram {
  public:
+  static constexpr std::size_t kBuckets = 21;  // the bounds below, then +Inf
+
   Histogram();
   void Observe(double seconds);
+  // Adds this histogram's per-bucket counts (not cumulative) to `counts`.
+  void AddCounts(std::array<std::uint64_t, kBuckets>& counts) const;
+  // The upper bound of bucket `i` in seconds (+Inf for the last).
+  static double UpperBound(std::size_t i);
   // Appends Prometheus text lines for `name` with extra `labels` ("" or `route="x",`).
   void Render(std::string& out, std::string_view name, std::string_view labels) const;
 
@@ -35,6 +41,7 @@ class Histogram {
   static constexpr std::array<double, 20> kBounds = {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
       1,      2.5,   5,      10,    20,   30,    60,   120, 300,  600};
+  static_assert(kBounds.size() + 1 == kBuckets);
   std::array<std::atomic<std::uint64_t>, kBounds.size() + 1> buckets_{};
   std::atomic<std::uint64_t> count_{0};
   std::atomic<std::uint64_t> sum_micros_{0};
@@ -95,6 +102,20 @@ class Metrics {
   // Renders every family: Staple's, the process's (process_*, from /proc) and
   // staple_build_info.
   std::string Render() const;
+
+  // Running totals for the operator console (StatsHistory): the answered requests of every route
+  // but the operational ones (health, metrics, admin, console), their 4xx and 5xx, their latency
+  // buckets, and the tokens. Relaxed reads: a snapshot, not a transaction.
+  struct Totals {
+    std::uint64_t requests = 0;
+    std::uint64_t client_errors = 0;
+    std::uint64_t server_errors = 0;
+    std::uint64_t prompt_tokens = 0;
+    std::uint64_t completion_tokens = 0;
+    std::array<std::uint64_t, Histogram::kBuckets> latency{};
+    Totals operator-(const Totals& earlier) const;
+  };
+  Totals Snapshot() const;
 
  private:
   static constexpr int kStatuses = 600;

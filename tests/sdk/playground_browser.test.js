@@ -106,3 +106,88 @@ describe('the playground in Chromium', { skip: !STAPLE_BIN }, () => {
     await context.close();
   });
 });
+
+describe('the operator console in Chromium', { skip: !STAPLE_BIN }, () => {
+  const ADMIN_KEY = 'admin-key-for-the-browser-test-0123456789';
+  let dir;
+  let staple;
+  let root;
+  let browser;
+  let tenant;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'staple-console-'));
+    mkdirSync(SHOTS, { recursive: true });
+    const port = await freePort();
+    staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(port), '--demo'],
+                   { ...cleanEnv(), STAPLE_ADMIN_KEY: ADMIN_KEY, STAPLE_AUTH: 'keys' }, dir, 'staple');
+    root = `http://127.0.0.1:${port}`;
+    await waitForHttp(`${root}/healthz`, staple);
+    // A tenant's key, some traffic to chart, and a conversation of that tenant to look up.
+    const made = await fetch(`${root}/admin/keys`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${ADMIN_KEY}` },
+      body: JSON.stringify({ name: 'tenant' }) });
+    assert.equal(made.status, 201);
+    tenant = await made.json();
+    for (const prompt of ['one', 'two', 'three']) {
+      const res = await fetch(`${root}/openai-completion`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${tenant.key}` },
+        body: JSON.stringify({ prompt, user_id: 'console-conv' }) });
+      assert.equal(res.status, 200);
+    }
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (staple && staple.exitCode === null && staple.pid) process.kill(staple.pid, 'SIGTERM');
+    if (dir && process.env.STAPLE_KEEP_TEST_DIRS !== '1') rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('charts, a conversation, and a key created, charted and revoked', async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    page.on('dialog', (dialog) => dialog.accept());
+    await page.goto(`${root}/console`);
+    await page.getByLabel('admin key').fill(ADMIN_KEY);
+    await page.getByLabel('admin key').press('Tab');  // change event: the page loads its data
+    // The last hour's charts are drawn, and this minute's requests are counted.
+    await page.waitForSelector('#chart-requests circle');
+    await page.waitForSelector('#chart-latency circle');
+    // (The three turns, and the browser's own GET /favicon.ico, a 401 or 404.)
+    const counted = (await page.textContent('#status')).match(/this minute: (\d+) requests, 0 5xx/);
+    assert.ok(counted && Number(counted[1]) >= 3, await page.textContent('#status'));
+
+    // A conversation by id.
+    await page.fill('#conv-id', 'console-conv');
+    await page.fill('#conv-owner', tenant.id);
+    await page.click('#conv-form button:not([type])');
+    await page.waitForFunction(() => document.querySelectorAll('#conv .msg').length === 6);
+    assert.match(await page.textContent('#conv'), /echo\(5\): three/);
+
+    // A key: created (its secret shown once), listed, its usage charted, revoked.
+    await page.fill('#key-name', 'browser-made');
+    await page.fill('#key-models', 'gpt-4o-mini');
+    await page.click('#key-form button');
+    const secret = await page.textContent('#new-secret');
+    assert.match(secret, /^sk-staple-/);
+    const row = page.locator('#keys tr', { hasText: 'browser-made' });
+    await row.waitFor();
+    assert.match(await row.textContent(), /gpt-4o-mini.*active/);
+    await row.getByRole('button', { name: 'Usage' }).click();
+    await page.waitForSelector('#chart-usage');
+    await page.screenshot({ path: join(SHOTS, 'console-desktop.png'), fullPage: true });
+    await row.getByRole('button', { name: 'Revoke' }).click();
+    await page.waitForFunction(() => /browser-made.*revoked/.test(document.getElementById('keys').textContent));
+
+    // The key really is revoked: Staple refuses it.
+    const refused = await fetch(`${root}/v1/models`, { headers: { Authorization: `Bearer ${secret}` } });
+    assert.equal(refused.status, 401);
+
+    // Deleting the conversation from the console.
+    await page.click('#conv-delete');
+    await page.waitForFunction(() => /6 messages deleted/.test(document.getElementById('conv').textContent));
+    await context.close();
+  });
+});
