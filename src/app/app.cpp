@@ -416,8 +416,22 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
 
   const auto ready_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  // The configuration line names what differs from the defaults (`staple serve --help` lists
+  // them), so it stays a few settings long instead of every variable.
   observe::Fields banner;
-  for (const auto& [name, value] : config.effective) banner.emplace_back(name, value);
+  std::int64_t at_default = 0;
+  for (const auto& [name, value] : config.effective) {
+    const auto& variables = config::Variables();
+    const auto variable =
+        std::find_if(variables.begin(), variables.end(),
+                     [&name = name](const config::Variable& v) { return v.name == name; });
+    if (value == "(not set)" || (variable != variables.end() && value == variable->fallback)) {
+      ++at_default;
+      continue;
+    }
+    banner.emplace_back(name, value);
+  }
+  banner.emplace_back("settings_at_default", at_default);
   observe::Info(fmt::format("Staple {} listening on http://{}:{}", observe::BuildVersion(),
                             config.server.host, server.port()),
                 {{"threads", config.server.threads},

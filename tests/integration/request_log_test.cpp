@@ -83,6 +83,23 @@ TEST_F(RequestLogTest, TheAccessLineNamesTheConversationModelUpstreamTimeAndToke
   EXPECT_GE(seed_line->value("completion_tokens", -1), 0) << *seed_line;
 }
 
+TEST_F(RequestLogTest, TheConfigurationLineNamesOnlyWhatDiffersFromTheDefaults) {
+  auto staple = Start();
+  std::optional<json> configuration;
+  for (const auto& text : SplitLines(staple->Stderr())) {
+    const auto line = json::parse(text, nullptr, false);
+    if (line.is_object() && line.value("msg", "") == "configuration") configuration = line;
+  }
+  ASSERT_TRUE(configuration.has_value()) << staple->Stderr();
+  EXPECT_EQ(configuration->value("STAPLE_LOG_FORMAT", ""), "json") << *configuration;
+  EXPECT_EQ(configuration->value("STAPLE_UPSTREAM_RETRIES", ""), "0") << *configuration;
+  EXPECT_EQ(configuration->value("OPENAI_BASE_URL", ""), fake_.base_url()) << *configuration;
+  EXPECT_FALSE(configuration->contains("STAPLE_SQLITE_SYNCHRONOUS")) << *configuration;
+  EXPECT_FALSE(configuration->contains("STAPLE_DEFAULT_LIMITS")) << *configuration;
+  EXPECT_GT(configuration->value("settings_at_default", 0), 25) << *configuration;
+  EXPECT_EQ(configuration->dump().find(kTestApiKey), std::string::npos);
+}
+
 TEST_F(RequestLogTest, EachKindOfUpstreamFailureIsAWarnLineWithItsReason) {
   auto staple = Start();
   struct Case {
