@@ -258,11 +258,7 @@ setInterval(() => { if (adminBox.value.trim()) loadStats().catch(err => status(e
 
 void RegisterConsole(http::Router& router) {
   router.Add("GET", "/console", "/console", [](http::Request&) -> net::awaitable<http::Response> {
-    http::Response response;
-    response.headers.Add("Content-Type", "text/html; charset=utf-8");
-    response.headers.Add("Cache-Control", "no-cache");
-    response.body = kPage;
-    co_return response;
+    co_return http::HtmlPage(kPage);
   });
 }
 

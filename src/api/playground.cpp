@@ -195,11 +195,7 @@ prompt.focus();
 
 void RegisterPlayground(http::Router& router) {
   router.Add("GET", "/", "/", [](http::Request&) -> net::awaitable<http::Response> {
-    http::Response response;
-    response.headers.Add("Content-Type", "text/html; charset=utf-8");
-    response.headers.Add("Cache-Control", "no-cache");
-    response.body = kPage;
-    co_return response;
+    co_return http::HtmlPage(kPage);
   });
 }
 

@@ -420,8 +420,8 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   // them), so it stays a few settings long instead of every variable.
   observe::Fields banner;
   std::int64_t at_default = 0;
+  const auto& variables = config::Variables();
   for (const auto& [name, value] : config.effective) {
-    const auto& variables = config::Variables();
     const auto variable =
         std::find_if(variables.begin(), variables.end(),
                      [&name = name](const config::Variable& v) { return v.name == name; });

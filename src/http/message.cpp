@@ -32,4 +32,12 @@ Response JsonResponse(int status, const nlohmann::json& body) {
   return response;
 }
 
+Response HtmlPage(std::string_view html) {
+  Response response;
+  response.headers.Add("Content-Type", "text/html; charset=utf-8");
+  response.headers.Add("Cache-Control", "no-cache");
+  response.body = html;
+  return response;
+}
+
 }  // namespace staple::http

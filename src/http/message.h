@@ -78,4 +78,7 @@ struct Response {
 // A JSON response with Content-Type application/json.
 Response JsonResponse(int status, const nlohmann::json& body);
 
+// A 200 HTML page served from the binary (text/html, Cache-Control: no-cache).
+Response HtmlPage(std::string_view html);
+
 }  // namespace staple::http
