@@ -37,8 +37,10 @@ struct RequestError {
   std::string code;   // e.g. "unsupported_parameter"; "" for null
 };
 
-// A new id: `prefix` ("resp", "msg", "fc", "conv", …), "_", then 48 lower-case hex digits from a
-// cryptographically secure source (ids are not guessable).
+// A new id: `prefix` ("resp", "msg", "fc", "conv", …), "_", then 48 lower-case hex digits: 12 of
+// the creation time in milliseconds (later ids sort after earlier ones, which keeps the store's
+// id indexes growing at one edge) and 36 from a cryptographically secure source (ids are not
+// guessable).
 std::string NewId(std::string_view prefix);
 
 // Normalizes client-given items (POST /v1/responses `input`, POST /v1/conversations `items`,

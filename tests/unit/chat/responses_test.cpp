@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <regex>
 #include <set>
 #include <string>
@@ -36,6 +37,26 @@ TEST(NewIdTest, IsThePrefixAnd48HexDigitsAndNeverRepeats) {
     seen.insert(id);
   }
   EXPECT_EQ(seen.size(), 100U);
+}
+
+TEST(NewIdTest, StartsWithTheCreationTimeSoLaterIdsSortAfterEarlierOnes) {
+  const auto before = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  const auto id = NewId("resp");
+  const auto after = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  const auto millis = std::stoll(id.substr(5, 12), nullptr, 16);
+  EXPECT_GE(millis, before);
+  EXPECT_LE(millis, after);
+  // Ids made in different milliseconds sort by time, whatever their random parts.
+  std::string earlier = NewId("resp");
+  std::string later;
+  do {
+    later = NewId("resp");
+  } while (later.substr(5, 12) == earlier.substr(5, 12));
+  EXPECT_LT(earlier, later);
 }
 
 // ---- NormalizeItems --------------------------------------------------------------------------
