@@ -42,6 +42,7 @@ void BM_ResponsesParseRequest(benchmark::State& state) {
 }
 BENCHMARK(BM_ResponsesParseRequest);
 
+// Reading the stored items: into JSON trees (as before ReadContextItem), and in one pass.
 void BM_ResponsesParseStoredItems(benchmark::State& state) {
   const auto stored = StoredChain(9);
   for (auto _ : state) {
@@ -53,10 +54,23 @@ void BM_ResponsesParseStoredItems(benchmark::State& state) {
 }
 BENCHMARK(BM_ResponsesParseStoredItems);
 
+void BM_ResponsesReadStoredItems(benchmark::State& state) {
+  const auto stored = StoredChain(9);
+  for (auto _ : state) {
+    std::vector<ContextItem> items;
+    items.reserve(stored.size());
+    for (const auto& text : stored) {
+      if (auto item = ReadContextItem(text)) items.push_back(std::move(*item));
+    }
+    benchmark::DoNotOptimize(items);
+  }
+}
+BENCHMARK(BM_ResponsesReadStoredItems);
+
 void BM_ResponsesBuildChatBody(benchmark::State& state) {
   const auto stored = StoredChain(9);
-  std::vector<Json> items;
-  for (const auto& text : stored) items.push_back(Json::parse(text));
+  std::vector<ContextItem> items;
+  for (const auto& text : stored) items.push_back(*ReadContextItem(text));
   ResponsesRequest request;
   if (ParseResponsesRequest(kRequest, request)) std::abort();
   WindowLimits limits;

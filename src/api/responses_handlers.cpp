@@ -246,7 +246,7 @@ http::Response ResponseStreamAnswer(std::unique_ptr<chat::TurnStream> stream,
 // The context of the new response (the previous response's chain or the conversation's items,
 // at most the history window's count) and where its window starts; or the answer refusing it.
 struct Context {
-  std::vector<Json> items;
+  std::vector<chat::responses::ContextItem> items;
   std::size_t start = 0;
 };
 net::awaitable<std::variant<Context, http::Response>> ReadContext(
@@ -277,7 +277,13 @@ net::awaitable<std::variant<Context, http::Response>> ReadContext(
     stored = std::move(**items);
   }
   Context context;
-  context.items = ParseItems(stored.items);
+  context.items.reserve(stored.items.size());
+  for (const auto& item : stored.items) {
+    // Read straight from the stored text: no JSON tree per item (DESIGN.md).
+    if (auto read = chat::responses::ReadContextItem(item.json)) {
+      context.items.push_back(std::move(*read));
+    }
+  }
   bool fits = true;
   context.start = chat::responses::ContextStart(context.items, request->input, window, fits);
   if (stored.has_more) fits = false;

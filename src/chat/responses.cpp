@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "chat/sax_scan.h"
+
 namespace staple::chat::responses {
 namespace {
 
@@ -212,35 +214,209 @@ std::optional<RequestError> NormalizeFunctionCallOutput(const Json& item, const 
   return std::nullopt;
 }
 
-// Appends the chat message(s) of a normalized item; an item of another type adds nothing.
-void AppendChatMessages(const Json& item, Json& messages) {
-  const auto type = Text(item, "type");
-  if (type == "message") {
-    auto role = Text(item, "role");
-    // "developer" is OpenAI's newer name for "system"; not every Chat Completions upstream knows
-    // it.
-    if (role == "developer") role = "system";
-    messages.push_back({{"role", role}, {"content", ItemText(item)}});
-  } else if (type == "function_call") {
-    Json call = {
-        {"id", Text(item, "call_id")},
-        {"type", "function"},
-        {"function", {{"name", Text(item, "name")}, {"arguments", Text(item, "arguments")}}}};
-    // Calls made in one answer travel in one assistant message, after its text if it had any.
-    if (!messages.empty() && messages.back()["role"] == "assistant") {
-      auto& last = messages.back();
-      if (!last.contains("tool_calls")) last["tool_calls"] = Json::array();
-      last["tool_calls"].push_back(std::move(call));
-    } else {
-      messages.push_back(
-          {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", Json::array({call})}});
+// Appends the chat message(s) of an item; an item of another type adds nothing.
+void AppendChatMessages(const ContextItem& item, Json& messages) {
+  switch (item.kind) {
+    case ContextItem::Kind::kMessage: {
+      // "developer" is OpenAI's newer name for "system"; not every Chat Completions upstream
+      // knows it.
+      const std::string& role = item.role == "developer" ? std::string("system") : item.role;
+      messages.push_back({{"role", role}, {"content", item.text}});
+      break;
     }
-  } else if (type == "function_call_output") {
-    messages.push_back({{"role", "tool"},
-                        {"tool_call_id", Text(item, "call_id")},
-                        {"content", Text(item, "output")}});
+    case ContextItem::Kind::kFunctionCall: {
+      Json call = {{"id", item.call_id},
+                   {"type", "function"},
+                   {"function", {{"name", item.name}, {"arguments", item.arguments}}}};
+      // Calls made in one answer travel in one assistant message, after its text if it had any.
+      if (!messages.empty() && messages.back()["role"] == "assistant") {
+        auto& last = messages.back();
+        if (!last.contains("tool_calls")) last["tool_calls"] = Json::array();
+        last["tool_calls"].push_back(std::move(call));
+      } else {
+        messages.push_back(
+            {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", Json::array({call})}});
+      }
+      break;
+    }
+    case ContextItem::Kind::kFunctionCallOutput:
+      messages.push_back(
+          {{"role", "tool"}, {"tool_call_id", item.call_id}, {"content", item.text}});
+      break;
+    case ContextItem::Kind::kOther:
+      break;
   }
 }
+
+// ---- ContextItem from an item's JSON text, in one pass ----
+
+// The members of an item, as found: what ContextItemOf reads from a tree.
+struct ItemFields {
+  std::string type;
+  std::string role;
+  std::string content_text;  // the parts' text and refusal joined, "" unless content is an array
+  std::string call_id;
+  std::string name;
+  std::string arguments;
+  std::string output;
+};
+
+ContextItem MakeContextItem(ItemFields fields) {
+  ContextItem item;
+  if (fields.type == "message") {
+    item.kind = ContextItem::Kind::kMessage;
+    item.role = std::move(fields.role);
+    item.text = std::move(fields.content_text);
+    item.chars = CountChars(item.text);
+  } else if (fields.type == "function_call") {
+    item.kind = ContextItem::Kind::kFunctionCall;
+    item.call_id = std::move(fields.call_id);
+    item.name = std::move(fields.name);
+    item.arguments = std::move(fields.arguments);
+    item.chars = CountChars(item.name) + CountChars(item.arguments);
+  } else if (fields.type == "function_call_output") {
+    item.kind = ContextItem::Kind::kFunctionCallOutput;
+    item.call_id = std::move(fields.call_id);
+    item.text = std::move(fields.output);
+    item.chars = CountChars(item.text);
+  }
+  return item;
+}
+
+enum class ItemWhere : std::uint8_t { kItem, kContent, kPart };
+enum class ItemMember : std::uint8_t {
+  kNone,
+  kType,
+  kRole,
+  kContent,
+  kCallId,
+  kName,
+  kArguments,
+  kOutput,
+  kPartText,
+  kPartRefusal,
+};
+
+// Reads an item's JSON text into ItemFields (nlohmann's SAX interface): the levels read are the
+// item, its "content" array and the parts in it; everything else is skipped. As in a tree, the
+// last value of a repeated key counts, and a member of the wrong type counts as absent.
+class ItemScanner : public SaxScan<ItemScanner, ItemWhere, ItemMember, 3> {
+ public:
+  static ItemMember KeyIn(ItemWhere where, std::string_view key) {
+    if (where == ItemWhere::kItem) {
+      if (key == "type") return ItemMember::kType;
+      if (key == "role") return ItemMember::kRole;
+      if (key == "content") return ItemMember::kContent;
+      if (key == "call_id") return ItemMember::kCallId;
+      if (key == "name") return ItemMember::kName;
+      if (key == "arguments") return ItemMember::kArguments;
+      if (key == "output") return ItemMember::kOutput;
+    } else if (where == ItemWhere::kPart) {
+      if (key == "text") return ItemMember::kPartText;
+      if (key == "refusal") return ItemMember::kPartRefusal;
+    }
+    return ItemMember::kNone;
+  }
+
+  bool is_object() const { return is_object_; }
+  ItemFields& fields() { return fields_; }
+
+  bool null() { return Scalar(); }
+  bool boolean(bool /*value*/) { return Scalar(); }
+  bool number_integer(number_integer_t /*value*/) { return Scalar(); }
+  bool number_unsigned(number_unsigned_t /*value*/) { return Scalar(); }
+  bool number_float(number_float_t /*value*/, const string_t& /*text*/) { return Scalar(); }
+  bool binary(binary_t& /*value*/) { return Scalar(); }
+
+  bool string(string_t& value) {
+    if (skipping()) return true;
+    if (std::string* slot = Begin()) *slot = std::move(value);
+    EndValue();
+    return true;
+  }
+
+  bool start_object(std::size_t /*size*/) {
+    if (skipping()) return Skip();
+    const Level* level = top();
+    if (level == nullptr) {
+      is_object_ = true;
+      return Push(ItemWhere::kItem, /*is_array=*/false);
+    }
+    if (level->where == ItemWhere::kContent) {
+      part_text_.clear();
+      part_refusal_.clear();
+      return Push(ItemWhere::kPart, /*is_array=*/false);
+    }
+    Begin();
+    return Skip();
+  }
+
+  bool start_array(std::size_t /*size*/) {
+    if (skipping()) return Skip();
+    const Level* level = top();
+    if (level == nullptr) return Skip();
+    const bool content = level->where == ItemWhere::kItem && level->member == ItemMember::kContent;
+    Begin();
+    if (!content) return Skip();
+    return Push(ItemWhere::kContent, /*is_array=*/true);
+  }
+
+  bool end_object() {
+    const Level* level = top();
+    if (!skipping() && level != nullptr && level->where == ItemWhere::kPart) {
+      fields_.content_text += part_text_;
+      fields_.content_text += part_refusal_;
+    }
+    return Close();
+  }
+
+ private:
+  // A value starts: the member it is the value of is cleared (a repeated key's last value
+  // counts; one of the wrong type leaves the member absent). Where a string goes, or nullptr.
+  std::string* Begin() {
+    const Level* level = top();
+    if (level == nullptr || level->is_array) return nullptr;
+    switch (level->member) {
+      case ItemMember::kType:
+        return Cleared(fields_.type);
+      case ItemMember::kRole:
+        return Cleared(fields_.role);
+      case ItemMember::kContent:
+        fields_.content_text.clear();  // filled only when the value is an array
+        return nullptr;
+      case ItemMember::kCallId:
+        return Cleared(fields_.call_id);
+      case ItemMember::kName:
+        return Cleared(fields_.name);
+      case ItemMember::kArguments:
+        return Cleared(fields_.arguments);
+      case ItemMember::kOutput:
+        return Cleared(fields_.output);
+      case ItemMember::kPartText:
+        return Cleared(part_text_);
+      case ItemMember::kPartRefusal:
+        return Cleared(part_refusal_);
+      case ItemMember::kNone:
+        return nullptr;
+    }
+    return nullptr;
+  }
+  static std::string* Cleared(std::string& member) {
+    member.clear();
+    return &member;
+  }
+  bool Scalar() {
+    if (skipping()) return true;
+    Begin();
+    EndValue();
+    return true;
+  }
+
+  ItemFields fields_;
+  std::string part_text_;
+  std::string part_refusal_;
+  bool is_object_ = false;
+};
 
 Json ChatTool(const Json& tool) {
   Json function = {{"name", tool["name"]}};
@@ -636,14 +812,40 @@ std::optional<RequestError> ParseResponsesRequest(std::string_view body, Respons
   return std::nullopt;
 }
 
-std::size_t ContextStart(std::span<const Json> context, const Json& input,
+ContextItem ContextItemOf(const Json& item) {
+  if (!item.is_object()) return {};
+  ItemFields fields;
+  fields.type = Text(item, "type");
+  if (fields.type == "message") {
+    fields.role = Text(item, "role");
+    fields.content_text = ItemText(item);
+  } else if (fields.type == "function_call") {
+    fields.call_id = Text(item, "call_id");
+    fields.name = Text(item, "name");
+    fields.arguments = Text(item, "arguments");
+  } else if (fields.type == "function_call_output") {
+    fields.call_id = Text(item, "call_id");
+    fields.output = Text(item, "output");
+  }
+  return MakeContextItem(std::move(fields));
+}
+
+std::optional<ContextItem> ReadContextItem(std::string_view json) {
+  ItemScanner scanner;
+  if (!nlohmann::json::sax_parse(json.begin(), json.end(), &scanner) || !scanner.is_object()) {
+    return std::nullopt;
+  }
+  return MakeContextItem(std::move(scanner.fields()));
+}
+
+std::size_t ContextStart(std::span<const ContextItem> context, const Json& input,
                          const WindowLimits& limits, bool& fits) {
   std::size_t messages = 0;
   std::size_t chars = 0;
   if (input.is_array()) {
     for (const auto& item : input) {
       ++messages;
-      chars += CountChars(ItemText(item));
+      chars += ContextItemOf(item).chars;
     }
   }
   const auto within = [&](std::size_t more_messages, std::size_t more_chars) {
@@ -656,12 +858,10 @@ std::size_t ContextStart(std::span<const Json> context, const Json& input,
   std::size_t turn_end = context.size();
   for (std::size_t i = context.size(); i-- > 0;) {
     const bool user_message =
-        Text(context[i], "type") == "message" && Text(context[i], "role") == "user";
+        context[i].kind == ContextItem::Kind::kMessage && context[i].role == "user";
     if (!user_message && i != 0) continue;
     std::size_t turn_chars = 0;
-    for (std::size_t j = i; j < turn_end; ++j) {
-      turn_chars += CountChars(ItemText(context[j]));
-    }
+    for (std::size_t j = i; j < turn_end; ++j) turn_chars += context[j].chars;
     if (!within(turn_end - i, turn_chars)) break;
     messages += turn_end - i;
     chars += turn_chars;
@@ -672,7 +872,7 @@ std::size_t ContextStart(std::span<const Json> context, const Json& input,
   return first_kept;
 }
 
-std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json> context,
+std::string BuildChatBody(const ResponsesRequest& request, std::span<const ContextItem> context,
                           std::size_t context_start, bool stream, TokenEstimate& estimate) {
   Json body = {{"model", request.model}};
   Json messages = Json::array();
@@ -682,7 +882,7 @@ std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json>
   for (std::size_t i = context_start; i < context.size(); ++i) {
     AppendChatMessages(context[i], messages);
   }
-  for (const auto& item : request.input) AppendChatMessages(item, messages);
+  for (const auto& item : request.input) AppendChatMessages(ContextItemOf(item), messages);
   estimate.prompt = EstimatePromptTokens(messages);
   estimate.max_completion.reset();
   if (request.max_output_tokens) {

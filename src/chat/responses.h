@@ -99,6 +99,30 @@ struct ResponsesRequest {
 // RequestError without param.
 std::optional<RequestError> ParseResponsesRequest(std::string_view body, ResponsesRequest& parsed);
 
+// What the history window and the upstream body need of one item of NormalizeItems' shape, read
+// once. A stored context is read into these straight from the items' JSON texts (ReadContextItem:
+// one pass, no JSON tree), which is most of what a chained request costs outside the database.
+struct ContextItem {
+  enum class Kind : std::uint8_t { kOther, kMessage, kFunctionCall, kFunctionCallOutput };
+  Kind kind = Kind::kOther;  // from "type"; kOther for any other type (it adds no chat message)
+  std::string role;          // a message's
+  std::string text;          // a message's parts' `text` and `refusal` joined; a function call
+                             // output's `output`
+  std::string call_id;       // a function call's or function call output's
+  std::string name;          // a function call's
+  std::string arguments;     // a function call's
+  std::size_t chars = 0;     // characters the history window counts: `text`, or for a function
+                             // call `name` and `arguments`
+  bool operator==(const ContextItem&) const = default;
+};
+
+// The ContextItem of an item tree. Members of the wrong type count as absent.
+ContextItem ContextItemOf(const Json& item);
+
+// The ContextItem of an item's JSON text, exactly what ContextItemOf makes of its tree, read
+// without building one; std::nullopt when the text is not a JSON object.
+std::optional<ContextItem> ReadContextItem(std::string_view json);
+
 // How much of `context` (stored items, oldest first) goes upstream before the new input: the
 // index of the first item kept. The most recent whole turns (a turn starts at a user message
 // item) that fit `limits` together with the new input: at most limits.max_messages items and
@@ -106,7 +130,7 @@ std::optional<RequestError> ParseResponsesRequest(std::string_view body, Respons
 // input always goes, whatever it costs). Items before the first user message (a leading developer
 // message, say) count as a turn of their own. Items that are not what NormalizeItems makes count
 // 0 characters. `fits` is set to whether nothing had to be dropped (the result is 0).
-std::size_t ContextStart(std::span<const Json> context, const Json& input,
+std::size_t ContextStart(std::span<const ContextItem> context, const Json& input,
                          const WindowLimits& limits, bool& fits);
 
 // The upstream's /chat/completions body: `model`; `messages` = instructions as a "system"
@@ -123,7 +147,7 @@ std::size_t ContextStart(std::span<const Json> context, const Json& input,
 // (EstimatePromptTokens of the messages) and max_output_tokens. tool_choice and
 // parallel_tool_calls go only with tools (OpenAI refuses them alone); metadata and store stay in
 // Staple; empty instructions add no message.
-std::string BuildChatBody(const ResponsesRequest& request, std::span<const Json> context,
+std::string BuildChatBody(const ResponsesRequest& request, std::span<const ContextItem> context,
                           std::size_t context_start, bool stream, TokenEstimate& estimate);
 
 // What the upstream answered, as the Responses API shows it.

@@ -26,7 +26,7 @@ std::vector<store::ItemToStore> ItemsToStore(const Json& items) {
 }  // namespace
 
 ResponsesTurn::ResponsesTurn(responses::ResponsesRequest request, std::string id,
-                             std::int64_t created_at, std::vector<Json> context,
+                             std::int64_t created_at, std::vector<responses::ContextItem> context,
                              std::size_t context_start)
     : request_(std::move(request)),
       id_(std::move(id)),

@@ -30,7 +30,7 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
   // `context`: the stored items that come before the request's input (oldest first), of which
   // `context_start` is the first that fits the history window.
   ResponsesTurn(responses::ResponsesRequest request, std::string id, std::int64_t created_at,
-                std::vector<responses::Json> context, std::size_t context_start);
+                std::vector<responses::ContextItem> context, std::size_t context_start);
 
   const responses::ResponsesRequest& request() const { return request_; }
   const std::string& id() const { return id_; }
@@ -61,7 +61,7 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
   const responses::ResponsesRequest request_;
   const std::string id_;
   const std::int64_t created_at_;
-  const std::vector<responses::Json> context_;
+  const std::vector<responses::ContextItem> context_;
   const std::size_t context_start_;
 
   std::optional<responses::ResponseEventStream> events_;

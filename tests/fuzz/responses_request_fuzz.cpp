@@ -1,6 +1,8 @@
 // A client's POST /v1/responses body, read by ParseResponsesRequest: it never throws, a refusal
 // explains itself, and an accepted request translates into a Chat Completions body (a JSON object
-// with a messages array) whatever history window is chosen over its own items.
+// with a messages array) whatever history window is chosen over its own items, read back from
+// their JSON texts as stored items are. And any text read as a stored item (ReadContextItem, one
+// pass) gives exactly what its JSON tree gives (ContextItemOf), or nothing when it is no object.
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -12,6 +14,11 @@ namespace responses = staple::chat::responses;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const auto text = staple::fuzz::AsText(data, size);
+  const auto item_tree = responses::Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const auto item = responses::ReadContextItem(text);
+  FUZZ_CHECK(item.has_value() == item_tree.is_object());
+  if (item) FUZZ_CHECK(*item == responses::ContextItemOf(item_tree));
+
   responses::ResponsesRequest parsed;
   std::optional<responses::RequestError> refusal;
   bool threw = false;
@@ -28,8 +35,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(!parsed.model.empty());
   FUZZ_CHECK(parsed.input.is_array());
 
-  // The request's own items stand in for a stored context.
-  const std::vector<responses::Json> context(parsed.input.begin(), parsed.input.end());
+  // The request's own items stand in for a stored context, read back from their texts.
+  std::vector<responses::ContextItem> context;
+  for (const auto& one : parsed.input) {
+    auto read = responses::ReadContextItem(one.dump());
+    FUZZ_CHECK(read.has_value());
+    FUZZ_CHECK(*read == responses::ContextItemOf(one));
+    context.push_back(std::move(*read));
+  }
   bool fits = false;
   const staple::chat::WindowLimits limits{size % 5, size % 37};
   const auto start = responses::ContextStart(context, parsed.input, limits, fits);

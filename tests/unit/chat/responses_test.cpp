@@ -310,6 +310,63 @@ TEST(ParseResponsesRequestTest, ABodyThatIsNotAnObjectHasNoParam) {
   }
 }
 
+// ---- ContextItem -----------------------------------------------------------------------------
+
+TEST(ReadContextItemTest, ReadsWhatTheTreeGivesForEveryShape) {
+  const std::vector<std::string> texts = {
+      // What NormalizeItems stores.
+      R"({"type":"message","id":"msg_1","status":"completed","role":"user",
+          "content":[{"type":"input_text","text":"hello "},{"type":"input_text","text":"you"}]})",
+      R"({"type":"message","id":"msg_2","status":"completed","role":"assistant",
+          "content":[{"type":"output_text","text":"partly","annotations":[{"a":[1,{"b":2}]}]},
+                     {"type":"refusal","refusal":" no"}]})",
+      R"({"type":"function_call","id":"fc_1","call_id":"call_1","name":"weather",
+          "arguments":"{\"city\":\"Paris\"}","status":"completed"})",
+      R"({"type":"function_call_output","id":"fco_1","call_id":"call_1","output":"sun"})",
+      // Members in another order; escapes, characters of several bytes.
+      R"({"content":[{"text":"caf\u00e9 \ud83d\ude00"}],"role":"developer","type":"message"})",
+      // A part with both text and refusal; parts that are not objects; nested containers.
+      R"({"type":"message","role":"assistant","content":[{"refusal":"r","text":"t"},"x",5,[1],
+          null,{"text":{"not":"a string"}},{"text":["no"]},{"text":7}]})",
+      // Repeated keys: the last value counts, whatever its type.
+      R"({"type":"message","role":"user","role":"system","content":[{"text":"a"}],
+          "content":[{"text":"b","text":"c"}]})",
+      R"({"type":"message","role":"user","content":[{"text":"a"}],"content":"string"})",
+      R"({"type":"message","role":"user","content":[{"text":"a"}],"content":{"text":"b"}})",
+      R"({"type":"function_call","name":"f","name":5,"arguments":"x","call_id":null})",
+      R"({"type":"function_call_output","call_id":"c","output":["parts"]})",
+      R"({"type":5,"role":"user","content":[{"text":"a"}]})",
+      R"({"type":"message","type":"reasoning","content":[{"text":"a"}]})",
+      R"({"type":"reasoning","summary":[]})",
+      R"({"type":"message"})",
+      R"({})",
+  };
+  for (const auto& text : texts) {
+    const auto tree = Json::parse(text);
+    const auto read = ReadContextItem(text);
+    ASSERT_TRUE(read.has_value()) << text;
+    EXPECT_EQ(*read, ContextItemOf(tree)) << text;
+  }
+  // Spot checks of what the two agree on.
+  const auto mixed = ReadContextItem(texts[5]);
+  EXPECT_EQ(mixed->text, "tr");
+  EXPECT_EQ(mixed->chars, 2U);
+  const auto repeated = ReadContextItem(texts[6]);
+  EXPECT_EQ(repeated->role, "system");
+  EXPECT_EQ(repeated->text, "c");
+  const auto call = ReadContextItem(texts[2]);
+  EXPECT_EQ(call->kind, ContextItem::Kind::kFunctionCall);
+  EXPECT_EQ(call->chars, 7U + 16U);
+  EXPECT_EQ(ReadContextItem(texts[4])->chars, 6U);  // "café 😀"
+}
+
+TEST(ReadContextItemTest, TextsThatAreNoObjectGiveNothing) {
+  for (const std::string text :
+       {"", "[]", "\"text\"", "5", "null", "{", "{\"type\":}", "{} {}", "{\"text\":\"\xff\"}"}) {
+    EXPECT_FALSE(ReadContextItem(text).has_value()) << text;
+  }
+}
+
 // ---- ContextStart ----------------------------------------------------------------------------
 
 Json UserItem(const std::string& text) {
@@ -329,8 +386,17 @@ Json OutputItem(const std::string& call_id, const std::string& output) {
   return {{"type", "function_call_output"}, {"call_id", call_id}, {"output", output}};
 }
 
+// Stored items as the handler reads them: from their JSON texts, without trees.
+std::vector<ContextItem> Stored(const std::vector<Json>& items) {
+  std::vector<ContextItem> read;
+  for (const Json& item : items) {
+    if (auto one = ReadContextItem(item.dump())) read.push_back(std::move(*one));
+  }
+  return read;
+}
+
 TEST(ContextStartTest, KeepsEverythingThatFits) {
-  const std::vector<Json> context = {AssistantItem("orphan"), UserItem("q1"), AssistantItem("a1")};
+  const auto context = Stored({AssistantItem("orphan"), UserItem("q1"), AssistantItem("a1")});
   bool fits = false;
   EXPECT_EQ(ContextStart(context, Json::array({UserItem("q2")}), WindowLimits{0, 0}, fits), 0U);
   EXPECT_TRUE(fits);
@@ -340,9 +406,9 @@ TEST(ContextStartTest, KeepsEverythingThatFits) {
 
 TEST(ContextStartTest, DropsOldestWholeTurnsByItemCount) {
   // Turns: [0] orphan prefix, [1..4] q1 with a tool round trip and answer, [5..6] q2.
-  const std::vector<Json> context = {
-      AssistantItem("orphan"), UserItem("q1"), CallItem("c", "{}"), OutputItem("c", "r"),
-      AssistantItem("a1"),     UserItem("q2"), AssistantItem("a2")};
+  const auto context =
+      Stored({AssistantItem("orphan"), UserItem("q1"), CallItem("c", "{}"), OutputItem("c", "r"),
+              AssistantItem("a1"), UserItem("q2"), AssistantItem("a2")});
   const Json input = Json::array({UserItem("q3")});
   bool fits = true;
   // 1 input item + 2 (turn q2) = 3; turn q1 would make 7.
@@ -357,8 +423,8 @@ TEST(ContextStartTest, DropsOldestWholeTurnsByItemCount) {
 }
 
 TEST(ContextStartTest, CountsCharactersOfTextArgumentsAndOutputsWithTheInput) {
-  const std::vector<Json> context = {UserItem("aaaa"), CallItem("c", "{}"),  // f{} = 3
-                                     OutputItem("c", "rr"), UserItem("bb"), AssistantItem("é")};
+  const auto context = Stored({UserItem("aaaa"), CallItem("c", "{}"),  // f{} = 3
+                               OutputItem("c", "rr"), UserItem("bb"), AssistantItem("é")});
   const Json input = Json::array({UserItem("xyz")});
   bool fits = true;
   // input 3 + turn "bb","é" 3 = 6; the first turn adds 4 + 3 + 2 = 9.
@@ -392,8 +458,8 @@ TEST(BuildChatBodyTest, TranslatesAToolRoundTrip) {
                "parameters": {"type": "object"}, "strict": true}],
     "tool_choice": "required", "parallel_tool_calls": true, "max_output_tokens": 100,
     "temperature": 0.2, "top_p": 0.5, "user": "u", "metadata": {"k": "v"}})");
-  const std::vector<Json> context = {UserItem("old question"), AssistantItem("old answer"),
-                                     UserItem("kept question"), AssistantItem("kept answer")};
+  const auto context = Stored({UserItem("old question"), AssistantItem("old answer"),
+                               UserItem("kept question"), AssistantItem("kept answer")});
   TokenEstimate estimate;
   const auto body = Json::parse(BuildChatBody(request, context, 2, false, estimate));
 
@@ -471,9 +537,9 @@ TEST(BuildChatBodyTest, EmptyInstructionsAddNoSystemMessage) {
 
 TEST(BuildChatBodyTest, MalformedStoredItemsAddNothing) {
   const auto request = Parse(R"({"model":"m","input":"hi"})");
-  const std::vector<Json> context = {Json("text"), Json::object(), Json::parse(R"({"type":5})"),
-                                     Json::parse(R"({"type":"message","role":"user"})"),
-                                     Json::parse(R"({"type":"reasoning","summary":[]})")};
+  const auto context = Stored({Json("text"), Json::object(), Json::parse(R"({"type":5})"),
+                               Json::parse(R"({"type":"message","role":"user"})"),
+                               Json::parse(R"({"type":"reasoning","summary":[]})")});
   bool fits = false;
   EXPECT_EQ(ContextStart(context, request.input, WindowLimits{0, 0}, fits), 0U);
   EXPECT_TRUE(fits);
