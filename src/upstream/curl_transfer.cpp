@@ -11,6 +11,7 @@ namespace staple::upstream {
 namespace {
 
 constexpr const char* kUserAgent = "staple/0.1";
+constexpr long kReceiveBufferBytes = 4096;
 
 // Easy handles of finished transfers, kept for the next transfers of the same thread. A new handle
 // costs the allocation and initialisation of libcurl's whole transfer state, and its first
@@ -266,6 +267,11 @@ Status CurlTransfer::Configure(const Settings& settings, Request request) {
     check(curl_easy_setopt(easy_, CURLOPT_PIPEWAIT, 1L));
   }
   check(curl_easy_setopt(easy_, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L));
+  // libcurl's receive buffer is the largest allocation of a transfer in flight (16 KiB by
+  // default); one page is what answers and stream events need, as for nginx's proxy_buffer_size.
+  // At 5 000 upstream calls in flight this is ~60 MiB less resident memory (bench/RESULTS.md); a
+  // pooled handle keeps its buffer, so this costs no allocation per transfer.
+  check(curl_easy_setopt(easy_, CURLOPT_BUFFERSIZE, kReceiveBufferBytes));
   if (!ok) return MakeError(ErrorKind::kInternal, "libcurl rejected an upstream request option");
   return Ok();
 }
