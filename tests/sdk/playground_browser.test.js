@@ -16,27 +16,44 @@ import { STAPLE_BIN, cleanEnv, freePort, start, waitForHttp } from './harness.js
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SHOTS = process.env.STAPLE_SCREENSHOTS || join(tmpdir(), 'staple-screenshots');
 
+// `staple serve --demo` on a free port in a fresh directory (with `env`), and Chromium: what both
+// pages are tested against. stop() ends both and removes the directory.
+async function startDemo(prefix, env) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  mkdirSync(SHOTS, { recursive: true });
+  const port = await freePort();
+  const staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(port), '--demo'],
+                       env, dir, 'staple');
+  const root = `http://127.0.0.1:${port}`;
+  const stop = async (browser) => {
+    if (browser) await browser.close();
+    if (staple.exitCode === null && staple.pid) process.kill(staple.pid, 'SIGTERM');
+    if (process.env.STAPLE_KEEP_TEST_DIRS !== '1') rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitForHttp(`${root}/healthz`, staple);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { root, stop };
+}
+
+const launchChromium = () => chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+
 describe('the playground in Chromium', { skip: !STAPLE_BIN }, () => {
-  let dir;
-  let staple;
+  let server;
   let url;
   let browser;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'staple-browser-'));
-    mkdirSync(SHOTS, { recursive: true });
-    const port = await freePort();
-    staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(port), '--demo'],
-                   cleanEnv(), dir, 'staple');
-    url = `http://127.0.0.1:${port}/`;
-    await waitForHttp(`${url}healthz`, staple);
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+    server = await startDemo('staple-browser-', cleanEnv());
+    url = `${server.root}/`;
+    browser = await launchChromium();
   });
 
   after(async () => {
-    if (browser) await browser.close();
-    if (staple && staple.exitCode === null && staple.pid) process.kill(staple.pid, 'SIGTERM');
-    if (dir && process.env.STAPLE_KEEP_TEST_DIRS !== '1') rmSync(dir, { recursive: true, force: true });
+    if (server) await server.stop(browser);
   });
 
   // The text of the assistant bubbles on the page.
@@ -109,20 +126,15 @@ describe('the playground in Chromium', { skip: !STAPLE_BIN }, () => {
 
 describe('the operator console in Chromium', { skip: !STAPLE_BIN }, () => {
   const ADMIN_KEY = 'admin-key-for-the-browser-test-0123456789';
-  let dir;
-  let staple;
+  let server;
   let root;
   let browser;
   let tenant;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'staple-console-'));
-    mkdirSync(SHOTS, { recursive: true });
-    const port = await freePort();
-    staple = start(STAPLE_BIN, ['serve', '--host', '127.0.0.1', '--port', String(port), '--demo'],
-                   { ...cleanEnv(), STAPLE_ADMIN_KEY: ADMIN_KEY, STAPLE_AUTH: 'keys' }, dir, 'staple');
-    root = `http://127.0.0.1:${port}`;
-    await waitForHttp(`${root}/healthz`, staple);
+    server = await startDemo('staple-console-',
+                             { ...cleanEnv(), STAPLE_ADMIN_KEY: ADMIN_KEY, STAPLE_AUTH: 'keys' });
+    root = server.root;
     // A tenant's key, some traffic to chart, and a conversation of that tenant to look up.
     const made = await fetch(`${root}/admin/keys`, {
       method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${ADMIN_KEY}` },
@@ -136,13 +148,11 @@ describe('the operator console in Chromium', { skip: !STAPLE_BIN }, () => {
         body: JSON.stringify({ prompt, user_id: 'console-conv' }) });
       assert.equal(res.status, 200);
     }
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+    browser = await launchChromium();
   });
 
   after(async () => {
-    if (browser) await browser.close();
-    if (staple && staple.exitCode === null && staple.pid) process.kill(staple.pid, 'SIGTERM');
-    if (dir && process.env.STAPLE_KEEP_TEST_DIRS !== '1') rmSync(dir, { recursive: true, force: true });
+    if (server) await server.stop(browser);
   });
 
   test('charts, a conversation, and a key created, charted and revoked', async () => {
