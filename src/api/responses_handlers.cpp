@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <variant>
@@ -184,6 +187,7 @@ http::Response Failure(const Error& error) {
 // the turn is stored; a failure after the headers ends the stream with response.failed.
 net::awaitable<void> RelayResponseStream(std::shared_ptr<chat::TurnStream> stream,
                                          std::shared_ptr<chat::ResponsesTurn> turn,
+                                         std::function<void()> on_stored,
                                          http::BodyWriter* writer) {
   chat::responses::ResponseEventStream& events = turn->events();
   std::string opening = events.Start();
@@ -193,13 +197,14 @@ net::awaitable<void> RelayResponseStream(std::shared_ptr<chat::TurnStream> strea
   bool completed = false;
   chat::SseParser* upstream_events = &parser;
   bool* done = &completed;
-  chat::TurnStream::PieceSink sink = [writer, turn, upstream_events, done](
+  chat::TurnStream::PieceSink sink = [writer, turn, upstream_events, done, on_stored](
                                          chat::TurnStream::Piece piece) -> net::awaitable<Status> {
     if (piece.stored) {
       // The turn is durable: close the output and complete the response, once (what follows the
       // upstream's "[DONE]" is not part of the Responses stream).
       if (*done) co_return Ok();
       *done = true;
+      on_stored();
       std::string last = turn->closing_events() + turn->events().Completed();
       co_return co_await writer->Write(std::move(last));
     }
@@ -228,15 +233,16 @@ net::awaitable<void> RelayResponseStream(std::shared_ptr<chat::TurnStream> strea
 }
 
 http::Response ResponseStreamAnswer(std::unique_ptr<chat::TurnStream> stream,
-                                    std::shared_ptr<chat::ResponsesTurn> turn) {
+                                    std::shared_ptr<chat::ResponsesTurn> turn,
+                                    std::function<void()> on_stored) {
   http::Response response;
   response.status = 200;
   response.headers.Add("Content-Type", "text/event-stream; charset=utf-8");
   response.headers.Add("Cache-Control", "no-cache");
   AddUpstreamHeader(response, stream->upstream());
   std::shared_ptr<chat::TurnStream> shared = std::move(stream);
-  response.stream = [shared, turn](http::BodyWriter& writer) {
-    return RelayResponseStream(shared, turn, &writer);
+  response.stream = [shared, turn, on_stored](http::BodyWriter& writer) {
+    return RelayResponseStream(shared, turn, on_stored, &writer);
   };
   return response;
 }
@@ -246,14 +252,41 @@ http::Response ResponseStreamAnswer(std::unique_ptr<chat::TurnStream> stream,
 // The context of the new response (the previous response's chain or the conversation's items,
 // at most the history window's count) and where its window starts; or the answer refusing it.
 struct Context {
-  std::vector<chat::responses::ContextItem> items;
+  std::shared_ptr<const chat::responses::StoredContext> stored;
   std::size_t start = 0;
+  std::uint64_t generation = 0;  // the chain cache's, before anything was read
 };
+
+// Whether the chain cache may be used now, after reading the store's epoch when it is due.
+net::awaitable<bool> ChainsUsable(ResponsesDependencies* d) {
+  switch (d->chains->Check()) {
+    case chat::ChainCache::Freshness::kFresh:
+      co_return true;
+    case chat::ChainCache::Freshness::kChecking:
+      co_return false;
+    case chat::ChainCache::Freshness::kCheckNow:
+      break;
+  }
+  auto epoch = co_await d->store.StateEpoch();
+  d->chains->EpochRead(epoch ? std::optional<std::int64_t>(*epoch) : std::nullopt);
+  co_return epoch.ok();
+}
+
 net::awaitable<std::variant<Context, http::Response>> ReadContext(
     ResponsesDependencies* d, std::string owner, const chat::responses::ResponsesRequest* request) {
   const chat::WindowLimits& window = d->pipeline.settings().window;
+  Context context;
   store::ItemWindow stored;
-  if (!request->previous_response_id.empty()) {
+  bool usable = false;
+  if (d->chains != nullptr) {
+    usable = co_await ChainsUsable(d);
+    context.generation = d->chains->generation();
+  }
+  // A chain this process committed is taken as it was built (DESIGN.md: the chain cache).
+  if (usable && !request->previous_response_id.empty()) {
+    context.stored = d->chains->Find(owner, request->previous_response_id);
+  }
+  if (!context.stored && !request->previous_response_id.empty()) {
     std::string id = request->previous_response_id;
     auto chain =
         co_await d->store.ResponseChain(std::move(owner), std::move(id), window.max_messages);
@@ -264,7 +297,7 @@ net::awaitable<std::variant<Context, http::Response>> ReadContext(
           "invalid_request_error", "previous_response_not_found", "previous_response_id");
     }
     stored = std::move(**chain);
-  } else if (!request->conversation_id.empty()) {
+  } else if (!context.stored && !request->conversation_id.empty()) {
     std::string id = request->conversation_id;
     auto items =
         co_await d->store.ConversationItems(std::move(owner), std::move(id), window.max_messages);
@@ -276,17 +309,22 @@ net::awaitable<std::variant<Context, http::Response>> ReadContext(
     }
     stored = std::move(**items);
   }
-  Context context;
-  context.items.reserve(stored.items.size());
-  for (const auto& item : stored.items) {
-    // Read straight from the stored text: no JSON tree per item (DESIGN.md).
-    if (auto read = chat::responses::ReadContextItem(item.json)) {
-      context.items.push_back(std::move(*read));
+  if (!context.stored) {
+    auto read = std::make_shared<chat::responses::StoredContext>();
+    read->items.reserve(stored.items.size());
+    for (const auto& item : stored.items) {
+      // Read straight from the stored text: no JSON tree per item (DESIGN.md).
+      if (auto one = chat::responses::ReadContextItem(item.json)) {
+        read->items.push_back(std::move(*one));
+      }
     }
+    read->has_more = stored.has_more;
+    context.stored = std::move(read);
   }
   bool fits = true;
-  context.start = chat::responses::ContextStart(context.items, request->input, window, fits);
-  if (stored.has_more) fits = false;
+  context.start =
+      chat::responses::ContextStart(context.stored->items, request->input, window, fits);
+  if (context.stored->has_more) fits = false;
   if (!fits && !request->truncation_auto) {
     co_return OpenAIError(
         400,
@@ -337,8 +375,15 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
   auto ticket = d->tokens.Ticket(admission, ErrorStyle::kOpenAI);
   turn_request.tokens = ticket;
   auto turn = std::make_shared<chat::ResponsesTurn>(std::move(parsed), id, UnixNow(),
-                                                    std::move(window.items), window.start);
+                                                    std::move(window.stored), window.start);
   turn_request.record = turn->Recorder();
+  // Once the turn committed, its chain is what the next request continues (chat::ChainCache).
+  std::function<void()> remember = [d, owner = turn_request.owner, generation = window.generation,
+                                    turn] {
+    if (d->chains == nullptr) return;
+    d->chains->Put(owner, turn->id(), generation,
+                   turn->ChainAfter(d->pipeline.settings().window.max_messages));
+  };
   auto error_answer = [&ticket](const Error& error) {
     return error.kind == ErrorKind::kLimited && ticket ? ticket->TakeRejection()
                                                        : FailureAnswer(error, ErrorStyle::kOpenAI);
@@ -354,7 +399,7 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
     } else if (!(*opened)->success()) {
       response = co_await StreamErrorAnswer(std::move(opened).value());
     } else {
-      response = ResponseStreamAnswer(std::move(opened).value(), turn);
+      response = ResponseStreamAnswer(std::move(opened).value(), turn, remember);
     }
   } else {
     chat::BodyBuilder build = turn->Builder();
@@ -364,6 +409,7 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
     } else if (!answered->answer || !turn->response_json()) {
       response = PassThrough(answered->response);  // the upstream's error status
     } else {
+      remember();
       response = RawJsonAnswer(*turn->response_json());
       AddUpstreamHeader(response, answered->response.upstream);
     }
@@ -373,6 +419,12 @@ net::awaitable<http::Response> CreateResponse(std::shared_ptr<ResponsesDependenc
 }
 
 // ---- The other routes ----
+
+// After a delete of stored state: the chains this process holds may contain what it removed (a
+// failed delete may still have committed).
+void ForgetChains(ResponsesDependencies& d, const Result<bool>& deleted) {
+  if (d.chains != nullptr && (!deleted || *deleted)) d.chains->Forget();
+}
 
 // What a route does once admitted, with the decoded path ids.
 using Action = std::function<net::awaitable<http::Response>(
@@ -418,6 +470,7 @@ net::awaitable<http::Response> DeleteResponse(std::shared_ptr<ResponsesDependenc
   std::string owner = admission.owner();
   std::string id = ids.at(0);
   auto deleted = co_await d->store.DeleteResponse(std::move(owner), std::move(id));
+  ForgetChains(*d, deleted);
   if (!deleted) co_return Failure(deleted.error());
   if (!*deleted) co_return NotFound("Response with id '" + ids.at(0) + "' not found.");
   co_return JsonAnswer({{"id", ids.at(0)}, {"object", "response"}, {"deleted", true}});
@@ -527,6 +580,7 @@ net::awaitable<http::Response> DeleteConversation(std::shared_ptr<ResponsesDepen
   std::string owner = admission.owner();
   std::string id = ids.at(0);
   auto deleted = co_await d->store.DeleteConversation(std::move(owner), std::move(id));
+  ForgetChains(*d, deleted);
   if (!deleted) co_return Failure(deleted.error());
   if (!*deleted) co_return NotFound("Conversation with id '" + ids.at(0) + "' not found.");
   co_return JsonAnswer({{"id", ids.at(0)}, {"object", "conversation.deleted"}, {"deleted", true}});
@@ -588,6 +642,7 @@ net::awaitable<http::Response> DeleteItem(std::shared_ptr<ResponsesDependencies>
   std::string item_owner = owner;
   auto deleted = co_await d->store.DeleteConversationItem(std::move(item_owner), std::move(id),
                                                           std::move(item_id));
+  ForgetChains(*d, deleted);
   if (!deleted) co_return Failure(deleted.error());
   if (!*deleted) {
     co_return NotFound("Item with id '" + ids.at(1) + "' not found in conversation '" + ids.at(0) +

@@ -4,6 +4,7 @@
 
 #include "api/admission.h"
 #include "api/token_limits.h"
+#include "chat/chain_cache.h"
 #include "chat/turn.h"
 #include "http/router.h"
 #include "ratelimit/rate_limiter.h"
@@ -19,6 +20,8 @@ struct ResponsesDependencies {
   const Admission& admission;
   const TokenLimits& tokens;
   std::vector<ratelimit::RateLimitItem> responses_limits;  // per client on POST /v1/responses
+  // Recent response chains in memory (null: every chain is read from the store).
+  chat::ChainCache* chains = nullptr;
 };
 
 // Adds the Responses API (POST /v1/responses, GET and DELETE /v1/responses/{id},

@@ -27,6 +27,7 @@
 #include "api/playground.h"
 #include "api/responses_handlers.h"
 #include "app/demo_upstream.h"
+#include "chat/chain_cache.h"
 #include "chat/conversation_service.h"
 #include "chat/openai_proxy.h"
 #include "common/allocator.h"
@@ -76,25 +77,28 @@ Result<std::map<std::string, std::string>> ReadDotenv(const std::string& flag_va
 }
 
 // STAPLE_CACHE_MB, split among the caches that grow with the number of conversations:
-// - 5/8 the SQLite store's HistoryCache: it spares a history read its ~40 table-page reads, the
+// - 1/2 the SQLite store's HistoryCache: it spares a history read its ~40 table-page reads, the
 //   most expensive thing a continued conversation does;
 // - 1/4 the serialized messages of ConversationService (CPU only: a miss serializes again);
+// - 1/8 the Responses API's chains (chat::ChainCache: a miss reads the chain from the store);
 // - 1/8 SQLite's page caches, shared equally by the writer's and the readers' connections (a
 //   reader's cache is emptied by every commit anyway, so more buys little).
 // With PostgreSQL the history and page shares stay unused (the database caches on its side).
 struct CacheBudget {
   std::size_t history = 0;
   std::size_t fragments = 0;
+  std::size_t chains = 0;
   std::size_t page_cache_per_connection = 0;
 };
 
 CacheBudget SplitCacheBudget(std::size_t bytes, std::size_t connections) {
   CacheBudget budget;
   budget.fragments = bytes / 4;
+  budget.chains = bytes / 8;
   const std::size_t pages = bytes / 8;
   budget.page_cache_per_connection =
       std::max<std::size_t>(64 * 1024, pages / std::max<std::size_t>(1, connections));
-  budget.history = std::max<std::size_t>(1, bytes - budget.fragments - pages);
+  budget.history = std::max<std::size_t>(1, bytes - budget.fragments - budget.chains - pages);
   return budget;
 }
 
@@ -348,9 +352,21 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   api::RegisterPlayground(router);
   api::RegisterOpenAIRoutes(router, api::OpenAIDependencies{openai_proxy, admission, token_limits,
                                                             config.limits.v1_limits});
+  // Chains of stored responses, forgotten within a second of a delete by any replica.
+  chat::ChainCache chains(SplitCacheBudget(config.store.cache_bytes, 1).chains);
+  metrics.AddCounter("staple_response_chain_cache_hits_total",
+                     "POST /v1/responses with previous_response_id whose chain was in memory.",
+                     [&chains] { return static_cast<double>(chains.hits()); });
+  metrics.AddCounter("staple_response_chain_cache_misses_total",
+                     "POST /v1/responses with previous_response_id whose chain was looked up in "
+                     "memory and not found there (then read from the store).",
+                     [&chains] { return static_cast<double>(chains.misses()); });
+  metrics.AddGauge("staple_response_chain_cache_bytes",
+                   "Memory held by the response chains kept in memory.",
+                   [&chains] { return static_cast<double>(chains.bytes()); });
   api::RegisterResponsesRoutes(router,
                                api::ResponsesDependencies{turns, *store, admission, token_limits,
-                                                          config.limits.responses_limits});
+                                                          config.limits.responses_limits, &chains});
   // The operator console (/console) and the admin API's figures behind it.
   observe::StatsHistory stats(metrics);
   api::RegisterConsole(router);

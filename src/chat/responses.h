@@ -116,6 +116,13 @@ struct ContextItem {
   bool operator==(const ContextItem&) const = default;
 };
 
+// Stored items that come before a response's input: the window of a previous response's chain
+// or of a conversation (store::ItemWindow), read into ContextItems.
+struct StoredContext {
+  std::vector<ContextItem> items;  // oldest first
+  bool has_more = false;           // older items exist that the window left out
+};
+
 // The ContextItem of an item tree. Members of the wrong type count as absent.
 ContextItem ContextItemOf(const Json& item);
 

@@ -26,7 +26,8 @@ std::vector<store::ItemToStore> ItemsToStore(const Json& items) {
 }  // namespace
 
 ResponsesTurn::ResponsesTurn(responses::ResponsesRequest request, std::string id,
-                             std::int64_t created_at, std::vector<responses::ContextItem> context,
+                             std::int64_t created_at,
+                             std::shared_ptr<const responses::StoredContext> context,
                              std::size_t context_start)
     : request_(std::move(request)),
       id_(std::move(id)),
@@ -39,8 +40,8 @@ BodyBuilder ResponsesTurn::Builder() {
   return [self = this](const TurnRequest& request, const std::vector<store::StoredMessage>&,
                        std::size_t, bool) -> Result<UpstreamBody> {
     UpstreamBody body;
-    body.json = responses::BuildChatBody(self->request_, self->context_, self->context_start_,
-                                         request.stream, body.estimate);
+    body.json = responses::BuildChatBody(self->request_, self->context_->items,
+                                         self->context_start_, request.stream, body.estimate);
     return body;
   };
 }
@@ -83,8 +84,40 @@ Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body) {
   record->response.json = *response_json_;
   record->input = ItemsToStore(request_.input);
   record->output = ItemsToStore(output.output);
+  // Read back from the very texts the store keeps, as a later read of the chain would.
+  stored_items_.clear();
+  stored_items_.reserve(record->input.size() + record->output.size());
+  for (const auto* items : {&record->input, &record->output}) {
+    for (const store::ItemToStore& item : *items) {
+      if (auto read = responses::ReadContextItem(item.json)) stored_items_.push_back(*read);
+    }
+  }
+  stored_ = true;
   turn.response = std::move(record);
   return Ok();
+}
+
+std::shared_ptr<const responses::StoredContext> ResponsesTurn::ChainAfter(
+    std::size_t max_items) const {
+  if (!stored_) return nullptr;
+  auto chain = std::make_shared<responses::StoredContext>();
+  const bool continues = !request_.previous_response_id.empty();
+  const std::vector<responses::ContextItem> none;
+  const std::vector<responses::ContextItem>& before = continues ? context_->items : none;
+  chain->has_more = continues && context_->has_more;
+  const std::size_t total = before.size() + stored_items_.size();
+  std::size_t skip = 0;  // the oldest items beyond the window
+  if (max_items != 0 && total > max_items) {
+    skip = total - max_items;
+    chain->has_more = true;
+  }
+  chain->items.reserve(total - skip);
+  for (std::size_t i = skip; i < before.size(); ++i) chain->items.push_back(before[i]);
+  const std::size_t skip_new = skip > before.size() ? skip - before.size() : 0;
+  for (std::size_t i = skip_new; i < stored_items_.size(); ++i) {
+    chain->items.push_back(stored_items_[i]);
+  }
+  return chain;
 }
 
 }  // namespace staple::chat

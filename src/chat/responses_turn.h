@@ -27,10 +27,10 @@ namespace staple::chat {
 // between the handler and the pipeline's callbacks; the callbacks do not outlive the turn.
 class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
  public:
-  // `context`: the stored items that come before the request's input (oldest first), of which
-  // `context_start` is the first that fits the history window.
+  // `context`: the stored items that come before the request's input (oldest first; never null),
+  // of which `context_start` is the first that fits the history window.
   ResponsesTurn(responses::ResponsesRequest request, std::string id, std::int64_t created_at,
-                std::vector<responses::ContextItem> context, std::size_t context_start);
+                std::shared_ptr<const responses::StoredContext> context, std::size_t context_start);
 
   const responses::ResponsesRequest& request() const { return request_; }
   const std::string& id() const { return id_; }
@@ -47,6 +47,12 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
   // keeps and the client gets, serialized once.
   const std::string* response_json() const { return response_json_ ? &*response_json_ : nullptr; }
 
+  // Once this stored turn committed: the chain that ends with this response as
+  // ConversationStore::ResponseChain(owner, id, max_items) reads it — the context it continued
+  // (only a previous response's chain; a conversation's items are not part of it), then its input
+  // and output items — for chat::ChainCache. Null when the response is not stored.
+  std::shared_ptr<const responses::StoredContext> ChainAfter(std::size_t max_items) const;
+
   // The event stream of a streaming turn (ResponseEventStream); created on first use.
   responses::ResponseEventStream& events();
 
@@ -61,8 +67,12 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
   const responses::ResponsesRequest request_;
   const std::string id_;
   const std::int64_t created_at_;
-  const std::vector<responses::ContextItem> context_;
+  const std::shared_ptr<const responses::StoredContext> context_;
   const std::size_t context_start_;
+
+  // Recorded with `store`: the input then output items as stored, for ChainAfter.
+  std::vector<responses::ContextItem> stored_items_;
+  bool stored_ = false;
 
   std::optional<responses::ResponseEventStream> events_;
   std::optional<std::string> response_json_;

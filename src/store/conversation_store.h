@@ -249,6 +249,12 @@ class ConversationStore {
   virtual net::awaitable<Result<bool>> DeleteConversationItem(std::string owner, std::string id,
                                                               std::string item_id) = 0;
 
+  // A number that grows whenever a delete removed Responses or Conversations state (DeleteResponse,
+  // DeleteConversation, DeleteConversationItem that found something), in the delete's own
+  // transaction, whichever process sharing the database made it. It only ever grows; it tells
+  // caches of that state (chat::ChainCache) when to forget what they hold.
+  virtual net::awaitable<Result<std::int64_t>> StateEpoch() = 0;
+
   // Whether the database answers reads and accepts writes (for /readyz). Writes are judged by the
   // last commit when it is recent, else by a write probe (one tiny write transaction, run at most
   // once every few seconds). Errors: kStorage; while writes fail, "write failing: <reason>".

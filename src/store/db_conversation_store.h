@@ -79,6 +79,7 @@ class DbConversationStore final : public ConversationStore {
       std::string owner, std::string id, std::string item_id) override;
   net::awaitable<Result<bool>> DeleteConversationItem(std::string owner, std::string id,
                                                       std::string item_id) override;
+  net::awaitable<Result<std::int64_t>> StateEpoch() override;
   net::awaitable<Status> Ping() override;
   Status WriteHealth() const override;
   std::size_t PendingWrites() const override;

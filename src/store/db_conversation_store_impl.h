@@ -70,6 +70,7 @@ struct StateQuery {
     kConversationItems,  // id, max_items → window
     kConversationPage,   // id, after, limit, order → page
     kConversationItem,   // id, item_id → item
+    kStateEpoch,         // → epoch (ConversationStore::StateEpoch)
   };
   Kind kind = Kind::kResponse;
   std::string owner;
@@ -91,6 +92,7 @@ struct StateAnswer {
   ItemWindow window;
   ItemPage page;
   std::optional<StoredItem> item;
+  std::int64_t epoch = 0;
 };
 
 // A Backend provides:
@@ -478,6 +480,16 @@ net::awaitable<Result<bool>> DbConversationStore<Backend, Options>::DeleteConver
                                                         std::move(change));
   if (!outcome) co_return outcome.error();
   co_return outcome->found;
+}
+
+template <typename Backend, typename Options>
+net::awaitable<Result<std::int64_t>> DbConversationStore<Backend, Options>::StateEpoch() {
+  StateQuery query;
+  query.kind = StateQuery::Kind::kStateEpoch;
+  auto answer = co_await AskState<Backend, Options>(*state_->workers, state_->backend.get(),
+                                                    std::move(query));
+  if (!answer) co_return answer.error();
+  co_return answer->epoch;
 }
 
 template <typename Backend, typename Options>

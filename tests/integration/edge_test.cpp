@@ -40,14 +40,6 @@ class IdleConnection {
   bool connected_ = false;
 };
 
-// The value of an unlabelled metric in a Prometheus text body, or -1.
-double Metric(const std::string& text, const std::string& name) {
-  for (const auto& line : SplitLines(text)) {
-    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
-  }
-  return -1;
-}
-
 class EdgeTest : public GatewayTest {};
 
 // One peer opening more idle connections than the server can hold must not lock other clients
@@ -72,8 +64,8 @@ TEST_F(EdgeTest, IdleConnectionsOverTheCapDoNotLockOutANewClient) {
 
   HttpResponse metrics = client_.Get(staple->url() + "/metrics");
   ASSERT_EQ(metrics.status, 200) << metrics.error;
-  EXPECT_LE(Metric(metrics.body, "staple_open_connections"), 32) << metrics.body;
-  EXPECT_GT(Metric(metrics.body, "staple_connections_evicted_total"), 0) << metrics.body;
+  EXPECT_LE(MetricIn(metrics.body, "staple_open_connections"), 32) << metrics.body;
+  EXPECT_GT(MetricIn(metrics.body, "staple_connections_evicted_total"), 0) << metrics.body;
 }
 
 // The share of one address: a flood from one address closes its own idle connections, and never
@@ -92,13 +84,13 @@ TEST_F(EdgeTest, OneAddressFloodingStaysWithinItsShare) {
   EXPECT_TRUE(WaitUntil(
       [&] {
         metrics = client_.Get(staple->url() + "/metrics");
-        return Metric(metrics.body, "staple_connections_total") +
-                   Metric(metrics.body, "staple_connections_refused_total{reason=\"peer\"}") >=
+        return MetricIn(metrics.body, "staple_connections_total") +
+                   MetricIn(metrics.body, "staple_connections_refused_total{reason=\"peer\"}") >=
                101;
       },
       std::chrono::seconds(10)))
       << metrics.body;
-  EXPECT_LE(Metric(metrics.body, "staple_open_connections"), 16) << metrics.body;
+  EXPECT_LE(MetricIn(metrics.body, "staple_open_connections"), 16) << metrics.body;
 }
 
 }  // namespace

@@ -35,15 +35,6 @@ class LifecycleTest : public GatewayTest {
     if (!body.is_object() || !body["messages"].is_array()) return std::nullopt;
     return body["messages"];
   }
-
-  // The value of an unlabelled metric in /metrics, or -1.
-  double Metric(const StapleServer& staple, const std::string& name) {
-    auto response = client_.Get(staple.url() + "/metrics");
-    for (const auto& line : SplitLines(response.body)) {
-      if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
-    }
-    return -1;
-  }
 };
 
 TEST_F(LifecycleTest, RetentionDeletesTurnsOlderThanThePeriodWhileServing) {

@@ -22,6 +22,14 @@ class PostgresReplicasTest : public GatewayTest {
     return {{"STAPLE_DATABASE_URL", postgres_.Url("staple")}};
   }
 
+  // POST /v1/responses that must succeed; the response object (empty on failure).
+  json Respond(const StapleServer& staple, const json& body) {
+    HttpResponse response = client_.PostJson(staple.url() + "/v1/responses", body.dump());
+    EXPECT_EQ(response.status, 200) << response.body;
+    json parsed = response.Json();
+    return parsed.is_object() ? parsed : json::object();
+  }
+
   PostgresServer postgres_;
 };
 
@@ -73,10 +81,7 @@ TEST_F(PostgresReplicasTest, ResponseChainContinuesOnAnotherReplicaAndSurvivesAK
   auto a = StartStaple(DatabaseEnv());
   auto b = StartStaple(DatabaseEnv());
   auto respond = [this](const StapleServer& staple, const json& body) {
-    HttpResponse response = client_.PostJson(staple.url() + "/v1/responses", body.dump());
-    EXPECT_EQ(response.status, 200) << response.body;
-    json parsed = response.Json();
-    return parsed.is_object() ? parsed : json::object();
+    return Respond(staple, body);
   };
   json first = respond(*a, {{"model", "m"}, {"input", "first"}});
   ASSERT_TRUE(first.contains("id"));
@@ -92,6 +97,44 @@ TEST_F(PostgresReplicasTest, ResponseChainContinuesOnAnotherReplicaAndSurvivesAK
       respond(*a, {{"model", "m"}, {"input", "third"}, {"previous_response_id", second["id"]}});
   EXPECT_EQ(third["output"][0]["content"][0]["text"], "echo(5): third");
   EXPECT_EQ(postgres_.Psql("staple", "SELECT count(*) FROM responses"), "3\n");
+}
+
+// Each replica keeps the chains it committed in memory. A delete on one replica reaches the
+// other's memory through the state epoch in the database (read at most a second apart), and from
+// then on the deleted response cannot be continued there either.
+TEST_F(PostgresReplicasTest, ADeleteOnOneReplicaEndsTheChainOnTheOther) {
+  // No request limit: B is asked again and again until it has seen the delete.
+  auto env = DatabaseEnv();
+  env.emplace("STAPLE_DEFAULT_LIMITS", "");
+  auto a = StartStaple(env);
+  auto b = StartStaple(env);
+  json first = Respond(*a, {{"model", "m"}, {"input", "one"}});
+  ASSERT_TRUE(first.contains("id"));
+  // B has never seen the first response: it reads the chain from PostgreSQL.
+  json second =
+      Respond(*b, {{"model", "m"}, {"input", "two"}, {"previous_response_id", first["id"]}});
+  ASSERT_TRUE(second.contains("id"));
+  // B committed the second one: its chain comes from B's memory.
+  json third =
+      Respond(*b, {{"model", "m"}, {"input", "three"}, {"previous_response_id", second["id"]}});
+  EXPECT_EQ(third["output"][0]["content"][0]["text"], "echo(5): three");
+  EXPECT_EQ(Metric(*b, "staple_response_chain_cache_misses_total"), 1);
+  EXPECT_EQ(Metric(*b, "staple_response_chain_cache_hits_total"), 1);
+
+  HttpResponse deleted =
+      client_.Request("DELETE", a->url() + "/v1/responses/" + third["id"].get<std::string>());
+  ASSERT_EQ(deleted.status, 200) << deleted.body;
+  const std::string continue_third =
+      json{{"model", "m"}, {"input", "four"}, {"previous_response_id", third["id"]}}.dump();
+  HttpResponse refused;
+  const bool gone = WaitUntil(
+      [&] {
+        refused = client_.PostJson(b->url() + "/v1/responses", continue_third);
+        return refused.status == 404;
+      },
+      std::chrono::seconds(10));
+  EXPECT_TRUE(gone) << refused.status << " " << refused.body;
+  EXPECT_NE(refused.body.find("previous_response_not_found"), std::string::npos) << refused.body;
 }
 
 TEST_F(PostgresReplicasTest, UnreachableDatabaseStopsStartupWithoutThePassword) {

@@ -298,6 +298,9 @@ TEST_F(ResponsesTest, BrokenStreamEndsWithResponseFailedAndStoresNothing) {
   EXPECT_EQ(events.back().first, "response.failed") << streamed.body;
   const std::string id = events.front().second["response"]["id"];
   EXPECT_EQ(Get(*staple, "/v1/responses/" + id).status, 404);
+  // The id went out in response.created, but there is nothing to continue.
+  ExpectError(Create(*staple, {{"model", "m"}, {"input", "x"}, {"previous_response_id", id}}), 404,
+              "previous_response_id");
 }
 
 TEST_F(ResponsesTest, TruncationDisabledRefusesALongChainAndAutoDropsOldTurns) {
@@ -353,6 +356,39 @@ TEST_F(ResponsesTest, FunctionToolRoundTrip) {
   EXPECT_EQ(messages[1]["tool_calls"][0]["id"], call["call_id"]);
   EXPECT_EQ(messages[2]["role"], "tool");
   EXPECT_EQ(messages[2]["tool_call_id"], call["call_id"]);
+}
+
+// A chain this process committed is continued from memory (DESIGN.md: the chain cache), whether
+// its last answer was streamed or whole, with exactly the upstream messages a database read gives;
+// a delete made here is seen by the very next request, even one from the middle of a chain.
+TEST_F(ResponsesTest, ChainsAreContinuedFromMemoryAndForgottenAtADelete) {
+  auto staple = StartStaple();
+  json first = Respond(*staple, {{"model", "m"}, {"input", "one"}});
+  HttpResponse streamed = Create(
+      *staple,
+      {{"model", "m"}, {"input", "two"}, {"previous_response_id", first["id"]}, {"stream", true}});
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  auto events = Events(streamed.body);
+  ASSERT_FALSE(events.empty()) << streamed.body;
+  ASSERT_EQ(events.back().first, "response.completed") << streamed.body;
+  const json second = events.back().second["response"];
+  json third = Respond(
+      *staple, {{"model", "m"}, {"input", "three"}, {"previous_response_id", second["id"]}});
+  EXPECT_EQ(LastUpstreamTranscript(),
+            (std::vector<std::string>{"user: one", "assistant: echo(1): one", "user: two",
+                                      "assistant: echo(3): two", "user: three"}));
+  EXPECT_EQ(Metric(*staple, "staple_response_chain_cache_hits_total"), 2);
+  EXPECT_EQ(Metric(*staple, "staple_response_chain_cache_misses_total"), 0);
+  EXPECT_GT(Metric(*staple, "staple_response_chain_cache_bytes"), 0);
+
+  // The first response deleted: the third's chain now starts at the second.
+  ASSERT_EQ(Delete(*staple, "/v1/responses/" + first["id"].get<std::string>()).status, 200);
+  EXPECT_EQ(Metric(*staple, "staple_response_chain_cache_bytes"), 0);
+  Respond(*staple, {{"model", "m"}, {"input", "four"}, {"previous_response_id", third["id"]}});
+  EXPECT_EQ(LastUpstreamTranscript(),
+            (std::vector<std::string>{"user: two", "assistant: echo(3): two", "user: three",
+                                      "assistant: echo(5): three", "user: four"}));
+  EXPECT_EQ(Metric(*staple, "staple_response_chain_cache_misses_total"), 1);
 }
 
 TEST_F(ResponsesTest, ChainSurvivesARestart) {

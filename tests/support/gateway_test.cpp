@@ -46,6 +46,17 @@ nlohmann::json GatewayTest::LastUpstreamMessages() const {
   return bodies.back()["messages"];
 }
 
+double GatewayTest::Metric(const StapleServer& staple, const std::string& name) {
+  return MetricIn(client_.Get(staple.url() + "/metrics").body, name);
+}
+
+double MetricIn(const std::string& text, const std::string& name) {
+  for (const auto& line : SplitLines(text)) {
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  }
+  return -1;
+}
+
 bool IsUuidV4(const std::string& text) {
   static const std::regex pattern(
       "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$");

@@ -42,6 +42,10 @@ class GatewayTest : public ::testing::Test {
   // The `messages` of the last chat request the fake received (empty array when none).
   nlohmann::json LastUpstreamMessages() const;
 
+  // The value of metric `name` (with its labels, e.g. `x_total{reason="peer"}`) in the server's
+  // /metrics, or -1 when it is not there.
+  double Metric(const StapleServer& staple, const std::string& name);
+
   FakeOpenAI fake_;
   HttpClient client_;
 };
@@ -56,6 +60,9 @@ bool IsSeedTimestamp(const std::string& text);
 bool WaitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
 std::vector<std::string> SplitLines(const std::string& text);
+
+// The value of metric `name` (with its labels) in a Prometheus text body, or -1.
+double MetricIn(const std::string& text, const std::string& name);
 
 // The `error` member of a JSON error body, or "" when the body is not of that shape.
 std::string ErrorMessage(const HttpResponse& response);

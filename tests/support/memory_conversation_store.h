@@ -212,6 +212,7 @@ class MemoryConversationStore final : public store::ConversationStore {
     std::erase_if(items_, [&](const OwnedItem& row) {
       return row.owner == owner && row.item.response_id == id && row.conversation_id.empty();
     });
+    ++epoch_;
     co_return true;
   }
 
@@ -250,9 +251,10 @@ class MemoryConversationStore final : public store::ConversationStore {
     const OwnedConversation* found = FindConversation(owner, id);
     if (found == nullptr) co_return false;
     conversations_.erase(conversations_.begin() + (found - conversations_.data()));
-    std::erase_if(items_, [&](const OwnedItem& row) {
+    const auto erased = std::erase_if(items_, [&](const OwnedItem& row) {
       return row.owner == owner && row.conversation_id == id;
     });
+    if (erased > 0) ++epoch_;
     co_return true;
   }
 
@@ -306,7 +308,14 @@ class MemoryConversationStore final : public store::ConversationStore {
     const auto erased = std::erase_if(items_, [&](const OwnedItem& row) {
       return row.owner == owner && row.conversation_id == id && row.item.id == item_id;
     });
+    if (erased > 0) ++epoch_;
     co_return erased > 0;
+  }
+
+  net::awaitable<Result<std::int64_t>> StateEpoch() override {
+    ++read_calls_;
+    if (read_error_) co_return *read_error_;
+    co_return epoch_;
   }
 
   // Conversations stored now.
@@ -465,6 +474,7 @@ class MemoryConversationStore final : public store::ConversationStore {
   std::vector<store::ResponseRecord> responses_;
   // The Responses and Conversations state.
   std::vector<OwnedResponse> stored_responses_;
+  std::int64_t epoch_ = 0;  // StateEpoch
   std::vector<OwnedConversation> conversations_;
   std::vector<OwnedItem> items_;  // by seq
   std::int64_t next_seq_ = 1;

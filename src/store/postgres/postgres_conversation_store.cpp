@@ -27,7 +27,7 @@ namespace {
 // done. PostgreSQL's DDL is transactional, so a crash never leaves a half-migrated database.
 
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 4;
+constexpr std::int64_t kSchemaVersion = 5;
 
 // pg_advisory_xact_lock key reserved for Staple's migrations ("Stap" in ASCII).
 constexpr std::string_view kMigrationLock = "SELECT pg_advisory_xact_lock(1400136048)";
@@ -98,6 +98,15 @@ const std::vector<std::string_view> kMigrationToVersion4 = {
     "ALTER TABLE messages ADD COLUMN IF NOT EXISTS upstream TEXT",
 };
 
+// Version 5: the state epoch, one row that every delete of a response or of items increments in
+// its own transaction (ConversationStore::StateEpoch), so that the response chains a replica keeps
+// in memory are forgotten when any replica deletes from them.
+const std::vector<std::string_view> kMigrationToVersion5 = {
+    "CREATE TABLE IF NOT EXISTS state_epoch (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "value BIGINT NOT NULL)",
+    "INSERT INTO state_epoch (id, value) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+};
+
 struct Migration {
   std::int64_t version;  // the schema version after this migration
   const std::vector<std::string_view>* statements;
@@ -106,9 +115,17 @@ struct Migration {
 const std::vector<Migration> kMigrations = {{1, &kMigrationToVersion1},
                                             {2, &kMigrationToVersion2},
                                             {3, &kMigrationToVersion3},
-                                            {4, &kMigrationToVersion4}};
+                                            {4, &kMigrationToVersion4},
+                                            {5, &kMigrationToVersion5}};
 
 Query Sql(std::string_view sql) { return Query{std::string(sql), {}}; }
+
+// The part of a delete's statement (`WITH gone AS (DELETE … RETURNING 1), <this> SELECT …`) that
+// increments the state epoch when the delete removed rows, in the same statement and so the same
+// transaction (a data-modifying WITH runs whether or not the SELECT reads it).
+constexpr std::string_view kBumpEpochIfGone =
+    "bump AS (UPDATE state_epoch SET value = value + 1 WHERE id = 1 AND EXISTS (SELECT 1 FROM "
+    "gone))";
 
 // One row that the write probe updates: readiness proves that the database accepts writes
 // without touching conversation rows.
@@ -523,8 +540,12 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     const std::string& owner = change.owner;
     switch (change.kind) {
       case StateChange::Kind::kDeleteResponse:
+        // The state epoch grows with the deletion (ConversationStore::StateEpoch).
         op.queries.push_back(
-            Query{"DELETE FROM responses WHERE owner = $1 AND id = $2", {owner, change.id}});
+            Query{std::string("WITH gone AS (DELETE FROM responses WHERE owner = $1 AND id = $2 "
+                              "RETURNING 1), ") +
+                      std::string(kBumpEpochIfGone) + " SELECT count(*) FROM gone",
+                  {owner, change.id}});
         // Its items that a conversation holds stay there.
         op.queries.push_back(Query{
             "DELETE FROM items WHERE owner = $1 AND response_id = $2 AND conversation_id IS NULL",
@@ -550,8 +571,11 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
         // either commit before the items are deleted or find no conversation.
         op.queries.push_back(
             Query{"DELETE FROM conversations WHERE owner = $1 AND id = $2", {owner, change.id}});
-        op.queries.push_back(Query{"DELETE FROM items WHERE owner = $1 AND conversation_id = $2",
-                                   {owner, change.id}});
+        op.queries.push_back(Query{
+            std::string("WITH gone AS (DELETE FROM items WHERE owner = $1 AND conversation_id = $2 "
+                        "RETURNING 1), ") +
+                std::string(kBumpEpochIfGone) + " SELECT count(*) FROM gone",
+            {owner, change.id}});
         break;
       case StateChange::Kind::kAppendItems:
         // Whether it exists, locked until the commit so that the inserts below agree.
@@ -562,9 +586,11 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
                     change.items.size(), kAppendedItems);
         break;
       case StateChange::Kind::kDeleteItem:
-        op.queries.push_back(
-            Query{"DELETE FROM items WHERE owner = $1 AND conversation_id = $2 AND id = $3",
-                  {owner, change.id, change.item_id}});
+        op.queries.push_back(Query{
+            std::string("WITH gone AS (DELETE FROM items WHERE owner = $1 AND conversation_id = $2 "
+                        "AND id = $3 RETURNING 1), ") +
+                std::string(kBumpEpochIfGone) + " SELECT count(*) FROM gone",
+            {owner, change.id, change.item_id}});
         break;
     }
     op.change = std::move(change);
@@ -576,8 +602,10 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     StateOutcome outcome;
     switch (op.change.kind) {
       case StateChange::Kind::kDeleteResponse:
-      case StateChange::Kind::kDeleteConversation:
       case StateChange::Kind::kDeleteItem:
+        outcome.found = op.results.front().Int64(0, 0) > 0;  // count(*) of `gone`
+        break;
+      case StateChange::Kind::kDeleteConversation:
         outcome.found = op.results.front().AffectedRows() > 0;
         break;
       case StateChange::Kind::kCreateConversation:
@@ -679,6 +707,9 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
             Query{"SELECT id, created_at, metadata FROM conversations WHERE owner = $1 AND id = $2",
                   {owner, query.id}});
         break;
+      case StateQuery::Kind::kStateEpoch:
+        queries.push_back(Sql("SELECT value FROM state_epoch WHERE id = 1"));
+        break;
       case StateQuery::Kind::kConversationItem:
         queries.push_back(Query{
             std::string("SELECT ") + std::string(kItemColumns) +
@@ -756,6 +787,10 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
       case StateQuery::Kind::kConversationItem:
         answer.found = rows.Rows() > 0;
         if (answer.found) answer.item = ReadItem(rows, 0);
+        break;
+      case StateQuery::Kind::kStateEpoch:
+        answer.found = rows.Rows() > 0;
+        if (answer.found) answer.epoch = rows.Int64(0, 0);
         break;
     }
     return answer;

@@ -205,18 +205,28 @@ Status MigrateToVersion4(Database& db) {
   return db.Exec("ALTER TABLE messages ADD COLUMN upstream TEXT");
 }
 
+// Version 5: the state epoch, one row that every delete of Responses or Conversations state
+// increments in its own transaction (ConversationStore::StateEpoch), so that the response chains
+// a process keeps in memory are forgotten when any process deletes from them.
+Status MigrateToVersion5(Database& db) {
+  return db.Exec(
+      "CREATE TABLE state_epoch (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);"
+      "INSERT INTO state_epoch (id, value) VALUES (1, 0);");
+}
+
 // The schema version this build creates, migrates to and understands.
-constexpr std::int64_t kSchemaVersion = 4;
+constexpr std::int64_t kSchemaVersion = 5;
 
 struct Migration {
   std::int64_t version;  // the user_version after this migration
   Status (*apply)(Database&);
 };
 
-constexpr std::array<Migration, 4> kMigrations = {{{1, &MigrateToVersion1},
+constexpr std::array<Migration, 5> kMigrations = {{{1, &MigrateToVersion1},
                                                    {2, &MigrateToVersion2},
                                                    {3, &MigrateToVersion3},
-                                                   {4, &MigrateToVersion4}}};
+                                                   {4, &MigrateToVersion4},
+                                                   {5, &MigrateToVersion5}}};
 static_assert(kMigrations.back().version == kSchemaVersion);
 
 Status MigrateInTransaction(Database& db) {
@@ -624,6 +634,15 @@ class Writer {
     return db_.Changes();
   }
 
+  // Increments the state epoch when `deleted` rows were removed (ConversationStore::StateEpoch:
+  // a response, or items; a conversation's own row holds nothing a chain is made of).
+  Status BumpEpochIf(std::int64_t deleted) {
+    if (deleted == 0) return Ok();
+    StatementReset reset(bump_epoch_);
+    if (auto done = bump_epoch_.Step(); !done) return done.error();
+    return Ok();
+  }
+
   // The creation time of conversation `id` of `owner`, std::nullopt when there is none.
   Result<std::optional<std::int64_t>> ConversationCreatedAt(const std::string& owner,
                                                             const std::string& id) {
@@ -646,9 +665,9 @@ class Writer {
         if (!deleted) return deleted.error();
         outcome.found = *deleted > 0;
         // The items that are in a conversation stay there.
-        if (auto items = ChangeRows(delete_response_items_, change.owner, change.id); !items) {
-          return items.error();
-        }
+        auto items = ChangeRows(delete_response_items_, change.owner, change.id);
+        if (!items) return items.error();
+        if (auto bumped = BumpEpochIf(*deleted); !bumped) return bumped.error();
         return outcome;
       }
       case StateChange::Kind::kCreateConversation: {
@@ -688,9 +707,9 @@ class Writer {
         auto deleted = ChangeRows(delete_conversation_, change.owner, change.id);
         if (!deleted) return deleted.error();
         outcome.found = *deleted > 0;
-        if (auto items = ChangeRows(delete_conversation_items_, change.owner, change.id); !items) {
-          return items.error();
-        }
+        auto items = ChangeRows(delete_conversation_items_, change.owner, change.id);
+        if (!items) return items.error();
+        if (auto bumped = BumpEpochIf(*items); !bumped) return bumped.error();
         return outcome;
       }
       case StateChange::Kind::kAppendItems: {
@@ -711,6 +730,7 @@ class Writer {
         auto deleted = ChangeRows(delete_item_, change.owner, change.id, &change.item_id);
         if (!deleted) return deleted.error();
         outcome.found = *deleted > 0;
+        if (auto bumped = BumpEpochIf(*deleted); !bumped) return bumped.error();
         return outcome;
       }
     }
@@ -822,6 +842,7 @@ class Writer {
   Statement delete_conversation_;
   Statement delete_conversation_items_;
   Statement delete_item_;
+  Statement bump_epoch_;
 
   // Every prepared statement of the connection: PrepareStatements prepares them all and Replace
   // moves them all to a fresh connection.
@@ -829,7 +850,7 @@ class Writer {
     Statement Writer::*statement;
     std::string_view sql;
   };
-  static constexpr std::array<StatementSql, 18> kStatements = {{
+  static constexpr std::array<StatementSql, 19> kStatements = {{
       {&Writer::begin_, "BEGIN IMMEDIATE"},
       {&Writer::commit_, "COMMIT"},
       {&Writer::rollback_, "ROLLBACK"},
@@ -867,6 +888,7 @@ class Writer {
        "DELETE FROM items WHERE owner = ?1 AND conversation_id = ?2"},
       {&Writer::delete_item_,
        "DELETE FROM items WHERE owner = ?1 AND conversation_id = ?2 AND id = ?3"},
+      {&Writer::bump_epoch_, "UPDATE state_epoch SET value = value + 1 WHERE id = 1"},
   }};
 };
 
@@ -956,6 +978,7 @@ class Reader {
       case StateQuery::Kind::kResponse:
       case StateQuery::Kind::kResponseChain:
       case StateQuery::Kind::kConversation:
+      case StateQuery::Kind::kStateEpoch:
         return ReadState(query);
       default: {
         // The other reads take several statements: one read transaction makes them see one
@@ -1003,6 +1026,14 @@ class Reader {
       return Chain(query.owner, query.id, query.max_items);
     }
     StateAnswer answer;
+    if (query.kind == StateQuery::Kind::kStateEpoch) {
+      StatementReset reset(epoch_);
+      auto row = epoch_.Step();
+      if (!row) return row.error();
+      answer.found = *row;
+      if (*row) answer.epoch = epoch_.ColumnInt64(0);
+      return answer;
+    }
     if (query.kind == StateQuery::Kind::kResponse ||
         query.kind == StateQuery::Kind::kResponseItems) {
       auto response = FindResponse(query.owner, query.id);
@@ -1268,8 +1299,9 @@ class Reader {
       Statement* statement;
       std::string_view sql;
     };
-    const std::array<Item, 14> items = {{
+    const std::array<Item, 15> items = {{
         {&begin_, "BEGIN"},
+        {&epoch_, "SELECT value FROM state_epoch WHERE id = 1"},
         {&commit_, "COMMIT"},
         {&rollback_, "ROLLBACK"},
         {&response_,
@@ -1337,6 +1369,7 @@ class Reader {
   Statement rollback_;
   Statement response_;
   Statement chain_;
+  Statement epoch_;
   ListingStatements response_items_;
   Statement conversation_;
   Statement conversation_window_;

@@ -67,7 +67,7 @@ TEST(PostgresConversationStore, SeedViewAndSchemaVersionAnswerInPsql) {
   ASSERT_TRUE(RunSync(store->AppendTurn(turn)).ok());
 
   const std::string db = DatabaseOf(url);
-  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "4\n");
+  EXPECT_EQ(SharedPostgres().Psql(db, "SELECT version FROM schema_version"), "5\n");
   EXPECT_EQ(SharedPostgres().Psql(db, "SELECT * FROM message ORDER BY id LIMIT 1"),
             "1|alice|2024-03-01 12:34:56.789012|user|prompt 1\n");
   EXPECT_EQ(SharedPostgres().Psql(db,
@@ -108,7 +108,7 @@ TEST(PostgresConversationStore, ReplicasStartingTogetherMigrateOnce) {
   for (const auto& store : stores) ASSERT_NE(store, nullptr);
   EXPECT_EQ(
       SharedPostgres().Psql(DatabaseOf(url), "SELECT count(*), max(version) FROM schema_version"),
-      "1|4\n");
+      "1|5\n");
 }
 
 TEST(PostgresConversationStore, TwoReplicasSeeEachOthersTurns) {
@@ -541,7 +541,7 @@ TEST(PostgresConversationStore, AVersion2DatabaseMigratesToVersion3) {
   auto store = OpenStore(url);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(SharedPostgres().Psql(db, "SELECT count(*), max(version) FROM schema_version"),
-            "1|4\n");
+            "1|5\n");
   EXPECT_EQ(SharedPostgres().Psql(db,
                                   "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM "
                                   "pg_indexes WHERE tablename = 'items'"),

@@ -118,7 +118,7 @@ TEST_F(SqliteConversationStoreTest, CreatesMissingDirectoriesAndTheVersionedSche
   EXPECT_TRUE(std::filesystem::exists(path_));
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "5");
   EXPECT_EQ(raw.Scalar("PRAGMA journal_mode"), "wal");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
@@ -354,7 +354,7 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   EXPECT_EQ((*all)[3].completion_tokens, 21);
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "5");
   std::vector<std::string> columns;
   raw.Query("SELECT * FROM messages", &columns);
   EXPECT_THAT(columns,
@@ -368,17 +368,17 @@ TEST_F(SqliteConversationStoreTest, RefusesASchemaNewerThanThisBuild) {
   {
     RawConnection raw(path_);
     raw.Exec(
-        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 5;");
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, future TEXT); PRAGMA user_version = 6;");
   }
   auto store = SqliteConversationStore::Open(Options());
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.error().kind, ErrorKind::kStorage);
   EXPECT_THAT(store.error().message, HasSubstr(path_));
-  EXPECT_THAT(store.error().message, HasSubstr("schema version 5 is newer"));
+  EXPECT_THAT(store.error().message, HasSubstr("schema version 6 is newer"));
 
   // The file was left as it was.
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "5");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "6");
 }
 
 // Schema version 3 adds the tables of the Responses and Conversations state: a version 2 file
@@ -419,7 +419,7 @@ TEST_F(SqliteConversationStoreTest, MigratesAVersion2FileToTheResponsesState) {
   EXPECT_EQ((*read)->items[0].json, R"({"id":"msg_1"})");
 
   RawConnection raw(path_);
-  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "4");
+  EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "5");
   EXPECT_EQ(raw.Scalar("SELECT count(*) FROM messages"), "2");
   for (const char* table : {"responses", "conversations", "items"}) {
     EXPECT_EQ(

@@ -998,6 +998,36 @@ TEST_P(ConversationStoreContract, DeleteConversationRemovesItsItemsButNotItsResp
   EXPECT_TRUE(ConversationIds("conv_1").empty());
 }
 
+TEST_P(ConversationStoreContract, TheStateEpochGrowsWithEveryDeleteThatRemovedSomething) {
+  auto epoch = [this] {
+    auto read = RunSync(store_->StateEpoch());
+    EXPECT_TRUE(read.ok()) << Describe(read);
+    return read.ok() ? *read : -1;
+  };
+  const std::int64_t start = epoch();
+  ASSERT_GE(start, 0);
+  CreateConversation("conv_1", {Item("a"), Item("b")});
+  StoreResponse("", "resp_1", "");
+  StoreResponse("", "resp_2", "resp_1", "conv_1");
+  EXPECT_EQ(epoch(), start) << "writes that delete nothing leave it";
+
+  // Deletes that find nothing leave it too (any client can send them).
+  ASSERT_FALSE(*RunSync(store_->DeleteResponse("", "resp_9")));
+  ASSERT_FALSE(*RunSync(store_->DeleteConversationItem("", "conv_1", "zz")));
+  ASSERT_FALSE(*RunSync(store_->DeleteConversation("", "conv_9")));
+  ASSERT_FALSE(*RunSync(store_->DeleteResponse("key_b", "resp_1")));
+  EXPECT_EQ(epoch(), start);
+
+  ASSERT_TRUE(*RunSync(store_->DeleteConversationItem("", "conv_1", "a")));
+  const std::int64_t after_item = epoch();
+  EXPECT_GT(after_item, start);
+  ASSERT_TRUE(*RunSync(store_->DeleteResponse("", "resp_1")));
+  const std::int64_t after_response = epoch();
+  EXPECT_GT(after_response, after_item);
+  ASSERT_TRUE(*RunSync(store_->DeleteConversation("", "conv_1")));
+  EXPECT_GT(epoch(), after_response);
+}
+
 TEST_P(ConversationStoreContract, StateWritesAreDurableAcrossAReopen) {
   CreateConversation("conv_1", {Item("a")});
   StoreResponse("", "resp_1", "", "conv_1");
