@@ -99,5 +99,30 @@ void BM_ResponsesReadAnswer(benchmark::State& state) {
 }
 BENCHMARK(BM_ResponsesReadAnswer);
 
+// The response object the client gets and the store keeps: built as a tree and dumped, against
+// written straight as text (what a turn does since ResponseObjectText).
+void BM_ResponsesObjectTree(benchmark::State& state) {
+  ResponsesRequest request;
+  if (ParseResponsesRequest(kRequest, request)) std::abort();
+  auto output = ReadChatCompletion(kAnswer);
+  for (auto _ : state) {
+    std::string response = ResponseObject(request, "resp_x", 1700000000, &*output)
+                               .dump(-1, ' ', false, Json::error_handler_t::replace);
+    benchmark::DoNotOptimize(response);
+  }
+}
+BENCHMARK(BM_ResponsesObjectTree);
+
+void BM_ResponsesObjectText(benchmark::State& state) {
+  ResponsesRequest request;
+  if (ParseResponsesRequest(kRequest, request)) std::abort();
+  auto output = ReadChatCompletion(kAnswer);
+  for (auto _ : state) {
+    std::string response = ResponseObjectText(request, "resp_x", 1700000000, &*output);
+    benchmark::DoNotOptimize(response);
+  }
+}
+BENCHMARK(BM_ResponsesObjectText);
+
 }  // namespace
 }  // namespace staple::chat::responses

@@ -1015,6 +1015,109 @@ Json ResponseObject(const ResponsesRequest& request, std::string_view id, std::i
   };
 }
 
+namespace {
+
+// `value` as dump() writes it, appended to `out`.
+void AppendJson(std::string& out, const Json& value) {
+  out += value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+void AppendJsonString(std::string& out, std::string_view text) { AppendJson(out, Json(text)); }
+
+// `,"key":` (keys here are plain ASCII).
+void AppendKey(std::string& out, std::string_view key) {
+  out += ",\"";
+  out += key;
+  out += "\":";
+}
+
+}  // namespace
+
+std::string ResponseObjectText(const ResponsesRequest& request, std::string_view id,
+                               std::int64_t created_at, const ResponseOutput* output) {
+  // The members in ResponseObject's order.
+  const bool started = output == nullptr;
+  std::string out;
+  out.reserve(1024 + (started ? 0 : output->text.size() * 2));
+  out += "{\"id\":";
+  AppendJsonString(out, id);
+  out += ",\"object\":\"response\",\"created_at\":";
+  out += std::to_string(created_at);
+  AppendKey(out, "status");
+  AppendJsonString(out, started ? std::string_view("in_progress") : output->status);
+  out += ",\"error\":null";
+  AppendKey(out, "incomplete_details");
+  if (started) {
+    out += "null";
+  } else {
+    AppendJson(out, output->incomplete_details);
+  }
+  AppendKey(out, "instructions");
+  if (request.instructions) {
+    AppendJsonString(out, *request.instructions);
+  } else {
+    out += "null";
+  }
+  AppendKey(out, "max_output_tokens");
+  out += request.max_output_tokens ? std::to_string(*request.max_output_tokens) : "null";
+  AppendKey(out, "model");
+  AppendJsonString(out,
+                   output != nullptr && !output->model.empty() ? output->model : request.model);
+  AppendKey(out, "output");
+  if (started) {
+    out += "[]";
+  } else {
+    AppendJson(out, output->output);
+  }
+  AppendKey(out, "parallel_tool_calls");
+  out += request.parallel_tool_calls.value_or(true) ? "true" : "false";
+  AppendKey(out, "previous_response_id");
+  if (request.previous_response_id.empty()) {
+    out += "null";
+  } else {
+    AppendJsonString(out, request.previous_response_id);
+  }
+  AppendKey(out, "conversation");
+  if (request.conversation_id.empty()) {
+    out += "null";
+  } else {
+    out += "{\"id\":";
+    AppendJsonString(out, request.conversation_id);
+    out += '}';
+  }
+  out += ",\"reasoning\":{\"effort\":null,\"summary\":null}";
+  AppendKey(out, "store");
+  out += request.store ? "true" : "false";
+  AppendKey(out, "temperature");
+  AppendJson(out, Json(request.temperature.value_or(1.0)));
+  AppendKey(out, "text");
+  AppendJson(out, request.text);
+  AppendKey(out, "tool_choice");
+  AppendJson(out, request.tool_choice);
+  AppendKey(out, "tools");
+  AppendJson(out, request.tools);
+  AppendKey(out, "top_p");
+  AppendJson(out, Json(request.top_p.value_or(1.0)));
+  AppendKey(out, "truncation");
+  out += request.truncation_auto ? "\"auto\"" : "\"disabled\"";
+  AppendKey(out, "usage");
+  if (started) {
+    out += "null";
+  } else {
+    AppendJson(out, Usage(*output));
+  }
+  AppendKey(out, "user");
+  if (request.user.empty()) {
+    out += "null";
+  } else {
+    AppendJsonString(out, request.user);
+  }
+  AppendKey(out, "metadata");
+  AppendJson(out, request.metadata);
+  out += '}';
+  return out;
+}
+
 ResponseEventStream::ResponseEventStream(ResponsesRequest request, std::string id,
                                          std::int64_t created_at)
     : request_(std::move(request)), id_(std::move(id)), created_at_(created_at) {}
@@ -1031,9 +1134,23 @@ std::string ResponseEventStream::Event(std::string_view type, Json payload) {
 }
 
 std::string ResponseEventStream::Start() {
-  const Json response = ResponseObject(request_, id_, created_at_, nullptr);
-  std::string text = Event("response.created", {{"response", response}});
-  text += Event("response.in_progress", {{"response", response}});
+  const std::string response = ResponseObjectText(request_, id_, created_at_, nullptr);
+  std::string text = ResponseEvent("response.created", response);
+  text += ResponseEvent("response.in_progress", response);
+  return text;
+}
+
+std::string ResponseEventStream::ResponseEvent(std::string_view type, const std::string& response) {
+  // What Event(type, {{"response", …}}) writes.
+  std::string text = "event: ";
+  text += type;
+  text += "\ndata: {\"type\":";
+  AppendJsonString(text, type);
+  text += ",\"sequence_number\":";
+  text += std::to_string(sequence_++);
+  text += ",\"response\":";
+  text += response;
+  text += "}\n\n";
   return text;
 }
 
@@ -1198,10 +1315,9 @@ std::string ResponseEventStream::Finish() {
 }
 
 std::string ResponseEventStream::Completed() {
-  const Json response = ResponseObject(request_, id_, created_at_, &output_);
   // OpenAI ends an answer cut short with response.incomplete instead.
   const char* type = output_.status == "completed" ? "response.completed" : "response.incomplete";
-  return Event(type, {{"response", response}});
+  return ResponseEvent(type, ResponseObjectText(request_, id_, created_at_, &output_));
 }
 
 std::string ResponseEventStream::Failed(const Error& error) {

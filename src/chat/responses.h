@@ -187,6 +187,12 @@ Result<ResponseOutput> ReadChatCompletion(std::string_view body);
 Json ResponseObject(const ResponsesRequest& request, std::string_view id, std::int64_t created_at,
                     const ResponseOutput* output);
 
+// ResponseObject(…).dump(-1, ' ', false, error_handler_t::replace), written straight as text:
+// the tree's construction copied every member (the output items included) and was the largest
+// single cost of recording a turn. The unit tests and the fuzz target check both give the same.
+std::string ResponseObjectText(const ResponsesRequest& request, std::string_view id,
+                               std::int64_t created_at, const ResponseOutput* output);
+
 // The Responses event stream of a streamed answer, made from the upstream's chat.completion.chunk
 // events. Each call returns SSE text: for each event "event: <type>\ndata: <json>\n\n", the json
 // carrying "type" and a "sequence_number" that counts from 0 across the whole stream.
@@ -223,6 +229,9 @@ class ResponseEventStream {
 
  private:
   std::string Event(std::string_view type, Json payload);
+  // An event whose only member besides type and sequence_number is "response": `response`, the
+  // response object's text (ResponseObjectText).
+  std::string ResponseEvent(std::string_view type, const std::string& response);
   // Adds an empty part ("output_text" or "refusal") to the assistant message, adding the message
   // first when there is none: output_item.added and content_part.added.
   std::string OpenPart(std::string_view type);

@@ -68,8 +68,7 @@ Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body) {
     if (!read) return read.error();
     output = std::move(read).value();
   }
-  response_json_ = responses::ResponseObject(request_, id_, created_at_, &output)
-                       .dump(-1, ' ', false, Json::error_handler_t::replace);
+  response_json_ = responses::ResponseObjectText(request_, id_, created_at_, &output);
 
   // The turn log keeps the text of the exchange, as for every other chat API.
   turn.prompt = request_.prompt_text;

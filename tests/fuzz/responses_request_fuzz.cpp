@@ -57,8 +57,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(tree["model"] == parsed.model);
   FUZZ_CHECK(estimate.prompt >= staple::chat::kReplyPrimingTokens);
 
-  // The response object of the request is JSON too.
+  // The response object of the request is JSON too, and its text is the tree's, before the
+  // answer and with one (an answer of the fuzzed input's text and model).
+  const auto dump = [](const nlohmann::ordered_json& tree) {
+    return tree.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  };
   const auto object = responses::ResponseObject(parsed, "resp_fuzz", 0, nullptr);
   FUZZ_CHECK(!object.dump().empty());
+  FUZZ_CHECK(responses::ResponseObjectText(parsed, "resp_fuzz", 0, nullptr) == dump(object));
+  nlohmann::ordered_json answer = {
+      {"model", parsed.prompt_text},
+      {"choices", {{{"message", {{"content", parsed.prompt_text}}}, {"finish_reason", "length"}}}},
+      {"usage", {{"prompt_tokens", size}, {"completion_tokens", 1}}}};
+  auto output = responses::ReadChatCompletion(dump(answer));
+  FUZZ_CHECK(output.ok());
+  FUZZ_CHECK(responses::ResponseObjectText(parsed, "resp_fuzz", 7, &*output) ==
+             dump(responses::ResponseObject(parsed, "resp_fuzz", 7, &*output)));
   return 0;
 }

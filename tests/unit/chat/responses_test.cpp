@@ -681,6 +681,40 @@ TEST(ResponseObjectTest, HasOpenAIsFields) {
   EXPECT_TRUE(ResponseObject(request, "r", 1, &no_usage)["usage"].is_null());
 }
 
+// ResponseObjectText writes what the tree's dump() writes, for every member's shapes.
+TEST(ResponseObjectTest, TheTextIsTheTreesDump) {
+  const auto dump = [](const Json& tree) {
+    return tree.dump(-1, ' ', false, Json::error_handler_t::replace);
+  };
+  ResponseOutput incomplete;
+  incomplete.status = "incomplete";
+  incomplete.incomplete_details = {{"reason", "max_output_tokens"}};
+  incomplete.model = "m\u00e9\"quoted\"";
+  incomplete.output_tokens = 3;
+  const auto tools = ReadChatCompletion(kToolAnswer);
+  ASSERT_TRUE(tools.ok());
+  for (const char* body : {
+           R"({"model":"asked","input":"hi"})",
+           R"({"model":"asked","input":"hi","instructions":"line\nbreak \"q\" \u0001 é",
+              "conversation":"conv_1","max_output_tokens":50,"metadata":{"a":"b","c":"d"},
+              "user":"u","temperature":0.7,"top_p":0.25,"store":false,"truncation":"auto",
+              "parallel_tool_calls":false})",
+           R"({"model":"m","input":"x","previous_response_id":"resp_0",
+              "tools":[{"type":"function","name":"f","parameters":{"type":"object"}}],
+              "tool_choice":{"type":"function","name":"f"},
+              "text":{"format":{"type":"json_schema","name":"s","schema":{"type":"object"}}}})",
+           R"({"model":"m","input":"x","temperature":0,"top_p":1e-7,"max_output_tokens":1})",
+       }) {
+    const auto request = Parse(body);
+    for (const ResponseOutput* output : {static_cast<const ResponseOutput*>(nullptr), &*tools,
+                                         static_cast<const ResponseOutput*>(&incomplete)}) {
+      EXPECT_EQ(ResponseObjectText(request, "resp_1", 1700000000, output),
+                dump(ResponseObject(request, "resp_1", 1700000000, output)))
+          << body;
+    }
+  }
+}
+
 // ---- ResponseEventStream ---------------------------------------------------------------------
 
 struct SseEvent {
