@@ -83,12 +83,13 @@ Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body) {
   record->response.json = *response_json_;
   record->input = ItemsToStore(request_.input);
   record->output = ItemsToStore(output.output);
-  // Read back from the very texts the store keeps, as a later read of the chain would.
+  // What a later read of these items' stored texts gives (ReadContextItem of a tree's dump is
+  // ContextItemOf the tree: the fuzz target checks it), without reading the texts again.
   stored_items_.clear();
-  stored_items_.reserve(record->input.size() + record->output.size());
-  for (const auto* items : {&record->input, &record->output}) {
-    for (const store::ItemToStore& item : *items) {
-      if (auto read = responses::ReadContextItem(item.json)) stored_items_.push_back(*read);
+  stored_items_.reserve(request_.input.size() + output.output.size());
+  for (const Json* items : {&request_.input, static_cast<const Json*>(&output.output)}) {
+    for (const Json& item : *items) {
+      if (item.is_object()) stored_items_.push_back(responses::ContextItemOf(item));
     }
   }
   stored_ = true;

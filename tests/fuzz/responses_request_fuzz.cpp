@@ -71,6 +71,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       {"usage", {{"prompt_tokens", size}, {"completion_tokens", 1}}}};
   auto output = responses::ReadChatCompletion(dump(answer));
   FUZZ_CHECK(output.ok());
+  // Output items too read back from their stored text as they are (ResponsesTurn::ChainAfter).
+  for (const auto& produced : output->output) {
+    auto read = responses::ReadContextItem(dump(produced));
+    FUZZ_CHECK(read.has_value());
+    FUZZ_CHECK(*read == responses::ContextItemOf(produced));
+  }
   FUZZ_CHECK(responses::ResponseObjectText(parsed, "resp_fuzz", 7, &*output) ==
              dump(responses::ResponseObject(parsed, "resp_fuzz", 7, &*output)));
   return 0;
