@@ -89,10 +89,12 @@ class ChainCache {
   static std::size_t BytesOf(const std::string& key, const responses::StoredContext& chain);
   void ForgetLocked();
 
+  // Constant after construction.
   const std::size_t max_bytes_;
   const std::chrono::milliseconds check_interval_;
   const Clock now_;
 
+  // Guarded by mutex_.
   mutable std::mutex mutex_;
   std::unordered_map<std::string, Entry> entries_;
   std::list<std::string> lru_;  // most recently used first
@@ -103,6 +105,7 @@ class ChainCache {
   bool checking_ = false;
   std::chrono::steady_clock::time_point check_started_{};
 
+  // Counters, read without the lock.
   std::atomic<std::uint64_t> hits_{0};
   std::atomic<std::uint64_t> misses_{0};
 };
