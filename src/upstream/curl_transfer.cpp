@@ -2,15 +2,16 @@
 
 #include <algorithm>
 #include <charconv>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "observe/metrics.h"
 #include "upstream/curl_multi.h"
 
 namespace staple::upstream {
 namespace {
 
-constexpr const char* kUserAgent = "staple/0.1";
 constexpr long kReceiveBufferBytes = 4096;
 
 // Easy handles of finished transfers, kept for the next transfers of the same thread. A new handle
@@ -218,7 +219,9 @@ Status CurlTransfer::Configure(const Settings& settings, Request request) {
   check(curl_easy_setopt(easy_, CURLOPT_NOSIGNAL, 1L));
   check(curl_easy_setopt(easy_, CURLOPT_ERRORBUFFER, error_text_));
   check(curl_easy_setopt(easy_, CURLOPT_PRIVATE, this));
-  check(curl_easy_setopt(easy_, CURLOPT_USERAGENT, kUserAgent));
+  // "staple/<version>", the version `staple --version` prints (libcurl copies the text).
+  static const std::string user_agent = std::string("staple/") + observe::BuildVersion();
+  check(curl_easy_setopt(easy_, CURLOPT_USERAGENT, user_agent.c_str()));
   check(curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, request_headers_));
   check(curl_easy_setopt(easy_, CURLOPT_HEADERFUNCTION, &CurlTransfer::HeaderCallback));
   check(curl_easy_setopt(easy_, CURLOPT_HEADERDATA, this));

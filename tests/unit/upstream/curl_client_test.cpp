@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "observe/metrics.h"
 #include "test_server.h"
 #include "upstream/curl_multi.h"
 
@@ -186,6 +187,9 @@ TEST(CurlClientTest, AuthorizationCarriesTheKeyAndReplacesTheCallers) {
   }
   EXPECT_EQ(authorization_headers, 1);
   EXPECT_EQ(requests[0].Header("authorization"), std::string("Bearer ") + kKey);
+  // The upstream sees which Staple asks, by the version `staple --version` prints.
+  EXPECT_EQ(requests[0].Header("user-agent"), std::string("staple/") + observe::BuildVersion());
+  EXPECT_NE(std::string(observe::BuildVersion()), "unknown");
 }
 
 TEST(CurlClientTest, NoKeyMeansNoAuthorizationHeader) {
