@@ -1024,6 +1024,18 @@ void AppendJson(std::string& out, const Json& value) {
 
 void AppendJsonString(std::string& out, std::string_view text) { AppendJson(out, Json(text)); }
 
+// `text` as a JSON string, or null when there is none.
+void AppendStringOrNull(std::string& out, const std::string* text) {
+  if (text != nullptr) {
+    AppendJsonString(out, *text);
+  } else {
+    out += "null";
+  }
+}
+
+// A string member that is null when empty.
+const std::string* UnlessEmpty(const std::string& text) { return text.empty() ? nullptr : &text; }
+
 // `,"key":` (keys here are plain ASCII).
 void AppendKey(std::string& out, std::string_view key) {
   out += ",\"";
@@ -1047,17 +1059,9 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   AppendJsonString(out, started ? std::string_view("in_progress") : output->status);
   out += ",\"error\":null";
   AppendKey(out, "incomplete_details");
-  if (started) {
-    out += "null";
-  } else {
-    AppendJson(out, output->incomplete_details);
-  }
+  AppendJson(out, started ? Json(nullptr) : output->incomplete_details);
   AppendKey(out, "instructions");
-  if (request.instructions) {
-    AppendJsonString(out, *request.instructions);
-  } else {
-    out += "null";
-  }
+  AppendStringOrNull(out, request.instructions ? &*request.instructions : nullptr);
   AppendKey(out, "max_output_tokens");
   out += request.max_output_tokens ? std::to_string(*request.max_output_tokens) : "null";
   AppendKey(out, "model");
@@ -1072,11 +1076,7 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   AppendKey(out, "parallel_tool_calls");
   out += request.parallel_tool_calls.value_or(true) ? "true" : "false";
   AppendKey(out, "previous_response_id");
-  if (request.previous_response_id.empty()) {
-    out += "null";
-  } else {
-    AppendJsonString(out, request.previous_response_id);
-  }
+  AppendStringOrNull(out, UnlessEmpty(request.previous_response_id));
   AppendKey(out, "conversation");
   if (request.conversation_id.empty()) {
     out += "null";
@@ -1101,17 +1101,9 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   AppendKey(out, "truncation");
   out += request.truncation_auto ? "\"auto\"" : "\"disabled\"";
   AppendKey(out, "usage");
-  if (started) {
-    out += "null";
-  } else {
-    AppendJson(out, Usage(*output));
-  }
+  AppendJson(out, started ? Json(nullptr) : Usage(*output));
   AppendKey(out, "user");
-  if (request.user.empty()) {
-    out += "null";
-  } else {
-    AppendJsonString(out, request.user);
-  }
+  AppendStringOrNull(out, UnlessEmpty(request.user));
   AppendKey(out, "metadata");
   AppendJson(out, request.metadata);
   out += '}';
