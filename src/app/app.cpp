@@ -45,7 +45,7 @@
 #include "store/retention.h"
 #include "store/sqlite/sqlite_conversation_store.h"
 #include "store/sqlite/sqlite_maintenance.h"
-#include "upstream/curl_client.h"
+#include "upstream/make_client.h"
 #include "upstream/router.h"
 
 namespace staple::app {
@@ -235,9 +235,8 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   upstream::Router* upstream_router = nullptr;
   std::vector<std::string> upstream_keys{config.upstream.api_key};
   if (config.upstream.routes) {
-    auto make_client =
-        [](const upstream::UpstreamEntry& entry) -> std::unique_ptr<upstream::Client> {
-      return std::make_unique<upstream::CurlClient>(entry.settings);
+    auto make_client = [kind = config.upstream.client](const upstream::UpstreamEntry& entry) {
+      return upstream::MakeClient(entry.settings, kind);
     };
     auto routed = std::make_unique<upstream::Router>(*config.upstream.routes, make_client,
                                                      config.upstream.total_timeout);
@@ -263,7 +262,10 @@ int Serve(const config::Config& config, const sigset_t& stop_signals) {
   } else if (config.upstream.demo) {
     upstream_owner = std::make_unique<DemoUpstream>();
   } else {
-    upstream_owner = std::make_unique<upstream::CurlClient>(upstream_settings);
+    upstream_owner = upstream::MakeClient(upstream_settings, config.upstream.client);
+    observe::Info("upstream client",
+                  {{"client", std::string(upstream::ClientKindName(upstream::ResolveClientKind(
+                                  config.upstream.client, upstream_settings.base_url)))}});
   }
   upstream::Client& upstream_client = *upstream_owner;
 

@@ -203,6 +203,11 @@ std::vector<Variable> MakeVariables() {
        "TOML file of several upstreams: routing by model, fallbacks, cooldowns (README "
        "\"Upstreams\"); empty: OPENAI_BASE_URL and OPENAI_API_KEY are the only upstream",
        false},
+      {"STAPLE_UPSTREAM_CLIENT", "--upstream-client", "auto",
+       "HTTP client for upstreams: asio (HTTP/1.1 keep-alive, plain or TLS), curl (libcurl: "
+       "proxies, HTTP/2), or auto (asio, but curl when a proxy variable such as HTTPS_PROXY is "
+       "set)",
+       false},
       {"STAPLE_UPSTREAM_RETRIES", "--upstream-retries", number(upstream.max_retries),
        "extra attempts on connect errors, 429 and 5xx (never once the upstream got the request "
        "and went silent)",
@@ -603,6 +608,11 @@ Result<Config> Load(const Sources& sources) {
   auto retries = ParseInteger("STAPLE_UPSTREAM_RETRIES", get("STAPLE_UPSTREAM_RETRIES"), 0, 10);
   if (!retries) return retries.error();
   upstream.max_retries = static_cast<int>(*retries);
+
+  const std::string client_kind = Trim(get("STAPLE_UPSTREAM_CLIENT"));
+  auto kind = upstream::ParseClientKind(client_kind);
+  if (!kind) return Invalid("STAPLE_UPSTREAM_CLIENT", client_kind, "expected auto, asio or curl");
+  upstream.client = *kind;
 
   auto demo = ParseBool("STAPLE_DEMO", get("STAPLE_DEMO"));
   if (!demo) return demo.error();

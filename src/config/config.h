@@ -13,6 +13,7 @@
 #include "common/result.h"
 #include "ratelimit/limit.h"
 #include "ratelimit/rate_limiter.h"
+#include "upstream/make_client.h"
 #include "upstream/routes.h"
 
 namespace staple::config {
@@ -103,6 +104,8 @@ struct UpstreamSettings {
   std::chrono::milliseconds idle_timeout{0};        // between two chunks of a stream
   std::chrono::milliseconds stream_timeout{0};      // a whole stream
   int max_retries = 0;
+  // STAPLE_UPSTREAM_CLIENT: which HTTP client talks to the upstreams (upstream/make_client.h).
+  upstream::ClientKind client = upstream::ClientKind::kAuto;
   // STAPLE_UPSTREAMS: the file's path and what it configures; "" and std::nullopt without one
   // (then base_url and api_key above are the only upstream).
   std::string routes_file;

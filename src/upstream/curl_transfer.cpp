@@ -77,22 +77,6 @@ std::string_view Trim(std::string_view text) {
   return text;
 }
 
-// A header name is an HTTP token; a value must not end the line early (no header injection).
-bool ValidHeader(std::string_view name, std::string_view value) {
-  if (name.empty()) return false;
-  for (char c : name) {
-    const bool token = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                       std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-    if (!token) return false;
-  }
-  return value.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
-}
-
-bool ValidMethod(std::string_view method) {
-  return !method.empty() &&
-         std::all_of(method.begin(), method.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
-}
-
 // Maps a libcurl failure to our error kinds; the bool says whether another attempt may succeed,
 // which is only the case when the server cannot have started answering.
 std::pair<ErrorKind, bool> Classify(CURLcode code, bool first_byte) {
@@ -130,14 +114,6 @@ std::pair<ErrorKind, bool> Classify(CURLcode code, bool first_byte) {
 
 }  // namespace
 
-std::string Redact(std::string text, std::string_view secret) {
-  if (secret.empty()) return text;
-  for (auto at = text.find(secret); at != std::string::npos; at = text.find(secret, at)) {
-    text.replace(at, secret.size(), "[redacted]");
-  }
-  return text;
-}
-
 Result<std::shared_ptr<CurlTransfer>> CurlTransfer::Create(net::any_io_executor executor,
                                                            const Settings& settings,
                                                            Request request,
@@ -165,40 +141,13 @@ CurlTransfer::~CurlTransfer() {
 }
 
 Status CurlTransfer::Configure(const Settings& settings, Request request) {
-  if (!ValidMethod(request.method)) {
-    return MakeError(ErrorKind::kInvalidArgument, "invalid HTTP method for the upstream request");
-  }
-  if ((request.method == "GET" || request.method == "HEAD") && !request.body.empty()) {
-    return MakeError(ErrorKind::kInvalidArgument, "a GET or HEAD upstream request has no body");
-  }
-
-  // Request headers: the caller's (never its Authorization: the key is ours to add), then our
-  // defaults for what the caller left out.
-  bool has_content_type = false;
-  bool has_accept = false;
+  auto fields = RequestHeaders(settings, request, options_.mode == Mode::kStream);
+  if (!fields) return fields.error();
   std::vector<std::string> lines;
-  for (const auto& [name, value] : request.headers) {
-    if (!ValidHeader(name, value)) {
-      return MakeError(ErrorKind::kInvalidArgument, "invalid upstream request header");
-    }
-    if (EqualsIgnoreCase(name, "authorization")) continue;
-    has_content_type = has_content_type || EqualsIgnoreCase(name, "content-type");
-    has_accept = has_accept || EqualsIgnoreCase(name, "accept");
+  lines.reserve(fields->size() + 1);
+  for (const auto& [name, value] : *fields) {
     // "Name;" is libcurl's spelling of a header with an empty value.
     lines.push_back(value.empty() ? name + ";" : name + ": " + value);
-  }
-  if (!settings.api_key.empty()) {
-    if (!ValidHeader("Authorization", settings.api_key)) {
-      return MakeError(ErrorKind::kInvalidArgument, "the upstream API key contains a line break");
-    }
-    lines.push_back("Authorization: Bearer " + settings.api_key);
-  }
-  if (!request.body.empty() && !has_content_type)
-    lines.emplace_back("Content-Type: application/json");
-  if (!has_accept) {
-    lines.emplace_back(options_.mode == Mode::kStream
-                           ? "Accept: text/event-stream, application/json"
-                           : "Accept: application/json");
   }
   lines.emplace_back("Expect:");  // no "100-continue" round trip before the body
   for (const auto& line : lines) {
@@ -219,9 +168,6 @@ Status CurlTransfer::Configure(const Settings& settings, Request request) {
   check(curl_easy_setopt(easy_, CURLOPT_NOSIGNAL, 1L));
   check(curl_easy_setopt(easy_, CURLOPT_ERRORBUFFER, error_text_));
   check(curl_easy_setopt(easy_, CURLOPT_PRIVATE, this));
-  // "staple/<version>", the version `staple --version` prints (libcurl copies the text).
-  static const std::string user_agent = std::string("staple/") + observe::BuildVersion();
-  check(curl_easy_setopt(easy_, CURLOPT_USERAGENT, user_agent.c_str()));
   check(curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, request_headers_));
   check(curl_easy_setopt(easy_, CURLOPT_HEADERFUNCTION, &CurlTransfer::HeaderCallback));
   check(curl_easy_setopt(easy_, CURLOPT_HEADERDATA, this));

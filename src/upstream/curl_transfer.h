@@ -12,6 +12,7 @@
 #include "common/net.h"
 #include "common/result.h"
 #include "upstream/client.h"
+#include "upstream/request_head.h"
 
 namespace staple::upstream {
 
@@ -132,8 +133,5 @@ class CurlTransfer {
   net::steady_timer wake_;
   bool waiting_ = false;
 };
-
-// Replaces every occurrence of `secret` in `text` (no effect for an empty secret).
-std::string Redact(std::string text, std::string_view secret);
 
 }  // namespace staple::upstream

@@ -95,6 +95,7 @@ TEST(ConfigTest, InvalidValuesNameTheVariable) {
       {"STAPLE_IPV6_PREFIX", "129"},
       {"STAPLE_LIMITER_MAX_CLIENTS", "0"},
       {"STAPLE_CACHE_MB", "0"},
+      {"STAPLE_UPSTREAM_CLIENT", "libcurl"},
   };
   for (const auto& [name, value] : cases) {
     auto config = Load(EnvOnly({{name, value}}));
@@ -165,6 +166,19 @@ TEST(ConfigTest, StreamingTimeoutsDefaultTo60SecondsAndAreConfigurable) {
   auto invalid = Load(EnvOnly({{"STAPLE_UPSTREAM_IDLE_TIMEOUT", "soon"}}));
   ASSERT_FALSE(invalid.ok());
   EXPECT_NE(invalid.error().message.find("STAPLE_UPSTREAM_IDLE_TIMEOUT"), std::string::npos);
+}
+
+TEST(ConfigTest, UpstreamClientIsAutoUnlessNamed) {
+  auto defaults = Load(EnvOnly({}));
+  ASSERT_TRUE(defaults.ok()) << defaults.error().message;
+  EXPECT_EQ(defaults->upstream.client, upstream::ClientKind::kAuto);
+  for (const auto& [text, kind] : {std::pair{"asio", upstream::ClientKind::kAsio},
+                                   std::pair{"curl", upstream::ClientKind::kCurl},
+                                   std::pair{" auto ", upstream::ClientKind::kAuto}}) {
+    auto set = Load(EnvOnly({{"STAPLE_UPSTREAM_CLIENT", text}}));
+    ASSERT_TRUE(set.ok()) << set.error().message;
+    EXPECT_EQ(set->upstream.client, kind) << text;
+  }
 }
 
 const std::string& Fallback(const char* name) {
@@ -241,6 +255,7 @@ TEST(ConfigTest, DefaultsReadAsTheHelpShowsThem) {
       {"STAPLE_UPSTREAM_IDLE_TIMEOUT", "60"},
       {"STAPLE_DEMO", "false"},
       {"STAPLE_UPSTREAMS", ""},
+      {"STAPLE_UPSTREAM_CLIENT", "auto"},
       {"STAPLE_UPSTREAM_RETRIES", "2"},
       {"STAPLE_MAX_BODY_BYTES", "1048576"},
       {"STAPLE_MAX_CONNECTIONS", "0"},

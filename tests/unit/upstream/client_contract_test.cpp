@@ -1,5 +1,3 @@
-#include "upstream/curl_client.h"
-
 #include <curl/curl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,10 +10,13 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "observe/metrics.h"
 #include "test_server.h"
+#include "upstream/asio_client.h"
+#include "upstream/curl_client.h"
 #include "upstream/curl_multi.h"
 
 namespace staple::upstream {
@@ -117,12 +118,31 @@ net::awaitable<Result<std::string>> ReadAll(Stream& stream) {
   }
 }
 
-TEST(CurlClientTest, SendReturnsStatusBodyAndHeaders) {
+// The contract of upstream::Client (client.h), run against both implementations.
+template <typename ClientType>
+class ClientContractTest : public ::testing::Test {};
+
+class ClientNames {
+ public:
+  template <typename T>
+  static std::string GetName(int) {
+    if constexpr (std::is_same_v<T, AsioClient>) {
+      return "Asio";
+    } else {
+      return "Curl";
+    }
+  }
+};
+
+using ClientTypes = ::testing::Types<AsioClient, CurlClient>;
+TYPED_TEST_SUITE(ClientContractTest, ClientTypes, ClientNames);
+
+TYPED_TEST(ClientContractTest, SendReturnsStatusBodyAndHeaders) {
   TestServer server([](SocketPtr socket, HttpRequest) {
     return Reply(socket, test::HttpResponse(200, R"({"ok":true})", "application/json",
                                             "X-Upstream-Id: abc\r\n"));
   });
-  CurlClient client(TestSettings(server.base_url() + "/v1"));
+  TypeParam client(TestSettings(server.base_url() + "/v1"));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> {
     result.emplace(co_await client.Send(Post(R"({"model":"m","messages":[]})")));
@@ -147,10 +167,10 @@ TEST(CurlClientTest, SendReturnsStatusBodyAndHeaders) {
   EXPECT_EQ(requests[0].Header("expect"), std::nullopt);
 }
 
-TEST(CurlClientTest, GetSendsNoBodyAndExtraHeaders) {
+TYPED_TEST(ClientContractTest, GetSendsNoBodyAndExtraHeaders) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(200, "[]")); });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> {
     Request request;
@@ -169,10 +189,10 @@ TEST(CurlClientTest, GetSendsNoBodyAndExtraHeaders) {
   EXPECT_EQ(requests[0].Header("content-length"), std::nullopt);
 }
 
-TEST(CurlClientTest, AuthorizationCarriesTheKeyAndReplacesTheCallers) {
+TYPED_TEST(ClientContractTest, AuthorizationCarriesTheKeyAndReplacesTheCallers) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(200, "{}")); });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   RunCoroutine([&]() -> net::awaitable<void> {
     Request request = Post();
     request.headers.emplace_back("Authorization", "Bearer someone-elses");
@@ -192,12 +212,12 @@ TEST(CurlClientTest, AuthorizationCarriesTheKeyAndReplacesTheCallers) {
   EXPECT_NE(std::string(observe::BuildVersion()), "unknown");
 }
 
-TEST(CurlClientTest, NoKeyMeansNoAuthorizationHeader) {
+TYPED_TEST(ClientContractTest, NoKeyMeansNoAuthorizationHeader) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(200, "{}")); });
   Settings settings = TestSettings(server.base_url());
   settings.api_key.clear();
-  CurlClient client(settings);
+  TypeParam client(settings);
   RunCoroutine([&]() -> net::awaitable<void> {
     auto result = co_await client.Send(Post());
     EXPECT_TRUE(result.ok());
@@ -207,10 +227,10 @@ TEST(CurlClientTest, NoKeyMeansNoAuthorizationHeader) {
   EXPECT_EQ(requests[0].Header("authorization"), std::nullopt);
 }
 
-TEST(CurlClientTest, InvalidHeaderIsRejectedBeforeSending) {
+TYPED_TEST(ClientContractTest, InvalidHeaderIsRejectedBeforeSending) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(200, "{}")); });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> {
     Request request = Post();
@@ -222,14 +242,14 @@ TEST(CurlClientTest, InvalidHeaderIsRejectedBeforeSending) {
   EXPECT_EQ(server.request_count(), 0);
 }
 
-TEST(CurlClientTest, ServerErrorIsRetriedThenSucceeds) {
+TYPED_TEST(ClientContractTest, ServerErrorIsRetriedThenSucceeds) {
   std::atomic<int> calls{0};
   TestServer server([&calls](SocketPtr socket, HttpRequest) {
     const bool first = calls.fetch_add(1) == 0;
     return Reply(socket, first ? test::HttpResponse(500, R"({"error":"boom"})")
                                : test::HttpResponse(200, R"({"ok":true})"));
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
   ASSERT_TRUE(result && result->ok()) << Describe(result);
@@ -239,11 +259,11 @@ TEST(CurlClientTest, ServerErrorIsRetriedThenSucceeds) {
   EXPECT_EQ(server.request_count(), 2);
 }
 
-TEST(CurlClientTest, RateLimitIsRetriedMaxRetriesTimesThenReturned) {
+TYPED_TEST(ClientContractTest, RateLimitIsRetriedMaxRetriesTimesThenReturned) {
   TestServer server([](SocketPtr socket, HttpRequest) {
     return Reply(socket, test::HttpResponse(429, R"({"error":"slow down"})"));
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
   ASSERT_TRUE(result && result->ok()) << Describe(result);
@@ -253,10 +273,10 @@ TEST(CurlClientTest, RateLimitIsRetriedMaxRetriesTimesThenReturned) {
   EXPECT_EQ(server.request_count(), 3);
 }
 
-TEST(CurlClientTest, NoRetryWhenTheRequestSaysSo) {
+TYPED_TEST(ClientContractTest, NoRetryWhenTheRequestSaysSo) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(503, "{}")); });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> {
     Request request = Post();
@@ -269,10 +289,10 @@ TEST(CurlClientTest, NoRetryWhenTheRequestSaysSo) {
   EXPECT_EQ(server.request_count(), 1);
 }
 
-TEST(CurlClientTest, ClientErrorIsNotRetried) {
+TYPED_TEST(ClientContractTest, ClientErrorIsNotRetried) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(400, "{}")); });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
   ASSERT_TRUE(result && result->ok()) << Describe(result);
@@ -280,7 +300,7 @@ TEST(CurlClientTest, ClientErrorIsNotRetried) {
   EXPECT_EQ(result->value().attempts, 1);
 }
 
-TEST(CurlClientTest, RetryAfterIsHonoured) {
+TYPED_TEST(ClientContractTest, RetryAfterIsHonoured) {
   std::atomic<int> calls{0};
   TestServer server([&calls](SocketPtr socket, HttpRequest) {
     const bool first = calls.fetch_add(1) == 0;
@@ -290,7 +310,7 @@ TEST(CurlClientTest, RetryAfterIsHonoured) {
   });
   Settings settings = TestSettings(server.base_url());
   settings.backoff_max = 100ms;  // Retry-After up to 400 ms is honoured
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Result<Response>> result;
   const auto start = Clock::now();
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
@@ -299,11 +319,11 @@ TEST(CurlClientTest, RetryAfterIsHonoured) {
   EXPECT_GE(Since(start), 150ms);
 }
 
-TEST(CurlClientTest, TooLongRetryAfterReturnsTheResponseAtOnce) {
+TYPED_TEST(ClientContractTest, TooLongRetryAfterReturnsTheResponseAtOnce) {
   TestServer server([](SocketPtr socket, HttpRequest) {
     return Reply(socket, test::HttpResponse(429, "{}", "application/json", "Retry-After: 30\r\n"));
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   const auto start = Clock::now();
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
@@ -314,8 +334,8 @@ TEST(CurlClientTest, TooLongRetryAfterReturnsTheResponseAtOnce) {
   EXPECT_LT(Since(start), 1s);
 }
 
-TEST(CurlClientTest, ConnectionRefusedIsUnavailableQuickly) {
-  CurlClient client(TestSettings("http://127.0.0.1:" + std::to_string(test::UnusedPort())));
+TYPED_TEST(ClientContractTest, ConnectionRefusedIsUnavailableQuickly) {
+  TypeParam client(TestSettings("http://127.0.0.1:" + std::to_string(test::UnusedPort())));
   std::optional<Result<Response>> result;
   const auto start = Clock::now();
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
@@ -333,13 +353,13 @@ net::awaitable<void> AnswerInPlainText(test::tcp::acceptor* acceptor) {
   }
 }
 
-TEST(CurlClientTest, TlsHandshakeFailureIsUnavailable) {
+TYPED_TEST(ClientContractTest, TlsHandshakeFailureIsUnavailable) {
   net::io_context server_io;
   test::tcp::acceptor acceptor(server_io,
                                test::tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
   net::co_spawn(server_io, AnswerInPlainText(&acceptor), [](std::exception_ptr) {});
   std::thread server_thread([&server_io] { server_io.run(); });
-  CurlClient client(
+  TypeParam client(
       TestSettings("https://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port())));
   std::optional<Result<Response>> result;
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
@@ -349,11 +369,11 @@ TEST(CurlClientTest, TlsHandshakeFailureIsUnavailable) {
   EXPECT_EQ(result->error().kind, ErrorKind::kUnavailable) << Describe(result->error());
 }
 
-TEST(CurlClientTest, SilentServerTimesOutAfterTheFirstByteTimeout) {
+TYPED_TEST(ClientContractTest, SilentServerTimesOutAfterTheFirstByteTimeout) {
   TestServer server(Hang);
   Settings settings = TestSettings(server.base_url());
   settings.first_byte_timeout = 300ms;
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Result<Response>> result;
   const auto start = Clock::now();
   RunCoroutine([&]() -> net::awaitable<void> {
@@ -370,12 +390,12 @@ TEST(CurlClientTest, SilentServerTimesOutAfterTheFirstByteTimeout) {
 
 // The upstream got the request and went silent: it may be generating an answer, so sending the
 // request again could be paid twice. Connect failures stay retried (ConnectionRefused... above).
-TEST(CurlClientTest, FirstByteTimeoutIsNotRetried) {
+TYPED_TEST(ClientContractTest, FirstByteTimeoutIsNotRetried) {
   TestServer server(Hang);
   Settings settings = TestSettings(server.base_url());
   settings.first_byte_timeout = 200ms;
   settings.max_retries = 2;
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Result<Response>> sent;
   std::optional<Result<std::unique_ptr<Stream>>> opened;
   RunCoroutine([&]() -> net::awaitable<void> {
@@ -390,7 +410,7 @@ TEST(CurlClientTest, FirstByteTimeoutIsNotRetried) {
 }
 
 // STAPLE_UPSTREAM_TIMEOUT bounds a stream until its headers, retries included.
-TEST(CurlClientTest, OpeningAStreamIsBoundByTheTotalTimeout) {
+TYPED_TEST(ClientContractTest, OpeningAStreamIsBoundByTheTotalTimeout) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(socket, test::HttpResponse(503, "{}"));
     co_return true;
@@ -400,7 +420,7 @@ TEST(CurlClientTest, OpeningAStreamIsBoundByTheTotalTimeout) {
   settings.backoff_base = 150ms;
   settings.backoff_max = 150ms;
   settings.total_timeout = 400ms;
-  CurlClient client(settings);
+  TypeParam client(settings);
   long status = 0;
   RunCoroutine([&]() -> net::awaitable<void> {
     // The stream is destroyed here, before the io_context it was opened on.
@@ -417,7 +437,7 @@ TEST(CurlClientTest, OpeningAStreamIsBoundByTheTotalTimeout) {
 }
 
 // A stream that keeps trickling (never idle) ends at STAPLE_UPSTREAM_STREAM_TIMEOUT.
-TEST(CurlClientTest, AStreamEndsAtTheStreamTimeout) {
+TYPED_TEST(ClientContractTest, AStreamEndsAtTheStreamTimeout) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(socket, test::ChunkedHead(200, "text/event-stream"));
     for (int i = 0; i < 600; ++i) {
@@ -429,7 +449,7 @@ TEST(CurlClientTest, AStreamEndsAtTheStreamTimeout) {
   Settings settings = TestSettings(server.base_url());
   settings.idle_timeout = 2s;
   settings.stream_timeout = 500ms;
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Error> ended;
   int chunks = 0;
   RunCoroutine([&]() -> net::awaitable<void> {
@@ -456,7 +476,7 @@ TEST(CurlClientTest, AStreamEndsAtTheStreamTimeout) {
 
 // A non-streaming completion's first byte comes with the whole answer, which may take longer than
 // the first-byte timeout: only the total timeout bounds it.
-TEST(CurlClientTest, AnswerAtOnceWaitsPastTheFirstByteTimeout) {
+TYPED_TEST(ClientContractTest, AnswerAtOnceWaitsPastTheFirstByteTimeout) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Sleep(600ms);
     co_await test::Write(socket, test::HttpResponse(200, "{\"slow\":true}"));
@@ -465,7 +485,7 @@ TEST(CurlClientTest, AnswerAtOnceWaitsPastTheFirstByteTimeout) {
   Settings settings = TestSettings(server.base_url());
   settings.first_byte_timeout = 200ms;
   settings.total_timeout = 5s;
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Result<Response>> slow;
   std::optional<Result<Response>> hung;
   RunCoroutine([&]() -> net::awaitable<void> {
@@ -481,7 +501,7 @@ TEST(CurlClientTest, AnswerAtOnceWaitsPastTheFirstByteTimeout) {
   Settings silent_settings = TestSettings(silent.base_url());
   silent_settings.first_byte_timeout = 200ms;
   silent_settings.total_timeout = 700ms;
-  CurlClient silent_client(silent_settings);
+  TypeParam silent_client(silent_settings);
   const auto start = Clock::now();
   RunCoroutine([&]() -> net::awaitable<void> {
     Request request = Post();
@@ -496,7 +516,7 @@ TEST(CurlClientTest, AnswerAtOnceWaitsPastTheFirstByteTimeout) {
   EXPECT_EQ(silent.request_count(), 1);
 }
 
-TEST(CurlClientTest, StalledBodyHitsTheTotalTimeout) {
+TYPED_TEST(ClientContractTest, StalledBodyHitsTheTotalTimeout) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(socket,
                          "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -506,7 +526,7 @@ TEST(CurlClientTest, StalledBodyHitsTheTotalTimeout) {
   });
   Settings settings = TestSettings(server.base_url());
   settings.total_timeout = 400ms;
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Result<Response>> result;
   const auto start = Clock::now();
   RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
@@ -518,7 +538,7 @@ TEST(CurlClientTest, StalledBodyHitsTheTotalTimeout) {
   EXPECT_EQ(server.request_count(), 1);  // bytes arrived: never retried
 }
 
-TEST(CurlClientTest, OversizedBodyIsAnUpstreamError) {
+TYPED_TEST(ClientContractTest, OversizedBodyIsAnUpstreamError) {
   const std::string big(5000, 'x');
   TestServer server([&big](SocketPtr socket, HttpRequest request) -> net::awaitable<bool> {
     if (request.target == "/chunked") {
@@ -531,7 +551,7 @@ TEST(CurlClientTest, OversizedBodyIsAnUpstreamError) {
   });
   Settings settings = TestSettings(server.base_url());
   settings.max_response_bytes = 1000;
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Result<Response>> sized;
   std::optional<Result<Response>> chunked;
   RunCoroutine([&]() -> net::awaitable<void> {
@@ -547,7 +567,7 @@ TEST(CurlClientTest, OversizedBodyIsAnUpstreamError) {
   EXPECT_EQ(server.request_count(), 2);
 }
 
-TEST(CurlClientTest, ErrorMessagesNeverContainTheKey) {
+TYPED_TEST(ClientContractTest, ErrorMessagesNeverContainTheKey) {
   TestServer server([](SocketPtr socket, HttpRequest request) -> net::awaitable<bool> {
     if (request.target == "/hang") co_return co_await Hang(socket, request);
     if (request.target == "/big") {
@@ -562,13 +582,13 @@ TEST(CurlClientTest, ErrorMessagesNeverContainTheKey) {
   settings.first_byte_timeout = 200ms;
   settings.max_retries = 0;
   settings.max_response_bytes = 1000;
-  CurlClient client(settings);
+  TypeParam client(settings);
   Settings refused_settings = settings;
   refused_settings.base_url = "http://127.0.0.1:" + std::to_string(test::UnusedPort()) + "/" + kKey;
-  CurlClient refused(refused_settings);
+  TypeParam refused(refused_settings);
   Settings bad_url_settings = settings;
   bad_url_settings.base_url = std::string("http://") + kKey + ":[/";
-  CurlClient bad_url(bad_url_settings);
+  TypeParam bad_url(bad_url_settings);
 
   std::vector<Error> errors;
   RunCoroutine([&]() -> net::awaitable<void> {
@@ -598,10 +618,10 @@ TEST(CurlClientTest, ErrorMessagesNeverContainTheKey) {
   }
 }
 
-TEST(CurlClientTest, SequentialRequestsReuseOneConnection) {
+TYPED_TEST(ClientContractTest, SequentialRequestsReuseOneConnection) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(200, "{}")); });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   RunCoroutine([&]() -> net::awaitable<void> {
     for (int i = 0; i < 3; ++i) {
       auto result = co_await client.Send(Post());
@@ -612,6 +632,36 @@ TEST(CurlClientTest, SequentialRequestsReuseOneConnection) {
   EXPECT_EQ(server.connections(), 1);
 }
 
+// A kept connection the server closed while it sat idle, or that it closes on the next request
+// without answering, never saw that request: it goes out again on a new connection, as the same
+// attempt.
+TYPED_TEST(ClientContractTest, AKeptConnectionTheServerClosedIsReplaced) {
+  std::atomic<int> calls{0};
+  TestServer server([&calls](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
+    const int call = calls.fetch_add(1) + 1;
+    if (call == 2) co_return false;  // closes the kept connection without an answer
+    co_await test::Write(socket,
+                         test::HttpResponse(200, "{\"call\":" + std::to_string(call) + "}"));
+    co_return call != 3;  // answers, then closes the connection while the client keeps it
+  });
+  Settings settings = TestSettings(server.base_url());
+  settings.max_retries = 0;
+  TypeParam client(settings);
+  std::vector<Result<Response>> results;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    for (int i = 0; i < 3; ++i) results.push_back(co_await client.Send(Post()));
+  });
+  ASSERT_EQ(results.size(), 3u);
+  const std::vector<std::string> bodies{R"({"call":1})", R"({"call":3})", R"({"call":4})"};
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i].ok()) << i << ": " << Describe(results[i].error());
+    EXPECT_EQ(results[i]->body, bodies[i]);
+    EXPECT_EQ(results[i]->attempts, 1);
+  }
+  EXPECT_EQ(server.request_count(), 4);
+  EXPECT_EQ(server.connections(), 3);
+}
+
 net::awaitable<void> SendTimed(Client* client, Request request,
                                std::optional<Result<Response>>* result, milliseconds* took) {
   const auto start = Clock::now();
@@ -619,13 +669,13 @@ net::awaitable<void> SendTimed(Client* client, Request request,
   *took = Since(start);
 }
 
-TEST(CurlClientTest, ConcurrentRequestsDoNotWaitForEachOther) {
+TYPED_TEST(ClientContractTest, ConcurrentRequestsDoNotWaitForEachOther) {
   TestServer server([](SocketPtr socket, HttpRequest request) -> net::awaitable<bool> {
     if (request.target == "/slow") co_await test::Sleep(1s);
     co_await test::Write(socket, test::HttpResponse(200, "{}"));
     co_return true;
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> slow;
   std::optional<Result<Response>> fast;
   milliseconds slow_took{0};
@@ -673,7 +723,7 @@ TEST(CurlClientTest, ManyConcurrentRequestsSpreadOverLanesAndReuseTheirConnectio
   EXPECT_EQ(server.request_count(), static_cast<int>(2 * kConcurrent));
 }
 
-TEST(CurlClientTest, StreamDeliversChunksAsTheyArrive) {
+TYPED_TEST(ClientContractTest, StreamDeliversChunksAsTheyArrive) {
   std::atomic<bool> reader_has_first{false};
   std::atomic<bool> server_sent_last{false};
   TestServer server([&](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
@@ -685,7 +735,7 @@ TEST(CurlClientTest, StreamDeliversChunksAsTheyArrive) {
     co_await test::Write(socket, test::Chunk(""));
     co_return true;
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   RunCoroutine([&]() -> net::awaitable<void> {
     auto opened = co_await client.OpenStream(Post());
     if (!opened.ok()) {
@@ -709,11 +759,11 @@ TEST(CurlClientTest, StreamDeliversChunksAsTheyArrive) {
   EXPECT_EQ(requests[0].Header("accept"), "text/event-stream, application/json");
 }
 
-TEST(CurlClientTest, StreamErrorStatusIsReturnedWithItsBody) {
+TYPED_TEST(ClientContractTest, StreamErrorStatusIsReturnedWithItsBody) {
   TestServer server([](SocketPtr socket, HttpRequest) {
     return Reply(socket, test::HttpResponse(400, R"({"error":"bad"})"));
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   RunCoroutine([&]() -> net::awaitable<void> {
     auto opened = co_await client.OpenStream(Post());
     if (!opened.ok()) {
@@ -727,7 +777,7 @@ TEST(CurlClientTest, StreamErrorStatusIsReturnedWithItsBody) {
   EXPECT_EQ(server.request_count(), 1);
 }
 
-TEST(CurlClientTest, OpenStreamRetriesBeforeTheHeadersAreReturned) {
+TYPED_TEST(ClientContractTest, OpenStreamRetriesBeforeTheHeadersAreReturned) {
   std::atomic<int> calls{0};
   TestServer server([&calls](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     if (calls.fetch_add(1) == 0) {
@@ -738,7 +788,7 @@ TEST(CurlClientTest, OpenStreamRetriesBeforeTheHeadersAreReturned) {
                                      test::Chunk("data: x\n\n") + test::Chunk(""));
     co_return true;
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   RunCoroutine([&]() -> net::awaitable<void> {
     auto opened = co_await client.OpenStream(Post());
     if (!opened.ok()) {
@@ -752,7 +802,7 @@ TEST(CurlClientTest, OpenStreamRetriesBeforeTheHeadersAreReturned) {
   EXPECT_EQ(server.request_count(), 2);
 }
 
-TEST(CurlClientTest, StreamIdleTimeout) {
+TYPED_TEST(ClientContractTest, StreamIdleTimeout) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(
         socket, test::ChunkedHead(200, "text/event-stream") + test::Chunk("data: one\n\n"));
@@ -761,7 +811,7 @@ TEST(CurlClientTest, StreamIdleTimeout) {
   });
   Settings settings = TestSettings(server.base_url());
   settings.idle_timeout = 300ms;
-  CurlClient client(settings);
+  TypeParam client(settings);
   RunCoroutine([&]() -> net::awaitable<void> {
     auto opened = co_await client.OpenStream(Post());
     if (!opened.ok()) {
@@ -783,13 +833,13 @@ TEST(CurlClientTest, StreamIdleTimeout) {
   });
 }
 
-TEST(CurlClientTest, StreamResetMidBodyIsUnavailable) {
+TYPED_TEST(ClientContractTest, StreamResetMidBodyIsUnavailable) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(
         socket, test::ChunkedHead(200, "text/event-stream") + test::Chunk("data: one\n\n"));
     co_return false;  // closes the connection before the last chunk
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   RunCoroutine([&]() -> net::awaitable<void> {
     auto opened = co_await client.OpenStream(Post());
     if (!opened.ok()) {
@@ -816,7 +866,7 @@ TEST(CurlClientTest, StreamResetMidBodyIsUnavailable) {
   });
 }
 
-TEST(CurlClientTest, DestroyingTheStreamClosesTheConnection) {
+TYPED_TEST(ClientContractTest, DestroyingTheStreamClosesTheConnection) {
   std::atomic<int> peer_closed{0};  // 0: waiting, 1: closed, 2: still open after 5 s
   TestServer server([&peer_closed](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(
@@ -824,7 +874,7 @@ TEST(CurlClientTest, DestroyingTheStreamClosesTheConnection) {
     peer_closed = (co_await test::WaitForPeerClose(socket, 5s)) ? 1 : 2;
     co_return false;
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   RunCoroutine([&]() -> net::awaitable<void> {
     auto opened = co_await client.OpenStream(Post());
     if (!opened.ok()) {
@@ -848,7 +898,7 @@ double CpuSeconds() {
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
-TEST(CurlClientTest, SlowReaderPausesTheTransfer) {
+TYPED_TEST(ClientContractTest, SlowReaderPausesTheTransfer) {
   constexpr std::size_t kTotal = 32u << 20;
   constexpr std::size_t kPiece = 64u << 10;
   constexpr std::size_t kBuffer = 64u << 10;
@@ -867,7 +917,7 @@ TEST(CurlClientTest, SlowReaderPausesTheTransfer) {
   });
   Settings settings = TestSettings(server.base_url());
   settings.stream_buffer_bytes = kBuffer;
-  CurlClient client(settings);
+  TypeParam client(settings);
   RunCoroutine([&]() -> net::awaitable<void> {
     auto opened = co_await client.OpenStream(Post());
     if (!opened.ok()) {
@@ -912,13 +962,13 @@ net::awaitable<void> SendAndCheck(Client* client, std::string body, std::atomic<
   if (result.ok() && result->status == 200 && result->body == body) good->fetch_add(1);
 }
 
-TEST(CurlClientTest, TwoIoContextsShareOneClient) {
+TYPED_TEST(ClientContractTest, TwoIoContextsShareOneClient) {
   TestServer server([](SocketPtr socket, HttpRequest request) -> net::awaitable<bool> {
     co_await test::Sleep(20ms);  // overlap the requests
     co_await test::Write(socket, test::HttpResponse(200, request.body));
     co_return true;
   });
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::atomic<int> good{0};
   auto worker = [&](int id) {
     net::io_context io;
@@ -942,9 +992,9 @@ net::awaitable<void> SendInto(Client* client, Request request,
   result->emplace(co_await client->Send(std::move(request)));
 }
 
-TEST(CurlClientTest, ShutdownCancelsCallsInFlightAndLater) {
+TYPED_TEST(ClientContractTest, ShutdownCancelsCallsInFlightAndLater) {
   TestServer server(Hang);
-  CurlClient client(TestSettings(server.base_url()));
+  TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> in_flight;
   net::io_context io;
   net::co_spawn(io, SendInto(&client, Post(), &in_flight), Rethrow);
@@ -970,9 +1020,9 @@ TEST(CurlClientTest, ShutdownCancelsCallsInFlightAndLater) {
   EXPECT_EQ(server.request_count(), 1);
 }
 
-TEST(CurlClientTest, DestroyingTheClientCancelsItsCalls) {
+TYPED_TEST(ClientContractTest, DestroyingTheClientCancelsItsCalls) {
   TestServer server(Hang);
-  auto client = std::make_unique<CurlClient>(TestSettings(server.base_url()));
+  auto client = std::make_unique<TypeParam>(TestSettings(server.base_url()));
   std::optional<Result<Response>> result;
   net::io_context io;
   net::co_spawn(io, SendInto(client.get(), Post(), &result), Rethrow);
@@ -996,7 +1046,7 @@ net::awaitable<void> HoldStream(Client* client, std::atomic<bool>* got_chunk) {
   ADD_FAILURE() << "the stream should still be waiting";
 }
 
-TEST(CurlClientTest, DestroyingTheIoContextWithTransfersInFlightIsSafe) {
+TYPED_TEST(ClientContractTest, DestroyingTheIoContextWithTransfersInFlightIsSafe) {
   std::atomic<int> peer_closed{0};
   TestServer server([&peer_closed](SocketPtr socket, HttpRequest request) -> net::awaitable<bool> {
     if (request.target == "/hang") co_return co_await Hang(socket, request);
@@ -1008,7 +1058,7 @@ TEST(CurlClientTest, DestroyingTheIoContextWithTransfersInFlightIsSafe) {
   Settings settings = TestSettings(server.base_url());
   settings.idle_timeout = 10s;
   settings.first_byte_timeout = 10s;
-  CurlClient client(settings);
+  TypeParam client(settings);
   std::optional<Result<Response>> never;
   std::atomic<bool> got_chunk{false};
   {
