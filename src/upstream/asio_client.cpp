@@ -333,10 +333,7 @@ class AsioCall {
 
   void Cancel() {
     cancelled_ = true;
-    if (connection) {
-      beast::error_code ignored;
-      connection->tcp().socket().close(ignored);
-    }
+    if (connection) connection->tcp().close();
     timer_.cancel();
   }
 
@@ -475,6 +472,18 @@ net::awaitable<Outcome> Connect(AsioCall& call, const AsioClientState& state,
   co_return Outcome{};
 }
 
+std::unique_ptr<Parser> NewParser(const http::request<http::string_body>& message,
+                                  std::optional<std::uint64_t> body_limit) {
+  auto parser = std::make_unique<Parser>();
+  parser->header_limit(kHeaderLimit);
+  // No limit is the largest one: Boost 1.74 compares a Content-Length with an empty limit as if
+  // it were exceeded.
+  parser->body_limit(body_limit.value_or(std::numeric_limits<std::uint64_t>::max()));
+  // The answer to a HEAD has no body, whatever its Content-Length says.
+  if (message.method() == http::verb::head) parser->skip(true);
+  return parser;
+}
+
 struct Limits {
   std::optional<Clock::time_point> total;
   bool answer_at_once = false;
@@ -506,11 +515,7 @@ net::awaitable<Outcome> Exchange(AsioCall& call, const AsioClientState& state,
       }
     }
     Connection& connection = *call.connection;
-    parser = std::make_unique<Parser>();
-    parser->header_limit(kHeaderLimit);
-    // No limit is the largest one: Boost 1.74 compares a Content-Length with an empty limit
-    // as if it were exceeded.
-    parser->body_limit(body_limit.value_or(std::numeric_limits<std::uint64_t>::max()));
+    parser = NewParser(message, body_limit);
 
     // From the moment the request goes out the first-byte deadline runs (none for an answer
     // that comes whole), capped by the total one.
@@ -533,10 +538,14 @@ net::awaitable<Outcome> Exchange(AsioCall& call, const AsioClientState& state,
       return http::async_write(stream, message, token);
     };
     beast::error_code error = co_await connection.Run(write);
-    if (!error) {
-      auto read_header = [&connection, &parser](auto& stream, auto token) {
-        return http::async_read_header(stream, connection.buffer, *parser, token);
-      };
+    auto read_header = [&connection, &parser](auto& stream, auto token) {
+      return http::async_read_header(stream, connection.buffer, *parser, token);
+    };
+    if (!error) error = co_await connection.Run(read_header);
+    // Interim responses (103 Early Hints, a 100 Continue nobody asked for) come before the
+    // answer: each is read and dropped.
+    while (!error && parser->get().result_int() / 100 == 1 && parser->get().result_int() != 101) {
+      parser = NewParser(message, body_limit);
       error = co_await connection.Run(read_header);
     }
     if (call.cancelled()) co_return Outcome{ShutDownError(), false};

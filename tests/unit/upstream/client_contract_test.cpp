@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <exception>
 #include <optional>
 #include <string>
@@ -14,7 +16,9 @@
 #include <vector>
 
 #include "observe/metrics.h"
+#include "scoped_env.h"
 #include "test_server.h"
+#include "tls_server.h"
 #include "upstream/asio_client.h"
 #include "upstream/curl_client.h"
 #include "upstream/curl_multi.h"
@@ -625,11 +629,67 @@ TYPED_TEST(ClientContractTest, SequentialRequestsReuseOneConnection) {
   RunCoroutine([&]() -> net::awaitable<void> {
     for (int i = 0; i < 3; ++i) {
       auto result = co_await client.Send(Post());
-      EXPECT_TRUE(result.ok());
+      EXPECT_TRUE(result.ok()) << Describe(result.error());
     }
   });
   EXPECT_EQ(server.request_count(), 3);
   EXPECT_EQ(server.connections(), 1);
+}
+
+// 103 Early Hints (as some CDNs send) and other interim responses come before the answer.
+TYPED_TEST(ClientContractTest, InterimResponsesAreSkipped) {
+  TestServer server([](SocketPtr socket, HttpRequest) {
+    return Reply(socket, "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" +
+                             test::HttpResponse(200, R"({"ok":true})"));
+  });
+  TypeParam client(TestSettings(server.base_url()));
+  std::optional<Result<Response>> sent;
+  std::optional<Result<std::string>> streamed;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    sent.emplace(co_await client.Send(Post()));
+    auto opened = co_await client.OpenStream(Post());
+    if (!opened.ok()) {
+      streamed.emplace(opened.error());
+      co_return;
+    }
+    EXPECT_EQ((*opened)->status(), 200);
+    streamed.emplace(co_await ReadAll(**opened));
+  });
+  ASSERT_TRUE(sent && sent->ok()) << Describe(sent);
+  EXPECT_EQ((*sent)->status, 200);
+  EXPECT_EQ((*sent)->body, R"({"ok":true})");
+  ASSERT_TRUE(streamed && streamed->ok()) << Describe(streamed);
+  EXPECT_EQ(**streamed, R"({"ok":true})");
+}
+
+// The answer to a HEAD has no body, whatever its Content-Length says; the connection stays usable.
+TYPED_TEST(ClientContractTest, AHeadAnswerHasNoBody) {
+  TestServer server([](SocketPtr socket, HttpRequest request) -> net::awaitable<bool> {
+    if (request.method == "HEAD") {
+      co_await test::Write(socket,
+                           "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                           "Content-Length: 11\r\n\r\n");
+    } else {
+      co_await test::Write(socket, test::HttpResponse(200, R"({"ok":true})"));
+    }
+    co_return true;
+  });
+  TypeParam client(TestSettings(server.base_url()));
+  std::optional<Result<Response>> head;
+  std::optional<Result<Response>> after;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    Request request;
+    request.method = "HEAD";
+    request.path = "/models";
+    head.emplace(co_await client.Send(request));
+    after.emplace(co_await client.Send(Post()));
+  });
+  ASSERT_TRUE(head && head->ok()) << Describe(head);
+  EXPECT_EQ((*head)->status, 200);
+  EXPECT_EQ((*head)->body, "");
+  ASSERT_TRUE(after && after->ok()) << Describe(after);
+  EXPECT_EQ((*after)->body, R"({"ok":true})");
+  EXPECT_EQ(server.request_count(), 2);
 }
 
 // A kept connection the server closed while it sat idle, or that it closes on the next request
@@ -1075,6 +1135,85 @@ TYPED_TEST(ClientContractTest, DestroyingTheIoContextWithTransfersInFlightIsSafe
   const auto closed_by = Clock::now() + 30s;
   while (peer_closed.load() == 0 && Clock::now() < closed_by) std::this_thread::yield();
   EXPECT_EQ(peer_closed.load(), 1);
+}
+
+// TLS (AsioClient only: libcurl's own TLS is tested by libcurl). The certificates are made at run
+// time; SSL_CERT_FILE makes one of them the only trusted root for the client made after it.
+class AsioTlsTest : public ::testing::Test {
+ protected:
+  // Writes `pem` to a file in the test's temporary directory; its path.
+  std::string WriteRoots(const std::string& pem) {
+    const std::string path = ::testing::TempDir() + "staple-tls-roots-" +
+                             std::to_string(::getpid()) + "-" + std::to_string(files_++) + ".pem";
+    std::FILE* file = std::fopen(path.c_str(), "w");
+    if (file == nullptr) throw std::runtime_error("cannot write " + path);
+    std::fwrite(pem.data(), 1, pem.size(), file);
+    std::fclose(file);
+    paths_.push_back(path);
+    return path;
+  }
+  ~AsioTlsTest() override {
+    for (const auto& path : paths_) std::remove(path.c_str());
+  }
+
+ private:
+  int files_ = 0;
+  std::vector<std::string> paths_;
+};
+
+TEST_F(AsioTlsTest, ATrustedCertificateCarriesRequestsOverOneTlsConnection) {
+  const auto identity = test::MakeSelfSigned("DNS:localhost,IP:127.0.0.1");
+  test::TlsServer server(identity);
+  test::ScopedEnv roots("SSL_CERT_FILE", WriteRoots(identity.certificate_pem).c_str());
+  AsioClient client(TestSettings("https://localhost:" + std::to_string(server.port()) + "/v1"));
+  std::vector<Result<Response>> sent;
+  std::optional<Result<std::string>> streamed;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    for (int i = 0; i < 2; ++i) sent.push_back(co_await client.Send(Post()));
+    auto opened = co_await client.OpenStream(Post());
+    if (!opened.ok()) {
+      streamed.emplace(opened.error());
+      co_return;
+    }
+    streamed.emplace(co_await ReadAll(**opened));
+  });
+  ASSERT_EQ(sent.size(), 2u);
+  for (const auto& result : sent) {
+    ASSERT_TRUE(result.ok()) << Describe(result.error());
+    EXPECT_EQ(result->status, 200);
+    EXPECT_EQ(result->body, R"({"tls":true})");
+  }
+  ASSERT_TRUE(streamed && streamed->ok()) << Describe(streamed);
+  EXPECT_EQ(**streamed, R"({"tls":true})");
+  EXPECT_EQ(server.requests(), 3);
+  EXPECT_EQ(server.handshakes(), 1);             // kept and reused
+  EXPECT_EQ(server.server_name(), "localhost");  // SNI
+}
+
+TEST_F(AsioTlsTest, AnUntrustedCertificateIsRefused) {
+  const auto identity = test::MakeSelfSigned("DNS:localhost,IP:127.0.0.1");
+  const auto other = test::MakeSelfSigned("DNS:localhost,IP:127.0.0.1");
+  test::TlsServer server(identity);
+  test::ScopedEnv roots("SSL_CERT_FILE", WriteRoots(other.certificate_pem).c_str());
+  AsioClient client(TestSettings("https://127.0.0.1:" + std::to_string(server.port())));
+  std::optional<Result<Response>> result;
+  RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
+  ASSERT_TRUE(result && !result->ok());
+  EXPECT_EQ(result->error().kind, ErrorKind::kUnavailable) << Describe(result->error());
+  EXPECT_THAT(result->error().message, HasSubstr("TLS handshake"));
+  EXPECT_EQ(server.requests(), 0);
+}
+
+TEST_F(AsioTlsTest, ACertificateForAnotherHostIsRefused) {
+  const auto identity = test::MakeSelfSigned("DNS:upstream.example");
+  test::TlsServer server(identity);
+  test::ScopedEnv roots("SSL_CERT_FILE", WriteRoots(identity.certificate_pem).c_str());
+  AsioClient client(TestSettings("https://127.0.0.1:" + std::to_string(server.port())));
+  std::optional<Result<Response>> result;
+  RunCoroutine([&]() -> net::awaitable<void> { result.emplace(co_await client.Send(Post())); });
+  ASSERT_TRUE(result && !result->ok());
+  EXPECT_EQ(result->error().kind, ErrorKind::kUnavailable) << Describe(result->error());
+  EXPECT_EQ(server.requests(), 0);
 }
 
 // The tests talk to 127.0.0.1 only: keep a proxy configured in the environment out of the way.

@@ -1,38 +1,13 @@
 #include "upstream/make_client.h"
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
-#include <optional>
-#include <string>
-
+#include "scoped_env.h"
 #include "upstream/asio_client.h"
 #include "upstream/curl_client.h"
 
 namespace staple::upstream {
 namespace {
-
-// Sets an environment variable for the life of the object, then puts the old value back.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = getenv(name)) old_ = old;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      setenv(name_, old_->c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // Clears every proxy variable libcurl reads for the life of the object.
 class NoProxies {
@@ -45,7 +20,7 @@ class NoProxies {
         all_upper_("ALL_PROXY", "") {}
 
  private:
-  ScopedEnv https_, https_upper_, http_, all_, all_upper_;
+  test::ScopedEnv https_, https_upper_, http_, all_, all_upper_;
 };
 
 TEST(MakeClientTest, KindsReadAndPrintAsTheVariableSpellsThem) {
@@ -72,7 +47,7 @@ TEST(MakeClientTest, AutoIsAsioWithoutAProxy) {
 TEST(MakeClientTest, AutoIsCurlWithAProxyOrAUrlOnlyLibcurlTakes) {
   NoProxies none;
   {
-    ScopedEnv proxy("HTTPS_PROXY", "http://proxy.internal:3128");
+    test::ScopedEnv proxy("HTTPS_PROXY", "http://proxy.internal:3128");
     EXPECT_TRUE(ProxyConfigured());
     EXPECT_EQ(ResolveClientKind(ClientKind::kAuto, "https://api.openai.com/v1"), ClientKind::kCurl);
     Settings settings;
