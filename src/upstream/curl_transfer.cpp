@@ -136,7 +136,15 @@ CurlTransfer::CurlTransfer(net::any_io_executor executor, const Options& options
 CurlTransfer::~CurlTransfer() {
   // CurlMulti holds a reference while libcurl runs the transfer, so the handle is not in a multi
   // handle any more here.
-  if (easy_ != nullptr) t_easy_handles.Give(easy_);
+  // A handle whose transfer libcurl itself failed may keep state curl_easy_reset does not clear:
+  // after a malformed URL, libcurl 7.88 refuses every later CURLOPT_BUFFERSIZE on that handle
+  // (CURLE_BAD_FUNCTION_ARGUMENT; it seems to keep the receive buffer it allocated), so each
+  // transfer of the thread that took it from the pool would fail.
+  if (easy_ != nullptr && !libcurl_failed_) {
+    t_easy_handles.Give(easy_);
+  } else if (easy_ != nullptr) {
+    curl_easy_cleanup(easy_);
+  }
   curl_slist_free_all(request_headers_);
 }
 
@@ -341,6 +349,7 @@ void CurlTransfer::OnStarted(CurlMulti* multi) { multi_ = multi; }
 void CurlTransfer::OnDone(CURLcode code) {
   multi_ = nullptr;
   if (finished_) return;
+  libcurl_failed_ = libcurl_failed_ || code != CURLE_OK;
   if (code != CURLE_OK && !failure_) {
     const auto [kind, retryable] = Classify(code, first_byte_);
     std::string detail =

@@ -121,6 +121,7 @@ class CurlTransfer {
   bool headers_complete_ = false;
   bool paused_ = false;
   bool finished_ = false;
+  bool libcurl_failed_ = false;  // OnDone saw an error code: the handle is not pooled again
   bool retryable_ = false;
   std::optional<Error> failure_;
   Clock::time_point last_activity_;

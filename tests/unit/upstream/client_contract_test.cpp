@@ -622,6 +622,27 @@ TYPED_TEST(ClientContractTest, ErrorMessagesNeverContainTheKey) {
   }
 }
 
+// A base URL libcurl cannot parse fails its own requests only: libcurl 7.88 kept state in such a
+// transfer's easy handle that failed every later transfer of the thread that reused the handle.
+TYPED_TEST(ClientContractTest, AMalformedBaseUrlFailsOnlyItsOwnRequests) {
+  TestServer server(
+      [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(200, "{}")); });
+  Settings broken_settings = TestSettings("http://upstream.example:[/");
+  TypeParam broken(broken_settings);
+  TypeParam client(TestSettings(server.base_url()));
+  std::optional<Result<Response>> refused;
+  std::vector<Result<Response>> after;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    refused.emplace(co_await broken.Send(Post()));
+    for (int i = 0; i < 3; ++i) after.push_back(co_await client.Send(Post()));
+  });
+  ASSERT_TRUE(refused && !refused->ok());
+  for (const auto& result : after) {
+    EXPECT_TRUE(result.ok()) << Describe(result.error());
+  }
+  EXPECT_EQ(server.request_count(), 3);
+}
+
 TYPED_TEST(ClientContractTest, SequentialRequestsReuseOneConnection) {
   TestServer server(
       [](SocketPtr socket, HttpRequest) { return Reply(socket, test::HttpResponse(200, "{}")); });
