@@ -5,21 +5,19 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <atomic>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cerrno>
 #include <deque>
 #include <limits>
-#include <mutex>
 #include <optional>
-#include <random>
 #include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "upstream/call_registry.h"
 #include "upstream/request_head.h"
 #include "upstream/retry.h"
 
@@ -101,13 +99,6 @@ std::shared_ptr<ssl::context> MakeTlsContext() {
 }
 
 std::string Ms(milliseconds duration) { return std::to_string(duration.count()) + " ms"; }
-
-Error ShutDownError() { return MakeError(ErrorKind::kCancelled, "the upstream client shut down"); }
-
-double UniformSample() {
-  thread_local std::mt19937_64 engine{std::random_device{}()};
-  return std::uniform_real_distribution<double>(0.0, 1.0)(engine);
-}
 
 std::string ToLower(std::string_view text) {
   std::string out(text);
@@ -282,8 +273,6 @@ net::awaitable<Result<std::vector<tcp::endpoint>>> Resolve(ConnectionPools& pool
 
 }  // namespace
 
-class AsioCall;
-
 // What the coroutines of one client share; it outlives the AsioClient while they run.
 struct AsioClientState {
   explicit AsioClientState(Settings s)
@@ -291,47 +280,31 @@ struct AsioClientState {
     if (origin && origin->tls) tls_context = MakeTlsContext();
   }
 
-  struct Entry {
-    net::any_io_executor executor;
-    std::weak_ptr<AsioCall> call;
-  };
-
   const Settings settings;
   const Result<Origin> origin;
   std::shared_ptr<ssl::context> tls_context;  // https only
-  std::atomic<bool> shut_down{false};
-  std::mutex mutex;
-  std::unordered_map<const AsioCall*, Entry> calls;  // guarded by mutex
+  CallRegistry calls;
 };
 
 // One Send() or stream in flight, registered with its client so that Shutdown() can reach it
 // from any thread. It owns the connection of its current attempt, so that Cancel() can close it.
 // Used on its io_context's thread; Shutdown() posts Cancel() there.
-class AsioCall {
+class AsioCall final : public CancellableCall {
  public:
   static std::shared_ptr<AsioCall> Begin(std::shared_ptr<AsioClientState> state,
                                          net::any_io_executor executor) {
     std::shared_ptr<AsioCall> call(new AsioCall(state, executor));
-    {
-      std::lock_guard lock(state->mutex);
-      state->calls.emplace(call.get(), AsioClientState::Entry{executor, call});
-    }
-    // Checked after registering: a concurrent Shutdown() either sees this call or set the flag
-    // before we read it.
-    if (state->shut_down.load()) call->cancelled_ = true;
+    if (!state->calls.Add(call, std::move(executor))) call->cancelled_ = true;
     return call;
   }
 
-  ~AsioCall() {
-    std::lock_guard lock(state_->mutex);
-    state_->calls.erase(this);
-  }
+  ~AsioCall() override { state_->calls.Remove(this); }
   AsioCall(const AsioCall&) = delete;
   AsioCall& operator=(const AsioCall&) = delete;
 
   bool cancelled() const { return cancelled_; }
 
-  void Cancel() {
+  void Cancel() override {
     cancelled_ = true;
     if (connection) connection->tcp().close();
     timer_.cancel();
@@ -639,6 +612,22 @@ Outcome BodyFailure(const beast::error_code& error, const Settings& settings, st
                 settings);
 }
 
+// The end of the total deadline: the client's, or the request's own when that is earlier.
+Clock::time_point TotalDeadline(Clock::time_point started, const Settings& settings,
+                                const Request& request) {
+  const auto total = started + settings.total_timeout;
+  return request.deadline && *request.deadline < total ? *request.deadline : total;
+}
+
+// Why no further attempt may start, if so: a cancelled call, or no time left.
+std::optional<Error> NoMoreAttempts(const AsioCall& call, Clock::time_point total) {
+  if (call.cancelled()) return ShutDownError();
+  if (Clock::now() >= total) {
+    return MakeError(ErrorKind::kTimeout, "upstream exchange exceeded the total timeout");
+  }
+  return std::nullopt;
+}
+
 // The coroutines take the client state by value: they never touch the AsioClient, which may be
 // destroyed while they run.
 net::awaitable<Result<Response>> SendWith(std::shared_ptr<AsioClientState> state, Request request) {
@@ -648,17 +637,13 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<AsioClientState> state
   const auto executor = co_await net::this_coro::executor;
   ConnectionPools& pools = ConnectionPools::Of(executor);
   auto call = BeginCall(state, executor, request);
-  auto total = started + settings.total_timeout;
-  if (request.deadline && *request.deadline < total) total = *request.deadline;
+  const auto total = TotalDeadline(started, settings, request);
   auto built = BuildMessage(*state, request, false);
   if (!built) co_return built.error();
   http::request<http::string_body> message = std::move(built).value();
 
   for (int attempt = 1;; ++attempt) {
-    if (call->cancelled()) co_return ShutDownError();
-    if (Clock::now() >= total) {
-      co_return MakeError(ErrorKind::kTimeout, "upstream exchange exceeded the total timeout");
-    }
+    if (auto stop = NoMoreAttempts(*call, total)) co_return *stop;
     std::unique_ptr<Parser> parser;
     Limits limits{total, request.answer_at_once};
     const std::optional<std::uint64_t> body_limit = settings.max_response_bytes;
@@ -772,18 +757,14 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
   const auto started = Clock::now();
   // Opening (every attempt until the response headers) is bounded like a whole non-streaming
   // exchange; the stream as a whole by its own, longer deadline.
-  auto total = started + settings.total_timeout;
-  if (request.deadline && *request.deadline < total) total = *request.deadline;
+  const auto total = TotalDeadline(started, settings, request);
   const auto ends_at = started + settings.stream_timeout;
   auto built = BuildMessage(*state, request, true);
   if (!built) co_return built.error();
   http::request<http::string_body> message = std::move(built).value();
 
   for (int attempt = 1;; ++attempt) {
-    if (call->cancelled()) co_return ShutDownError();
-    if (Clock::now() >= total) {
-      co_return MakeError(ErrorKind::kTimeout, "upstream exchange exceeded the total timeout");
-    }
+    if (auto stop = NoMoreAttempts(*call, total)) co_return *stop;
     std::unique_ptr<Parser> parser;
     Limits limits{total, false};
     const std::optional<std::uint64_t> body_limit;  // a stream is read piece by piece
@@ -826,14 +807,6 @@ net::awaitable<Result<std::unique_ptr<Stream>>> AsioClient::OpenStream(Request r
   return OpenStreamWith(state_, std::move(request));
 }
 
-void AsioClient::Shutdown() {
-  state_->shut_down.store(true);
-  std::lock_guard lock(state_->mutex);
-  for (const auto& [key, entry] : state_->calls) {
-    net::post(entry.executor, [call = entry.call] {
-      if (auto alive = call.lock()) alive->Cancel();
-    });
-  }
-}
+void AsioClient::Shutdown() { state_->calls.ShutDown(); }
 
 }  // namespace staple::upstream

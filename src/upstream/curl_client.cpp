@@ -1,14 +1,11 @@
 #include "upstream/curl_client.h"
 
 #include <algorithm>
-#include <atomic>
-#include <mutex>
 #include <optional>
-#include <random>
 #include <string>
-#include <unordered_map>
 #include <utility>
 
+#include "upstream/call_registry.h"
 #include "upstream/curl_multi.h"
 #include "upstream/curl_transfer.h"
 #include "upstream/retry.h"
@@ -24,58 +21,35 @@ class CurlCall;
 struct CurlClientState {
   explicit CurlClientState(Settings s) : settings(std::move(s)) {}
 
-  struct Entry {
-    net::any_io_executor executor;
-    std::weak_ptr<CurlCall> call;
-  };
-
   const Settings settings;
-  std::atomic<bool> shut_down{false};
-  std::mutex mutex;
-  std::unordered_map<const CurlCall*, Entry> calls;  // guarded by mutex
+  CallRegistry calls;
 };
 
 namespace {
 
-Error ShutDownError() { return MakeError(ErrorKind::kCancelled, "the upstream client shut down"); }
-
 std::string Ms(milliseconds duration) { return std::to_string(duration.count()) + " ms"; }
-
-double UniformSample() {
-  thread_local std::mt19937_64 engine{std::random_device{}()};
-  return std::uniform_real_distribution<double>(0.0, 1.0)(engine);
-}
 
 }  // namespace
 
 // One Send() or stream in flight, registered with its client so that Shutdown() can reach it
 // from any thread. Used on its io_context's thread; Shutdown() posts Cancel() there.
-class CurlCall {
+class CurlCall final : public CancellableCall {
  public:
   static std::shared_ptr<CurlCall> Begin(std::shared_ptr<CurlClientState> state,
                                          net::any_io_executor executor) {
     std::shared_ptr<CurlCall> call(new CurlCall(state, executor));
-    {
-      std::lock_guard lock(state->mutex);
-      state->calls.emplace(call.get(), CurlClientState::Entry{executor, call});
-    }
-    // Checked after registering: a concurrent Shutdown() either sees this call or set the flag
-    // before we read it.
-    if (state->shut_down.load()) call->cancelled_ = true;
+    if (!state->calls.Add(call, std::move(executor))) call->cancelled_ = true;
     return call;
   }
 
-  ~CurlCall() {
-    std::lock_guard lock(state_->mutex);
-    state_->calls.erase(this);
-  }
+  ~CurlCall() override { state_->calls.Remove(this); }
   CurlCall(const CurlCall&) = delete;
   CurlCall& operator=(const CurlCall&) = delete;
 
   bool cancelled() const { return cancelled_; }
   void Track(const std::shared_ptr<CurlTransfer>& transfer) { transfer_ = transfer; }
 
-  void Cancel() {
+  void Cancel() override {
     cancelled_ = true;
     if (auto transfer = transfer_.lock()) transfer->Cancel(ShutDownError(), false);
     timer_.cancel();
@@ -353,14 +327,6 @@ net::awaitable<Result<std::unique_ptr<Stream>>> CurlClient::OpenStream(Request r
   return OpenStreamWith(state_, std::move(request));
 }
 
-void CurlClient::Shutdown() {
-  state_->shut_down.store(true);
-  std::lock_guard lock(state_->mutex);
-  for (const auto& [key, entry] : state_->calls) {
-    net::post(entry.executor, [call = entry.call] {
-      if (auto alive = call.lock()) alive->Cancel();
-    });
-  }
-}
+void CurlClient::Shutdown() { state_->calls.ShutDown(); }
 
 }  // namespace staple::upstream

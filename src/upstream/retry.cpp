@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <random>
 #include <string_view>
 
 namespace staple::upstream {
@@ -64,6 +65,11 @@ std::optional<std::chrono::milliseconds> RetryDelay(
   unit = std::clamp(unit, 0.0, 1.0);
   return std::chrono::milliseconds(
       static_cast<long>(std::floor(unit * static_cast<double>(ceiling.count()))));
+}
+
+double UniformSample() {
+  thread_local std::mt19937_64 engine{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(engine);
 }
 
 }  // namespace staple::upstream

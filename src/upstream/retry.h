@@ -25,4 +25,7 @@ std::optional<std::chrono::milliseconds> RetryDelay(
     const Settings& settings, int retry, std::optional<std::chrono::milliseconds> retry_after,
     double unit);
 
+// A uniform sample in [0, 1) for RetryDelay's jitter (a generator per thread).
+double UniformSample();
+
 }  // namespace staple::upstream
