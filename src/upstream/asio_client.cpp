@@ -1,6 +1,8 @@
 #include "upstream/asio_client.h"
 
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 
@@ -423,7 +425,17 @@ net::awaitable<Outcome> Connect(AsioCall& call, const AsioClientState& state,
                      true, settings);
   }
   beast::error_code ignored;
-  connection.tcp().socket().set_option(tcp::no_delay(true), ignored);
+  // No Nagle delay; TCP keepalive probes after 30 s idle, every 15 s, so that a kept connection
+  // or a quiet stream whose peer vanished is noticed (as the libcurl client sets it).
+  auto& socket = connection.tcp().socket();
+  socket.set_option(tcp::no_delay(true), ignored);
+  socket.set_option(net::socket_base::keep_alive(true), ignored);
+  const int idle_seconds = 30;
+  const int interval_seconds = 15;
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_KEEPIDLE, &idle_seconds,
+               sizeof idle_seconds);
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_KEEPINTVL, &interval_seconds,
+               sizeof interval_seconds);
   if (auto* tls = connection.tls()) {
     // SNI, and the certificate must name the host.
     if (SSL_set_tlsext_host_name(tls->native_handle(), origin.host.c_str()) != 1) {
