@@ -469,6 +469,14 @@ std::unique_ptr<Parser> NewParser(const http::request<http::string_body>& messag
   return parser;
 }
 
+// Whether `error` means the connection went away, rather than bytes that are not HTTP.
+bool ConnectionDropped(const beast::error_code& error) {
+  return error == http::error::partial_message || error == http::error::end_of_stream ||
+         error == net::error::eof || error == net::error::connection_reset ||
+         error == net::error::broken_pipe || error == net::error::connection_aborted ||
+         error == ssl::error::stream_truncated;
+}
+
 struct Limits {
   std::optional<Clock::time_point> total;
   bool answer_at_once = false;
@@ -546,6 +554,12 @@ net::awaitable<Outcome> Exchange(AsioCall& call, const AsioClientState& state,
                            error.message() + ")",
                        true, settings);
     }
+    if (ConnectionDropped(error)) {
+      co_return Failed(
+          ErrorKind::kUnavailable,
+          "upstream request failed: the connection closed mid-head (" + error.message() + ")",
+          false, settings);
+    }
     co_return Failed(ErrorKind::kUpstream,
                      "upstream request failed: invalid response head (" + error.message() + ")",
                      false, settings);
@@ -612,8 +626,7 @@ Outcome BodyFailure(const beast::error_code& error, const Settings& settings, st
         "upstream answer larger than " + std::to_string(settings.max_response_bytes) + " bytes",
         false, settings);
   }
-  if (error == http::error::partial_message || error == net::error::eof ||
-      error == net::error::connection_reset || error == http::error::end_of_stream) {
+  if (ConnectionDropped(error)) {
     return Failed(
         ErrorKind::kUnavailable,
         "upstream request failed: the connection closed mid-body (" + error.message() + ")", false,
