@@ -5,6 +5,7 @@
 #include <charconv>
 
 #include "api/errors.h"
+#include "common/secure_random.h"
 
 namespace staple::api {
 namespace {
@@ -183,9 +184,10 @@ std::optional<std::int64_t> ParseNonNegative(std::string_view text) {
 
 std::string NewUserId() {
   // A conversation id is all it takes to read the conversation: it must not be guessable, so it
-  // comes from the operating system's random source (one getrandom per id; a generator per
-  // thread, since it is not thread-safe).
-  thread_local boost::uuids::random_generator generate;
+  // comes from a CSPRNG (common/secure_random.h; a generator per thread, since it is not
+  // thread-safe).
+  thread_local SecureRandomEngine engine;
+  thread_local boost::uuids::basic_random_generator<SecureRandomEngine> generate(engine);
   return boost::uuids::to_string(generate());
 }
 

@@ -1,7 +1,5 @@
 #include "chat/responses.h"
 
-#include <sys/random.h>
-
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -11,6 +9,7 @@
 #include <utility>
 
 #include "chat/sax_scan.h"
+#include "common/secure_random.h"
 
 namespace staple::chat::responses {
 namespace {
@@ -645,15 +644,8 @@ std::optional<RequestError> ParseFields(const Json& body, ResponsesRequest& pars
 
 std::string RandomHex(std::size_t bytes) {
   std::array<unsigned char, 64> buffer{};
-  std::size_t filled = 0;
-  while (filled < bytes) {
-    const ssize_t n = getrandom(buffer.data() + filled, bytes - filled, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw std::runtime_error("getrandom failed");  // no entropy source: a broken system
-    }
-    filled += static_cast<std::size_t>(n);
-  }
+  if (bytes > buffer.size()) throw std::logic_error("RandomHex: at most 64 bytes");
+  SecureRandomBytes(buffer.data(), bytes);
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
   hex.reserve(bytes * 2);

@@ -1,10 +1,7 @@
 #include "keys/keys.h"
 
-#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <sys/random.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -14,6 +11,8 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+
+#include "common/secure_random.h"
 
 namespace staple::keys {
 namespace {
@@ -25,35 +24,6 @@ constexpr std::string_view kBase62 =
 constexpr std::size_t kMaxNameBytes = 200;
 constexpr std::size_t kMaxMetadataBytes = 16 * 1024;
 constexpr char kHex[] = "0123456789abcdef";
-
-// Fills `out` from the kernel's random source: getrandom(2), or /dev/urandom on kernels without
-// it. A machine that cannot provide randomness cannot make keys at all: that is an exception.
-void FillRandom(unsigned char* out, std::size_t size) {
-  std::size_t filled = 0;
-  while (filled < size) {
-    const ssize_t n = getrandom(out + filled, size - filled, 0);
-    if (n > 0) {
-      filled += static_cast<std::size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == ENOSYS) break;
-    throw std::runtime_error("getrandom failed");
-  }
-  if (filled == size) return;
-  const int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("cannot open /dev/urandom");
-  while (filled < size) {
-    const ssize_t n = ::read(fd, out + filled, size - filled);
-    if (n > 0) {
-      filled += static_cast<std::size_t>(n);
-    } else if (!(n < 0 && errno == EINTR)) {
-      ::close(fd);
-      throw std::runtime_error("cannot read /dev/urandom");
-    }
-  }
-  ::close(fd);
-}
 
 std::string ToHex(const unsigned char* bytes, std::size_t size) {
   std::string out;
@@ -131,7 +101,7 @@ std::string GenerateSecret() {
   // Rejection sampling keeps every character uniform: bytes >= 248 (= 4 x 62) are dropped.
   std::array<unsigned char, 64> bytes{};
   while (secret.size() < kSecretPrefix.size() + kSecretChars) {
-    FillRandom(bytes.data(), bytes.size());
+    SecureRandomBytes(bytes.data(), bytes.size());
     for (unsigned char b : bytes) {
       if (b >= 248) continue;
       secret.push_back(kBase62[b % 62]);
@@ -143,7 +113,7 @@ std::string GenerateSecret() {
 
 std::string GenerateId() {
   std::array<unsigned char, 8> bytes{};
-  FillRandom(bytes.data(), bytes.size());
+  SecureRandomBytes(bytes.data(), bytes.size());
   return "key_" + ToHex(bytes.data(), bytes.size());
 }
 

@@ -1,0 +1,32 @@
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+namespace staple {
+
+// Unpredictable bytes for what grants access (client keys, conversation and response ids) from
+// OpenSSL's CSPRNG: RAND_bytes, a DRBG per thread seeded and reseeded from the kernel, so that an
+// id costs no system call (one getrandom per id showed in the /v1 profile, bench/RESULTS.md).
+// Thread-safe. Throws std::runtime_error when OpenSSL cannot provide them (no entropy source).
+void SecureRandomBytes(unsigned char* out, std::size_t size);
+
+// A UniformRandomNumberGenerator over SecureRandomBytes, for boost::uuids::basic_random_generator
+// (taken by reference: it needs no seeding). It draws 64 bytes at a time. Not thread-safe: one
+// per thread.
+class SecureRandomEngine {
+ public:
+  using result_type = std::uint32_t;
+  static constexpr result_type min() { return 0; }
+  static constexpr result_type max() { return std::numeric_limits<result_type>::max(); }
+
+  result_type operator()();
+
+ private:
+  std::array<result_type, 16> pool_{};
+  std::size_t next_ = pool_.size();
+};
+
+}  // namespace staple
