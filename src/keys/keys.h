@@ -47,8 +47,8 @@ struct UsageDay {
   std::int64_t completion_tokens = 0;
 };
 
-// A new secret: "sk-staple-" followed by 43 characters of base62 (>= 256 bits from the operating
-// system's random source).
+// A new secret: "sk-staple-" followed by 43 characters of base62 (>= 256 bits from OpenSSL's
+// CSPRNG, common/secure_random.h).
 std::string GenerateSecret();
 // A new public id: "key_" + 16 hex digits (random).
 std::string GenerateId();
