@@ -653,6 +653,12 @@ std::optional<Error> NoMoreAttempts(const AsioCall& call, Clock::time_point tota
   return std::nullopt;
 }
 
+// Whether an attempt that failed ran out of the total deadline: then an answer an earlier
+// attempt got (a 429 or 5xx that was being retried) stands instead of the timeout.
+bool RanOutOfTime(const std::optional<Error>& failure, Clock::time_point total) {
+  return failure && failure->kind == ErrorKind::kTimeout && Clock::now() >= total;
+}
+
 // The coroutines take the client state by value: they never touch the AsioClient, which may be
 // destroyed while they run.
 net::awaitable<Result<Response>> SendWith(std::shared_ptr<AsioClientState> state, Request request) {
@@ -667,8 +673,12 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<AsioClientState> state
   if (!built) co_return built.error();
   http::request<http::string_body> message = std::move(built).value();
 
+  std::optional<Response> answered;  // the last answer of an attempt that was retried
   for (int attempt = 1;; ++attempt) {
-    if (auto stop = NoMoreAttempts(*call, total)) co_return *stop;
+    if (auto stop = NoMoreAttempts(*call, total)) {
+      if (answered && !call->cancelled()) co_return *std::move(answered);
+      co_return *stop;
+    }
     std::unique_ptr<Parser> parser;
     Limits limits{total, request.answer_at_once};
     const std::optional<std::uint64_t> body_limit = settings.max_response_bytes;
@@ -692,9 +702,18 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<AsioClientState> state
         call->Release(pools, state->origin->key, parser->keep_alive());
       }
     }
+    if (answered && RanOutOfTime(outcome.failure, total)) {
+      answered->attempts = attempt;
+      co_return *std::move(answered);
+    }
     if (auto wait = RetryWait(settings, attempt, request.retry, outcome, response.status,
                               response.headers)) {
       if (Clock::now() + *wait < total && !call->cancelled()) {
+        if (!outcome.failure) {
+          response.attempts = attempt;
+          response.elapsed = std::chrono::duration_cast<milliseconds>(Clock::now() - started);
+          answered = std::move(response);
+        }
         co_await call->Sleep(*wait);
         continue;
       }
@@ -788,12 +807,26 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
   if (!built) co_return built.error();
   http::request<http::string_body> message = std::move(built).value();
 
+  // The last answer of an attempt that was retried, its body unread, kept in case the next
+  // attempt runs out of time.
+  std::unique_ptr<Parser> answered;
+  std::unique_ptr<Connection> answered_on;
   for (int attempt = 1;; ++attempt) {
-    if (auto stop = NoMoreAttempts(*call, total)) co_return *stop;
     std::unique_ptr<Parser> parser;
-    Limits limits{total, false};
-    const std::optional<std::uint64_t> body_limit;  // a stream is read piece by piece
-    Outcome outcome = co_await Exchange(*call, *state, pools, message, parser, limits, body_limit);
+    Outcome outcome;
+    if (auto stop = NoMoreAttempts(*call, total)) {
+      outcome.failure = std::move(stop);
+    } else {
+      Limits limits{total, false};
+      const std::optional<std::uint64_t> body_limit;  // a stream is read piece by piece
+      outcome = co_await Exchange(*call, *state, pools, message, parser, limits, body_limit);
+    }
+    if (answered && !call->cancelled() && RanOutOfTime(outcome.failure, total)) {
+      call->connection = std::move(answered_on);
+      std::unique_ptr<Stream> stream = std::make_unique<AsioStream>(std::move(call), state, &pools,
+                                                                    std::move(answered), ends_at);
+      co_return stream;
+    }
     long status = 0;
     std::string content_type;
     Headers headers;
@@ -801,7 +834,10 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
     // Retries happen only here, before any body byte was handed out.
     if (auto wait = RetryWait(settings, attempt, request.retry, outcome, status, headers)) {
       if (Clock::now() + *wait < total && !call->cancelled()) {
-        call->connection.reset();  // the rest of that answer is not read
+        if (!outcome.failure) {
+          answered = std::move(parser);
+          answered_on = std::move(call->connection);
+        }
         co_await call->Sleep(*wait);
         continue;
       }

@@ -537,6 +537,43 @@ TEST(AsioClientTest, AHeadCutShortIsUnavailableAndNotRetried) {
   EXPECT_EQ(server.request_count(), 1);
 }
 
+// A 503 being retried stands when the retry runs out of the total deadline: the caller gets the
+// upstream's answer, not a gateway timeout. AsioClient only (libcurl's client returns the
+// timeout); OpeningAStreamIsBoundByTheTotalTimeout relies on it when its last retry starts late.
+TEST(AsioClientTest, ARetriedAnswerStandsWhenTheRetryRunsOutOfTime) {
+  std::atomic<int> calls{0};
+  TestServer server([&calls](SocketPtr socket, HttpRequest request) -> net::awaitable<bool> {
+    if (calls.fetch_add(1) % 2 == 1) co_return co_await Hang(socket, request);
+    co_await test::Write(socket, test::HttpResponse(503, R"({"error":"busy"})"));
+    co_return true;
+  });
+  Settings settings = TestSettings(server.base_url());
+  settings.total_timeout = 400ms;
+  settings.max_retries = 5;
+  AsioClient client(settings);
+  std::optional<Result<Response>> sent;
+  std::optional<Result<std::string>> streamed;
+  long stream_status = 0;
+  RunCoroutine([&]() -> net::awaitable<void> {
+    sent.emplace(co_await client.Send(Post()));
+    auto opened = co_await client.OpenStream(Post());
+    if (!opened.ok()) {
+      streamed.emplace(opened.error());
+      co_return;
+    }
+    stream_status = (*opened)->status();
+    streamed.emplace(co_await ReadAll(**opened));
+  });
+  ASSERT_TRUE(sent && sent->ok()) << Describe(sent);
+  EXPECT_EQ((*sent)->status, 503);
+  EXPECT_EQ((*sent)->body, R"({"error":"busy"})");
+  EXPECT_EQ((*sent)->attempts, 2);
+  ASSERT_TRUE(streamed && streamed->ok()) << Describe(streamed);
+  EXPECT_EQ(stream_status, 503);
+  EXPECT_EQ(**streamed, R"({"error":"busy"})");
+  EXPECT_EQ(server.request_count(), 4);
+}
+
 TYPED_TEST(ClientContractTest, StalledBodyHitsTheTotalTimeout) {
   TestServer server([](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
     co_await test::Write(socket,
