@@ -32,7 +32,9 @@ struct AsioClientState;
 // certificate, SNI; TLS 1.2 or later.
 //
 // Deadlines, retries, lifetime and shutdown: as CurlClient documents them (curl_client.h), with
-// connect_timeout covering connect and the TLS handshake. A stream reads only when Next() is
+// connect_timeout covering connect and the TLS handshake, and one difference: when a retry of a
+// 429 or 5xx runs out of the total deadline, that earlier answer is returned (for a stream, with
+// its body unread until then), not a timeout. A stream reads only when Next() is
 // awaited, so a slow reader holds the upstream back through TCP flow control and
 // Settings::stream_buffer_bytes does not apply.
 //
