@@ -102,14 +102,6 @@ std::shared_ptr<ssl::context> MakeTlsContext() {
 
 std::string Ms(milliseconds duration) { return std::to_string(duration.count()) + " ms"; }
 
-std::string ToLower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
-
 // One connection to an origin, plain or TLS, with the bytes read but not parsed yet.
 class Connection {
  public:
@@ -574,7 +566,7 @@ void ReadHead(const http::response_header<>& head, long& status, std::string& co
   content_type = std::string(View(head[http::field::content_type]));
   headers.clear();
   for (const auto& field : head) {
-    headers.emplace_back(ToLower(View(field.name_string())), std::string(View(field.value())));
+    headers.emplace_back(ToLowerAscii(View(field.name_string())), std::string(View(field.value())));
   }
 }
 
@@ -727,15 +719,18 @@ net::awaitable<Result<Response>> SendWith(std::shared_ptr<AsioClientState> state
 
 class AsioStream final : public Stream {
  public:
+  // `status`, `content_type` and `headers`: the head `parser` read (ReadHead).
   AsioStream(std::shared_ptr<AsioCall> call, std::shared_ptr<const AsioClientState> state,
-             ConnectionPools* pools, std::unique_ptr<Parser> parser, Clock::time_point ends_at)
+             ConnectionPools* pools, std::unique_ptr<Parser> parser, Clock::time_point ends_at,
+             long status, std::string content_type, Headers headers)
       : call_(std::move(call)),
         state_(std::move(state)),
         pools_(pools),
         parser_(std::move(parser)),
-        ends_at_(ends_at) {
-    ReadHead(parser_->get(), status_, content_type_, headers_);
-  }
+        ends_at_(ends_at),
+        status_(status),
+        content_type_(std::move(content_type)),
+        headers_(std::move(headers)) {}
 
   long status() const override { return status_; }
   const std::string& content_type() const override { return content_type_; }
@@ -823,8 +818,13 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
     }
     if (answered && !call->cancelled() && RanOutOfTime(outcome.failure, total)) {
       call->connection = std::move(answered_on);
-      std::unique_ptr<Stream> stream = std::make_unique<AsioStream>(std::move(call), state, &pools,
-                                                                    std::move(answered), ends_at);
+      long status = 0;
+      std::string content_type;
+      Headers headers;
+      ReadHead(answered->get(), status, content_type, headers);
+      std::unique_ptr<Stream> stream =
+          std::make_unique<AsioStream>(std::move(call), state, &pools, std::move(answered), ends_at,
+                                       status, std::move(content_type), std::move(headers));
       co_return stream;
     }
     long status = 0;
@@ -844,7 +844,8 @@ net::awaitable<Result<std::unique_ptr<Stream>>> OpenStreamWith(
     }
     if (outcome.failure) co_return *outcome.failure;
     std::unique_ptr<Stream> stream =
-        std::make_unique<AsioStream>(std::move(call), state, &pools, std::move(parser), ends_at);
+        std::make_unique<AsioStream>(std::move(call), state, &pools, std::move(parser), ends_at,
+                                     status, std::move(content_type), std::move(headers));
     co_return stream;
   }
 }

@@ -55,19 +55,6 @@ class EasyHandlePool {
 // Transfers are created and destroyed on their io_context's thread.
 thread_local EasyHandlePool t_easy_handles;
 
-char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-std::string ToLower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(), Lower);
-  return out;
-}
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
-                                            [](char x, char y) { return Lower(x) == Lower(y); });
-}
-
 std::string_view Trim(std::string_view text) {
   while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
   while (!text.empty() && (text.back() == ' ' || text.back() == '\t' || text.back() == '\r' ||
@@ -284,7 +271,7 @@ std::size_t CurlTransfer::OnHeader(std::string_view raw) {
   }
   const auto colon = line.find(':');
   if (colon == std::string_view::npos) return raw.size();
-  std::string name = ToLower(Trim(line.substr(0, colon)));
+  std::string name = ToLowerAscii(Trim(line.substr(0, colon)));
   std::string value(Trim(line.substr(colon + 1)));
   if (name == "content-type") content_type_ = value;
   headers_.emplace_back(std::move(name), std::move(value));

@@ -9,11 +9,6 @@ namespace {
 
 char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
-                                            [](char x, char y) { return Lower(x) == Lower(y); });
-}
-
 // A header name is an HTTP token; a value must not end the line early (no header injection).
 bool ValidHeader(std::string_view name, std::string_view value) {
   if (name.empty()) return false;
@@ -31,6 +26,17 @@ bool ValidMethod(std::string_view method) {
 }
 
 }  // namespace
+
+std::string ToLowerAscii(std::string_view text) {
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(), Lower);
+  return out;
+}
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [](char x, char y) { return Lower(x) == Lower(y); });
+}
 
 const std::string& UserAgent() {
   static const std::string user_agent = std::string("staple/") + observe::BuildVersion();

@@ -20,6 +20,10 @@ const std::string& UserAgent();
 // GET or HEAD with a body, a header name that is not an HTTP token or a value with CR, LF or NUL.
 Result<Headers> RequestHeaders(const Settings& settings, const Request& request, bool stream);
 
+// ASCII lower case (header names as Response::headers holds them).
+std::string ToLowerAscii(std::string_view text);
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+
 // Replaces every occurrence of `secret` in `text` (no effect for an empty secret).
 std::string Redact(std::string text, std::string_view secret);
 

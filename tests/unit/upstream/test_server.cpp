@@ -47,6 +47,8 @@ HttpRequest ParseHead(std::string_view head) {
   return request;
 }
 
+}  // namespace
+
 void ReportException(std::exception_ptr error) {
   if (!error) return;
   try {
@@ -55,8 +57,6 @@ void ReportException(std::exception_ptr error) {
     ADD_FAILURE() << "test server: " << e.what();
   }
 }
-
-}  // namespace
 
 std::optional<std::string> HttpRequest::Header(std::string_view name) const {
   for (const auto& [key, value] : headers) {

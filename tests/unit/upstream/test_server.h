@@ -79,6 +79,9 @@ net::awaitable<void> Sleep(std::chrono::milliseconds duration);
 // passes (false).
 net::awaitable<bool> WaitForPeerClose(SocketPtr socket, std::chrono::milliseconds limit);
 
+// A completion handler for co_spawn: an exception of a server coroutine fails the test.
+void ReportException(std::exception_ptr error);
+
 // A loopback port that nothing listens on (bound, then released).
 std::uint16_t UnusedPort();
 

@@ -10,6 +10,8 @@
 #include <memory>
 #include <stdexcept>
 
+#include "test_server.h"
+
 namespace staple::upstream::test {
 namespace {
 
@@ -40,15 +42,6 @@ void AddExtension(X509* certificate, int nid, const std::string& value) {
       X509V3_EXT_conf_nid(nullptr, &context, nid, value.c_str()));
   Check(extension != nullptr, "X509V3_EXT_conf_nid");
   Check(X509_add_ext(certificate, extension.get(), -1) == 1, "X509_add_ext");
-}
-
-void ReportException(std::exception_ptr error) {
-  if (!error) return;
-  try {
-    std::rethrow_exception(error);
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "TLS test server: " << e.what();
-  }
 }
 
 }  // namespace
