@@ -47,7 +47,7 @@ net::awaitable<http::Response> ListConversationMessages(store::ConversationStore
 net::awaitable<http::Response> DeleteConversationMessages(store::ConversationStore& store,
                                                           std::string owner, std::string user_id);
 
-// A new conversation id: a lower-case RFC 4122 version-4 UUID.
+// A new conversation id: a lower-case RFC 9562 version-7 UUID (time-ordered, 74 random bits).
 std::string NewUserId();
 
 // The value of `key` in a query string, not decoded (ids and numbers only); std::nullopt when

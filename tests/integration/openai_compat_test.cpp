@@ -76,7 +76,7 @@ TEST_F(OpenAICompatTest, TurnIsLoggedUnderAGeneratedConversationId) {
   HttpResponse response = Chat(*staple, json{{"model", "m"}, {"messages", UserMessage("hi")}});
   ASSERT_EQ(response.status, 200) << response.body;
   const std::string id = response.Header("X-Staple-Conversation").value_or("");
-  EXPECT_TRUE(IsUuidV4(id)) << id;
+  EXPECT_TRUE(IsUuidV7(id)) << id;
   json stored = StoredMessages(*staple, id);
   ASSERT_EQ(stored.size(), 2u) << stored.dump();
   EXPECT_EQ(stored[0]["role"], "user");

@@ -273,7 +273,7 @@ TEST_F(SeedStreamTest, StreamsDeltasThenTheCompletionThenDone) {
   json final_event = json::parse(data[4]);
   EXPECT_EQ(final_event["completion"], "echo(1): tell me");
   const std::string user_id = final_event.value("user_id", "");
-  EXPECT_TRUE(IsUuidV4(user_id)) << user_id;
+  EXPECT_TRUE(IsUuidV7(user_id)) << user_id;
   EXPECT_EQ(data[5], "[DONE]");
 
   // Committed before the final event went out: visible at once.

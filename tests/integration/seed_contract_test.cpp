@@ -42,7 +42,7 @@ TEST_F(SeedContractTest, ReadmeCurlExamplesWorkAsWritten) {
   ASSERT_TRUE(answer.is_object()) << first;
   ASSERT_TRUE(answer.contains("user_id") && answer["user_id"].is_string()) << first;
   const std::string user_id = answer["user_id"];
-  EXPECT_TRUE(IsUuidV4(user_id)) << user_id;
+  EXPECT_TRUE(IsUuidV7(user_id)) << user_id;
   EXPECT_EQ(answer.value("completion", ""), "echo(1): Hello, how are you?");
 
   // "Example: Continuing the Conversation" with the user_id returned above.
@@ -62,14 +62,14 @@ TEST_F(SeedContractTest, ReadmeCurlExamplesWorkAsWritten) {
   EXPECT_EQ(LastUpstreamMessages(), expected);
 }
 
-TEST_F(SeedContractTest, NewConversationsGetDistinctUuidV4) {
+TEST_F(SeedContractTest, NewConversationsGetDistinctUuidV7) {
   auto staple = StartStaple();
   json a = Turn(*staple, "first");
   json b = Turn(*staple, "second");
   ASSERT_FALSE(a.empty());
   ASSERT_FALSE(b.empty());
-  EXPECT_TRUE(IsUuidV4(a["user_id"])) << a["user_id"];
-  EXPECT_TRUE(IsUuidV4(b["user_id"])) << b["user_id"];
+  EXPECT_TRUE(IsUuidV7(a["user_id"])) << a["user_id"];
+  EXPECT_TRUE(IsUuidV7(b["user_id"])) << b["user_id"];
   EXPECT_NE(a["user_id"], b["user_id"]);
   EXPECT_EQ(a["completion"], "echo(1): first");
   EXPECT_EQ(b["completion"], "echo(1): second");

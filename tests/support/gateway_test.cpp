@@ -57,9 +57,9 @@ double MetricIn(const std::string& text, const std::string& name) {
   return -1;
 }
 
-bool IsUuidV4(const std::string& text) {
+bool IsUuidV7(const std::string& text) {
   static const std::regex pattern(
-      "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$");
+      "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$");
   return std::regex_match(text, pattern);
 }
 

@@ -50,8 +50,9 @@ class GatewayTest : public ::testing::Test {
   HttpClient client_;
 };
 
-// A lower-case RFC 4122 version-4 UUID (8-4-4-4-12 hex digits, version nibble 4, variant 8-b).
-bool IsUuidV4(const std::string& text);
+// A lower-case RFC 9562 version-7 UUID (8-4-4-4-12 hex digits, version nibble 7, variant 8-b):
+// the conversation ids Staple makes (api::NewUserId).
+bool IsUuidV7(const std::string& text);
 
 // 'YYYY-MM-DD HH:MM:SS.ffffff'.
 bool IsSeedTimestamp(const std::string& text);
