@@ -44,6 +44,27 @@ TEST(StorableText, EachMaximalInvalidSubpartBecomesOneReplacement) {
   EXPECT_EQ(ToStorableText("ok\xE2\x82\xAC\xFFok"), "ok\xE2\x82\xAC" + kFffd + "ok");
 }
 
+// Plain ASCII is checked a word of 8 bytes at a time: a NUL, a stray byte or a sequence is found
+// wherever it sits relative to those words, and a sequence across two words is kept.
+TEST(StorableText, WhatBreaksTextIsFoundAtEveryOffset) {
+  for (std::size_t length = 1; length <= 40; ++length) {
+    for (std::size_t at = 0; at < length; ++at) {
+      std::string text(length, 'a');
+      text[at] = '\0';
+      EXPECT_FALSE(IsStorableText(text)) << "NUL at " << at << " of " << length;
+      EXPECT_EQ(ToStorableText(text).find('\0'), std::string::npos);
+      text[at] = '\x80';
+      EXPECT_FALSE(IsStorableText(text)) << "0x80 at " << at << " of " << length;
+      text[at] = '\xC3';  // a lead byte cut short (by 'a', or by the end)
+      EXPECT_FALSE(IsStorableText(text)) << "0xC3 at " << at << " of " << length;
+      std::string emoji(length, 'a');
+      emoji.insert(at, "\xF0\x9F\x98\x80");  // U+1F600, four bytes
+      EXPECT_TRUE(IsStorableText(emoji)) << "U+1F600 at " << at << " of " << length;
+      EXPECT_EQ(ToStorableText(emoji), emoji);
+    }
+  }
+}
+
 TEST(StorableText, MakeStorableFixesEveryTextField) {
   const std::string user_id("u\0", 2);
   const std::string request_id("r\xff");
