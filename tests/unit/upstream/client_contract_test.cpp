@@ -122,6 +122,16 @@ net::awaitable<Result<std::string>> ReadAll(Stream& stream) {
   }
 }
 
+// Opens a stream for Post() and reads it whole: its text, or the error that refused or ended it.
+// `status` (when given) gets the opened stream's status.
+template <typename ClientType>
+net::awaitable<Result<std::string>> StreamPost(ClientType& client, long* status = nullptr) {
+  auto opened = co_await client.OpenStream(Post());
+  if (!opened.ok()) co_return opened.error();
+  if (status != nullptr) *status = (*opened)->status();
+  co_return co_await ReadAll(**opened);
+}
+
 // The contract of upstream::Client (client.h), run against both implementations.
 template <typename ClientType>
 class ClientContractTest : public ::testing::Test {};
@@ -556,13 +566,7 @@ TEST(AsioClientTest, ARetriedAnswerStandsWhenTheRetryRunsOutOfTime) {
   long stream_status = 0;
   RunCoroutine([&]() -> net::awaitable<void> {
     sent.emplace(co_await client.Send(Post()));
-    auto opened = co_await client.OpenStream(Post());
-    if (!opened.ok()) {
-      streamed.emplace(opened.error());
-      co_return;
-    }
-    stream_status = (*opened)->status();
-    streamed.emplace(co_await ReadAll(**opened));
+    streamed.emplace(co_await StreamPost(client, &stream_status));
   });
   ASSERT_TRUE(sent && sent->ok()) << Describe(sent);
   EXPECT_EQ((*sent)->status, 503);
@@ -720,20 +724,16 @@ TYPED_TEST(ClientContractTest, InterimResponsesAreSkipped) {
   TypeParam client(TestSettings(server.base_url()));
   std::optional<Result<Response>> sent;
   std::optional<Result<std::string>> streamed;
+  long stream_status = 0;
   RunCoroutine([&]() -> net::awaitable<void> {
     sent.emplace(co_await client.Send(Post()));
-    auto opened = co_await client.OpenStream(Post());
-    if (!opened.ok()) {
-      streamed.emplace(opened.error());
-      co_return;
-    }
-    EXPECT_EQ((*opened)->status(), 200);
-    streamed.emplace(co_await ReadAll(**opened));
+    streamed.emplace(co_await StreamPost(client, &stream_status));
   });
   ASSERT_TRUE(sent && sent->ok()) << Describe(sent);
   EXPECT_EQ((*sent)->status, 200);
   EXPECT_EQ((*sent)->body, R"({"ok":true})");
   ASSERT_TRUE(streamed && streamed->ok()) << Describe(streamed);
+  EXPECT_EQ(stream_status, 200);
   EXPECT_EQ(**streamed, R"({"ok":true})");
 }
 
@@ -1245,12 +1245,7 @@ TEST_F(AsioTlsTest, ATrustedCertificateCarriesRequestsOverOneTlsConnection) {
   std::optional<Result<std::string>> streamed;
   RunCoroutine([&]() -> net::awaitable<void> {
     for (int i = 0; i < 2; ++i) sent.push_back(co_await client.Send(Post()));
-    auto opened = co_await client.OpenStream(Post());
-    if (!opened.ok()) {
-      streamed.emplace(opened.error());
-      co_return;
-    }
-    streamed.emplace(co_await ReadAll(**opened));
+    streamed.emplace(co_await StreamPost(client));
   });
   ASSERT_EQ(sent.size(), 2u);
   for (const auto& result : sent) {
