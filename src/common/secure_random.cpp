@@ -67,11 +67,9 @@ void SecureRandomBytes(unsigned char* out, std::size_t size) {
 }
 
 SecureRandomEngine::result_type SecureRandomEngine::operator()() {
-  if (next_ == pool_.size()) {
-    SecureRandomBytes(reinterpret_cast<unsigned char*>(pool_.data()), sizeof pool_);
-    next_ = 0;
-  }
-  return pool_[next_++];
+  result_type value = 0;
+  SecureRandomBytes(reinterpret_cast<unsigned char*>(&value), sizeof value);
+  return value;
 }
 
 }  // namespace staple

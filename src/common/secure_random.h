@@ -1,6 +1,5 @@
 #pragma once
 
-#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -17,8 +16,8 @@ namespace staple {
 void SecureRandomBytes(unsigned char* out, std::size_t size);
 
 // A UniformRandomNumberGenerator over SecureRandomBytes, for boost::uuids::basic_random_generator
-// (taken by reference: it needs no seeding). It draws 64 bytes at a time. Not thread-safe: one
-// per thread.
+// (taken by reference: it needs no seeding). Each value is 4 bytes of SecureRandomBytes, whose
+// per-thread bytes drawn ahead make that cheap.
 class SecureRandomEngine {
  public:
   using result_type = std::uint32_t;
@@ -26,10 +25,6 @@ class SecureRandomEngine {
   static constexpr result_type max() { return std::numeric_limits<result_type>::max(); }
 
   result_type operator()();
-
- private:
-  std::array<result_type, 16> pool_{};
-  std::size_t next_ = pool_.size();
 };
 
 }  // namespace staple

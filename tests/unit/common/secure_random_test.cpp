@@ -79,7 +79,7 @@ TEST(SecureRandomTest, TheEngineMakesDistinctVersion4Uuids) {
   SecureRandomEngine engine;
   boost::uuids::basic_random_generator<SecureRandomEngine> generate(engine);
   std::set<std::string> seen;
-  for (int i = 0; i < 1000; ++i) {  // many more than one 64-byte draw of the engine
+  for (int i = 0; i < 1000; ++i) {  // many more bytes than one refill of the 512 drawn ahead
     const auto id = generate();
     EXPECT_EQ(id.version(), boost::uuids::uuid::version_random_number_based);
     EXPECT_EQ(id.variant(), boost::uuids::uuid::variant_rfc_4122);
