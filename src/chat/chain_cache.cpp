@@ -114,8 +114,7 @@ std::size_t ChainCache::BytesOf(const std::string& key, const responses::StoredC
   std::size_t bytes = kEntryOverhead + sizeof(responses::StoredContext) + 2 * HeapBytes(key) +
                       chain.items.capacity() * sizeof(responses::ContextItem);
   for (const responses::ContextItem& item : chain.items) {
-    bytes += HeapBytes(item.role) + HeapBytes(item.text) + HeapBytes(item.call_id) +
-             HeapBytes(item.name) + HeapBytes(item.arguments);
+    bytes += HeapBytes(item.role) + HeapBytes(item.chat_json);
   }
   return bytes;
 }

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "chat/sax_scan.h"
+#include "common/json_text.h"
 #include "common/secure_random.h"
 
 namespace staple::chat::responses {
@@ -48,6 +49,9 @@ const Json* Given(const Json& object, const char* key) {
   if (it == object.end() || it->is_null()) return nullptr;
   return &*it;
 }
+
+// `text` as a JSON string, appended to `out`.
+void AppendJsonString(std::string& out, std::string_view text) { AppendJsonText(out, Json(text)); }
 
 // A string member, "" when it is absent or not a string. Stored items were normalized when they
 // were stored, but a store's record is not trusted to the point of undefined behaviour.
@@ -213,39 +217,78 @@ std::optional<RequestError> NormalizeFunctionCallOutput(const Json& item, const 
   return std::nullopt;
 }
 
-// Appends the chat message(s) of an item; an item of another type adds nothing.
-void AppendChatMessages(const ContextItem& item, Json& messages) {
-  switch (item.kind) {
-    case ContextItem::Kind::kMessage: {
-      // "developer" is OpenAI's newer name for "system"; not every Chat Completions upstream
-      // knows it.
-      const std::string& role = item.role == "developer" ? std::string("system") : item.role;
-      messages.push_back({{"role", role}, {"content", item.text}});
-      break;
-    }
-    case ContextItem::Kind::kFunctionCall: {
-      Json call = {{"id", item.call_id},
-                   {"type", "function"},
-                   {"function", {{"name", item.name}, {"arguments", item.arguments}}}};
-      // Calls made in one answer travel in one assistant message, after its text if it had any.
-      if (!messages.empty() && messages.back()["role"] == "assistant") {
-        auto& last = messages.back();
-        if (!last.contains("tool_calls")) last["tool_calls"] = Json::array();
-        last["tool_calls"].push_back(std::move(call));
-      } else {
-        messages.push_back(
-            {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", Json::array({call})}});
-      }
-      break;
-    }
-    case ContextItem::Kind::kFunctionCallOutput:
-      messages.push_back(
-          {{"role", "tool"}, {"tool_call_id", item.call_id}, {"content", item.text}});
-      break;
-    case ContextItem::Kind::kOther:
-      break;
+// The chat messages of a request body, written as text from ContextItems' chat_json. A message
+// stays open (its closing brace not written) until the next item: function calls join a directly
+// preceding assistant message as its `tool_calls`, and consecutive calls share one message.
+class ChatMessagesWriter {
+ public:
+  explicit ChatMessagesWriter(std::string& out) : out_(out) {}
+
+  // A "system" message of its own (the request's instructions).
+  void AddSystem(const std::string& text) {
+    Next();
+    out_ += "{\"role\":\"system\",\"content\":";
+    AppendJsonString(out_, text);
+    open_ = Open::kMessage;
+    tokens_ += EstimateMessageTokens(text);
   }
-}
+
+  // The chat message(s) of an item; an item of another type adds nothing.
+  void Add(const ContextItem& item) {
+    switch (item.kind) {
+      case ContextItem::Kind::kMessage:
+      case ContextItem::Kind::kFunctionCallOutput:
+        Next();
+        out_ += item.chat_json;
+        open_ = item.kind == ContextItem::Kind::kMessage && item.role == "assistant"
+                    ? Open::kAssistant
+                    : Open::kMessage;
+        tokens_ += EstimateMessageTokens(item.text_bytes);
+        break;
+      case ContextItem::Kind::kFunctionCall:
+        if (open_ == Open::kToolCalls) {
+          out_ += ',';
+        } else if (open_ == Open::kAssistant) {
+          out_ += ",\"tool_calls\":[";
+        } else {
+          Next();
+          out_ += "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[";
+          tokens_ += EstimateMessageTokens(std::size_t{0});
+        }
+        out_ += item.chat_json;
+        open_ = Open::kToolCalls;
+        break;
+      case ContextItem::Kind::kOther:
+        break;
+    }
+  }
+
+  // Closes the last message.
+  void Finish() { CloseOpen(); }
+
+  // EstimateMessageTokens of every message written: EstimatePromptTokens without the priming.
+  std::uint64_t tokens() const { return tokens_; }
+
+ private:
+  enum class Open : std::uint8_t { kNone, kMessage, kAssistant, kToolCalls };
+
+  // Closes the open message and starts the next one's place in the array.
+  void Next() {
+    if (open_ != Open::kNone) {
+      CloseOpen();
+      out_ += ',';
+    }
+  }
+  void CloseOpen() {
+    if (open_ == Open::kToolCalls) out_ += ']';
+    if (open_ != Open::kNone) out_ += '}';
+    open_ = Open::kNone;
+  }
+
+  std::string& out_;
+  Open open_ = Open::kNone;
+  std::uint64_t tokens_ = 0;
+};
 
 // ---- ContextItem from an item's JSON text, in one pass ----
 
@@ -262,22 +305,36 @@ struct ItemFields {
 
 ContextItem MakeContextItem(ItemFields fields) {
   ContextItem item;
+  std::string& json = item.chat_json;
   if (fields.type == "message") {
     item.kind = ContextItem::Kind::kMessage;
+    item.chars = CountChars(fields.content_text);
+    item.text_bytes = fields.content_text.size();
+    // "developer" is OpenAI's newer name for "system"; not every Chat Completions upstream
+    // knows it.
+    json = "{\"role\":";
+    AppendJsonString(json, fields.role == "developer" ? std::string_view("system") : fields.role);
+    json += ",\"content\":";
+    AppendJsonString(json, fields.content_text);
     item.role = std::move(fields.role);
-    item.text = std::move(fields.content_text);
-    item.chars = CountChars(item.text);
   } else if (fields.type == "function_call") {
     item.kind = ContextItem::Kind::kFunctionCall;
-    item.call_id = std::move(fields.call_id);
-    item.name = std::move(fields.name);
-    item.arguments = std::move(fields.arguments);
-    item.chars = CountChars(item.name) + CountChars(item.arguments);
+    item.chars = CountChars(fields.name) + CountChars(fields.arguments);
+    json = "{\"id\":";
+    AppendJsonString(json, fields.call_id);
+    json += ",\"type\":\"function\",\"function\":{\"name\":";
+    AppendJsonString(json, fields.name);
+    json += ",\"arguments\":";
+    AppendJsonString(json, fields.arguments);
+    json += "}}";
   } else if (fields.type == "function_call_output") {
     item.kind = ContextItem::Kind::kFunctionCallOutput;
-    item.call_id = std::move(fields.call_id);
-    item.text = std::move(fields.output);
-    item.chars = CountChars(item.text);
+    item.chars = CountChars(fields.output);
+    item.text_bytes = fields.output.size();
+    json = "{\"role\":\"tool\",\"tool_call_id\":";
+    AppendJsonString(json, fields.call_id);
+    json += ",\"content\":";
+    AppendJsonString(json, fields.output);
   }
   return item;
 }
@@ -866,21 +923,32 @@ std::size_t ContextStart(std::span<const ContextItem> context, const Json& input
 
 std::string BuildChatBody(const ResponsesRequest& request, std::span<const ContextItem> context,
                           std::size_t context_start, bool stream, TokenEstimate& estimate) {
-  Json body = {{"model", request.model}};
-  Json messages = Json::array();
-  if (request.instructions && !request.instructions->empty()) {
-    messages.push_back({{"role", "system"}, {"content", *request.instructions}});
-  }
+  // The model and the messages are written as text (the context items' chat_json as they are),
+  // the other members as a tree, dumped after them: the same text as dumping one tree.
+  std::size_t size = 64 + request.model.size();
   for (std::size_t i = context_start; i < context.size(); ++i) {
-    AppendChatMessages(context[i], messages);
+    size += context[i].chat_json.size() + 32;
   }
-  for (const auto& item : request.input) AppendChatMessages(ContextItemOf(item), messages);
-  estimate.prompt = EstimatePromptTokens(messages);
+  std::string out;
+  out.reserve(size);
+  out += "{\"model\":";
+  AppendJsonString(out, request.model);
+  out += ",\"messages\":[";
+  ChatMessagesWriter messages(out);
+  if (request.instructions && !request.instructions->empty()) {
+    messages.AddSystem(*request.instructions);
+  }
+  for (std::size_t i = context_start; i < context.size(); ++i) messages.Add(context[i]);
+  for (const auto& item : request.input) messages.Add(ContextItemOf(item));
+  messages.Finish();
+  out += ']';
+  estimate.prompt = kReplyPrimingTokens + messages.tokens();
   estimate.max_completion.reset();
   if (request.max_output_tokens) {
     estimate.max_completion = static_cast<std::uint64_t>(*request.max_output_tokens);
   }
-  body["messages"] = std::move(messages);
+
+  Json body = Json::object();
 
   // OpenAI refuses tool_choice and parallel_tool_calls without tools.
   if (!request.tools.empty()) {
@@ -917,7 +985,14 @@ std::string BuildChatBody(const ResponsesRequest& request, std::span<const Conte
     body["stream"] = true;
     body["stream_options"] = {{"include_usage", true}};
   }
-  return body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  if (body.empty()) {
+    out += '}';
+  } else {
+    const std::string rest = JsonText(body);
+    out += ',';
+    out.append(rest, 1);  // without its opening brace
+  }
+  return out;
 }
 
 Result<ResponseOutput> ReadChatCompletion(std::string_view body) {
@@ -1009,13 +1084,6 @@ Json ResponseObject(const ResponsesRequest& request, std::string_view id, std::i
 
 namespace {
 
-// `value` as dump() writes it, appended to `out`.
-void AppendJson(std::string& out, const Json& value) {
-  out += value.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
-void AppendJsonString(std::string& out, std::string_view text) { AppendJson(out, Json(text)); }
-
 // `text` as a JSON string, or null when there is none.
 void AppendStringOrNull(std::string& out, const std::string* text) {
   if (text != nullptr) {
@@ -1051,7 +1119,7 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   AppendJsonString(out, started ? std::string_view("in_progress") : output->status);
   out += ",\"error\":null";
   AppendKey(out, "incomplete_details");
-  AppendJson(out, started ? Json(nullptr) : output->incomplete_details);
+  AppendJsonText(out, started ? Json(nullptr) : output->incomplete_details);
   AppendKey(out, "instructions");
   AppendStringOrNull(out, request.instructions ? &*request.instructions : nullptr);
   AppendKey(out, "max_output_tokens");
@@ -1063,7 +1131,7 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   if (started) {
     out += "[]";
   } else {
-    AppendJson(out, output->output);
+    AppendJsonText(out, output->output);
   }
   AppendKey(out, "parallel_tool_calls");
   out += request.parallel_tool_calls.value_or(true) ? "true" : "false";
@@ -1081,23 +1149,23 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   AppendKey(out, "store");
   out += request.store ? "true" : "false";
   AppendKey(out, "temperature");
-  AppendJson(out, Json(request.temperature.value_or(1.0)));
+  AppendJsonText(out, Json(request.temperature.value_or(1.0)));
   AppendKey(out, "text");
-  AppendJson(out, request.text);
+  AppendJsonText(out, request.text);
   AppendKey(out, "tool_choice");
-  AppendJson(out, request.tool_choice);
+  AppendJsonText(out, request.tool_choice);
   AppendKey(out, "tools");
-  AppendJson(out, request.tools);
+  AppendJsonText(out, request.tools);
   AppendKey(out, "top_p");
-  AppendJson(out, Json(request.top_p.value_or(1.0)));
+  AppendJsonText(out, Json(request.top_p.value_or(1.0)));
   AppendKey(out, "truncation");
   out += request.truncation_auto ? "\"auto\"" : "\"disabled\"";
   AppendKey(out, "usage");
-  AppendJson(out, started ? Json(nullptr) : Usage(*output));
+  AppendJsonText(out, started ? Json(nullptr) : Usage(*output));
   AppendKey(out, "user");
   AppendStringOrNull(out, UnlessEmpty(request.user));
   AppendKey(out, "metadata");
-  AppendJson(out, request.metadata);
+  AppendJsonText(out, request.metadata);
   out += '}';
   return out;
 }
@@ -1112,7 +1180,7 @@ std::string ResponseEventStream::Event(std::string_view type, Json payload) {
   std::string text = "event: ";
   text += type;
   text += "\ndata: ";
-  text += event.dump(-1, ' ', false, Json::error_handler_t::replace);
+  AppendJsonText(text, event);
   text += "\n\n";
   return text;
 }

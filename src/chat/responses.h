@@ -102,17 +102,25 @@ std::optional<RequestError> ParseResponsesRequest(std::string_view body, Respons
 // What the history window and the upstream body need of one item of NormalizeItems' shape, read
 // once. A stored context is read into these straight from the items' JSON texts (ReadContextItem:
 // one pass, no JSON tree), which is most of what a chained request costs outside the database.
+// The item's texts are kept only as the chat message they make (chat_json): a chain's items are
+// kept in memory (ChainCache) and copied into the next response's chain.
 struct ContextItem {
   enum class Kind : std::uint8_t { kOther, kMessage, kFunctionCall, kFunctionCallOutput };
-  Kind kind = Kind::kOther;  // from "type"; kOther for any other type (it adds no chat message)
-  std::string role;          // a message's
-  std::string text;          // a message's parts' `text` and `refusal` joined; a function call
-                             // output's `output`
-  std::string call_id;       // a function call's or function call output's
-  std::string name;          // a function call's
-  std::string arguments;     // a function call's
-  std::size_t chars = 0;     // characters the history window counts: `text`, or for a function
-                             // call `name` and `arguments`
+  Kind kind = Kind::kOther;    // from "type"; kOther for any other type (it adds no chat message)
+  std::string role;            // a message's
+  std::size_t chars = 0;       // characters the history window counts: a message's text (its
+                               // parts' `text` and `refusal` joined), a function call output's
+                               // `output`, a function call's `name` and `arguments`
+  std::size_t text_bytes = 0;  // bytes of a message's text or a function call output's `output`
+                               // (the prompt token estimate counts them)
+  // The item as Chat Completions JSON text, serialized once (BuildChatBody joins these instead of
+  // serializing a chained request's whole context again): for a message, its chat message
+  // (`{"role":…,"content":…`, role "developer" as "system") and for a function call output its
+  // "tool" message (`{"role":"tool","tool_call_id":…,"content":…`), both without the closing
+  // brace (function calls after an assistant message join it as its `tool_calls`); for a
+  // function call, its tool call object (`{"id":…,"type":"function","function":{"name":…,
+  // "arguments":…}}`); "" for kOther.
+  std::string chat_json;
   bool operator==(const ContextItem&) const = default;
 };
 

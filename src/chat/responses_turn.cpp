@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "common/json_text.h"
+
 namespace staple::chat {
 
 using responses::Json;
@@ -17,7 +19,7 @@ std::vector<store::ItemToStore> ItemsToStore(const Json& items) {
     if (auto id = item.find("id"); id != item.end() && id->is_string()) {
       one.id = id->get<std::string>();
     }
-    one.json = item.dump(-1, ' ', false, Json::error_handler_t::replace);
+    one.json = JsonText(item);
     stored.push_back(std::move(one));
   }
   return stored;

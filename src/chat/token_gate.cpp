@@ -12,7 +12,11 @@ constexpr std::uint64_t kTokensPerMessage = 4;
 std::uint64_t EstimateTextTokens(std::string_view text) { return (text.size() + 3) / 4; }
 
 std::uint64_t EstimateMessageTokens(std::string_view text) {
-  return kTokensPerMessage + EstimateTextTokens(text);
+  return EstimateMessageTokens(text.size());
+}
+
+std::uint64_t EstimateMessageTokens(std::size_t text_bytes) {
+  return kTokensPerMessage + (text_bytes + 3) / 4;
 }
 
 std::uint64_t EstimatePromptTokens(const std::vector<ChatMessage>& messages) {

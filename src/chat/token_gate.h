@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -39,6 +40,8 @@ std::uint64_t EstimateTextTokens(std::string_view text);
 inline constexpr std::uint64_t kReplyPrimingTokens = 3;
 // Estimated tokens of one message of a prompt: its text plus 4 tokens of framing.
 std::uint64_t EstimateMessageTokens(std::string_view text);
+// The same for a message whose text is `text_bytes` long.
+std::uint64_t EstimateMessageTokens(std::size_t text_bytes);
 
 // Estimated prompt tokens of messages as the upstream counts them: each message's text plus 4
 // tokens of framing, plus 3 that prime the reply.

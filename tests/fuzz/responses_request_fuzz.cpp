@@ -53,6 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto body = responses::BuildChatBody(parsed, context, start, parsed.stream, estimate);
   const auto tree = nlohmann::ordered_json::parse(body, nullptr, false);
   FUZZ_CHECK(tree.is_object());
+  // Written as text, the body is what dumping its tree gives.
+  FUZZ_CHECK(body == tree.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
   FUZZ_CHECK(tree.contains("messages") && tree["messages"].is_array());
   FUZZ_CHECK(tree["model"] == parsed.model);
   FUZZ_CHECK(estimate.prompt >= staple::chat::kReplyPrimingTokens);

@@ -24,12 +24,10 @@ using std::chrono::steady_clock;
 using testing::ElementsAre;
 
 ContextItem Message(const std::string& role, const std::string& text) {
-  ContextItem item;
-  item.kind = ContextItem::Kind::kMessage;
-  item.role = role;
-  item.text = text;
-  item.chars = text.size();
-  return item;
+  return responses::ContextItemOf(
+      {{"type", "message"},
+       {"role", role},
+       {"content", responses::Json::array({{{"type", "input_text"}, {"text", text}}})}});
 }
 
 ChainCache::Chain ChainOf(std::vector<ContextItem> items, bool has_more = false) {
@@ -41,7 +39,11 @@ ChainCache::Chain ChainOf(std::vector<ContextItem> items, bool has_more = false)
 
 std::vector<std::string> Texts(const StoredContext& chain) {
   std::vector<std::string> texts;
-  for (const ContextItem& item : chain.items) texts.push_back(item.role + ":" + item.text);
+  for (const ContextItem& item : chain.items) {
+    // A message's chat_json is its chat message without the closing brace.
+    const auto message = responses::Json::parse(item.chat_json + "}");
+    texts.push_back(item.role + ":" + message["content"].get<std::string>());
+  }
   return texts;
 }
 

@@ -349,15 +349,24 @@ TEST(ReadContextItemTest, ReadsWhatTheTreeGivesForEveryShape) {
   }
   // Spot checks of what the two agree on.
   const auto mixed = ReadContextItem(texts[5]);
-  EXPECT_EQ(mixed->text, "tr");
+  EXPECT_EQ(mixed->chat_json, R"({"role":"assistant","content":"tr")");
   EXPECT_EQ(mixed->chars, 2U);
+  EXPECT_EQ(mixed->text_bytes, 2U);
   const auto repeated = ReadContextItem(texts[6]);
   EXPECT_EQ(repeated->role, "system");
-  EXPECT_EQ(repeated->text, "c");
+  EXPECT_EQ(repeated->chat_json, R"({"role":"system","content":"c")");
   const auto call = ReadContextItem(texts[2]);
   EXPECT_EQ(call->kind, ContextItem::Kind::kFunctionCall);
   EXPECT_EQ(call->chars, 7U + 16U);
-  EXPECT_EQ(ReadContextItem(texts[4])->chars, 6U);  // "café 😀"
+  EXPECT_EQ(call->chat_json, R"({"id":"call_1","type":"function","function":{"name":"weather",)"
+                             R"("arguments":"{\"city\":\"Paris\"}"}})");
+  EXPECT_EQ(ReadContextItem(texts[3])->chat_json,
+            R"({"role":"tool","tool_call_id":"call_1","content":"sun")");
+  const auto developer = ReadContextItem(texts[4]);
+  EXPECT_EQ(developer->chars, 6U);        // "café 😀"
+  EXPECT_EQ(developer->text_bytes, 10U);  // "café" 5 bytes, a space, "😀" 4
+  EXPECT_EQ(developer->role, "developer");
+  EXPECT_EQ(developer->chat_json, "{\"role\":\"system\",\"content\":\"caf\u00e9 \U0001F600\"");
 }
 
 TEST(ReadContextItemTest, TextsThatAreNoObjectGiveNothing) {
@@ -547,6 +556,51 @@ TEST(BuildChatBodyTest, MalformedStoredItemsAddNothing) {
   const auto body = Json::parse(BuildChatBody(request, context, 0, false, estimate));
   EXPECT_EQ(body["messages"], Json::parse(R"([{"role":"user","content":""},
                                               {"role":"user","content":"hi"}])"));
+}
+
+// The body is written as text from the items' chat_json: it must be exactly what dumping one
+// tree gives (compact, members in order), with calls joining the assistant message before them
+// across the boundary between stored context and new input.
+TEST(BuildChatBodyTest, WritesTheTextOfOneTreeDump) {
+  auto request = Parse(R"({"model": "m\u00e9", "instructions": "say \"hi\"\n",
+    "input": [{"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{\"q\":\"\\u00e9\"}"},
+              {"type": "function_call_output", "call_id": "c2", "output": "tab\there"},
+              {"role": "developer", "content": "dev \u2603"}],
+    "tools": [{"type": "function", "name": "g"}], "temperature": 0.5})");
+  const auto context =
+      Stored({UserItem("q \"1\""), AssistantItem("a1\n"), CallItem("c1", "{}"),
+              OutputItem("c1", "\u00fcber"), Json::parse(R"({"type":"reasoning","summary":[]})"),
+              AssistantItem("a2")});
+  for (const bool stream : {false, true}) {
+    TokenEstimate estimate;
+    const std::string text = BuildChatBody(request, context, 0, stream, estimate);
+    const auto body = Json::parse(text);
+    EXPECT_EQ(text, body.dump()) << text;
+    const auto expected_messages = Json::parse(R"([
+      {"role": "system", "content": "say \"hi\"\n"},
+      {"role": "user", "content": "q \"1\""},
+      {"role": "assistant", "content": "a1\n", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "\u00fcber"},
+      {"role": "assistant", "content": "a2", "tool_calls": [
+        {"id": "c2", "type": "function",
+         "function": {"name": "g", "arguments": "{\"q\":\"\\u00e9\"}"}}]},
+      {"role": "tool", "tool_call_id": "c2", "content": "tab\there"},
+      {"role": "system", "content": "dev \u2603"}])");
+    EXPECT_EQ(body["messages"], expected_messages);
+    EXPECT_EQ(estimate.prompt, EstimatePromptTokens(expected_messages));
+    EXPECT_EQ(body.contains("stream"), stream);
+  }
+
+  // Calls that start the messages; no members after them.
+  request = Parse(R"({"model":"m","input":[
+    {"type":"function_call","call_id":"a","name":"f","arguments":"1"},
+    {"type":"function_call","call_id":"b","name":"f","arguments":"2"}]})");
+  TokenEstimate estimate;
+  const std::string text = BuildChatBody(request, {}, 0, false, estimate);
+  EXPECT_EQ(text, R"({"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[)"
+                  R"({"id":"a","type":"function","function":{"name":"f","arguments":"1"}},)"
+                  R"({"id":"b","type":"function","function":{"name":"f","arguments":"2"}}]}]})");
 }
 
 // ---- ReadChatCompletion / ResponseObject -----------------------------------------------------
