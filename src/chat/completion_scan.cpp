@@ -26,6 +26,8 @@ enum class Slot : std::uint8_t {
   kMessage,
   kDelta,
   kMessageContent,
+  kMessageToolCalls,
+  kMessageRefusal,
   kDeltaContent,
   kPromptTokens,
   kCompletionTokens,
@@ -47,7 +49,10 @@ Slot SlotOf(Where where, std::string_view key) {
       if (key == "finish_reason") return Slot::kFinishReason;
       return Slot::kNone;
     case Where::kMessage:
-      return key == "content" ? Slot::kMessageContent : Slot::kNone;
+      if (key == "content") return Slot::kMessageContent;
+      if (key == "tool_calls") return Slot::kMessageToolCalls;
+      if (key == "refusal") return Slot::kMessageRefusal;
+      return Slot::kNone;
     case Where::kDelta:
       return key == "content" ? Slot::kDeltaContent : Slot::kNone;
     case Where::kUsage:
@@ -79,6 +84,12 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
       case Slot::kFinishReason:
         fields_.finish_reason = false;
         break;
+      case Slot::kMessageToolCalls:
+        fields_.message_tool_calls = false;
+        break;
+      case Slot::kMessageRefusal:
+        fields_.message_refusal = false;
+        break;
       case Slot::kError:
         fields_.error = false;
         break;
@@ -109,6 +120,9 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
         fields_.message_content = CompletionFields::Content::kString;
         fields_.message_text = value;
         break;
+      case Slot::kFinishReason:
+        fields_.finish_reason_text = value;
+        break;
       case Slot::kDeltaContent:
         fields_.delta_text = value;
         break;
@@ -136,6 +150,7 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
         fields_.has_first_choice = true;
         return Push(Where::kFirstChoice, false);
       case Slot::kMessage:
+        fields_.has_message = true;
         return Push(Where::kMessage, false);
       case Slot::kDelta:
         return Push(Where::kDelta, false);
@@ -176,8 +191,8 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
         fields_.has_first_choice = false;
         fields_.index.reset();
         fields_.finish_reason = false;
-        fields_.message_content = CompletionFields::Content::kAbsent;
-        fields_.message_text.clear();
+        fields_.finish_reason_text.clear();
+        ClearMessage();
         fields_.delta_text.reset();
         break;
       case Slot::kUsage:
@@ -194,10 +209,16 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
         break;
       case Slot::kFinishReason:
         fields_.finish_reason = true;  // null turns it back off
+        fields_.finish_reason_text.clear();
         break;
       case Slot::kMessage:
-        fields_.message_content = CompletionFields::Content::kAbsent;
-        fields_.message_text.clear();
+        ClearMessage();  // an object sets has_message
+        break;
+      case Slot::kMessageToolCalls:
+        fields_.message_tool_calls = true;  // null turns it back off
+        break;
+      case Slot::kMessageRefusal:
+        fields_.message_refusal = true;  // null turns it back off
         break;
       case Slot::kMessageContent:
         // A string or null says so when it arrives; any other value stays kOther.
@@ -221,6 +242,14 @@ class Scanner : public SaxScan<Scanner, Where, Slot, 4> {
         break;
     }
     return slot;
+  }
+
+  void ClearMessage() {
+    fields_.has_message = false;
+    fields_.message_content = CompletionFields::Content::kAbsent;
+    fields_.message_text.clear();
+    fields_.message_tool_calls = false;
+    fields_.message_refusal = false;
   }
 
   bool Integer(std::int64_t value) {

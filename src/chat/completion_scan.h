@@ -21,9 +21,13 @@ struct CompletionFields {
   bool has_first_choice = false;
   std::optional<std::int64_t> index;  // choices[0].index when an integer
   bool finish_reason = false;         // choices[0].finish_reason present and not null
+  std::string finish_reason_text;     // its text when a string
+  bool has_message = false;           // choices[0].message is an object
   // choices[0].message.content (message must be an object); kOther for any other JSON type.
   Content message_content = Content::kAbsent;
   std::string message_text;               // its text when kString
+  bool message_tool_calls = false;        // choices[0].message.tool_calls present and not null
+  bool message_refusal = false;           // choices[0].message.refusal present and not null
   std::optional<std::string> delta_text;  // choices[0].delta.content when a string
 
   // A top-level "error" that is not null, and its text: the string itself, or error.message when

@@ -716,10 +716,10 @@ std::string RandomHex(std::size_t bytes) {
 std::optional<std::int64_t> Integer(const Json& object, const char* key) {
   const Json* value = object.is_object() ? Given(object, key) : nullptr;
   if (value == nullptr || !value->is_number_integer()) return std::nullopt;
+  constexpr auto kMax = std::numeric_limits<std::int64_t>::max();
   if (value->is_number_unsigned() &&
-      value->get<std::uint64_t>() >
-          static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-    return std::nullopt;
+      value->get<std::uint64_t>() > static_cast<std::uint64_t>(kMax)) {
+    return kMax;  // saturated, as chat::ScanCompletion reads counts
   }
   return value->get<std::int64_t>();
 }
@@ -1042,6 +1042,21 @@ Result<ResponseOutput> ReadChatCompletion(std::string_view body) {
   }
   for (auto& call : calls) output.output.push_back(std::move(call));
   ReadUsage(tree, output);
+  return output;
+}
+
+ResponseOutput PlainAnswerOutput(std::string model, std::string_view finish_reason,
+                                 std::string text, std::optional<std::int64_t> prompt_tokens,
+                                 std::optional<std::int64_t> completion_tokens) {
+  ResponseOutput output;
+  output.model = std::move(model);
+  ApplyFinishReason(std::string(finish_reason), output);
+  output.text = std::move(text);
+  output.output.push_back(MessageItem(NewId("msg"),
+                                      output.status == "completed" ? "completed" : "incomplete",
+                                      Json::array({OutputText(output.text)})));
+  output.input_tokens = prompt_tokens;
+  output.output_tokens = completion_tokens;
   return output;
 }
 

@@ -182,7 +182,17 @@ struct ResponseOutput {
 };
 
 // A whole chat.completion body. Errors: kUpstream when it is not one (not JSON, no choices…).
+// Usage counts beyond 64-bit signed saturate (as the turn pipeline reads them).
 Result<ResponseOutput> ReadChatCompletion(std::string_view body);
+
+// What ReadChatCompletion gives for an answer whose choices[0].message is an object holding
+// nothing but text (no tool_calls, no refusal), from what the turn pipeline already read of it
+// (ChatAnswer): the upstream's `model` ("" when absent), choices[0].finish_reason ("" when not a
+// string), the message's text ("" when not a string) and the usage counts. The answer is not
+// parsed a second time.
+ResponseOutput PlainAnswerOutput(std::string model, std::string_view finish_reason,
+                                 std::string text, std::optional<std::int64_t> prompt_tokens,
+                                 std::optional<std::int64_t> completion_tokens);
 
 // The response object: id, "object": "response", created_at, status, error (null),
 // incomplete_details, instructions, max_output_tokens, model (the output's model, else the

@@ -48,9 +48,10 @@ BodyBuilder ResponsesTurn::Builder() {
   };
 }
 
-std::function<Status(store::Turn&, std::string_view)> ResponsesTurn::Recorder() {
-  return [self = shared_from_this()](store::Turn& turn, std::string_view answer_body) {
-    return self->Record(turn, answer_body);
+std::function<Status(store::Turn&, std::string_view, const ChatAnswer&)> ResponsesTurn::Recorder() {
+  return [self = shared_from_this()](store::Turn& turn, std::string_view answer_body,
+                                     const ChatAnswer& answer) {
+    return self->Record(turn, answer_body, answer);
   };
 }
 
@@ -59,12 +60,17 @@ responses::ResponseEventStream& ResponsesTurn::events() {
   return *events_;
 }
 
-Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body) {
-  // A streamed answer was read event by event; a whole one is read here, once.
+Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body,
+                             const ChatAnswer& answer) {
+  // A streamed answer was read event by event; a whole one of plain text is all in what the
+  // pipeline read of it; any other is read here, once.
   responses::ResponseOutput output;
   if (events_) {
     closing_events_ = events_->Finish();
     output = events_->output();
+  } else if (answer.plain_message) {
+    output = responses::PlainAnswerOutput(answer.model, answer.finish_reason, answer.text,
+                                          answer.prompt_tokens, answer.completion_tokens);
   } else {
     auto read = responses::ReadChatCompletion(answer_body);
     if (!read) return read.error();

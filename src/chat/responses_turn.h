@@ -41,7 +41,7 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
 
   // TurnRequest::record: reads the output (the whole answer's body, or the event stream's after
   // Finish), sets the turn log's text and, with `store`, attaches the ResponseRecord.
-  std::function<Status(store::Turn&, std::string_view)> Recorder();
+  std::function<Status(store::Turn&, std::string_view, const ChatAnswer&)> Recorder();
 
   // The response object as JSON text, once the turn was recorded (null before): what the store
   // keeps and the client gets, serialized once.
@@ -61,7 +61,7 @@ class ResponsesTurn : public std::enable_shared_from_this<ResponsesTurn> {
   const std::string& closing_events() const { return closing_events_; }
 
  private:
-  Status Record(store::Turn& turn, std::string_view answer_body);
+  Status Record(store::Turn& turn, std::string_view answer_body, const ChatAnswer& answer);
 
   // Constant after construction.
   const responses::ResponsesRequest request_;

@@ -13,6 +13,11 @@ struct ChatAnswer {
   std::string model;  // the model that answered, "" when not reported
   std::optional<std::int64_t> prompt_tokens;
   std::optional<std::int64_t> completion_tokens;
+  // Of a whole (non-streaming) answer, as the turn pipeline read it: choices[0].finish_reason
+  // when a string, and whether choices[0].message is an object with nothing but text (no
+  // tool_calls and no refusal that is not null), so that the fields above are all of it.
+  std::string finish_reason;
+  bool plain_message = false;
 };
 
 // The answer of a non-streaming `chat.completion` body; std::nullopt when the body is not a JSON

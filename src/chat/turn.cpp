@@ -92,6 +92,9 @@ std::optional<ChatAnswer> ReadAnswer(std::string_view body, bool require_message
   answer.model = std::move(fields->model);
   answer.prompt_tokens = fields->prompt_tokens;
   answer.completion_tokens = fields->completion_tokens;
+  answer.finish_reason = std::move(fields->finish_reason_text);
+  answer.plain_message = fields->has_first_choice && fields->has_message &&
+                         !fields->message_tool_calls && !fields->message_refusal;
   return answer;
 }
 
@@ -229,7 +232,7 @@ net::awaitable<Status> TurnPipeline::Finish(const TurnRequest& request, const Ch
   turn.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(upstream_time).count();
   turn.upstream = upstream;
   if (request.record) {
-    if (Status recorded = request.record(turn, answer_body); !recorded) {
+    if (Status recorded = request.record(turn, answer_body, answer); !recorded) {
       metrics_.CountFailedTurn();
       if (request.note != nullptr) request.note->Fail(recorded.error().message);
       co_return recorded.error();

@@ -79,9 +79,11 @@ struct TurnRequest {
   // Called in `store`, once the answer is whole and just before the turn is appended, on the
   // pipeline's coroutine: may attach what the API stores with the turn (Turn::response) and
   // change its text. `answer_body` is the upstream's whole answer of a non-streaming turn, ""
-  // for a stream (whose adapter saw every piece before). An error refuses the turn: nothing is
-  // stored and the error is the turn's. Null: the turn is stored as it is.
-  std::function<Status(store::Turn& turn, std::string_view answer_body)> record;
+  // for a stream (whose adapter saw every piece before); `answer` is what the pipeline read of
+  // it. An error refuses the turn: nothing is stored and the error is the turn's. Null: the turn
+  // is stored as it is.
+  std::function<Status(store::Turn& turn, std::string_view answer_body, const ChatAnswer& answer)>
+      record;
   // The request's log note (http::Request::note), filled as the turn goes; null: none. Must
   // outlive the turn, its stream included.
   observe::RequestNote* note = nullptr;

@@ -48,8 +48,16 @@ CompletionFields FromTree(const json& tree) {
     expected.index = Integer(Member(first, "index"));
     const json* finish = Member(first, "finish_reason");
     expected.finish_reason = finish != nullptr && !finish->is_null();
+    if (finish != nullptr && finish->is_string()) {
+      expected.finish_reason_text = finish->get<std::string>();
+    }
     const json* message = Member(first, "message");
     if (message != nullptr && message->is_object()) {
+      expected.has_message = true;
+      const json* calls = Member(*message, "tool_calls");
+      expected.message_tool_calls = calls != nullptr && !calls->is_null();
+      const json* refusal = Member(*message, "refusal");
+      expected.message_refusal = refusal != nullptr && !refusal->is_null();
       const json* content = Member(*message, "content");
       if (content == nullptr) {
         expected.message_content = CompletionFields::Content::kAbsent;
@@ -95,6 +103,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(scanned->has_first_choice == expected.has_first_choice);
   FUZZ_CHECK(scanned->index == expected.index);
   FUZZ_CHECK(scanned->finish_reason == expected.finish_reason);
+  FUZZ_CHECK(scanned->finish_reason_text == expected.finish_reason_text);
+  FUZZ_CHECK(scanned->has_message == expected.has_message);
+  FUZZ_CHECK(scanned->message_tool_calls == expected.message_tool_calls);
+  FUZZ_CHECK(scanned->message_refusal == expected.message_refusal);
   FUZZ_CHECK(scanned->message_content == expected.message_content);
   FUZZ_CHECK(scanned->message_text == expected.message_text);
   FUZZ_CHECK(scanned->delta_text == expected.delta_text);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "chat/completion_scan.h"
 #include "chat/responses.h"
 #include "fuzz_check.h"
 
@@ -73,6 +74,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       {"usage", {{"prompt_tokens", size}, {"completion_tokens", 1}}}};
   auto output = responses::ReadChatCompletion(dump(answer));
   FUZZ_CHECK(output.ok());
+  // A plain answer taken from the pipeline's scan is the same output, but for the item's id.
+  const auto fields = staple::chat::ScanCompletion(dump(answer));
+  FUZZ_CHECK(fields.has_value() && fields->has_message && !fields->message_tool_calls);
+  auto plain =
+      responses::PlainAnswerOutput(fields->model, fields->finish_reason_text, fields->message_text,
+                                   fields->prompt_tokens, fields->completion_tokens);
+  auto plain_items = plain.output;
+  auto read_items = output->output;
+  FUZZ_CHECK(plain_items.size() == 1 && read_items.size() == 1);
+  plain_items[0].erase("id");
+  read_items[0].erase("id");
+  FUZZ_CHECK(plain_items == read_items && plain.text == output->text &&
+             plain.model == output->model && plain.status == output->status &&
+             plain.input_tokens == output->input_tokens);
   // Output items too read back from their stored text as they are (ResponsesTurn::ChainAfter).
   for (const auto& produced : output->output) {
     auto read = responses::ReadContextItem(dump(produced));

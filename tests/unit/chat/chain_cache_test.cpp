@@ -191,7 +191,12 @@ std::shared_ptr<ResponsesTurn> RecordedTurn(const std::string& body,
   const std::string answer =
       R"({"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[{"index":0,)"
       R"("message":{"role":"assistant","content":"answer"},"finish_reason":"stop"}]})";
-  Status recorded = turn->Recorder()(stored, answer);
+  ChatAnswer read;
+  read.text = "answer";
+  read.model = "m";
+  read.finish_reason = "stop";
+  read.plain_message = true;
+  Status recorded = turn->Recorder()(stored, answer, read);
   EXPECT_TRUE(recorded.ok());
   return turn;
 }

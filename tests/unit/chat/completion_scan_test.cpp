@@ -54,6 +54,39 @@ TEST(ScanCompletionTest, ContentKinds) {
   EXPECT_EQ(ScanCompletion(R"({"choices":[{"message":"hi"}]})")->message_content, Content::kAbsent);
 }
 
+// What the Responses API needs to tell a plain text answer from one with tool calls or a refusal.
+TEST(ScanCompletionTest, FinishReasonToolCallsAndRefusal) {
+  auto fields = ScanCompletion(
+      R"({"choices":[{"finish_reason":"tool_calls","message":{"content":null,)"
+      R"("tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}],"refusal":"no"}}]})");
+  ASSERT_TRUE(fields.has_value());
+  EXPECT_EQ(fields->finish_reason_text, "tool_calls");
+  EXPECT_TRUE(fields->has_message);
+  EXPECT_TRUE(fields->message_tool_calls);
+  EXPECT_TRUE(fields->message_refusal);
+
+  // null counts as absent, and the last of a repeated member counts.
+  fields = ScanCompletion(
+      R"({"choices":[{"finish_reason":"stop","finish_reason":5,"message":{"content":"hi",)"
+      R"("tool_calls":[],"tool_calls":null,"refusal":null}}]})");
+  ASSERT_TRUE(fields.has_value());
+  EXPECT_TRUE(fields->finish_reason);
+  EXPECT_EQ(fields->finish_reason_text, "");
+  EXPECT_TRUE(fields->has_message);
+  EXPECT_FALSE(fields->message_tool_calls);
+  EXPECT_FALSE(fields->message_refusal);
+
+  // A message that is not an object, or a later message, forgets what an earlier one had.
+  fields = ScanCompletion(R"({"choices":[{"message":{"refusal":"r"},"message":"text"}]})");
+  ASSERT_TRUE(fields.has_value());
+  EXPECT_FALSE(fields->has_message);
+  EXPECT_FALSE(fields->message_refusal);
+  fields = ScanCompletion(R"({"choices":[{"message":{"tool_calls":[]},"message":{}}]})");
+  ASSERT_TRUE(fields.has_value());
+  EXPECT_TRUE(fields->has_message);
+  EXPECT_FALSE(fields->message_tool_calls);
+}
+
 TEST(ScanCompletionTest, OnlyTheFirstChoiceCounts) {
   auto fields =
       ScanCompletion(R"({"choices":[{"index":0,"delta":{}},{"index":1,"delta":{"content":"other"},)"

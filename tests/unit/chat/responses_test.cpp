@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "chat/completion_scan.h"
+
 namespace staple::chat::responses {
 namespace {
 
@@ -689,6 +691,44 @@ TEST(ReadChatCompletionTest, NotACompletionIsAnUpstreamError) {
     const auto read = ReadChatCompletion(body);
     ASSERT_FALSE(read.ok()) << body;
     EXPECT_EQ(read.error().kind, ErrorKind::kUpstream) << body;
+  }
+}
+
+// A plain text answer is taken from what the turn pipeline's scan read of it, without a second
+// parse: the output is ReadChatCompletion's, but for the new item id.
+TEST(PlainAnswerOutputTest, IsWhatReadingTheAnswerGives) {
+  for (
+      const char* body : {
+          R"({"model":"up","choices":[{"finish_reason":"stop","message":{"content":"hi \"x\""}}],
+              "usage":{"prompt_tokens":3,"completion_tokens":4}})",
+          R"({"choices":[{"finish_reason":"length","message":{"content":"cut"}}]})",
+          R"({"choices":[{"finish_reason":"content_filter","message":{"content":null}}]})",
+          R"({"choices":[{"message":{"role":"assistant"}}],"model":5,"usage":{"prompt_tokens":1.5}})",
+          R"({"choices":[{"message":{"content":["parts"],"tool_calls":null,"refusal":null}}],
+              "usage":{"prompt_tokens":18446744073709551615}})",
+      }) {
+    const auto fields = ScanCompletion(body);
+    ASSERT_TRUE(fields.has_value()) << body;
+    ASSERT_TRUE(fields->has_message && !fields->message_tool_calls && !fields->message_refusal);
+    auto plain = PlainAnswerOutput(fields->model, fields->finish_reason_text,
+                                   fields->message_content == CompletionFields::Content::kString
+                                       ? fields->message_text
+                                       : std::string(),
+                                   fields->prompt_tokens, fields->completion_tokens);
+    auto read = ReadChatCompletion(body);
+    ASSERT_TRUE(read.ok()) << body;
+    ASSERT_EQ(plain.output.size(), 1U);
+    ASSERT_EQ(read->output.size(), 1U);
+    EXPECT_TRUE(plain.output[0]["id"].get<std::string>().starts_with("msg_"));
+    plain.output[0].erase("id");
+    read->output[0].erase("id");
+    EXPECT_EQ(plain.output, read->output) << body;
+    EXPECT_EQ(plain.status, read->status) << body;
+    EXPECT_EQ(plain.incomplete_details, read->incomplete_details) << body;
+    EXPECT_EQ(plain.model, read->model) << body;
+    EXPECT_EQ(plain.text, read->text) << body;
+    EXPECT_EQ(plain.input_tokens, read->input_tokens) << body;
+    EXPECT_EQ(plain.output_tokens, read->output_tokens) << body;
   }
 }
 

@@ -450,8 +450,11 @@ TEST_F(TurnTest, TheRecordCallbackAttachesItsStateToTheStoredTurn) {
   upstream_.Push(ScriptedReply::Json(kAnswer));
   TurnRequest request = Request();
   std::string seen_body;
-  request.record = [&seen_body](store::Turn& turn, std::string_view body) -> Status {
+  ChatAnswer seen_answer;
+  request.record = [&seen_body, &seen_answer](store::Turn& turn, std::string_view body,
+                                              const ChatAnswer& answer) -> Status {
     seen_body = std::string(body);
+    seen_answer = answer;
     auto record = std::make_shared<store::ResponseRecord>();
     record->response.id = "resp_1";
     turn.response = std::move(record);
@@ -461,6 +464,12 @@ TEST_F(TurnTest, TheRecordCallbackAttachesItsStateToTheStoredTurn) {
   auto result = Complete(std::move(request));
   ASSERT_TRUE(result) << result.error().message;
   EXPECT_EQ(seen_body, kAnswer);
+  // What the pipeline read of the answer comes with it.
+  EXPECT_EQ(seen_answer.text, "hello");
+  EXPECT_EQ(seen_answer.model, "m-1");
+  EXPECT_EQ(seen_answer.prompt_tokens, 7);
+  EXPECT_TRUE(seen_answer.plain_message);
+  EXPECT_EQ(seen_answer.finish_reason, "");
   ASSERT_EQ(store_.turns().size(), 1u);
   ASSERT_NE(store_.turns()[0].response, nullptr);
   EXPECT_EQ(store_.turns()[0].response->response.id, "resp_1");
@@ -470,7 +479,7 @@ TEST_F(TurnTest, TheRecordCallbackAttachesItsStateToTheStoredTurn) {
 TEST_F(TurnTest, ARecordCallbackThatFailsStoresNothing) {
   upstream_.Push(ScriptedReply::Json(kAnswer));
   TurnRequest request = Request();
-  request.record = [](store::Turn&, std::string_view) -> Status {
+  request.record = [](store::Turn&, std::string_view, const ChatAnswer&) -> Status {
     return MakeError(ErrorKind::kUpstream, "answer unusable for this API");
   };
   auto result = Complete(std::move(request));
@@ -484,20 +493,20 @@ TEST_F(TurnTest, AStreamsRecordCallbackRunsAfterEveryPieceBeforeTheCommit) {
   upstream_.Push(ScriptedReply::Events({Chunk("he") + Chunk("llo"), kFinish + kDone}));
   auto pieces_seen = std::make_shared<std::size_t>(0);
   auto pieces_at_record = std::make_shared<std::optional<std::size_t>>();
-  auto opened =
-      Start(io_, pipeline_.OpenStream(
-                     [&] {
-                       TurnRequest request = Request(true);
-                       request.record = [pieces_seen, pieces_at_record](
-                                            store::Turn& turn, std::string_view body) -> Status {
-                         EXPECT_TRUE(body.empty());
-                         *pieces_at_record = *pieces_seen;
-                         turn.completion = "recorded";
-                         return Ok();
-                       };
-                       return request;
-                     }(),
-                     Builder()));
+  auto opened = Start(io_, pipeline_.OpenStream(
+                               [&] {
+                                 TurnRequest request = Request(true);
+                                 request.record = [pieces_seen, pieces_at_record](
+                                                      store::Turn& turn, std::string_view body,
+                                                      const ChatAnswer&) -> Status {
+                                   EXPECT_TRUE(body.empty());
+                                   *pieces_at_record = *pieces_seen;
+                                   turn.completion = "recorded";
+                                   return Ok();
+                                 };
+                                 return request;
+                               }(),
+                               Builder()));
   io_.restart();
   io_.run();
   ASSERT_TRUE(**opened) << (**opened).error().message;
