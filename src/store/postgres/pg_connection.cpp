@@ -8,7 +8,10 @@
 #include <charconv>
 #include <climits>
 #include <cstring>
+#include <string>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 namespace staple::store::postgres {
 
@@ -32,15 +35,32 @@ std::string OneLine(std::string text) {
   return line;
 }
 
-// Removes every occurrence of `secret` from `text`. libpq does not echo passwords, but a
-// message built from a URL or a server's complaint must never be the one exception.
-std::string Scrub(std::string text, const std::string& secret) {
-  if (secret.empty()) return text;
-  for (std::size_t at = text.find(secret); at != std::string::npos;
-       at = text.find(secret, at + 3)) {
-    text.replace(at, secret.size(), "***");
+// `text` with every occurrence of any of `secrets` replaced by "***". libpq does not echo
+// passwords, but a message built from a URL or a server's complaint must never be the one
+// exception. One pass, the longest secret that matches at a position first, and a replacement
+// is never searched again: scrubbing one secret after another made each "***" of a one-character
+// secret grow threefold with every further secret, so a URL of many `password=*` parameters took
+// exponential time and memory (found by tests/fuzz/db_url_fuzz.cpp).
+std::string Scrub(std::string_view text, std::vector<std::string> secrets) {
+  std::erase_if(secrets, [](const std::string& secret) { return secret.empty(); });
+  std::sort(secrets.begin(), secrets.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() > b.size() : a < b;
+  });
+  secrets.erase(std::unique(secrets.begin(), secrets.end()), secrets.end());
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t at = 0; at < text.size();) {
+    const auto match = std::find_if(secrets.begin(), secrets.end(), [&](const std::string& s) {
+      return text.compare(at, s.size(), s) == 0;
+    });
+    if (match != secrets.end()) {
+      out += "***";
+      at += match->size();
+    } else {
+      out += text[at++];
+    }
   }
-  return text;
+  return out;
 }
 
 // The raw password of "scheme://user:password@host…", or "" when there is none.
@@ -109,8 +129,10 @@ Result<Target> ParseTarget(const std::string& url) {
     PQfreemem(parse_error);
     // The reason may quote the URL or one of its tokens: keep only libpq's wording, with no
     // password, whether it came before the '@' or as a `password` query parameter.
-    reason = Scrub(Scrub(std::move(reason), url), RawUrlPassword(url));
-    for (const auto& password : RawQueryPasswords(url)) reason = Scrub(std::move(reason), password);
+    std::vector<std::string> secrets = RawQueryPasswords(url);
+    secrets.push_back(url);
+    secrets.push_back(RawUrlPassword(url));
+    reason = Scrub(reason, std::move(secrets));
     return MakeError(ErrorKind::kInvalidArgument, "invalid PostgreSQL URL: " + reason);
   }
   Target target;
@@ -203,7 +225,7 @@ Error Connection::Fail(std::string_view what, std::string detail) {
   std::string message = target_.description + ": " + std::string(what);
   detail = OneLine(std::move(detail));
   if (!detail.empty()) message += ": " + detail;
-  return StorageFailure(Scrub(std::move(message), target_.password));
+  return StorageFailure(Scrub(message, {target_.password}));
 }
 
 // Waits until the connection's socket is ready for `events` (POLLIN and/or POLLOUT) or the
