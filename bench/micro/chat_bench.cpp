@@ -6,6 +6,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -18,8 +19,8 @@ namespace staple::chat {
 namespace {
 
 // `messages` stored messages alternating user/assistant, of chat-typical sizes.
-std::vector<store::StoredMessage> History(std::size_t messages) {
-  std::vector<store::StoredMessage> history;
+store::History History(std::size_t messages) {
+  store::History history;
   history.reserve(messages);
   for (std::size_t i = 0; i < messages; ++i) {
     store::StoredMessage m;
@@ -31,7 +32,7 @@ std::vector<store::StoredMessage> History(std::size_t messages) {
     m.content = user ? std::string(120, 'q') : std::string(600, 'a');
     m.request_id = "req-" + std::to_string(i);
     m.model = "gpt-4o-mini";
-    history.push_back(std::move(m));
+    history.push_back(std::make_shared<const store::StoredMessage>(std::move(m)));
   }
   return history;
 }
@@ -58,7 +59,7 @@ void BM_HistoryBodyFromTree(benchmark::State& state) {
   const auto history = History(100);
   for (auto _ : state) {
     nlohmann::json messages = nlohmann::json::array();
-    for (const auto& m : history) messages.push_back({{"role", m.role}, {"content", m.content}});
+    for (const auto& m : history) messages.push_back({{"role", m->role}, {"content", m->content}});
     std::string body = messages.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     benchmark::DoNotOptimize(body);
   }

@@ -18,9 +18,12 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <utility>
+#include <vector>
 
 #include "common/net.h"
 #include "store/conversation_store.h"
+#include "store/sqlite/history_cache.h"
 #include "store/sqlite/sqlite_conversation_store.h"
 #include "store/storable_text.h"
 
@@ -114,6 +117,40 @@ void BM_StorableText(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(text.size()));
 }
 BENCHMARK(BM_StorableText);
+
+// A HistoryCache hit for a 100-message window, as a reader thread serves a continued
+// conversation: range(0) = 0 hands out the shared rows (what Get does), 1 also copies them into
+// plain rows (what a hit cost when the cache returned copies).
+//
+//   build/staple_micro_bench --benchmark_filter=HistoryCacheHit
+void BM_HistoryCacheHit(benchmark::State& state) {
+  HistoryCache cache(256, 64 << 20);
+  History rows;
+  for (std::int64_t id = 1; id <= 100; ++id) {
+    StoredMessage row;
+    row.id = id;
+    row.user_id = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    row.timestamp = "2026-12-05 06:00:00.000000";
+    row.role = id % 2 == 1 ? "user" : "assistant";
+    row.content = std::string(id % 2 == 1 ? 60 : 200, 'x');
+    row.request_id = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c";
+    row.model = "gpt-4o-mini";
+    rows.push_back(std::make_shared<const StoredMessage>(std::move(row)));
+  }
+  cache.Put("conversation", rows, true);
+  const bool copy = state.range(0) == 1;
+  for (auto _ : state) {
+    auto hit = cache.Get("conversation", 1, 100, 100, 100);
+    if (copy) {
+      std::vector<StoredMessage> copies;
+      copies.reserve(hit->size());
+      for (const auto& row : *hit) copies.push_back(*row);
+      benchmark::DoNotOptimize(copies);
+    }
+    benchmark::DoNotOptimize(hit);
+  }
+}
+BENCHMARK(BM_HistoryCacheHit)->ArgNames({"copied"})->Arg(0)->Arg(1);
 
 }  // namespace
 }  // namespace staple::store

@@ -10,18 +10,17 @@ std::size_t CountChars(std::string_view utf8) {
   return count;
 }
 
-std::size_t WindowStart(const std::vector<store::StoredMessage>& history,
-                        const WindowLimits& limits) {
+std::size_t WindowStart(const store::History& history, const WindowLimits& limits) {
   // Walk turns from the newest back, keeping whole turns while both budgets hold.
   std::size_t first_kept = history.size();
   std::size_t messages = 0;
   std::size_t chars = 0;
   std::size_t turn_end = history.size();
   for (std::size_t i = history.size(); i-- > 0;) {
-    if (history[i].role != "user") continue;  // a turn starts at a user message
+    if (history[i]->role != "user") continue;  // a turn starts at a user message
     std::size_t turn_messages = turn_end - i;
     std::size_t turn_chars = 0;
-    for (std::size_t j = i; j < turn_end; ++j) turn_chars += CountChars(history[j].content);
+    for (std::size_t j = i; j < turn_end; ++j) turn_chars += CountChars(history[j]->content);
     if (limits.max_messages != 0 && messages + turn_messages > limits.max_messages) break;
     if (limits.max_chars != 0 && chars + turn_chars > limits.max_chars) break;
     messages += turn_messages;
@@ -32,20 +31,18 @@ std::size_t WindowStart(const std::vector<store::StoredMessage>& history,
   return first_kept;
 }
 
-std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& history,
-                                       const WindowLimits& limits) {
+std::vector<ChatMessage> HistoryWindow(const store::History& history, const WindowLimits& limits) {
   const std::size_t first_kept = WindowStart(history, limits);
   std::vector<ChatMessage> kept;
   kept.reserve(history.size() - first_kept);
   for (std::size_t i = first_kept; i < history.size(); ++i) {
-    kept.push_back({history[i].role, history[i].content});
+    kept.push_back({history[i]->role, history[i]->content});
   }
   return kept;
 }
 
-std::vector<ChatMessage> BuildContext(const std::vector<store::StoredMessage>& history,
-                                      const WindowLimits& limits, std::string_view system_prompt,
-                                      std::string_view prompt) {
+std::vector<ChatMessage> BuildContext(const store::History& history, const WindowLimits& limits,
+                                      std::string_view system_prompt, std::string_view prompt) {
   auto kept = HistoryWindow(history, limits);
   std::vector<ChatMessage> context;
   context.reserve(kept.size() + 2);

@@ -25,18 +25,15 @@ std::size_t CountChars(std::string_view utf8);
 // The most recent whole turns of `history` (oldest first; a turn is a user message and the replies
 // after it) that fit both limits, oldest first. Older turns are dropped first; a history that
 // starts with a reply (its question was cut off) loses that reply.
-std::vector<ChatMessage> HistoryWindow(const std::vector<store::StoredMessage>& history,
-                                       const WindowLimits& limits);
+std::vector<ChatMessage> HistoryWindow(const store::History& history, const WindowLimits& limits);
 // Where HistoryWindow starts: the index of the first message it keeps (history.size() for none).
-std::size_t WindowStart(const std::vector<store::StoredMessage>& history,
-                        const WindowLimits& limits);
+std::size_t WindowStart(const store::History& history, const WindowLimits& limits);
 
 // The messages sent upstream for a new prompt: the optional system prompt, then the most recent
 // whole turns of `history` (oldest first; a turn is a user message and the replies after it) that
 // fit both limits, then the new prompt, which always goes. Older turns are dropped first; a
 // history that starts with a reply (its question was cut off) loses that reply.
-std::vector<ChatMessage> BuildContext(const std::vector<store::StoredMessage>& history,
-                                      const WindowLimits& limits, std::string_view system_prompt,
-                                      std::string_view prompt);
+std::vector<ChatMessage> BuildContext(const store::History& history, const WindowLimits& limits,
+                                      std::string_view system_prompt, std::string_view prompt);
 
 }  // namespace staple::chat

@@ -55,14 +55,14 @@ TurnRequest ConversationService::Turn(CompletionRequest request, bool stream) co
 }
 
 BodyBuilder ConversationService::Builder(bool stream) {
-  return [this, stream](const TurnRequest& request,
-                        const std::vector<store::StoredMessage>& history, std::size_t first,
-                        bool estimate) { return Body(request, history, first, estimate, stream); };
+  return
+      [this, stream](const TurnRequest& request, const store::History& history, std::size_t first,
+                     bool estimate) { return Body(request, history, first, estimate, stream); };
 }
 
 Result<UpstreamBody> ConversationService::Body(const TurnRequest& request,
-                                               const std::vector<store::StoredMessage>& history,
-                                               std::size_t first, bool estimate, bool stream) {
+                                               const store::History& history, std::size_t first,
+                                               bool estimate, bool stream) {
   // The body is assembled from serialized pieces: the constant model and system message, the
   // history's messages (kept serialized across requests, see MessageFragments) and the prompt.
   const std::string prompt = MessageFragments::Serialize("user", request.prompt);
@@ -91,7 +91,7 @@ Result<UpstreamBody> ConversationService::Body(const TurnRequest& request,
     std::uint64_t tokens = kReplyPrimingTokens + EstimateMessageTokens(request.prompt);
     if (!settings_.system_prompt.empty()) tokens += EstimateMessageTokens(settings_.system_prompt);
     for (std::size_t i = first; i < history.size(); ++i) {
-      tokens += EstimateMessageTokens(history[i].content);
+      tokens += EstimateMessageTokens(history[i]->content);
     }
     out.estimate.prompt = tokens;
   }

@@ -67,9 +67,8 @@ class ConversationService {
   TurnRequest Turn(CompletionRequest request, bool stream) const;
   BodyBuilder Builder(bool stream);
   // The upstream body: model, system message, the window of `history`, the prompt.
-  Result<UpstreamBody> Body(const TurnRequest& request,
-                            const std::vector<store::StoredMessage>& history, std::size_t first,
-                            bool estimate, bool stream);
+  Result<UpstreamBody> Body(const TurnRequest& request, const store::History& history,
+                            std::size_t first, bool estimate, bool stream);
   Error StatusError(long status, std::string_view body) const;
 
   // Constant after construction.

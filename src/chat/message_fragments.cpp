@@ -13,11 +13,10 @@ std::string MessageFragments::Serialize(std::string_view role, std::string_view 
   return message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-void MessageFragments::Append(std::string& out, const std::vector<store::StoredMessage>& messages,
-                              std::size_t first) {
+void MessageFragments::Append(std::string& out, const store::History& messages, std::size_t first) {
   std::lock_guard lock(mu_);
   for (std::size_t i = first; i < messages.size(); ++i) {
-    const auto& message = messages[i];
+    const store::StoredMessage& message = *messages[i];
     if (i > first) out += ',';
     auto found = entries_.find(message.id);
     if (found != entries_.end()) {

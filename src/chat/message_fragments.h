@@ -26,7 +26,7 @@ class MessageFragments {
 
   // Appends the serialized messages of `messages` (joined by ',') to `out`, serializing only those
   // not kept yet.
-  void Append(std::string& out, const std::vector<store::StoredMessage>& messages,
+  void Append(std::string& out, const store::History& messages,
               std::size_t first);
 
   // The serialized form of one message (not kept).

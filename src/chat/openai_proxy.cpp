@@ -36,13 +36,12 @@ TurnRequest OpenAIProxy::Turn(ProxyRequest& request, std::string& body) {
 
 BodyBuilder OpenAIProxy::Builder(std::string* body, const ChatBody* parsed) {
   // `body` and `parsed` live in the awaiting coroutine's frame (see BodyBuilder).
-  return [body, parsed](const TurnRequest& /*request*/,
-                        const std::vector<store::StoredMessage>& stored, std::size_t first,
-                        bool estimate) -> Result<UpstreamBody> {
+  return [body, parsed](const TurnRequest& /*request*/, const store::History& stored,
+                        std::size_t first, bool estimate) -> Result<UpstreamBody> {
     std::vector<ChatMessage> history;
     history.reserve(stored.size() - std::min(first, stored.size()));
     for (std::size_t i = first; i < stored.size(); ++i) {
-      history.push_back({stored[i].role, stored[i].content});
+      history.push_back({stored[i]->role, stored[i]->content});
     }
     UpstreamBody out;
     // The tree is built only when the body is rewritten or its tokens are estimated

@@ -39,8 +39,8 @@ ResponsesTurn::ResponsesTurn(responses::ResponsesRequest request, std::string id
 
 BodyBuilder ResponsesTurn::Builder() {
   // The turn outlives the pipeline's call (the handler holds it), so a plain pointer will do.
-  return [self = this](const TurnRequest& request, const std::vector<store::StoredMessage>&,
-                       std::size_t, bool) -> Result<UpstreamBody> {
+  return [self = this](const TurnRequest& request, const store::History&, std::size_t,
+                       bool) -> Result<UpstreamBody> {
     UpstreamBody body;
     body.json = responses::BuildChatBody(self->request_, self->context_->items,
                                          self->context_start_, request.stream, body.estimate);

@@ -172,7 +172,7 @@ net::awaitable<Result<UpstreamBody>> TurnPipeline::Prepare(const TurnRequest& re
                         "the conversation could not be stored: " + writable.error().message);
   }
   // prepare: the conversation so far (nothing to read for a new one), then the adapter's body.
-  std::vector<store::StoredMessage> history;
+  store::History history;
   if (request.read_history) {
     std::string owner = request.owner;
     std::string conversation = request.conversation_id;

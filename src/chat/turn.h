@@ -100,9 +100,9 @@ struct UpstreamBody {
 // once, synchronously, before anything is reserved or asked, while the caller of the pipeline is
 // suspended (so it may refer to that caller's locals). `estimate`: fill UpstreamBody::estimate.
 // Errors are returned as they are (e.g. kInvalidArgument).
-using BodyBuilder = std::function<Result<UpstreamBody>(
-    const TurnRequest& request, const std::vector<store::StoredMessage>& history,
-    std::size_t window_start, bool estimate)>;
+using BodyBuilder =
+    std::function<Result<UpstreamBody>(const TurnRequest& request, const store::History& history,
+                                       std::size_t window_start, bool estimate)>;
 
 // The result of a non-streaming turn.
 struct TurnResult {

@@ -26,6 +26,11 @@ struct StoredMessage {
   std::optional<std::int64_t> latency_ms;
 };
 
+// A conversation's messages as RecentMessages reads them, oldest first. The rows are shared and
+// never changed: a store may hand out the rows its cache holds, so that reading a long
+// conversation copies pointers rather than texts.
+using History = std::vector<std::shared_ptr<const StoredMessage>>;
+
 struct ResponseRecord;  // below
 
 // One completed exchange: the user's prompt and the assistant's answer. Stored as two rows
@@ -154,8 +159,8 @@ class ConversationStore {
 
   // The most recent `max_messages` messages of (owner, user_id) (0 = all of them), oldest first.
   // An unknown conversation has an empty history.
-  virtual net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
-      std::string owner, std::string user_id, std::size_t max_messages) = 0;
+  virtual net::awaitable<Result<History>> RecentMessages(std::string owner, std::string user_id,
+                                                         std::size_t max_messages) = 0;
 
   // Up to `limit` messages of (owner, user_id) with id > `after_id`, oldest first.
   virtual net::awaitable<Result<MessagePage>> ListMessages(std::string owner, std::string user_id,

@@ -40,8 +40,8 @@ class DbConversationStore final : public ConversationStore {
   DbConversationStore& operator=(const DbConversationStore&) = delete;
 
   net::awaitable<Status> AppendTurn(Turn turn) override;
-  net::awaitable<Result<std::vector<StoredMessage>>> RecentMessages(
-      std::string owner, std::string user_id, std::size_t max_messages) override;
+  net::awaitable<Result<History>> RecentMessages(std::string owner, std::string user_id,
+                                                 std::size_t max_messages) override;
   net::awaitable<Result<MessagePage>> ListMessages(std::string owner, std::string user_id,
                                                    std::int64_t after_id,
                                                    std::size_t limit) override;

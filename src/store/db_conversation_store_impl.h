@@ -217,15 +217,14 @@ net::awaitable<Result<RetentionBatch>> DbConversationStore<Backend, Options>::De
 }
 
 template <typename Backend, typename Options>
-net::awaitable<Result<std::vector<StoredMessage>>>
-DbConversationStore<Backend, Options>::RecentMessages(std::string owner, std::string user_id,
-                                                      std::size_t max_messages) {
+net::awaitable<Result<History>> DbConversationStore<Backend, Options>::RecentMessages(
+    std::string owner, std::string user_id, std::size_t max_messages) {
   auto query = [backend = state_->backend.get(), owner = ToStorableText(owner),
                 user_id = ToStorableText(user_id),
                 max_messages](typename State::Reader& reader, Deadline deadline) {
     return backend->Recent(reader, deadline, owner, user_id, max_messages);
   };
-  return state_->workers->template Read<Result<std::vector<StoredMessage>>>(std::move(query));
+  return state_->workers->template Read<Result<History>>(std::move(query));
 }
 
 template <typename Backend, typename Options>

@@ -88,13 +88,15 @@ class MemoryConversationStore final : public store::ConversationStore {
     co_return Ok();
   }
 
-  net::awaitable<Result<std::vector<store::StoredMessage>>> RecentMessages(
-      std::string owner, std::string user_id, std::size_t max_messages) override {
+  net::awaitable<Result<store::History>> RecentMessages(std::string owner, std::string user_id,
+                                                        std::size_t max_messages) override {
     ++read_calls_;
     if (read_error_) co_return *read_error_;
-    std::vector<store::StoredMessage> out;
+    store::History out;
     for (std::size_t i = 0; i < rows_.size(); ++i) {
-      if (owners_[i] == owner && rows_[i].user_id == user_id) out.push_back(rows_[i]);
+      if (owners_[i] == owner && rows_[i].user_id == user_id) {
+        out.push_back(std::make_shared<const store::StoredMessage>(rows_[i]));
+      }
     }
     if (max_messages != 0 && out.size() > max_messages) {
       out.erase(out.begin(), out.end() - static_cast<std::ptrdiff_t>(max_messages));

@@ -480,9 +480,8 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     return batch;
   }
 
-  Result<std::vector<StoredMessage>> Recent(Reader& session, Deadline deadline,
-                                            const std::string& owner, const std::string& user_id,
-                                            std::size_t max_messages) {
+  Result<History> Recent(Reader& session, Deadline deadline, const std::string& owner,
+                         const std::string& user_id, std::size_t max_messages) {
     // Newest first with a LIMIT walks the (owner, user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     std::vector<Query> queries;
@@ -493,9 +492,11 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     auto results = session.Run(queries, deadline);
     if (!results) return Context("database read failed", results.error());
     const QueryResult& rows = results->front();
-    std::vector<StoredMessage> messages;
+    History messages;
     messages.reserve(static_cast<std::size_t>(rows.Rows()));
-    for (int row = rows.Rows() - 1; row >= 0; --row) messages.push_back(ReadMessage(rows, row));
+    for (int row = rows.Rows() - 1; row >= 0; --row) {
+      messages.push_back(std::make_shared<const StoredMessage>(ReadMessage(rows, row)));
+    }
     return messages;
   }
 

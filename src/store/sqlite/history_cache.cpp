@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <memory>
 #include <utility>
 
 namespace staple::store {
@@ -26,29 +27,30 @@ constexpr std::size_t kEntryOverhead = 160;
 }  // namespace
 
 std::size_t HistoryCache::BytesOf(const StoredMessage& message) {
-  // The budget is memory, so the strings' allocations count rather than their lengths.
-  return sizeof(StoredMessage) + HeapBytes(message.user_id) + HeapBytes(message.timestamp) +
-         HeapBytes(message.role) + HeapBytes(message.content) + HeapBytes(message.request_id) +
-         HeapBytes(message.model);
+  // The budget is memory, so the strings' allocations count rather than their lengths; each row is
+  // one make_shared allocation (the row and its control block) and the entry's pointer to it.
+  constexpr std::size_t kSharedRow = sizeof(std::shared_ptr<const StoredMessage>) + 16 + 8;
+  return sizeof(StoredMessage) + kSharedRow + HeapBytes(message.user_id) +
+         HeapBytes(message.timestamp) + HeapBytes(message.role) + HeapBytes(message.content) +
+         HeapBytes(message.request_id) + HeapBytes(message.model);
 }
 
 std::optional<std::int64_t> HistoryCache::OldestId(const std::string& user_id) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(user_id);
   if (it == entries_.end()) return std::nullopt;
-  return it->second.rows.front().id;
+  return it->second.rows.front()->id;
 }
 
-std::optional<std::vector<StoredMessage>> HistoryCache::Get(const std::string& user_id,
-                                                            std::int64_t oldest_id,
-                                                            std::int64_t count, std::int64_t max_id,
-                                                            std::size_t max_messages) {
+std::optional<History> HistoryCache::Get(const std::string& user_id, std::int64_t oldest_id,
+                                         std::int64_t count, std::int64_t max_id,
+                                         std::size_t max_messages) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(user_id);
   if (it == entries_.end()) return std::nullopt;
   Entry& entry = it->second;
-  if (entry.rows.front().id != oldest_id) return std::nullopt;  // replaced meanwhile
-  if (static_cast<std::int64_t>(entry.rows.size()) != count || entry.rows.back().id != max_id) {
+  if (entry.rows.front()->id != oldest_id) return std::nullopt;  // replaced meanwhile
+  if (static_cast<std::int64_t>(entry.rows.size()) != count || entry.rows.back()->id != max_id) {
     Drop(it);
     return std::nullopt;
   }
@@ -59,12 +61,10 @@ std::optional<std::vector<StoredMessage>> HistoryCache::Get(const std::string& u
     return std::nullopt;  // older rows are asked for than the entry holds
   }
   lru_.splice(lru_.begin(), lru_, entry.lru);
-  return std::vector<StoredMessage>(entry.rows.end() - static_cast<std::ptrdiff_t>(n),
-                                    entry.rows.end());
+  return History(entry.rows.end() - static_cast<std::ptrdiff_t>(n), entry.rows.end());
 }
 
-void HistoryCache::Put(const std::string& user_id, std::vector<StoredMessage> newest,
-                       bool complete) {
+void HistoryCache::Put(const std::string& user_id, History newest, bool complete) {
   if (newest.empty()) return;
   std::lock_guard lock(mu_);
   if (auto it = entries_.find(user_id); it != entries_.end()) Drop(it);
@@ -73,7 +73,7 @@ void HistoryCache::Put(const std::string& user_id, std::vector<StoredMessage> ne
   entry.complete = complete;
   Trim(entry);
   entry.bytes = kEntryOverhead + 2 * HeapBytes(user_id);
-  for (const auto& message : entry.rows) entry.bytes += BytesOf(message);
+  for (const auto& message : entry.rows) entry.bytes += BytesOf(*message);
   if (entry.bytes > max_bytes_) return;
   lru_.push_front(user_id);
   entry.lru = lru_.begin();
@@ -88,7 +88,7 @@ void HistoryCache::Append(const std::string& user_id, std::vector<StoredMessage>
   auto it = entries_.find(user_id);
   if (it == entries_.end()) return;
   Entry& entry = it->second;
-  if (rows.front().id <= entry.rows.back().id) {
+  if (rows.front().id <= entry.rows.back()->id) {
     // Already part of the entry (it was filled after this commit): the entry cannot tell.
     Drop(it);
     return;
@@ -96,7 +96,7 @@ void HistoryCache::Append(const std::string& user_id, std::vector<StoredMessage>
   for (auto& message : rows) {
     entry.bytes += BytesOf(message);
     bytes_ += BytesOf(message);
-    entry.rows.push_back(std::move(message));
+    entry.rows.push_back(std::make_shared<const StoredMessage>(std::move(message)));
   }
   const std::size_t before = entry.bytes;
   Trim(entry);
@@ -123,7 +123,7 @@ void HistoryCache::Trim(Entry& entry) {
   if (entry.rows.size() <= max_rows_) return;
   const auto extra = static_cast<std::ptrdiff_t>(entry.rows.size() - max_rows_);
   for (auto it = entry.rows.begin(); it != entry.rows.begin() + extra; ++it) {
-    entry.bytes -= std::min(entry.bytes, BytesOf(*it));
+    entry.bytes -= std::min(entry.bytes, BytesOf(**it));
   }
   entry.rows.erase(entry.rows.begin(), entry.rows.begin() + extra);
   entry.complete = false;

@@ -30,6 +30,9 @@ namespace staple::store {
 // entry is not used; rows older than a complete entry's cannot appear later. Filling and appending
 // may race with commits; such an entry then fails that check and is read again.
 //
+// Rows are shared (store::History): a hit hands out pointers to the cached rows, never copies of
+// their texts, and a row stays alive for its reader after the entry is dropped.
+//
 // Threads: every member may be called from any thread.
 class HistoryCache {
  public:
@@ -47,13 +50,12 @@ class HistoryCache {
   // starts at `oldest_id` and the snapshot's rows from that id on are `count` rows ending at
   // `max_id`, and the entry holds enough rows; std::nullopt otherwise (a mismatching entry is
   // dropped).
-  std::optional<std::vector<StoredMessage>> Get(const std::string& user_id, std::int64_t oldest_id,
-                                                std::int64_t count, std::int64_t max_id,
-                                                std::size_t max_messages);
+  std::optional<History> Get(const std::string& user_id, std::int64_t oldest_id, std::int64_t count,
+                             std::int64_t max_id, std::size_t max_messages);
 
   // Remembers `newest`, the newest rows (oldest first) of a conversation as one snapshot showed
   // them; `complete` when they are all of its rows. Ignored when empty.
-  void Put(const std::string& user_id, std::vector<StoredMessage> newest, bool complete);
+  void Put(const std::string& user_id, History newest, bool complete);
 
   // Adds rows just committed at the end of `user_id`'s conversation (ids above every earlier
   // one), when that conversation has an entry.
@@ -68,8 +70,8 @@ class HistoryCache {
 
  private:
   struct Entry {
-    std::vector<StoredMessage> rows;  // the newest rows, oldest first; never empty
-    bool complete = false;            // no older rows exist
+    History rows;           // the newest rows, oldest first; never empty
+    bool complete = false;  // no older rows exist
     std::size_t bytes = 0;
     std::list<std::string>::iterator lru;
   };

@@ -906,8 +906,8 @@ class Reader {
     return reader;
   }
 
-  Result<std::vector<StoredMessage>> Recent(const std::string& owner, const std::string& user_id,
-                                            std::size_t max, HistoryCache& cache) {
+  Result<History> Recent(const std::string& owner, const std::string& user_id, std::size_t max,
+                         HistoryCache& cache) {
     // With a cached window, its row count and newest id come from the (owner, user_id, id) index
     // alone (a few pages); they decide whether the cached rows are the stored ones (see
     // HistoryCache).
@@ -930,20 +930,20 @@ class Reader {
     return messages;
   }
 
-  Result<std::vector<StoredMessage>> ReadRecent(const std::string& owner,
-                                                const std::string& user_id, std::size_t max) {
+  Result<History> ReadRecent(const std::string& owner, const std::string& user_id,
+                             std::size_t max) {
     // Newest first with a LIMIT uses the (owner, user_id, id) index backwards; the page is then
     // reversed to the oldest-first order callers want.
     StatementReset reset(recent_);
     if (auto ok = recent_.BindText(1, user_id); !ok) return ok.error();
     if (auto ok = recent_.BindText(3, owner); !ok) return ok.error();
     if (auto ok = recent_.BindInt64(2, max == 0 ? -1 : SqlLimit(max)); !ok) return ok.error();
-    std::vector<StoredMessage> messages;
+    History messages;
     for (;;) {
       auto row = recent_.Step();
       if (!row) return Context("database read failed", row.error());
       if (!*row) break;
-      messages.push_back(ReadMessage(recent_));
+      messages.push_back(std::make_shared<const StoredMessage>(ReadMessage(recent_)));
     }
     std::reverse(messages.begin(), messages.end());
     return messages;
@@ -1508,8 +1508,8 @@ class SqliteBackend : public BackendTypes<sqlite::Writer, sqlite::Reader, Sqlite
     return op.retained;
   }
 
-  Result<std::vector<StoredMessage>> Recent(Reader& reader, Deadline, const std::string& owner,
-                                            const std::string& user_id, std::size_t max_messages) {
+  Result<History> Recent(Reader& reader, Deadline, const std::string& owner,
+                         const std::string& user_id, std::size_t max_messages) {
     return reader.Recent(owner, user_id, max_messages, history_);
   }
 

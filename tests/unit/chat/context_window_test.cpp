@@ -2,10 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
+#include "support/history.h"
+
 namespace staple::chat {
 namespace {
 
-std::vector<store::StoredMessage> Turns(int count, std::size_t content_chars = 5) {
+store::History Turns(int count, std::size_t content_chars = 5) {
   std::vector<store::StoredMessage> history;
   for (int i = 0; i < count; ++i) {
     store::StoredMessage question;
@@ -17,7 +22,7 @@ std::vector<store::StoredMessage> Turns(int count, std::size_t content_chars = 5
     history.push_back(question);
     history.push_back(answer);
   }
-  return history;
+  return testing::SharedRows(std::move(history));
 }
 
 std::vector<std::string> Roles(const std::vector<ChatMessage>& messages) {
@@ -34,7 +39,7 @@ TEST(ContextWindowTest, WindowStartIsWhereHistoryWindowBegins) {
     const auto kept = HistoryWindow(history, limits);
     ASSERT_EQ(history.size() - first, kept.size()) << max_messages;
     if (!kept.empty()) {
-      EXPECT_EQ(kept.front().content, history[first].content);
+      EXPECT_EQ(kept.front().content, history[first]->content);
     }
   }
   EXPECT_EQ(WindowStart({}, {}), 0u);

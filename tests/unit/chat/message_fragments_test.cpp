@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "support/history.h"
+
 namespace staple::chat {
 namespace {
 
@@ -17,11 +19,11 @@ store::StoredMessage Message(std::int64_t id, std::string role, std::string cont
   return message;
 }
 
-std::string Joined(const std::vector<store::StoredMessage>& messages, std::size_t first) {
+std::string Joined(const store::History& messages, std::size_t first) {
   std::string out;
   for (std::size_t i = first; i < messages.size(); ++i) {
     if (i > first) out += ',';
-    out += MessageFragments::Serialize(messages[i].role, messages[i].content);
+    out += MessageFragments::Serialize(messages[i]->role, messages[i]->content);
   }
   return out;
 }
@@ -35,8 +37,8 @@ TEST(MessageFragmentsTest, SerializesLikeNlohmannWithEscapesAndInvalidUtf8Replac
 
 TEST(MessageFragmentsTest, AppendsTheMessagesFromFirstJoinedByCommas) {
   MessageFragments fragments(1 << 20);
-  const std::vector<store::StoredMessage> history{
-      Message(1, "user", "one"), Message(2, "assistant", "echo one"), Message(3, "user", "two")};
+  const store::History history = testing::SharedRows(
+      {Message(1, "user", "one"), Message(2, "assistant", "echo one"), Message(3, "user", "two")});
   std::string out = "[";
   fragments.Append(out, history, 1);
   EXPECT_EQ(out, "[" + Joined(history, 1));
@@ -56,8 +58,9 @@ TEST(MessageFragmentsTest, AppendsTheMessagesFromFirstJoinedByCommas) {
 TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
   const std::string fragment = MessageFragments::Serialize("user", std::string(100, 'x'));
   MessageFragments fragments(3 * MessageFragments::CostOf(fragment));
-  std::vector<store::StoredMessage> history;
-  for (int id = 1; id <= 5; ++id) history.push_back(Message(id, "user", std::string(100, 'x')));
+  std::vector<store::StoredMessage> rows;
+  for (int id = 1; id <= 5; ++id) rows.push_back(Message(id, "user", std::string(100, 'x')));
+  const store::History history = testing::SharedRows(std::move(rows));
   std::string out;
   fragments.Append(out, history, 0);
   EXPECT_EQ(fragments.bytes(), 3 * MessageFragments::CostOf(fragment));
@@ -75,7 +78,7 @@ TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
 // not only its length: a million short messages must not fit where their text alone would.
 TEST(MessageFragmentsTest, TheBudgetCountsEachEntrysBookkeeping) {
   MessageFragments fragments(1024 * 1024);
-  std::vector<store::StoredMessage> history = {Message(1, "user", "hi")};
+  const store::History history = testing::SharedRows({Message(1, "user", "hi")});
   std::string out;
   fragments.Append(out, history, 0);
   EXPECT_GE(fragments.bytes(), out.size() + 100) << "only the text was counted";

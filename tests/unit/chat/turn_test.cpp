@@ -62,8 +62,8 @@ class TurnTest : public ::testing::Test {
 
   // A body that lists the history window it was given, so tests can see what was read.
   BodyBuilder Builder() {
-    return [this](const TurnRequest& request, const std::vector<store::StoredMessage>& history,
-                  std::size_t first, bool estimate) -> Result<UpstreamBody> {
+    return [this](const TurnRequest& request, const store::History& history, std::size_t first,
+                  bool estimate) -> Result<UpstreamBody> {
       built_history_ = history.size() - first;
       UpstreamBody body;
       body.json = R"({"prompt":")" + request.prompt + R"("})";

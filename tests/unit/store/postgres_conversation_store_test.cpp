@@ -20,6 +20,7 @@
 namespace staple::store {
 namespace {
 
+using testing::Contents;
 using testing::Describe;
 using testing::FreshPostgresDatabase;
 using ::testing::HasSubstr;
@@ -44,12 +45,6 @@ std::unique_ptr<PostgresConversationStore> OpenStore(const std::string& url) {
 
 // The database name at the end of a test URL.
 std::string DatabaseOf(const std::string& url) { return url.substr(url.rfind('/') + 1); }
-
-std::vector<std::string> Contents(const std::vector<StoredMessage>& messages) {
-  std::vector<std::string> contents;
-  for (const StoredMessage& message : messages) contents.push_back(message.content);
-  return contents;
-}
 
 std::vector<std::string> RecentContents(ConversationStore& store, const std::string& user_id) {
   auto messages = RunSync(store.RecentMessages("", user_id, 0));

@@ -28,6 +28,7 @@ namespace staple::store {
 namespace {
 
 using std::chrono::system_clock;
+using testing::Contents;
 using testing::Describe;
 using testing::FreshPostgresDatabase;
 using testing::MakeTurn;
@@ -90,12 +91,6 @@ Turn TurnAged(const std::string& user_id, int n, system_clock::duration age) {
   turn.prompt_time = kNow - age;
   turn.completion_time = turn.prompt_time + std::chrono::milliseconds(1);
   return turn;
-}
-
-std::vector<std::string> Contents(const std::vector<StoredMessage>& messages) {
-  std::vector<std::string> contents;
-  for (const auto& message : messages) contents.push_back(message.content);
-  return contents;
 }
 
 std::vector<std::string> Recent(ConversationStore& store, const std::string& user_id,

@@ -201,8 +201,8 @@ TEST_F(SqliteConversationStoreTest, AcknowledgedTurnsSurviveKill9) {
   ASSERT_GE(messages->size(), 2u * static_cast<std::size_t>(last_ack + 1));
   EXPECT_EQ(messages->size() % 2, 0u);
   for (int n = 0; n <= last_ack; ++n) {
-    EXPECT_EQ((*messages)[2 * static_cast<std::size_t>(n)].content, "prompt " + std::to_string(n));
-    EXPECT_EQ((*messages)[2 * static_cast<std::size_t>(n) + 1].content,
+    EXPECT_EQ((*messages)[2 * static_cast<std::size_t>(n)]->content, "prompt " + std::to_string(n));
+    EXPECT_EQ((*messages)[2 * static_cast<std::size_t>(n) + 1]->content,
               "answer " + std::to_string(n));
   }
 }
@@ -239,7 +239,7 @@ std::vector<std::string> HistoryRows(SqliteConversationStore& store, const std::
   EXPECT_TRUE(read.ok()) << Describe(read);
   std::vector<std::string> out;
   if (read.ok()) {
-    for (const auto& message : *read) out.push_back(Fields(message));
+    for (const auto& message : *read) out.push_back(Fields(*message));
   }
   return out;
 }
@@ -314,11 +314,11 @@ TEST_F(SqliteConversationStoreTest, ReopeningTheFileKeepsTheData) {
   auto messages = RunSync(store->RecentMessages("", "alice", 0));
   ASSERT_TRUE(messages.ok()) << Describe(messages);
   ASSERT_EQ(messages->size(), 4u);
-  EXPECT_EQ((*messages)[3].content, "answer 2");
+  EXPECT_EQ((*messages)[3]->content, "answer 2");
   ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("alice", 3))).ok());
   auto more = RunSync(store->RecentMessages("", "alice", 1));
   ASSERT_TRUE(more.ok());
-  EXPECT_GT((*more)[0].id, (*messages)[3].id);
+  EXPECT_GT((*more)[0]->id, (*messages)[3]->id);
 }
 
 TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
@@ -340,18 +340,18 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   auto old = RunSync(store->RecentMessages("", "old-user", 0));
   ASSERT_TRUE(old.ok()) << Describe(old);
   ASSERT_EQ(old->size(), 2u);
-  EXPECT_EQ((*old)[0].content, "old prompt");
-  EXPECT_EQ((*old)[0].timestamp, "2024-01-02 03:04:05.000006");
-  EXPECT_EQ((*old)[1].role, "assistant");
-  EXPECT_EQ((*old)[1].request_id, "");
-  EXPECT_EQ((*old)[1].prompt_tokens, std::nullopt);
+  EXPECT_EQ((*old)[0]->content, "old prompt");
+  EXPECT_EQ((*old)[0]->timestamp, "2024-01-02 03:04:05.000006");
+  EXPECT_EQ((*old)[1]->role, "assistant");
+  EXPECT_EQ((*old)[1]->request_id, "");
+  EXPECT_EQ((*old)[1]->prompt_tokens, std::nullopt);
 
   ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("old-user", 1))).ok());
   auto all = RunSync(store->RecentMessages("", "old-user", 0));
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 4u);
-  EXPECT_GT((*all)[2].id, (*all)[1].id);
-  EXPECT_EQ((*all)[3].completion_tokens, 21);
+  EXPECT_GT((*all)[2]->id, (*all)[1]->id);
+  EXPECT_EQ((*all)[3]->completion_tokens, 21);
 
   RawConnection raw(path_);
   EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "5");
@@ -404,7 +404,7 @@ TEST_F(SqliteConversationStoreTest, MigratesAVersion2FileToTheResponsesState) {
   auto old = RunSync(store->RecentMessages("key_a", "old-user", 0));
   ASSERT_TRUE(old.ok()) << Describe(old);
   ASSERT_EQ(old->size(), 2u);
-  EXPECT_EQ((*old)[1].content, "old answer");
+  EXPECT_EQ((*old)[1]->content, "old answer");
 
   StoredConversation conversation;
   conversation.id = "conv_1";
@@ -626,7 +626,7 @@ TEST_F(SqliteConversationStoreTest, AFailedBatchIsUnavailableAndTheStoreKeepsSer
   auto messages = RunSync(store->RecentMessages("", "alice", 0));
   ASSERT_TRUE(messages.ok());
   std::vector<std::string> contents;
-  for (const StoredMessage& m : *messages) contents.push_back(m.content);
+  for (const auto& m : *messages) contents.push_back(m->content);
   EXPECT_THAT(contents, ElementsAre("prompt 1", "answer 1", "prompt 3", "answer 3"));
   EXPECT_EQ(store->PendingWrites(), 0u);
 }

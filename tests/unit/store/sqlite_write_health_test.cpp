@@ -117,7 +117,7 @@ TEST_F(SqliteWriteHealthTest, AFailedCommitMarksWritesFailingUntilAWriteSucceeds
   auto messages = RunSync(store->RecentMessages("", "alice", 0));
   ASSERT_TRUE(messages.ok());
   ASSERT_EQ(messages->size(), 2u);
-  EXPECT_EQ((*messages)[0].content, "prompt 2");
+  EXPECT_EQ((*messages)[0]->content, "prompt 2");
 }
 
 TEST_F(SqliteWriteHealthTest, TheWriterReopensItsConnectionAndPicksUpRestoredPermissions) {

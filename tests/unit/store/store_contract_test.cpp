@@ -23,10 +23,12 @@
 #include "store/postgres/postgres_conversation_store.h"
 #include "store/sqlite/sqlite_conversation_store.h"
 #include "store_test_util.h"
+#include "support/history.h"
 
 namespace staple::store {
 namespace {
 
+using testing::Contents;
 using testing::Describe;
 using testing::MakeTurn;
 using testing::RunSync;
@@ -100,7 +102,7 @@ class ConversationStoreContract : public ::testing::TestWithParam<ContractParam>
   std::vector<StoredMessage> Recent(const std::string& user_id, std::size_t max) {
     auto messages = RunSync(store_->RecentMessages("", user_id, max));
     EXPECT_TRUE(messages.ok()) << Describe(messages);
-    return messages.ok() ? std::move(messages).value() : std::vector<StoredMessage>{};
+    return messages.ok() ? ::staple::testing::CopiedRows(*messages) : std::vector<StoredMessage>{};
   }
 
   MessagePage List(const std::string& user_id, std::int64_t after_id, std::size_t limit) {
@@ -185,12 +187,6 @@ class ConversationStoreContract : public ::testing::TestWithParam<ContractParam>
   TempDir dir_;
   std::unique_ptr<ConversationStore> store_;
 };
-
-std::vector<std::string> Contents(const std::vector<StoredMessage>& messages) {
-  std::vector<std::string> contents;
-  for (const StoredMessage& message : messages) contents.push_back(message.content);
-  return contents;
-}
 
 std::chrono::system_clock::time_point FixedTime() {
   // 2024-03-01 12:34:56.789012 UTC

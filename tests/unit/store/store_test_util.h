@@ -11,12 +11,26 @@
 #include <string>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "common/net.h"
 #include "common/result.h"
 #include "store/conversation_store.h"
 
 namespace staple::store::testing {
+
+// The contents of `messages`, in order: of rows (a page of ListMessages) or of shared rows (a
+// RecentMessages history).
+inline std::vector<std::string> Contents(const std::vector<StoredMessage>& messages) {
+  std::vector<std::string> contents;
+  for (const StoredMessage& message : messages) contents.push_back(message.content);
+  return contents;
+}
+inline std::vector<std::string> Contents(const History& messages) {
+  std::vector<std::string> contents;
+  for (const auto& message : messages) contents.push_back(message->content);
+  return contents;
+}
 
 // A fresh directory under the system temp directory, removed with everything in it on
 // destruction.
