@@ -2,7 +2,7 @@
 // history into an upstream body, from scratch (a JSON tree, as before MessageFragments) and with
 // the serialized messages kept (MessageFragments, what a continued conversation now pays).
 //
-//   build/staple_micro_bench --benchmark_filter='BuildContext|HistoryBody'
+//   build/staple_micro_bench --benchmark_filter='BuildContext|HistoryBody|WindowStart'
 
 #include <benchmark/benchmark.h>
 
@@ -53,6 +53,27 @@ void BM_BuildContext(benchmark::State& state) {
   state.counters["messages_sent"] = static_cast<double>(sent);
 }
 BENCHMARK(BM_BuildContext)->ArgNames({"stored", "default_limits"})->Args({100, 1})->Args({100, 0});
+
+// WindowStart over 100-message histories of 2 000 conversations in turn (~70 MB of rows, so each
+// is cold in the CPU's caches, as in a server holding that many conversations). range(0): 1 = the
+// default limits, whose character limit the bytes already meet (no text is read); 0 = a
+// character limit one below the bytes, so every message's characters are counted.
+void BM_WindowStartColdRows(benchmark::State& state) {
+  constexpr std::size_t kConversations = 2000;
+  std::vector<store::History> histories;
+  histories.reserve(kConversations);
+  for (std::size_t i = 0; i < kConversations; ++i) histories.push_back(History(100));
+  std::size_t bytes = 0;
+  for (const auto& row : histories.front()) bytes += row->content.size();
+  WindowLimits limits;
+  if (state.range(0) == 0) limits.max_chars = bytes - 1;
+  std::size_t next = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(WindowStart(histories[next], limits));
+    next = (next + 1) % kConversations;
+  }
+}
+BENCHMARK(BM_WindowStartColdRows)->ArgNames({"default_limits"})->Arg(1)->Arg(0);
 
 // The "messages" array of 100 stored messages as one nlohmann tree, dumped.
 void BM_HistoryBodyFromTree(benchmark::State& state) {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,54 @@ TEST(ContextWindowTest, WindowStartIsWhereHistoryWindowBegins) {
     }
   }
   EXPECT_EQ(WindowStart({}, {}), 0u);
+}
+
+// The window by its definition: whole turns from the newest back, every message's characters
+// counted, while both limits hold.
+std::size_t CountedWindowStart(const store::History& history, const WindowLimits& limits) {
+  std::size_t first_kept = history.size();
+  std::size_t messages = 0;
+  std::size_t chars = 0;
+  std::size_t turn_end = history.size();
+  for (std::size_t i = history.size(); i-- > 0;) {
+    if (history[i]->role != "user") continue;
+    std::size_t turn_chars = 0;
+    for (std::size_t j = i; j < turn_end; ++j) turn_chars += CountChars(history[j]->content);
+    if (limits.max_messages != 0 && messages + (turn_end - i) > limits.max_messages) break;
+    if (limits.max_chars != 0 && chars + turn_chars > limits.max_chars) break;
+    messages += turn_end - i;
+    chars += turn_chars;
+    first_kept = i;
+    turn_end = i;
+  }
+  return first_kept;
+}
+
+// WindowStart counts characters only when the bytes might not fit; the window must be the same as
+// counting them all, for text of 1- to 4-byte characters, replies without their question and
+// limits that bind on bytes but not on characters.
+TEST(ContextWindowTest, WindowStartIsTheCountedWindow) {
+  const std::vector<std::string> pieces = {"a", "\xc3\xa9", "\xe4\xbd\xa0", "\xf0\x9f\x8e\x89"};
+  std::mt19937 random(7);
+  for (int round = 0; round < 400; ++round) {
+    std::vector<store::StoredMessage> rows;
+    const int count = static_cast<int>(random() % 12);
+    for (int i = 0; i < count; ++i) {
+      store::StoredMessage row;
+      row.role = random() % 3 == 0 ? "assistant" : (random() % 4 == 0 ? "tool" : "user");
+      const int length = static_cast<int>(random() % 6);
+      for (int c = 0; c < length; ++c) row.content += pieces[random() % pieces.size()];
+      rows.push_back(std::move(row));
+    }
+    const store::History history = testing::SharedRows(std::move(rows));
+    for (std::size_t max_messages : {0u, 1u, 2u, 3u, 5u, 100u}) {
+      for (std::size_t max_chars : {0u, 1u, 3u, 4u, 7u, 10u, 16u, 40u}) {
+        const WindowLimits limits{max_messages, max_chars};
+        ASSERT_EQ(WindowStart(history, limits), CountedWindowStart(history, limits))
+            << "round " << round << ", limits " << max_messages << "/" << max_chars;
+      }
+    }
+  }
 }
 
 TEST(ContextWindowTest, EmptyHistorySendsThePromptOnly) {
