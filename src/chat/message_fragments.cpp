@@ -20,7 +20,9 @@ void MessageFragments::Append(std::string& out, const store::History& messages, 
     if (i > first) out += ',';
     auto found = entries_.find(message.id);
     if (found != entries_.end()) {
-      lru_.splice(lru_.begin(), lru_, found->second.lru);
+      // Only marked: moving it to the front on every hit touched two more list nodes (cold memory
+      // once many conversations are cached) for each message of the history.
+      found->second.used = true;
       out += found->second.json;
       continue;
     }
@@ -29,15 +31,32 @@ void MessageFragments::Append(std::string& out, const store::History& messages, 
     json.shrink_to_fit();
     if (CostOf(json) > max_bytes_) continue;
     bytes_ += CostOf(json);
-    lru_.push_front(message.id);
-    entries_.emplace(message.id, Entry{std::move(json), lru_.begin()});
-    while (bytes_ > max_bytes_) {
-      auto oldest = entries_.find(lru_.back());
-      bytes_ -= CostOf(oldest->second.json);
-      entries_.erase(oldest);
-      lru_.pop_back();
-    }
+    order_.push_front(message.id);
+    entries_.emplace(message.id, Entry{std::move(json), order_.begin(), false});
+    EvictOverBudget();
   }
+}
+
+void MessageFragments::EvictOverBudget() {
+  // Second chance: from the oldest end, an entry used since it was last looked at here goes back
+  // to the front unmarked, and the first unmarked one is dropped. Each pass over an entry clears
+  // its mark, so this ends; a full cycle costs one step per entry.
+  while (bytes_ > max_bytes_) {
+    auto oldest = entries_.find(order_.back());
+    if (oldest->second.used) {
+      oldest->second.used = false;
+      order_.splice(order_.begin(), order_, oldest->second.place);
+      continue;
+    }
+    bytes_ -= CostOf(oldest->second.json);
+    entries_.erase(oldest);
+    order_.pop_back();
+  }
+}
+
+bool MessageFragments::Holds(std::int64_t id) const {
+  std::lock_guard lock(mu_);
+  return entries_.count(id) != 0;
 }
 
 std::size_t MessageFragments::CostOf(const std::string& json) {

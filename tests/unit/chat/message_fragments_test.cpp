@@ -74,6 +74,33 @@ TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
   EXPECT_EQ(tiny.bytes(), 0u);
 }
 
+// Over the budget, a fragment served since it was kept survives one more round: the oldest unused
+// one goes.
+TEST(MessageFragmentsTest, AFragmentUsedAgainOutlivesAnOlderUnusedOne) {
+  const std::string fragment = MessageFragments::Serialize("user", std::string(100, 'x'));
+  MessageFragments fragments(3 * MessageFragments::CostOf(fragment));
+  std::vector<store::StoredMessage> rows;
+  for (int id = 1; id <= 5; ++id) rows.push_back(Message(id, "user", std::string(100, 'x')));
+  const store::History history = testing::SharedRows(std::move(rows));
+  const auto one = [&](std::size_t index) { return store::History{history[index]}; };
+  std::string out;
+  fragments.Append(out, history, 0);  // 1..5 in turn: 3, 4 and 5 are kept
+  EXPECT_FALSE(fragments.Holds(1));
+  EXPECT_TRUE(fragments.Holds(3));
+
+  fragments.Append(out, one(0), 0);  // 1 again: 3, the oldest, goes
+  EXPECT_TRUE(fragments.Holds(1));
+  EXPECT_FALSE(fragments.Holds(3));
+  std::string served;
+  fragments.Append(served, one(3), 0);  // 4 is served from what is kept, and marked
+  EXPECT_EQ(served, fragment);
+  fragments.Append(out, one(1), 0);  // 2: 4 was used, so 5 goes
+  EXPECT_TRUE(fragments.Holds(4));
+  EXPECT_FALSE(fragments.Holds(5));
+  EXPECT_TRUE(fragments.Holds(2));
+  EXPECT_EQ(fragments.bytes(), 3 * MessageFragments::CostOf(fragment));
+}
+
 // The budget bounds memory, so a kept fragment costs its allocation and its map and list nodes,
 // not only its length: a million short messages must not fit where their text alone would.
 TEST(MessageFragmentsTest, TheBudgetCountsEachEntrysBookkeeping) {
