@@ -28,6 +28,13 @@ std::string Joined(const store::History& messages, std::size_t first) {
   return out;
 }
 
+// Messages 1 to 5, each the user's 100 'x': equal fragments, so a budget counts them.
+store::History FiveEqualMessages() {
+  std::vector<store::StoredMessage> rows;
+  for (int id = 1; id <= 5; ++id) rows.push_back(Message(id, "user", std::string(100, 'x')));
+  return testing::SharedRows(std::move(rows));
+}
+
 TEST(MessageFragmentsTest, SerializesLikeNlohmannWithEscapesAndInvalidUtf8Replaced) {
   const std::string fragment = MessageFragments::Serialize("user", "say \"hi\"\n\\ \xff end");
   auto parsed = nlohmann::json::parse(fragment);
@@ -58,9 +65,7 @@ TEST(MessageFragmentsTest, AppendsTheMessagesFromFirstJoinedByCommas) {
 TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
   const std::string fragment = MessageFragments::Serialize("user", std::string(100, 'x'));
   MessageFragments fragments(3 * MessageFragments::CostOf(fragment));
-  std::vector<store::StoredMessage> rows;
-  for (int id = 1; id <= 5; ++id) rows.push_back(Message(id, "user", std::string(100, 'x')));
-  const store::History history = testing::SharedRows(std::move(rows));
+  const store::History history = FiveEqualMessages();
   std::string out;
   fragments.Append(out, history, 0);
   EXPECT_EQ(fragments.bytes(), 3 * MessageFragments::CostOf(fragment));
@@ -79,9 +84,7 @@ TEST(MessageFragmentsTest, KeepsAtMostItsBudgetDroppingTheLeastRecentlyUsed) {
 TEST(MessageFragmentsTest, AFragmentUsedAgainOutlivesAnOlderUnusedOne) {
   const std::string fragment = MessageFragments::Serialize("user", std::string(100, 'x'));
   MessageFragments fragments(3 * MessageFragments::CostOf(fragment));
-  std::vector<store::StoredMessage> rows;
-  for (int id = 1; id <= 5; ++id) rows.push_back(Message(id, "user", std::string(100, 'x')));
-  const store::History history = testing::SharedRows(std::move(rows));
+  const store::History history = FiveEqualMessages();
   const auto one = [&](std::size_t index) { return store::History{history[index]}; };
   std::string out;
   fragments.Append(out, history, 0);  // 1..5 in turn: 3, 4 and 5 are kept
