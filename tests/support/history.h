@@ -12,8 +12,9 @@ namespace staple::testing {
 inline store::History SharedRows(std::vector<store::StoredMessage> rows) {
   store::History history;
   history.reserve(rows.size());
-  for (auto& row : rows)
+  for (auto& row : rows) {
     history.push_back(std::make_shared<const store::StoredMessage>(std::move(row)));
+  }
   return history;
 }
 
