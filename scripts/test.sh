@@ -21,7 +21,11 @@ ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 300
 # because they start a server of their own.
 if [ "${STAPLE_TEST_SANITIZERS:-0}" = 1 ]; then
   echo "test: sanitizer build (build-asan)"
+  # -O1 -g1: the level the sanitizers' documentation suggests, with line tables for the reports'
+  # stack traces. It compiles this tree about twice as fast as -O2 -g (one test file: 98 s -> 44 s),
+  # which is most of CI's time. The micro benchmarks are not built: they run from `build`.
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DSTAPLE_BUILD_BENCH=OFF \
     -DSTAPLE_SANITIZE=address,undefined -DCMAKE_CXX_FLAGS=-fno-sanitize-recover=undefined
   cmake --build build-asan -j "$(nproc)"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
