@@ -23,16 +23,12 @@ store::History History(std::size_t messages) {
   store::History history;
   history.reserve(messages);
   for (std::size_t i = 0; i < messages; ++i) {
-    store::StoredMessage m;
+    store::HistoryMessage m;
     m.id = static_cast<std::int64_t>(i + 1);
-    m.user_id = "bench-user-1";
-    m.timestamp = "2026-01-01 12:00:00.000000";
     const bool user = i % 2 == 0;
     m.role = user ? "user" : "assistant";
     m.content = user ? std::string(120, 'q') : std::string(600, 'a');
-    m.request_id = "req-" + std::to_string(i);
-    m.model = "gpt-4o-mini";
-    history.push_back(std::make_shared<const store::StoredMessage>(std::move(m)));
+    history.push_back(std::make_shared<const store::HistoryMessage>(std::move(m)));
   }
   return history;
 }

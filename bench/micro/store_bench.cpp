@@ -127,22 +127,18 @@ void BM_HistoryCacheHit(benchmark::State& state) {
   HistoryCache cache(256, 64 << 20);
   History rows;
   for (std::int64_t id = 1; id <= 100; ++id) {
-    StoredMessage row;
+    HistoryMessage row;
     row.id = id;
-    row.user_id = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
-    row.timestamp = "2026-12-05 06:00:00.000000";
     row.role = id % 2 == 1 ? "user" : "assistant";
     row.content = std::string(id % 2 == 1 ? 60 : 200, 'x');
-    row.request_id = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c";
-    row.model = "gpt-4o-mini";
-    rows.push_back(std::make_shared<const StoredMessage>(std::move(row)));
+    rows.push_back(std::make_shared<const HistoryMessage>(std::move(row)));
   }
   cache.Put("conversation", rows, true);
   const bool copy = state.range(0) == 1;
   for (auto _ : state) {
     auto hit = cache.Get("conversation", 1, 100, 100, 100);
     if (copy) {
-      std::vector<StoredMessage> copies;
+      std::vector<HistoryMessage> copies;
       copies.reserve(hit->size());
       for (const auto& row : *hit) copies.push_back(*row);
       benchmark::DoNotOptimize(copies);

@@ -16,7 +16,7 @@ std::string MessageFragments::Serialize(std::string_view role, std::string_view 
 void MessageFragments::Append(std::string& out, const store::History& messages, std::size_t first) {
   std::lock_guard lock(mu_);
   for (std::size_t i = first; i < messages.size(); ++i) {
-    const store::StoredMessage& message = *messages[i];
+    const store::HistoryMessage& message = *messages[i];
     if (i > first) out += ',';
     auto found = entries_.find(message.id);
     if (found != entries_.end()) {

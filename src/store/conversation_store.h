@@ -26,10 +26,22 @@ struct StoredMessage {
   std::optional<std::int64_t> latency_ms;
 };
 
+// A stored message as a conversation's context needs it: what is sent upstream, and the row id
+// that orders it. The rest of the row (timestamps, request ids, token counts) is only read by
+// ListMessages; leaving it out makes a cached message about a third of a full row's memory, so
+// about three times as many conversations' windows fit in a store's history cache.
+struct HistoryMessage {
+  std::int64_t id = 0;
+  std::string role;  // "user" | "assistant"
+  std::string content;
+
+  friend bool operator==(const HistoryMessage&, const HistoryMessage&) = default;
+};
+
 // A conversation's messages as RecentMessages reads them, oldest first. The rows are shared and
 // never changed: a store may hand out the rows its cache holds, so that reading a long
 // conversation copies pointers rather than texts.
-using History = std::vector<std::shared_ptr<const StoredMessage>>;
+using History = std::vector<std::shared_ptr<const HistoryMessage>>;
 
 struct ResponseRecord;  // below
 
@@ -157,8 +169,9 @@ class ConversationStore {
   // deadline passed or the store is closed.
   virtual net::awaitable<Status> AppendTurn(Turn turn) = 0;
 
-  // The most recent `max_messages` messages of (owner, user_id) (0 = all of them), oldest first.
-  // An unknown conversation has an empty history.
+  // The most recent `max_messages` messages of (owner, user_id) (0 = all of them), oldest first:
+  // their ids, roles and contents (ListMessages reads whole rows). An unknown conversation has an
+  // empty history.
   virtual net::awaitable<Result<History>> RecentMessages(std::string owner, std::string user_id,
                                                          std::size_t max_messages) = 0;
 

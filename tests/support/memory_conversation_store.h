@@ -95,7 +95,8 @@ class MemoryConversationStore final : public store::ConversationStore {
     store::History out;
     for (std::size_t i = 0; i < rows_.size(); ++i) {
       if (owners_[i] == owner && rows_[i].user_id == user_id) {
-        out.push_back(std::make_shared<const store::StoredMessage>(rows_[i]));
+        out.push_back(std::make_shared<const store::HistoryMessage>(
+            store::HistoryMessage{rows_[i].id, rows_[i].role, rows_[i].content}));
       }
     }
     if (max_messages != 0 && out.size() > max_messages) {

@@ -163,6 +163,17 @@ StoredMessage ReadMessage(const QueryResult& rows, int row) {
   return message;
 }
 
+// The history columns of a conversation's messages (RecentMessages), read by ReadHistoryMessage.
+constexpr std::string_view kSelectHistoryColumns = "SELECT id, role, content FROM messages ";
+
+HistoryMessage ReadHistoryMessage(const QueryResult& rows, int row) {
+  HistoryMessage message;
+  message.id = rows.Int64(row, 0);
+  message.role = rows.Text(row, 1);
+  message.content = rows.Text(row, 2);
+  return message;
+}
+
 // A LIMIT parameter: NULL (no limit) beyond what a BIGINT holds.
 std::optional<std::string> SqlLimit(std::size_t n) {
   constexpr auto kMax = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
@@ -486,7 +497,7 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     // reversed to the oldest-first order callers want.
     std::vector<Query> queries;
     queries.push_back(
-        Query{std::string(kSelectColumns) +
+        Query{std::string(kSelectHistoryColumns) +
                   "WHERE owner = $3 AND user_id = $1 ORDER BY id DESC LIMIT $2::bigint",
               {user_id, max_messages == 0 ? std::nullopt : SqlLimit(max_messages), owner}});
     auto results = session.Run(queries, deadline);
@@ -495,7 +506,7 @@ class PostgresBackend : public BackendTypes<postgres::Session, postgres::Session
     History messages;
     messages.reserve(static_cast<std::size_t>(rows.Rows()));
     for (int row = rows.Rows() - 1; row >= 0; --row) {
-      messages.push_back(std::make_shared<const StoredMessage>(ReadMessage(rows, row)));
+      messages.push_back(std::make_shared<const HistoryMessage>(ReadHistoryMessage(rows, row)));
     }
     return messages;
   }

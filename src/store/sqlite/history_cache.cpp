@@ -26,13 +26,11 @@ constexpr std::size_t kEntryOverhead = 160;
 
 }  // namespace
 
-std::size_t HistoryCache::BytesOf(const StoredMessage& message) {
+std::size_t HistoryCache::BytesOf(const HistoryMessage& message) {
   // The budget is memory, so the strings' allocations count rather than their lengths; each row is
   // one make_shared allocation (the row and its control block) and the entry's pointer to it.
-  constexpr std::size_t kSharedRow = sizeof(std::shared_ptr<const StoredMessage>) + 16 + 8;
-  return sizeof(StoredMessage) + kSharedRow + HeapBytes(message.user_id) +
-         HeapBytes(message.timestamp) + HeapBytes(message.role) + HeapBytes(message.content) +
-         HeapBytes(message.request_id) + HeapBytes(message.model);
+  constexpr std::size_t kSharedRow = sizeof(std::shared_ptr<const HistoryMessage>) + 16 + 8;
+  return sizeof(HistoryMessage) + kSharedRow + HeapBytes(message.role) + HeapBytes(message.content);
 }
 
 std::optional<std::int64_t> HistoryCache::OldestId(const std::string& user_id) {
@@ -82,7 +80,7 @@ void HistoryCache::Put(const std::string& user_id, History newest, bool complete
   EvictOverBudget();
 }
 
-void HistoryCache::Append(const std::string& user_id, std::vector<StoredMessage> rows) {
+void HistoryCache::Append(const std::string& user_id, std::vector<HistoryMessage> rows) {
   if (rows.empty()) return;
   std::lock_guard lock(mu_);
   auto it = entries_.find(user_id);
@@ -96,7 +94,7 @@ void HistoryCache::Append(const std::string& user_id, std::vector<StoredMessage>
   for (auto& message : rows) {
     entry.bytes += BytesOf(message);
     bytes_ += BytesOf(message);
-    entry.rows.push_back(std::make_shared<const StoredMessage>(std::move(message)));
+    entry.rows.push_back(std::make_shared<const HistoryMessage>(std::move(message)));
   }
   const std::size_t before = entry.bytes;
   Trim(entry);

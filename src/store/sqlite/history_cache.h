@@ -59,7 +59,7 @@ class HistoryCache {
 
   // Adds rows just committed at the end of `user_id`'s conversation (ids above every earlier
   // one), when that conversation has an entry.
-  void Append(const std::string& user_id, std::vector<StoredMessage> rows);
+  void Append(const std::string& user_id, std::vector<HistoryMessage> rows);
 
   // Forgets `user_id`'s conversation.
   void Erase(const std::string& user_id);
@@ -77,7 +77,7 @@ class HistoryCache {
   };
   using Map = std::unordered_map<std::string, Entry>;
 
-  static std::size_t BytesOf(const StoredMessage& message);
+  static std::size_t BytesOf(const HistoryMessage& message);
   // Keeps at most max_rows_ rows in `entry`.
   void Trim(Entry& entry);
   void Drop(Map::iterator it);

@@ -344,24 +344,14 @@ std::string CacheKey(const std::string& owner, const std::string& user_id) {
 // memory is SqliteStoreOptions::history_cache_bytes.
 constexpr std::size_t kCachedRowsPerConversation = 256;
 
-// A row as InsertRow stores it and ReadMessage reads it back (empty request_id and model are NULL,
-// which reads back as empty).
-StoredMessage RowOf(const Turn& turn, std::int64_t id, const std::string& timestamp,
-                    std::string_view role, const std::string& content,
-                    std::optional<std::int64_t> prompt_tokens,
-                    std::optional<std::int64_t> completion_tokens,
-                    std::optional<std::int64_t> latency_ms) {
-  StoredMessage message;
-  message.id = id;
-  message.user_id = turn.user_id;
-  message.timestamp = timestamp;
-  message.role = std::string(role);
-  message.content = content;
-  message.request_id = turn.request_id;
-  message.model = turn.model;
-  message.prompt_tokens = prompt_tokens;
-  message.completion_tokens = completion_tokens;
-  message.latency_ms = latency_ms;
+// The history columns of a conversation's messages (RecentMessages), read by ReadHistoryMessage.
+constexpr std::string_view kSelectHistoryColumns = "SELECT id, role, content FROM messages ";
+
+HistoryMessage ReadHistoryMessage(const Statement& row) {
+  HistoryMessage message;
+  message.id = row.ColumnInt64(0);
+  message.role = row.ColumnText(1);
+  message.content = row.ColumnText(2);
   return message;
 }
 
@@ -468,9 +458,9 @@ class Writer {
     if (sqlite3_get_autocommit(db_.handle()) == 0) (void)Run(rollback_);
   }
 
-  // Inserts both rows of `turn`; on success `inserted` (when given) holds them as a read would
-  // return them, ids included.
-  Status InsertTurn(const Turn& turn, std::vector<StoredMessage>* inserted) {
+  // Inserts both rows of `turn`; on success `inserted` (when given) holds them as RecentMessages
+  // would return them, ids included.
+  Status InsertTurn(const Turn& turn, std::vector<HistoryMessage>* inserted) {
     const std::string prompt_time = FormatTimestamp(turn.prompt_time);
     if (auto ok = InsertRow(turn, prompt_time, "user", turn.prompt, std::nullopt, std::nullopt,
                             std::nullopt, nullptr);
@@ -487,10 +477,8 @@ class Writer {
     if (inserted != nullptr) {
       const std::int64_t completion_id = sqlite3_last_insert_rowid(db_.handle());
       inserted->clear();
-      inserted->push_back(RowOf(turn, prompt_id, prompt_time, "user", turn.prompt, std::nullopt,
-                                std::nullopt, std::nullopt));
-      inserted->push_back(RowOf(turn, completion_id, completion_time, "assistant", turn.completion,
-                                turn.prompt_tokens, turn.completion_tokens, turn.latency_ms));
+      inserted->push_back(HistoryMessage{prompt_id, "user", turn.prompt});
+      inserted->push_back(HistoryMessage{completion_id, "assistant", turn.completion});
     }
     if (turn.response) return InsertResponse(turn.owner, *turn.response);
     return Ok();
@@ -943,7 +931,7 @@ class Reader {
       auto row = recent_.Step();
       if (!row) return Context("database read failed", row.error());
       if (!*row) break;
-      messages.push_back(std::make_shared<const StoredMessage>(ReadMessage(recent_)));
+      messages.push_back(std::make_shared<const HistoryMessage>(ReadHistoryMessage(recent_)));
     }
     std::reverse(messages.begin(), messages.end());
     return messages;
@@ -1002,7 +990,7 @@ class Reader {
 
   Status Prepare(const SqliteStoreOptions& options) {
     if (auto ok = ConfigureConnection(db_, options); !ok) return ok;
-    auto recent = db_.Prepare(std::string(kSelectColumns) +
+    auto recent = db_.Prepare(std::string(kSelectHistoryColumns) +
                               "WHERE owner = ?3 AND user_id = ?1 ORDER BY id DESC LIMIT ?2");
     if (!recent) return recent.error();
     recent_ = std::move(recent).value();
@@ -1391,7 +1379,7 @@ struct SqliteWrite {
   std::string delete_owner;
   std::string delete_user_id;
   // Filled inside the batch, read by Appended and Deleted on the writer thread.
-  std::vector<StoredMessage> inserted;
+  std::vector<HistoryMessage> inserted;
   std::int64_t deleted = 0;
   // A change of the Responses and Conversations state, and what it did (read by StateChanged).
   std::optional<StateChange> state;

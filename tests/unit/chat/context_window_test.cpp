@@ -12,12 +12,12 @@ namespace staple::chat {
 namespace {
 
 store::History Turns(int count, std::size_t content_chars = 5) {
-  std::vector<store::StoredMessage> history;
+  std::vector<store::HistoryMessage> history;
   for (int i = 0; i < count; ++i) {
-    store::StoredMessage question;
+    store::HistoryMessage question;
     question.role = "user";
     question.content = "q" + std::to_string(i) + std::string(content_chars - 2, 'x');
-    store::StoredMessage answer;
+    store::HistoryMessage answer;
     answer.role = "assistant";
     answer.content = "a" + std::to_string(i) + std::string(content_chars - 2, 'y');
     history.push_back(question);
@@ -74,10 +74,10 @@ TEST(ContextWindowTest, WindowStartIsTheCountedWindow) {
   const std::vector<std::string> pieces = {"a", "\xc3\xa9", "\xe4\xbd\xa0", "\xf0\x9f\x8e\x89"};
   std::mt19937 random(7);
   for (int round = 0; round < 400; ++round) {
-    std::vector<store::StoredMessage> rows;
+    std::vector<store::HistoryMessage> rows;
     const int count = static_cast<int>(random() % 12);
     for (int i = 0; i < count; ++i) {
-      store::StoredMessage row;
+      store::HistoryMessage row;
       row.role = random() % 3 == 0 ? "assistant" : (random() % 4 == 0 ? "tool" : "user");
       const int length = static_cast<int>(random() % 6);
       for (int c = 0; c < length; ++c) row.content += pieces[random() % pieces.size()];

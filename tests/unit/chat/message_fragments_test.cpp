@@ -11,12 +11,8 @@
 namespace staple::chat {
 namespace {
 
-store::StoredMessage Message(std::int64_t id, std::string role, std::string content) {
-  store::StoredMessage message;
-  message.id = id;
-  message.role = std::move(role);
-  message.content = std::move(content);
-  return message;
+store::HistoryMessage Message(std::int64_t id, std::string role, std::string content) {
+  return store::HistoryMessage{id, std::move(role), std::move(content)};
 }
 
 std::string Joined(const store::History& messages, std::size_t first) {
@@ -30,7 +26,7 @@ std::string Joined(const store::History& messages, std::size_t first) {
 
 // Messages 1 to 5, each the user's 100 'x': equal fragments, so a budget counts them.
 store::History FiveEqualMessages() {
-  std::vector<store::StoredMessage> rows;
+  std::vector<store::HistoryMessage> rows;
   for (int id = 1; id <= 5; ++id) rows.push_back(Message(id, "user", std::string(100, 'x')));
   return testing::SharedRows(std::move(rows));
 }

@@ -12,22 +12,17 @@
 namespace staple::store {
 namespace {
 
-StoredMessage Row(std::int64_t id, const std::string& content) {
-  StoredMessage message;
-  message.id = id;
-  message.user_id = "conversation-0000000000000000000001";
-  message.timestamp = "2026-12-03 16:00:00.000000";
-  message.role = "user";
-  message.content = content;
-  return message;
+HistoryMessage Row(std::int64_t id, const std::string& content) {
+  return HistoryMessage{id, "user", content};
 }
 
 TEST(HistoryCacheTest, TheBudgetCountsAllocationsAndBookkeeping) {
   HistoryCache cache(256, 1024 * 1024);
-  cache.Put("owner/conversation-1", testing::SharedRows({Row(1, "hi"), Row(2, "hello")}), true);
+  cache.Put("owner/conversation-1",
+            testing::SharedRows({Row(1, "hi"), Row(2, std::string(100, 'h'))}), true);
   // Each row's long strings are heap chunks (16-byte granularity plus a header), and the entry
   // has a map node, an LRU node and two copies of its key.
-  const std::size_t text_only = 2 * sizeof(StoredMessage) + 2 * (36 + 26 + 4) + 2 + 5;
+  const std::size_t text_only = 2 * sizeof(HistoryMessage) + 2 + 100;
   EXPECT_GE(cache.bytes(), text_only + 128) << "only the text was counted";
 }
 

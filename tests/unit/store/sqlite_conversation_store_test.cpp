@@ -207,24 +207,17 @@ TEST_F(SqliteConversationStoreTest, AcknowledgedTurnsSurviveKill9) {
   }
 }
 
-// Every field of a stored message, for comparing a history read with the table.
-std::string Fields(const StoredMessage& m) {
-  const auto number = [](const std::optional<std::int64_t>& v) {
-    return v ? std::to_string(*v) : std::string("NULL");
-  };
-  return std::to_string(m.id) + "|" + m.user_id + "|" + m.timestamp + "|" + m.role + "|" +
-         m.content + "|" + m.request_id + "|" + m.model + "|" + number(m.prompt_tokens) + "|" +
-         number(m.completion_tokens) + "|" + number(m.latency_ms);
+// Every field of a history message, for comparing a history read with the table.
+std::string Fields(const HistoryMessage& m) {
+  return std::to_string(m.id) + "|" + m.role + "|" + m.content;
 }
 
-// The newest `n` rows of `user_id` as the table holds them, oldest first.
+// The newest `n` rows of `user_id` as the table holds them, oldest first (the columns of Fields).
 std::vector<std::string> TableRows(RawConnection& raw, const std::string& user_id, int n) {
   std::vector<std::string> out;
-  const Rows rows = raw.Query(
-      "SELECT id, user_id, timestamp, role, content, coalesce(request_id, ''), "
-      "coalesce(model, ''), coalesce(prompt_tokens, 'NULL'), coalesce(completion_tokens, 'NULL'), "
-      "coalesce(latency_ms, 'NULL') FROM (SELECT * FROM messages WHERE user_id = '" +
-      user_id + "' ORDER BY id DESC LIMIT " + std::to_string(n) + ") ORDER BY id");
+  const Rows rows =
+      raw.Query("SELECT id, role, content FROM (SELECT * FROM messages WHERE user_id = '" +
+                user_id + "' ORDER BY id DESC LIMIT " + std::to_string(n) + ") ORDER BY id");
   for (const auto& row : rows) {
     std::string line;
     for (std::size_t i = 0; i < row.size(); ++i) line += (i == 0 ? "" : "|") + row[i];
@@ -337,21 +330,24 @@ TEST_F(SqliteConversationStoreTest, MigratesASeedEraTableKeepingItsRows) {
   auto store = OpenStore();
   ASSERT_NE(store, nullptr);
 
-  auto old = RunSync(store->RecentMessages("", "old-user", 0));
+  auto recent = RunSync(store->RecentMessages("", "old-user", 0));
+  ASSERT_TRUE(recent.ok()) << Describe(recent);
+  ASSERT_EQ(recent->size(), 2u);
+  EXPECT_EQ((*recent)[0]->content, "old prompt");
+  EXPECT_EQ((*recent)[1]->role, "assistant");
+  auto old = RunSync(store->ListMessages("", "old-user", 0, 10));
   ASSERT_TRUE(old.ok()) << Describe(old);
-  ASSERT_EQ(old->size(), 2u);
-  EXPECT_EQ((*old)[0]->content, "old prompt");
-  EXPECT_EQ((*old)[0]->timestamp, "2024-01-02 03:04:05.000006");
-  EXPECT_EQ((*old)[1]->role, "assistant");
-  EXPECT_EQ((*old)[1]->request_id, "");
-  EXPECT_EQ((*old)[1]->prompt_tokens, std::nullopt);
+  ASSERT_EQ(old->messages.size(), 2u);
+  EXPECT_EQ(old->messages[0].timestamp, "2024-01-02 03:04:05.000006");
+  EXPECT_EQ(old->messages[1].request_id, "");
+  EXPECT_EQ(old->messages[1].prompt_tokens, std::nullopt);
 
   ASSERT_TRUE(RunSync(store->AppendTurn(MakeTurn("old-user", 1))).ok());
-  auto all = RunSync(store->RecentMessages("", "old-user", 0));
+  auto all = RunSync(store->ListMessages("", "old-user", 0, 10));
   ASSERT_TRUE(all.ok());
-  ASSERT_EQ(all->size(), 4u);
-  EXPECT_GT((*all)[2]->id, (*all)[1]->id);
-  EXPECT_EQ((*all)[3]->completion_tokens, 21);
+  ASSERT_EQ(all->messages.size(), 4u);
+  EXPECT_GT(all->messages[2].id, all->messages[1].id);
+  EXPECT_EQ(all->messages[3].completion_tokens, 21);
 
   RawConnection raw(path_);
   EXPECT_EQ(raw.Scalar("PRAGMA user_version"), "5");

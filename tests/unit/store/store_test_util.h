@@ -26,6 +26,11 @@ inline std::vector<std::string> Contents(const std::vector<StoredMessage>& messa
   for (const StoredMessage& message : messages) contents.push_back(message.content);
   return contents;
 }
+inline std::vector<std::string> Contents(const std::vector<HistoryMessage>& messages) {
+  std::vector<std::string> contents;
+  for (const HistoryMessage& message : messages) contents.push_back(message.content);
+  return contents;
+}
 inline std::vector<std::string> Contents(const History& messages) {
   std::vector<std::string> contents;
   for (const auto& message : messages) contents.push_back(message->content);
