@@ -7,16 +7,19 @@ namespace {
 
 constexpr std::uint64_t kTokensPerMessage = 4;
 
+// About four bytes of text per token, rounded up.
+constexpr std::uint64_t TokensOfBytes(std::size_t bytes) { return (bytes + 3) / 4; }
+
 }  // namespace
 
-std::uint64_t EstimateTextTokens(std::string_view text) { return (text.size() + 3) / 4; }
+std::uint64_t EstimateTextTokens(std::string_view text) { return TokensOfBytes(text.size()); }
 
 std::uint64_t EstimateMessageTokens(std::string_view text) {
   return EstimateMessageTokens(text.size());
 }
 
 std::uint64_t EstimateMessageTokens(std::size_t text_bytes) {
-  return kTokensPerMessage + (text_bytes + 3) / 4;
+  return kTokensPerMessage + TokensOfBytes(text_bytes);
 }
 
 std::uint64_t EstimatePromptTokens(const std::vector<ChatMessage>& messages) {
