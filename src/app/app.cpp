@@ -77,9 +77,12 @@ Result<std::map<std::string, std::string>> ReadDotenv(const std::string& flag_va
 }
 
 // STAPLE_CACHE_MB, split among the caches that grow with the number of conversations:
-// - 1/2 the SQLite store's HistoryCache: it spares a history read its ~40 table-page reads, the
+// - 3/8 the SQLite store's HistoryCache: it spares a history read its ~40 table-page reads, the
 //   most expensive thing a continued conversation does;
-// - 1/4 the serialized messages of ConversationService (CPU only: a miss serializes again);
+// - 3/8 the serialized messages of ConversationService (CPU only: a miss serializes again).
+//   Both hold the same messages of a continued conversation at about the same cost each (the
+//   text plus some 110-140 bytes), so equal shares give both the same capacity; with 1/2 and 1/4
+//   the serialized messages ran out first and their misses cost CPU on every request;
 // - 1/8 the Responses API's chains (chat::ChainCache: a miss reads the chain from the store);
 // - 1/8 SQLite's page caches, shared equally by the writer's and the readers' connections (a
 //   reader's cache is emptied by every commit anyway, so more buys little).
@@ -93,7 +96,7 @@ struct CacheBudget {
 
 CacheBudget SplitCacheBudget(std::size_t bytes, std::size_t connections) {
   CacheBudget budget;
-  budget.fragments = bytes / 4;
+  budget.fragments = bytes * 3 / 8;
   budget.chains = bytes / 8;
   const std::size_t pages = bytes / 8;
   budget.page_cache_per_connection =
