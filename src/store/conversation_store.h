@@ -28,8 +28,9 @@ struct StoredMessage {
 
 // A stored message as a conversation's context needs it: what is sent upstream, and the row id
 // that orders it. The rest of the row (timestamps, request ids, token counts) is only read by
-// ListMessages; leaving it out makes a cached message about a third of a full row's memory, so
-// about three times as many conversations' windows fit in a store's history cache.
+// ListMessages; leaving it out makes a cached message about 110 bytes plus its text instead of
+// about 400 plus its text (190 instead of 500 for a one-sentence message), so a store's history
+// cache holds more conversations' windows in the same memory.
 struct HistoryMessage {
   std::int64_t id = 0;
   std::string role;  // "user" | "assistant"
