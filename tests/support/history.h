@@ -18,6 +18,11 @@ inline store::History SharedRows(std::vector<store::HistoryMessage> rows) {
   return history;
 }
 
+// What RecentMessages gives of the stored row `row`.
+inline store::HistoryMessage HistoryOf(const store::StoredMessage& row) {
+  return store::HistoryMessage{row.id, row.role, row.content};
+}
+
 // Copies of the rows of `history`, for tests that compare them as values.
 inline std::vector<store::HistoryMessage> CopiedRows(const store::History& history) {
   std::vector<store::HistoryMessage> rows;

@@ -14,6 +14,7 @@
 
 #include "common/net.h"
 #include "store/conversation_store.h"
+#include "support/history.h"
 
 namespace staple::testing {
 
@@ -95,8 +96,7 @@ class MemoryConversationStore final : public store::ConversationStore {
     store::History out;
     for (std::size_t i = 0; i < rows_.size(); ++i) {
       if (owners_[i] == owner && rows_[i].user_id == user_id) {
-        out.push_back(std::make_shared<const store::HistoryMessage>(
-            store::HistoryMessage{rows_[i].id, rows_[i].role, rows_[i].content}));
+        out.push_back(std::make_shared<const store::HistoryMessage>(HistoryOf(rows_[i])));
       }
     }
     if (max_messages != 0 && out.size() > max_messages) {

@@ -110,7 +110,7 @@ class ConversationStoreContract : public ::testing::TestWithParam<ContractParam>
     std::vector<HistoryMessage> recent = ::staple::testing::CopiedRows(*messages);
     std::vector<HistoryMessage> expected;
     for (const StoredMessage& row : Rows(user_id)) {
-      expected.push_back(HistoryMessage{row.id, row.role, row.content});
+      expected.push_back(::staple::testing::HistoryOf(row));
     }
     if (max != 0 && expected.size() > max) {
       expected.erase(expected.begin(), expected.end() - static_cast<std::ptrdiff_t>(max));
