@@ -130,12 +130,14 @@ class Connection {
     co_return error;
   }
 
-  // Whether the peer still holds the connection open and sent nothing unasked (a close, a TLS
-  // alert, stray bytes all mean it cannot carry another request).
-  bool LooksAlive() {
+  // Whether the connection can carry another request: nothing unread in its buffer, the socket
+  // open and, when `peek`, the peer neither closed it nor sent anything unasked since (a close, a
+  // TLS alert, stray bytes: one recv with MSG_PEEK tells).
+  bool LooksAlive(bool peek) {
     if (buffer.size() != 0) return false;
     auto& socket = tcp().socket();
     if (!socket.is_open()) return false;
+    if (!peek) return true;
     char byte = 0;
     const ssize_t got = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     return got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
@@ -158,6 +160,11 @@ class ConnectionPools final : public net::execution_context::service {
   // Connections idle for longer are closed instead of used (servers close theirs after 60 s or
   // more, some after 5 s: the peek in LooksAlive and the resend in Exchange cover those).
   static constexpr auto kMaxIdle = std::chrono::seconds(50);
+  // A connection given back less than this long ago is taken without LooksAlive's peek, a system
+  // call that was one in eight of a proxied request's. Servers close idle connections after
+  // seconds, so one closed this soon is rare (a restart), and Exchange sends the request again on
+  // a new connection when a kept one gives nothing back, as after any close it could not see.
+  static constexpr auto kPeekAfter = std::chrono::milliseconds(100);
   // Idle connections kept per origin; a connection given back beyond that is closed.
   static constexpr std::size_t kMaxIdlePerOrigin = 4096;
   static constexpr auto kAddressLifetime = std::chrono::seconds(30);
@@ -184,7 +191,10 @@ class ConnectionPools final : public net::execution_context::service {
     while (!stack.empty()) {
       std::unique_ptr<Connection> connection = std::move(stack.back());
       stack.pop_back();
-      if (now - connection->idle_since < kMaxIdle && connection->LooksAlive()) return connection;
+      const auto idle = now - connection->idle_since;
+      if (idle < kMaxIdle && connection->LooksAlive(/*peek=*/idle >= kPeekAfter)) {
+        return connection;
+      }
     }
     return nullptr;
   }
