@@ -160,11 +160,6 @@ class ConnectionPools final : public net::execution_context::service {
   // Connections idle for longer are closed instead of used (servers close theirs after 60 s or
   // more, some after 5 s: the peek in LooksAlive and the resend in Exchange cover those).
   static constexpr auto kMaxIdle = std::chrono::seconds(50);
-  // A connection given back less than this long ago is taken without LooksAlive's peek, a system
-  // call that was one in eight of a proxied request's. Servers close idle connections after
-  // seconds, so one closed this soon is rare (a restart), and Exchange sends the request again on
-  // a new connection when a kept one gives nothing back, as after any close it could not see.
-  static constexpr auto kPeekAfter = std::chrono::milliseconds(100);
   // Idle connections kept per origin; a connection given back beyond that is closed.
   static constexpr std::size_t kMaxIdlePerOrigin = 4096;
   static constexpr auto kAddressLifetime = std::chrono::seconds(30);
@@ -182,8 +177,10 @@ class ConnectionPools final : public net::execution_context::service {
     throw std::logic_error("the upstream client needs a net::io_context executor");
   }
 
-  // The most recently used idle connection that still looks alive, or null.
-  std::unique_ptr<Connection> Take(const std::string& origin) {
+  // The most recently used idle connection that still looks alive, or null. One idle for less
+  // than `peek_after` is taken without LooksAlive's peek (Settings::peek_idle_after).
+  std::unique_ptr<Connection> Take(const std::string& origin,
+                                   std::chrono::milliseconds peek_after) {
     auto found = idle_.find(origin);
     if (found == idle_.end()) return nullptr;
     auto& stack = found->second;
@@ -192,7 +189,7 @@ class ConnectionPools final : public net::execution_context::service {
       std::unique_ptr<Connection> connection = std::move(stack.back());
       stack.pop_back();
       const auto idle = now - connection->idle_since;
-      if (idle < kMaxIdle && connection->LooksAlive(/*peek=*/idle >= kPeekAfter)) {
+      if (idle < kMaxIdle && connection->LooksAlive(/*peek=*/idle >= peek_after)) {
         return connection;
       }
     }
@@ -496,7 +493,7 @@ net::awaitable<Outcome> Exchange(AsioCall& call, const AsioClientState& state,
   for (;;) {
     if (call.cancelled()) co_return Outcome{ShutDownError(), false};
     bool reused = false;
-    call.connection = pools.Take(origin.key);
+    call.connection = pools.Take(origin.key, settings.peek_idle_after);
     if (call.connection) {
       reused = true;
     } else {

@@ -37,6 +37,13 @@ struct Settings {
   std::chrono::milliseconds backoff_max{2'000};
   std::size_t max_response_bytes = 16 * 1024 * 1024;  // non-streaming body limit
   std::size_t stream_buffer_bytes = 256 * 1024;  // paused above this until the reader catches up
+  // A kept connection idle for at least this long is checked before it carries a request (one
+  // recv with MSG_PEEK: did the server close it, or send bytes nobody asked for?); one given back
+  // more recently is taken as it is. The check was one system call in eight of a proxied request,
+  // servers close idle connections after seconds, and a request whose kept connection turns out
+  // closed goes out again on a new one anyway. 0 checks every time. The Asio client only (libcurl
+  // checks its connections its own way).
+  std::chrono::milliseconds peek_idle_after{100};
 };
 
 // Cancels one exchange before it ends on its own (the loser of a hedged request). Used on the

@@ -797,6 +797,60 @@ TYPED_TEST(ClientContractTest, AKeptConnectionTheServerClosedIsReplaced) {
   EXPECT_EQ(server.connections(), 3);
 }
 
+// Bytes the server sent after a complete response, unasked, make its connection unfit for the
+// next request: the Asio client's peek before it reuses a kept connection (here on every take:
+// peek_idle_after 0) sees them and opens a new connection instead. (libcurl 7.88 reuses such a
+// connection and fails the request on the stray bytes: not part of the shared contract.)
+TEST(AsioClientTest, AKeptConnectionWithUnaskedBytesIsNotReused) {
+  std::atomic<int> calls{0};
+  std::atomic<bool> first_read{false};  // the client has the first answer
+  std::atomic<bool> stray_sent{false};
+  TestServer server([&](SocketPtr socket, HttpRequest) -> net::awaitable<bool> {
+    const int call = calls.fetch_add(1) + 1;
+    co_await test::Write(socket,
+                         test::HttpResponse(200, "{\"call\":" + std::to_string(call) + "}"));
+    if (call == 1) {
+      // Only once the client has read the answer: bytes that came with it would be caught by
+      // the client's read buffer, not by the check before reuse.
+      first_read.wait(false);
+      // A write to a loopback socket has reached the client's receive queue when it returns.
+      co_await test::Write(socket, "HTTP/1.1 200 OK\r\n");
+      stray_sent = true;
+      stray_sent.notify_all();
+    }
+    co_return true;
+  });
+  // Lets the server's handler go on however the test ends (before the server is destroyed).
+  struct Release {
+    std::atomic<bool>& flag;
+    ~Release() {
+      flag = true;
+      flag.notify_all();
+    }
+  } release{first_read};
+  Settings settings = TestSettings(server.base_url());
+  settings.max_retries = 0;
+  settings.peek_idle_after = 0ms;
+  AsioClient client(settings);
+  std::optional<Result<Response>> first;
+  std::optional<Result<Response>> second;
+  // Both on one io_context: its pool keeps the connection between them.
+  RunCoroutine([&]() -> net::awaitable<void> {
+    first.emplace(co_await client.Send(Post()));
+    first_read = true;
+    first_read.notify_all();
+    if (!first->ok()) co_return;
+    stray_sent.wait(false);
+    second.emplace(co_await client.Send(Post()));
+  });
+  ASSERT_TRUE(first && first->ok()) << Describe(first);
+  EXPECT_EQ((*first)->body, R"({"call":1})");
+  ASSERT_TRUE(second && second->ok()) << Describe(second);
+  EXPECT_EQ((*second)->body, R"({"call":2})");
+  EXPECT_EQ((*second)->attempts, 1);
+  EXPECT_EQ(server.connections(), 2);
+}
+
 net::awaitable<void> SendTimed(Client* client, Request request,
                                std::optional<Result<Response>>* result, milliseconds* took) {
   const auto start = Clock::now();
