@@ -458,10 +458,27 @@ net::awaitable<http::Response> RetrieveResponse(std::shared_ptr<ResponsesDepende
                                                 std::vector<std::string> ids) {
   std::string owner = admission.owner();
   std::string id = ids.at(0);
-  auto found = co_await d->store.GetResponse(std::move(owner), std::move(id));
+  auto found = co_await d->store.GetResponse(owner, id);
   if (!found) co_return Failure(found.error());
   if (!*found) co_return NotFound("Response with id '" + ids.at(0) + "' not found.");
-  co_return RawJsonAnswer(std::move((*found)->json));
+  store::StoredResponse& response = **found;
+  if (!response.conversation_id.empty() || !chat::responses::StoredOutputIsEmpty(response.json)) {
+    co_return RawJsonAnswer(std::move(response.json));
+  }
+  // Stored without its output (chat::responses::WithoutOutput): read it from the output items.
+  std::vector<std::string> output;
+  std::string after;
+  constexpr auto kPage = static_cast<std::size_t>(kMaxListLimit);
+  for (;;) {
+    auto page = co_await d->store.ListResponseItems(owner, id, /*output=*/true, after, kPage,
+                                                    store::ItemOrder::kAscending);
+    if (!page) co_return Failure(page.error());
+    if (!*page) co_return NotFound("Response with id '" + ids.at(0) + "' not found.");
+    for (store::StoredItem& item : (*page)->items) output.push_back(std::move(item.json));
+    if (!(*page)->has_more || (*page)->items.empty() || (*page)->items.back().id.empty()) break;
+    after = (*page)->items.back().id;
+  }
+  co_return RawJsonAnswer(chat::responses::WithStoredOutput(std::move(response.json), output));
 }
 
 net::awaitable<http::Response> DeleteResponse(std::shared_ptr<ResponsesDependencies> d,

@@ -1121,7 +1121,8 @@ void AppendKey(std::string& out, std::string_view key) {
 }  // namespace
 
 std::string ResponseObjectText(const ResponsesRequest& request, std::string_view id,
-                               std::int64_t created_at, const ResponseOutput* output) {
+                               std::int64_t created_at, const ResponseOutput* output,
+                               OutputSpans* spans) {
   // The members in ResponseObject's order.
   const bool started = output == nullptr;
   std::string out;
@@ -1143,11 +1144,22 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   AppendJsonString(out,
                    output != nullptr && !output->model.empty() ? output->model : request.model);
   AppendKey(out, "output");
-  if (started) {
-    out += "[]";
-  } else {
-    AppendJsonText(out, output->output);
+  if (spans != nullptr) {
+    spans->items.clear();
+    spans->array_begin = out.size();
   }
+  out += '[';
+  if (!started) {
+    // Item by item, as the array's dump() writes them: each item's text is then at hand.
+    for (std::size_t i = 0; i < output->output.size(); ++i) {
+      if (i != 0) out += ',';
+      const std::size_t begin = out.size();
+      AppendJsonText(out, output->output[i]);
+      if (spans != nullptr) spans->items.emplace_back(begin, out.size());
+    }
+  }
+  out += ']';
+  if (spans != nullptr) spans->array_end = out.size();
   AppendKey(out, "parallel_tool_calls");
   out += request.parallel_tool_calls.value_or(true) ? "true" : "false";
   AppendKey(out, "previous_response_id");
@@ -1183,6 +1195,51 @@ std::string ResponseObjectText(const ResponsesRequest& request, std::string_view
   AppendJsonText(out, request.metadata);
   out += '}';
   return out;
+}
+
+std::string WithoutOutput(std::string_view object, const OutputSpans& spans) {
+  if (spans.array_end <= spans.array_begin || spans.array_end > object.size()) {
+    return std::string(object);
+  }
+  std::string stored;
+  stored.reserve(object.size() - (spans.array_end - spans.array_begin) + 2);
+  stored.append(object.substr(0, spans.array_begin));
+  stored += "[]";
+  stored.append(object.substr(spans.array_end));
+  return stored;
+}
+
+namespace {
+
+// The offset of the stored output array's '[' in a response object, npos when there is none. The
+// members before "output" are the id, numbers, null, fixed words, JSON strings (in which a quote
+// is always escaped) and incomplete_details ({"reason": …} or null), so the first `,"output":`
+// is the member itself.
+std::size_t OutputArrayAt(std::string_view stored) {
+  static constexpr std::string_view kKey = ",\"output\":";
+  const std::size_t key = stored.find(kKey);
+  if (key == std::string_view::npos) return std::string_view::npos;
+  const std::size_t at = key + kKey.size();
+  return at < stored.size() && stored[at] == '[' ? at : std::string_view::npos;
+}
+
+}  // namespace
+
+bool StoredOutputIsEmpty(std::string_view stored) {
+  const std::size_t at = OutputArrayAt(stored);
+  return at != std::string_view::npos && stored.substr(at, 2) == "[]";
+}
+
+std::string WithStoredOutput(std::string stored, std::span<const std::string> items) {
+  if (items.empty() || !StoredOutputIsEmpty(stored)) return stored;
+  const std::size_t at = OutputArrayAt(stored) + 1;  // after the '['
+  std::string joined;
+  for (const std::string& item : items) {
+    if (!joined.empty()) joined += ',';
+    joined += item;
+  }
+  stored.insert(at, joined);
+  return stored;
 }
 
 ResponseEventStream::ResponseEventStream(ResponsesRequest request, std::string id,

@@ -19,6 +19,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "chat/context_window.h"
@@ -205,11 +206,35 @@ ResponseOutput PlainAnswerOutput(std::string model, std::string_view finish_reas
 Json ResponseObject(const ResponsesRequest& request, std::string_view id, std::int64_t created_at,
                     const ResponseOutput* output);
 
+// Where ResponseObjectText wrote the output array ([array_begin, array_end) of its text) and
+// each output item ([begin, end) each, in order).
+struct OutputSpans {
+  std::size_t array_begin = 0;
+  std::size_t array_end = 0;
+  std::vector<std::pair<std::size_t, std::size_t>> items;
+};
+
 // ResponseObject(…).dump(-1, ' ', false, error_handler_t::replace), written straight as text:
 // the tree's construction copied every member (the output items included) and was the largest
 // single cost of recording a turn. The unit tests and the fuzz target check both give the same.
+// `spans`, when given, gets where the output went.
 std::string ResponseObjectText(const ResponsesRequest& request, std::string_view id,
-                               std::int64_t created_at, const ResponseOutput* output);
+                               std::int64_t created_at, const ResponseOutput* output,
+                               OutputSpans* spans = nullptr);
+
+// How the store keeps the object of a response that is in no conversation: with an empty output
+// array, since its output items are stored as item rows anyway (a chained turn writes a tenth
+// fewer bytes; bench/state_layout.py). `object` is ResponseObjectText's text, `spans` where it put
+// the output.
+std::string WithoutOutput(std::string_view object, const OutputSpans& spans);
+
+// Whether a stored response object's output is an empty array: for a response in no conversation
+// that means it was stored WithoutOutput, and its output items are to be read back.
+bool StoredOutputIsEmpty(std::string_view stored);
+
+// A stored object with `items` (the output items' JSON texts, in order) as its output when its
+// output is an empty array (the inverse of WithoutOutput); unchanged when it is not.
+std::string WithStoredOutput(std::string stored, std::span<const std::string> items);
 
 // The Responses event stream of a streamed answer, made from the upstream's chat.completion.chunk
 // events. Each call returns SSE text: for each event "event: <type>\ndata: <json>\n\n", the json

@@ -10,18 +10,20 @@ using responses::Json;
 
 namespace {
 
-// The item objects as the store keeps them: their id and their JSON text.
+// An item as the store keeps it: its id and its JSON text.
+store::ItemToStore ToStore(const Json& item, std::string json) {
+  store::ItemToStore one;
+  if (auto id = item.find("id"); id != item.end() && id->is_string()) {
+    one.id = id->get<std::string>();
+  }
+  one.json = std::move(json);
+  return one;
+}
+
 std::vector<store::ItemToStore> ItemsToStore(const Json& items) {
   std::vector<store::ItemToStore> stored;
   stored.reserve(items.size());
-  for (const Json& item : items) {
-    store::ItemToStore one;
-    if (auto id = item.find("id"); id != item.end() && id->is_string()) {
-      one.id = id->get<std::string>();
-    }
-    one.json = JsonText(item);
-    stored.push_back(std::move(one));
-  }
+  for (const Json& item : items) stored.push_back(ToStore(item, JsonText(item)));
   return stored;
 }
 
@@ -76,7 +78,8 @@ Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body,
     if (!read) return read.error();
     output = std::move(read).value();
   }
-  response_json_ = responses::ResponseObjectText(request_, id_, created_at_, &output);
+  responses::OutputSpans spans;
+  response_json_ = responses::ResponseObjectText(request_, id_, created_at_, &output, &spans);
 
   // The turn log keeps the text of the exchange, as for every other chat API.
   turn.prompt = request_.prompt_text;
@@ -88,9 +91,19 @@ Status ResponsesTurn::Record(store::Turn& turn, std::string_view answer_body,
   record->response.conversation_id = request_.conversation_id;
   record->response.previous_response_id = request_.previous_response_id;
   record->response.created_at = created_at_;
-  record->response.json = *response_json_;
+  // A response in no conversation is stored without its output, which its output item rows
+  // hold (GET /v1/responses/{id} puts it back). A conversation's items can be deleted one by one,
+  // so a response in one keeps its whole object.
+  record->response.json = request_.conversation_id.empty()
+                              ? responses::WithoutOutput(*response_json_, spans)
+                              : *response_json_;
   record->input = ItemsToStore(request_.input);
-  record->output = ItemsToStore(output.output);
+  // The output items' texts are those just written into the response object.
+  record->output.reserve(output.output.size());
+  for (std::size_t i = 0; i < output.output.size() && i < spans.items.size(); ++i) {
+    const auto [begin, end] = spans.items[i];
+    record->output.push_back(ToStore(output.output[i], response_json_->substr(begin, end - begin)));
+  }
   // What a later read of these items' stored texts gives (ReadContextItem of a tree's dump is
   // ContextItemOf the tree: the fuzz target checks it), without reading the texts again.
   stored_items_.clear();

@@ -102,13 +102,16 @@ struct StoredItem {
   std::string json;         // the item object
 };
 
-// A stored response: what GET /v1/responses/{id} answers.
+// A stored response: what GET /v1/responses/{id} answers (with its output items, when its object
+// was stored without them).
 struct StoredResponse {
   std::string id;                    // "resp_…"
   std::string conversation_id;       // "" when the response is not in a conversation
   std::string previous_response_id;  // "" when it continues none
   std::int64_t created_at = 0;       // Unix seconds
-  std::string json;                  // the response object
+  std::string json;                  // the response object, as the caller stored it (the
+                                     // Responses API leaves a response's output out when it is
+                                     // in no conversation: its output items hold it)
 };
 
 // What a stored Responses API turn writes besides its two message rows (Turn::response), in the

@@ -94,7 +94,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(read.has_value());
     FUZZ_CHECK(*read == responses::ContextItemOf(produced));
   }
-  FUZZ_CHECK(responses::ResponseObjectText(parsed, "resp_fuzz", 7, &*output) ==
-             dump(responses::ResponseObject(parsed, "resp_fuzz", 7, &*output)));
+  responses::OutputSpans spans;
+  const std::string answered =
+      responses::ResponseObjectText(parsed, "resp_fuzz", 7, &*output, &spans);
+  FUZZ_CHECK(answered == dump(responses::ResponseObject(parsed, "resp_fuzz", 7, &*output)));
+  // Stored without its output and read back with its output items' texts, it is the same text,
+  // whatever the fuzzed instructions, model and metadata hold.
+  std::vector<std::string> items;
+  for (const auto& [begin, end] : spans.items) items.push_back(answered.substr(begin, end - begin));
+  const std::string stored = responses::WithoutOutput(answered, spans);
+  FUZZ_CHECK(responses::StoredOutputIsEmpty(stored));
+  FUZZ_CHECK(responses::WithStoredOutput(stored, items) == answered);
   return 0;
 }

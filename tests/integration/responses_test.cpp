@@ -118,6 +118,43 @@ TEST_F(ResponsesTest, PlainResponseIsStoredAndRetrievable) {
   EXPECT_EQ(messages.Json()["messages"][1]["content"], "echo(1): hi");
 }
 
+// A response in no conversation is stored without its output (its output item rows hold it) and
+// read back whole; a response in a conversation keeps its whole object, so that deleting an item
+// from the conversation leaves the response as it was answered; a whole object stored before
+// (the earlier form) is answered as it is.
+TEST_F(ResponsesTest, TheOutputIsStoredOnceAndRetrievedWhole) {
+  auto staple = StartStaple();
+  const json plain = Respond(*staple, {{"model", "m"}, {"input", "hi"}});
+  const std::string id = plain.value("id", "");
+  const auto stored_body = [&](const std::string& response_id) {
+    const json rows = QuerySqlite(staple->database_path(),
+                                  "SELECT body FROM responses WHERE id = '" + response_id + "'");
+    return rows.size() == 1 ? json::parse(rows[0].value("body", "null")) : json();
+  };
+  json expected = plain;
+  expected["output"] = json::array();
+  EXPECT_EQ(stored_body(id), expected);
+  EXPECT_EQ(Get(*staple, "/v1/responses/" + id).Json(), plain);
+
+  // As an earlier version stored it: the whole object.
+  QuerySqlite(staple->database_path(),
+              "UPDATE responses SET body = '" + plain.dump() + "' WHERE id = '" + id + "'");
+  EXPECT_EQ(stored_body(id), plain);
+  EXPECT_EQ(Get(*staple, "/v1/responses/" + id).Json(), plain);
+
+  HttpResponse created = client_.PostJson(staple->url() + "/v1/conversations", std::string("{}"));
+  ASSERT_EQ(created.status, 200) << created.body;
+  const std::string conversation = created.Json().value("id", "");
+  const json in_conversation =
+      Respond(*staple, {{"model", "m"}, {"input", "in it"}, {"conversation", conversation}});
+  const std::string in_id = in_conversation.value("id", "");
+  EXPECT_EQ(stored_body(in_id), in_conversation);
+  const std::string output_item = in_conversation["output"][0].value("id", "");
+  ASSERT_EQ(Delete(*staple, "/v1/conversations/" + conversation + "/items/" + output_item).status,
+            200);
+  EXPECT_EQ(Get(*staple, "/v1/responses/" + in_id).Json(), in_conversation);
+}
+
 TEST_F(ResponsesTest, ChainedResponsesSendTheWholeChainUpstream) {
   auto staple = StartStaple();
   json first = Respond(*staple, {{"model", "m"}, {"input", "one"}, {"instructions", "be brief"}});
@@ -338,6 +375,7 @@ TEST_F(ResponsesTest, FunctionToolRoundTrip) {
   EXPECT_EQ(call["name"], "get_weather");
   EXPECT_EQ(json::parse(call["arguments"].get<std::string>()), (json{{"city", "Paris"}}));
   EXPECT_EQ(call["id"].get<std::string>().rfind("fc_", 0), 0u);
+  EXPECT_EQ(Get(*staple, "/v1/responses/" + asked["id"].get<std::string>()).Json(), asked);
   // The upstream got the tool in chat form.
   auto bodies = fake_.chat_bodies();
   ASSERT_FALSE(bodies.empty());

@@ -809,6 +809,56 @@ TEST(ResponseObjectTest, TheTextIsTheTreesDump) {
   }
 }
 
+// The spans name the output array and each item in the text; the stored form drops the items and
+// WithStoredOutput puts them back, byte for byte.
+TEST(ResponseObjectTest, TheOutputIsLeftOutOfTheStoredObjectAndPutBack) {
+  const auto tools = ReadChatCompletion(kToolAnswer);
+  ASSERT_TRUE(tools.ok());
+  ASSERT_GE(tools->output.size(), 2u);
+  const auto request =
+      Parse(R"({"model":"m","input":"x","instructions":",\"output\":[] is text here"})");
+  OutputSpans spans;
+  const std::string text = ResponseObjectText(request, "resp_1", 1700000000, &*tools, &spans);
+  EXPECT_EQ(text, ResponseObjectText(request, "resp_1", 1700000000, &*tools));
+
+  ASSERT_EQ(spans.items.size(), tools->output.size());
+  EXPECT_EQ(text.substr(spans.array_begin, spans.array_end - spans.array_begin),
+            tools->output.dump(-1, ' ', false, Json::error_handler_t::replace));
+  std::vector<std::string> items;
+  for (std::size_t i = 0; i < spans.items.size(); ++i) {
+    const auto [begin, end] = spans.items[i];
+    items.push_back(text.substr(begin, end - begin));
+    EXPECT_EQ(Json::parse(items.back()), tools->output[i]);
+  }
+
+  const std::string stored = WithoutOutput(text, spans);
+  EXPECT_EQ(stored.size(), text.size() - (spans.array_end - spans.array_begin) + 2);
+  Json expected = Json::parse(text);
+  expected["output"] = Json::array();
+  EXPECT_EQ(Json::parse(stored), expected);
+  EXPECT_TRUE(StoredOutputIsEmpty(stored));
+  EXPECT_FALSE(StoredOutputIsEmpty(text));
+
+  EXPECT_EQ(WithStoredOutput(stored, items), text);
+  // A whole object (stored so in a conversation, or before) is returned as it is.
+  EXPECT_EQ(WithStoredOutput(text, items), text);
+  // No output items: the empty array stays.
+  EXPECT_EQ(WithStoredOutput(stored, {}), stored);
+  // Not a response object: unchanged.
+  EXPECT_FALSE(StoredOutputIsEmpty(R"({"id":"x"})"));
+  EXPECT_EQ(WithStoredOutput(R"({"id":"x"})", items), R"({"id":"x"})");
+}
+
+// A response without output (the first events of a stream) is stored as it is.
+TEST(ResponseObjectTest, AnObjectWithoutOutputIsStoredAsItIs) {
+  const auto request = Parse(R"({"model":"m","input":"x"})");
+  OutputSpans spans;
+  const std::string text = ResponseObjectText(request, "resp_1", 1, nullptr, &spans);
+  EXPECT_TRUE(spans.items.empty());
+  EXPECT_EQ(WithoutOutput(text, spans), text);
+  EXPECT_TRUE(StoredOutputIsEmpty(text));
+}
+
 // ---- ResponseEventStream ---------------------------------------------------------------------
 
 struct SseEvent {
