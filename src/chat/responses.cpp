@@ -1231,8 +1231,10 @@ bool StoredOutputIsEmpty(std::string_view stored) {
 }
 
 std::string WithStoredOutput(std::string stored, std::span<const std::string> items) {
-  if (items.empty() || !StoredOutputIsEmpty(stored)) return stored;
-  const std::size_t at = OutputArrayAt(stored) + 1;  // after the '['
+  if (items.empty()) return stored;
+  const std::size_t array = OutputArrayAt(stored);
+  if (array == std::string::npos || stored.compare(array, 2, "[]") != 0) return stored;
+  const std::size_t at = array + 1;  // after the '['
   std::string joined;
   for (const std::string& item : items) {
     if (!joined.empty()) joined += ',';
